@@ -1,0 +1,10 @@
+"""actsearch's activation library: expressions, a Keras layer for any of them, and the search.
+
+    import activations
+    expr = activations.parse("x * sigmoid(beta * x)")
+    layer = activations.get("max(relu(x), cosh(elu(x)))", sharing="channel")
+"""
+
+from activations.expression import Expression, ExpressionError, parse
+
+__all__ = ["Expression", "ExpressionError", "parse"]

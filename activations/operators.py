@@ -1,0 +1,251 @@
+"""The registry of operators an activation function is built from.
+
+One table holds every unary, binary and n-ary operator of both source search spaces: the
+Swish paper's core-unit sets and the PANGAEA/AQuaSurF operator set. Each operator is written with
+`keras.ops`, so an expression runs on every Keras backend.
+
+Raw operators that can blow up for finite input are replaced by protected forms (bounded `exp`,
+`log(|x| + eps)`, division by a sign-safe denominator, ...): a single operator never turns a finite
+input of ordinary magnitude into inf or NaN, and its gradient stays finite. The protected forms
+agree with the raw ones wherever the raw ones are well behaved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+from keras import ops
+
+EPS = 1e-3
+"""Distance kept from singularities (division, log, sqrt)."""
+
+EXP_MAX = 20.0
+"""Largest argument passed to `exp`-like operators: exp(20) ~ 4.9e8 leaves float32 headroom."""
+
+GROWTH_MAX = 1e6
+"""Inputs of polynomial operators (square, cube, pow) are clipped to +-GROWTH_MAX."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    """A named elementwise function of one, two or n tensors.
+
+    `arity` is 1, 2 or `VARIADIC` (2 to `MAX_VARIADIC` arguments). `identity_arg` is the neutral
+    element for binary/n-ary operators (0 for add, 1 for mul), which lets a mutation insert the
+    operator without changing the function; None where there is no such element.
+    """
+
+    name: str
+    arity: int
+    fn: Callable
+    doc: str
+    identity_arg: float | None = None
+    families: tuple[str, ...] = ()
+
+
+VARIADIC = -1
+MAX_VARIADIC = 8
+
+
+# --- protected building blocks -------------------------------------------------------------------
+
+
+def _clip_growth(x):
+    return ops.clip(x, -GROWTH_MAX, GROWTH_MAX)
+
+
+def _safe_exp(x):
+    return ops.exp(ops.minimum(x, EXP_MAX))
+
+
+def _safe_denominator(x):
+    """x pushed at least EPS away from zero, keeping its sign (zero counts as positive)."""
+    return ops.where(x >= 0, ops.maximum(x, EPS), ops.minimum(x, -EPS))
+
+
+def _safe_div(a, b):
+    return a / _safe_denominator(b)
+
+
+def _safe_log(x):
+    return ops.log(ops.abs(x) + EPS)
+
+
+def _safe_sqrt(x):
+    # sqrt(relu(x) + eps) - sqrt(eps): zero at zero, finite gradient everywhere.
+    return ops.sqrt(ops.relu(x) + EPS) - math.sqrt(EPS)
+
+
+def _safe_pow(a, b):
+    """|a| ** b, bounded. Integer constant exponents are specialised in expression evaluation."""
+    return _safe_exp(b * ops.log(ops.abs(a) + EPS))
+
+
+def _bounded_cosh(x):
+    x = ops.clip(x, -EXP_MAX, EXP_MAX)
+    return ops.cosh(x)
+
+
+def _bounded_sinh(x):
+    x = ops.clip(x, -EXP_MAX, EXP_MAX)
+    return ops.sinh(x)
+
+
+def _sinc(x):
+    # sin(x)/x with the removable singularity at zero filled in; safe gradient through `where`.
+    small = ops.abs(x) < EPS
+    safe_x = ops.where(small, ops.ones_like(x), x)
+    return ops.where(small, 1.0 - ops.square(x) / 6.0, ops.sin(safe_x) / safe_x)
+
+
+def _bessel_i0e(x):
+    """Exponentially scaled modified Bessel function of order 0 (Abramowitz & Stegun 9.8.1-2)."""
+    ax = ops.abs(x)
+    t_small = ops.square(ax / 3.75)
+    small = ops.exp(-ax) * (
+        1.0 + t_small * (3.5156229 + t_small * (3.0899424 + t_small * (1.2067492
+        + t_small * (0.2659732 + t_small * (0.0360768 + t_small * 0.0045813)))))
+    )
+    big_ax = ops.maximum(ax, 3.75)
+    t = 3.75 / big_ax
+    big = (0.39894228 + t * (0.01328592 + t * (0.00225319 + t * (-0.00157565 + t * (0.00916281
+           + t * (-0.02057706 + t * (0.02635537 + t * (-0.01647633 + t * 0.00392377)))))))) / ops.sqrt(big_ax)
+    return ops.where(ax < 3.75, small, big)
+
+
+def _bessel_i1e(x):
+    """Exponentially scaled modified Bessel function of order 1 (Abramowitz & Stegun 9.8.3-4)."""
+    ax = ops.abs(x)
+    t_small = ops.square(ax / 3.75)
+    small = ax * ops.exp(-ax) * (
+        0.5 + t_small * (0.87890594 + t_small * (0.51498869 + t_small * (0.15084934
+        + t_small * (0.02658733 + t_small * (0.00301532 + t_small * 0.00032411)))))
+    )
+    big_ax = ops.maximum(ax, 3.75)
+    t = 3.75 / big_ax
+    big = (0.39894228 + t * (-0.03988024 + t * (-0.00362018 + t * (0.00163801 + t * (-0.01031555
+           + t * (0.02282967 + t * (-0.02895312 + t * (0.01787654 - t * 0.00420059)))))))) / ops.sqrt(big_ax)
+    return ops.sign(x) * ops.where(ax < 3.75, small, big)
+
+
+def _mish(x):
+    return x * ops.tanh(ops.softplus(x))
+
+
+def _elish(x):
+    return ops.where(x >= 0, x * ops.sigmoid(x), ops.expm1(ops.minimum(x, 0.0)) * ops.sigmoid(x))
+
+
+def _fold(fn):
+    def folded(*args):
+        out = args[0]
+        for arg in args[1:]:
+            out = fn(out, arg)
+        return out
+
+    return folded
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+_SWISH = "swish_paper"
+_PANGAEA = "pangaea"
+
+_OPERATORS: list[Operator] = [
+    # Unary: constants and arithmetic.
+    Operator("zero", 1, lambda x: ops.zeros_like(x), "0", families=(_PANGAEA,)),
+    Operator("one", 1, lambda x: ops.ones_like(x), "1", families=(_PANGAEA,)),
+    Operator("identity", 1, lambda x: x, "x", families=(_SWISH, _PANGAEA)),
+    Operator("negative", 1, lambda x: -x, "-x", families=(_SWISH, _PANGAEA)),
+    Operator("abs", 1, ops.abs, "|x|", families=(_SWISH, _PANGAEA)),
+    Operator("reciprocal", 1, lambda x: _safe_div(1.0, x), "1/x, sign-safe eps", families=(_PANGAEA,)),
+    Operator("square", 1, lambda x: ops.square(_clip_growth(x)), "x^2", families=(_SWISH, _PANGAEA)),
+    Operator("cube", 1, lambda x: _clip_growth(x) ** 3, "x^3", families=(_SWISH,)),
+    Operator("sqrt", 1, _safe_sqrt, "sqrt(max(x,0)+eps)-sqrt(eps)", families=(_SWISH,)),
+    Operator("exp", 1, _safe_exp, "exp(min(x, 20))", families=(_SWISH, _PANGAEA)),
+    Operator("expm1", 1, lambda x: ops.expm1(ops.minimum(x, EXP_MAX)), "exp(x)-1, bounded", families=(_PANGAEA,)),
+    Operator("log", 1, _safe_log, "log(|x|+eps)", families=(_SWISH,)),
+    Operator("gaussian", 1, lambda x: ops.exp(-ops.square(_clip_growth(x))), "exp(-x^2)", families=(_SWISH,)),
+    # Unary: trigonometric and hyperbolic.
+    Operator("sin", 1, ops.sin, "sin(x)", families=(_SWISH,)),
+    Operator("cos", 1, ops.cos, "cos(x)", families=(_SWISH,)),
+    Operator("sinc", 1, _sinc, "sin(x)/x", families=(_SWISH,)),
+    Operator("sinh", 1, _bounded_sinh, "sinh(x), input clipped to +-20", families=(_SWISH, _PANGAEA)),
+    Operator("cosh", 1, _bounded_cosh, "cosh(x), input clipped to +-20", families=(_SWISH, _PANGAEA)),
+    Operator("tanh", 1, ops.tanh, "tanh(x)", families=(_SWISH, _PANGAEA)),
+    Operator("asinh", 1, ops.arcsinh, "asinh(x)", families=(_SWISH, _PANGAEA)),
+    Operator("atan", 1, ops.arctan, "atan(x)", families=(_SWISH, _PANGAEA)),
+    # Unary: special functions.
+    Operator("erf", 1, ops.erf, "erf(x)", families=(_SWISH, _PANGAEA)),
+    Operator("erfc", 1, lambda x: 1.0 - ops.erf(x), "1-erf(x)", families=(_PANGAEA,)),
+    Operator("bessel_i0e", 1, _bessel_i0e, "exp(-|x|) I0(x)", families=(_PANGAEA,)),
+    Operator("bessel_i1e", 1, _bessel_i1e, "exp(-|x|) I1(x)", families=(_PANGAEA,)),
+    # Unary: the usual activation functions.
+    Operator("relu", 1, ops.relu, "max(x,0)", families=(_SWISH, _PANGAEA)),
+    Operator("min0", 1, lambda x: ops.minimum(x, 0.0), "min(x,0)", families=(_SWISH,)),
+    Operator("sigmoid", 1, ops.sigmoid, "1/(1+exp(-x))", families=(_SWISH, _PANGAEA)),
+    Operator("log_sigmoid", 1, ops.log_sigmoid, "log(sigmoid(x))", families=(_PANGAEA,)),
+    Operator("hard_sigmoid", 1, ops.hard_sigmoid, "piecewise-linear sigmoid", families=(_PANGAEA,)),
+    Operator("softplus", 1, ops.softplus, "log(1+exp(x))", families=(_SWISH, _PANGAEA)),
+    Operator("softsign", 1, ops.softsign, "x/(1+|x|)", families=(_PANGAEA,)),
+    Operator("elu", 1, ops.elu, "x if x>0 else exp(x)-1", families=(_PANGAEA,)),
+    Operator("selu", 1, ops.selu, "scaled elu", families=(_PANGAEA,)),
+    Operator("swish", 1, ops.silu, "x*sigmoid(x)", families=(_PANGAEA,)),
+    Operator("gelu", 1, lambda x: ops.gelu(x, approximate=False), "x*Phi(x)", families=(_PANGAEA,)),
+    Operator("mish", 1, _mish, "x*tanh(softplus(x))", families=(_PANGAEA,)),
+    Operator("elish", 1, _elish, "x*sigmoid(x) if x>=0 else (exp(x)-1)*sigmoid(x)", families=(_PANGAEA,)),
+    Operator("leaky_relu", 1, lambda x: ops.leaky_relu(x, negative_slope=0.01), "max(x,0.01x)", families=(_PANGAEA,)),
+    # Binary.
+    Operator("add", 2, lambda a, b: a + b, "x1+x2", identity_arg=0.0, families=(_SWISH, _PANGAEA)),
+    Operator("sub", 2, lambda a, b: a - b, "x1-x2", identity_arg=0.0, families=(_SWISH, _PANGAEA)),
+    Operator("mul", 2, lambda a, b: a * b, "x1*x2", identity_arg=1.0, families=(_SWISH, _PANGAEA)),
+    Operator("div", 2, _safe_div, "x1/x2, sign-safe eps", identity_arg=1.0, families=(_SWISH, _PANGAEA)),
+    Operator("pow", 2, _safe_pow, "|x1|^x2, bounded", identity_arg=1.0, families=(_PANGAEA,)),
+    Operator("max", 2, ops.maximum, "max(x1,x2)", families=(_SWISH, _PANGAEA)),
+    Operator("min", 2, ops.minimum, "min(x1,x2)", families=(_SWISH, _PANGAEA)),
+    # N-ary.
+    Operator("sum_n", VARIADIC, _fold(lambda a, b: a + b), "x1+...+xn", identity_arg=0.0, families=(_PANGAEA,)),
+    Operator("prod_n", VARIADIC, _fold(lambda a, b: a * b), "x1*...*xn", identity_arg=1.0, families=(_PANGAEA,)),
+    Operator("max_n", VARIADIC, _fold(ops.maximum), "max(x1,...,xn)", families=(_PANGAEA,)),
+    Operator("min_n", VARIADIC, _fold(ops.minimum), "min(x1,...,xn)", families=(_PANGAEA,)),
+]
+
+REGISTRY: dict[str, Operator] = {op.name: op for op in _OPERATORS}
+assert len(REGISTRY) == len(_OPERATORS), "operator names must be unique"
+
+ALIASES: dict[str, str] = {
+    "neg": "negative",
+    "silu": "swish",
+    "arctan": "atan",
+    "arcsinh": "asinh",
+    "maximum": "max",
+    "minimum": "min",
+    "multiply": "mul",
+    "subtract": "sub",
+    "divide": "div",
+    "power": "pow",
+}
+"""Alternative spellings accepted by the parser; expressions always print the registry name."""
+
+
+def get_operator(name: str) -> Operator:
+    """The operator called `name` (or one of its aliases); KeyError if there is none."""
+    return REGISTRY[ALIASES.get(name, name)]
+
+
+def names(arity: int | None = None, family: str | None = None) -> list[str]:
+    """Operator names, optionally only those of one arity and/or one search-space family."""
+    return [
+        op.name
+        for op in _OPERATORS
+        if (arity is None or op.arity == arity) and (family is None or family in op.families)
+    ]
+
+
+def accepts(op: Operator, num_args: int) -> bool:
+    """Whether `op` can be called with `num_args` arguments."""
+    if op.arity == VARIADIC:
+        return 2 <= num_args <= MAX_VARIADIC
+    return op.arity == num_args
