@@ -5,6 +5,8 @@
     layer = activations.get("max(relu(x), cosh(elu(x)))", sharing="channel")
 """
 
+from activations import space
+from activations.equivalence import check, fingerprint
 from activations.expression import Expression, ExpressionError, parse
 
-__all__ = ["Expression", "ExpressionError", "parse"]
+__all__ = ["Expression", "ExpressionError", "check", "fingerprint", "parse", "space"]

@@ -170,10 +170,13 @@ class Expression:
         `params` maps each parameter name to a value that broadcasts against `x` (a scalar or a
         per-channel vector). The result may be a scalar when the expression ignores `x`.
         """
+        from keras import ops
+
         params = params or {}
         missing = [name for name in self.parameters if name not in params]
         if missing:
             raise ValueError(f"no value given for parameter(s) {missing} of {self}")
+        x = ops.convert_to_tensor(x)
         return _evaluate(self, x, params)
 
 
@@ -183,7 +186,10 @@ def _evaluate(node: Expression, x, params):
     if node.kind == "parameter":
         return params[node.name]
     if node.kind == "constant":
-        return node.value
+        from keras import ops
+
+        # A tensor of x's dtype: operators applied to constants must not fall back to float32.
+        return ops.convert_to_tensor(node.value, dtype=x.dtype)
     if node.name == "pow" and _is_small_integer(node.args[1]):
         return _integer_power(_evaluate(node.args[0], x, params), int(node.args[1].value))
     op = operators.REGISTRY[node.name]

@@ -1,0 +1,164 @@
+"""Functional equivalence and sanity checks on fixed probe points.
+
+Two candidates that compute the same function should be trained once. `fingerprint` hashes a
+function's outputs on 1,000 fixed N(0, 1) samples clipped to [-5, 5] (as in AQuaSurF), so
+`add(x,relu(x))` and `add(relu(x),x)` share a fingerprint however they are written. `check` tells
+whether a function is worth training at all: candidates with non-finite outputs or gradients,
+constant outputs or no gradient almost everywhere are rejected before any compute is spent.
+
+Fingerprints are computed in float64 and rounded to `SIGNIFICANT_DIGITS` significant digits so
+floating-point noise between equivalent formulations does not split them.
+
+Decision: parametric functions are probed twice, at the parameters' initial values and at a second,
+deterministic setting that depends on the parameters' name order. The first probe alone would make
+the learnable Swish `x*sigmoid(beta*x)` a duplicate of the fixed `swish(x)`, although the learnable
+one is a different hypothesis (the point of parametric activations). Reordering the terms of a
+function never changes its fingerprint; renaming its parameters may, when it has several.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+import numpy as np
+
+from activations.expression import Expression, parse
+
+NUM_PROBES = 1000
+PROBE_LIMIT = 5.0
+PROBE_SEED = 0
+SIGNIFICANT_DIGITS = 6
+ZERO_TOLERANCE = 1e-9
+
+OUTPUT_LIMIT = 1e4
+"""Largest |f(x)| accepted on the probe points: keeps float16 activations (max 65504) finite."""
+
+CONSTANT_TOLERANCE = 1e-6
+ZERO_GRADIENT_TOLERANCE = 1e-8
+MAX_ZERO_GRADIENT_FRACTION = 0.95
+
+
+def probe_points() -> np.ndarray:
+    """The fixed probe inputs: N(0, 1) samples clipped to [-5, 5], float64, identical everywhere."""
+    samples = np.random.RandomState(PROBE_SEED).standard_normal(NUM_PROBES)
+    return np.clip(samples, -PROBE_LIMIT, PROBE_LIMIT)
+
+
+_PROBES = probe_points()
+
+
+def initial_values(expr: Expression, initial: float | Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each parameter's starting value: `initial` as a number for all, a mapping, or 1.0."""
+    if isinstance(initial, Mapping):
+        return {name: float(initial.get(name, 1.0)) for name in expr.parameters}
+    value = 1.0 if initial is None else float(initial)
+    return {name: value for name in expr.parameters}
+
+
+def _shifted_values(values: dict[str, float]) -> dict[str, float]:
+    """A second parameter setting for telling parametric families apart: the k-th parameter in
+    name order is moved by 0.5 + 0.25 k, so neither term order nor a lone parameter's name matters."""
+    return {name: values[name] + 0.5 + 0.25 * k for k, name in enumerate(sorted(values))}
+
+
+def evaluate_numpy(expr: Expression | str, x: np.ndarray, params: Mapping[str, float] | None = None) -> np.ndarray:
+    """The function on a NumPy array, computed in float64, as a NumPy array of x's shape."""
+    from keras import ops
+
+    expr = parse(expr)
+    params = initial_values(expr) if params is None else dict(params)
+    x = np.asarray(x, dtype=np.float64)
+    tensor = ops.convert_to_tensor(x, dtype="float64")
+    tensors = {name: ops.convert_to_tensor(value, dtype="float64") for name, value in params.items()}
+    out = ops.convert_to_numpy(expr.evaluate(tensor, tensors))
+    return np.broadcast_to(np.asarray(out, dtype=np.float64), x.shape)
+
+
+def _quantise(values: np.ndarray) -> np.ndarray:
+    """Round to SIGNIFICANT_DIGITS significant digits; encode non-finite values distinctly."""
+    values = np.where(np.abs(values) < ZERO_TOLERANCE, 0.0, values)
+    finite = np.isfinite(values)
+    safe = np.where(finite & (values != 0), np.abs(values), 1.0)
+    exponent = np.floor(np.log10(safe))
+    mantissa = np.round(values / 10.0 ** (exponent - SIGNIFICANT_DIGITS + 1))
+    code = np.stack([np.where(finite, mantissa, 0), np.where(finite, exponent, 0)], axis=-1)
+    special = np.where(np.isnan(values), 1, np.where(np.isposinf(values), 2, np.where(np.isneginf(values), 3, 0)))
+    return np.concatenate([code.astype(np.int64).ravel(), special.astype(np.int64)])
+
+
+def fingerprint(expr: Expression | str, initial: float | Mapping[str, float] | None = None) -> str:
+    """A stable hash of the function's outputs on the probe points (16 hex digits)."""
+    expr = parse(expr)
+    values = initial_values(expr, initial)
+    with np.errstate(all="ignore"):
+        parts = [_quantise(evaluate_numpy(expr, _PROBES, values))]
+        if values:
+            parts.append(_quantise(evaluate_numpy(expr, _PROBES, _shifted_values(values))))
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def gradient_numpy(expr: Expression | str, x: np.ndarray, params: Mapping[str, float] | None = None):
+    """(f(x), df/dx, {name: df/dparam summed over x}) in float64.
+
+    Exact autodiff on the TensorFlow backend (so gradients that autodiff would make NaN are seen
+    as such); central finite differences on other backends.
+    """
+    import keras
+
+    expr = parse(expr)
+    params = initial_values(expr) if params is None else dict(params)
+    x = np.asarray(x, dtype=np.float64)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tx = tf.constant(x)
+        tparams = {name: tf.Variable(value, dtype=tf.float64) for name, value in params.items()}
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(tx)
+            out = expr.evaluate(tx, tparams)
+            out = out + tf.zeros_like(tx)
+        dx = tape.gradient(out, tx, unconnected_gradients="zero").numpy()
+        dparams = {
+            name: float(tape.gradient(out, var, unconnected_gradients="zero").numpy())
+            for name, var in tparams.items()
+        }
+        return out.numpy(), dx, dparams
+    step = 1e-5
+    out = evaluate_numpy(expr, x, params)
+    dx = (evaluate_numpy(expr, x + step, params) - evaluate_numpy(expr, x - step, params)) / (2 * step)
+    dparams = {}
+    for name in params:
+        up, down = dict(params), dict(params)
+        up[name] += step
+        down[name] -= step
+        dparams[name] = float(np.sum(evaluate_numpy(expr, x, up) - evaluate_numpy(expr, x, down)) / (2 * step))
+    return out, dx, dparams
+
+
+def check(expr: Expression | str, initial: float | Mapping[str, float] | None = None) -> str | None:
+    """None when the function is worth training; otherwise the reason it is not."""
+    expr = parse(expr)
+    if not expr.uses_input:
+        return "does not depend on x"
+    with np.errstate(all="ignore"):
+        out, dx, dparams = gradient_numpy(expr, _PROBES, initial_values(expr, initial))
+    if not np.all(np.isfinite(out)):
+        return f"non-finite outputs on {int(np.sum(~np.isfinite(out)))} of {NUM_PROBES} probe points"
+    if not np.all(np.isfinite(dx)):
+        return f"non-finite gradients on {int(np.sum(~np.isfinite(dx)))} of {NUM_PROBES} probe points"
+    bad_params = sorted(name for name, grad in dparams.items() if not np.isfinite(grad))
+    if bad_params:
+        return f"non-finite gradient for parameter(s) {', '.join(bad_params)}"
+    peak = float(np.max(np.abs(out)))
+    if peak > OUTPUT_LIMIT:
+        return f"outputs reach {peak:.3g} on inputs in [-5, 5] (limit {OUTPUT_LIMIT:g})"
+    if float(np.max(out) - np.min(out)) <= CONSTANT_TOLERANCE * max(1.0, peak):
+        return "constant output"
+    zero_fraction = float(np.mean(np.abs(dx) < ZERO_GRADIENT_TOLERANCE))
+    if zero_fraction > MAX_ZERO_GRADIENT_FRACTION:
+        return f"zero gradient on {zero_fraction:.0%} of the probe points"
+    return None

@@ -1,0 +1,355 @@
+"""Search spaces: which functions exist, how to draw one, and how to vary one.
+
+A `SearchSpace` is an operator set plus size limits. It samples initial candidates, mutates a
+candidate (change an operator, insert a node, remove a node, add or remove an edge parameter as in
+`alpha*f(beta*x)`) and recombines two (subtree exchange). Every result is a valid `Expression`
+inside the space's limits, and the same `random.Random` seed gives the same results.
+
+Two spaces ship:
+
+* ``"pangaea"``: the PANGAEA/AQuaSurF operator set; initial candidates are random
+  `unary(unary(x))` and `binary(unary(x), unary(x))` functions.
+* ``"swish"``: the core units `b(u1(x1), u2(x2))` of "Searching for Activation Functions",
+  including the parametric unary forms (`beta*x`, `x+beta`, `beta`) and binary forms
+  (`sigmoid(x1)*x2`, `exp(-beta*(x1-x2)^2)`, `exp(-beta*|x1-x2|)`, `beta*x1+(1-beta)*x2`).
+  `enumerate_core_units` lists every function of one or two core units over an operator subset,
+  for exhaustive search of small spaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from typing import Callable, Iterator, Sequence
+
+from activations import operators
+from activations.expression import Expression, ExpressionError, parse
+
+PARAMETER_NAMES = ("alpha", "beta", "gamma", "delta", "kappa", "theta", "rho", "sigma_p")
+MUTATIONS = ("change", "insert", "remove", "add_parameter", "remove_parameter")
+_MAX_ATTEMPTS = 64
+
+X = Expression.input()
+
+
+def as_rng(seed_or_rng: int | random.Random | None) -> random.Random:
+    """A `random.Random` from a seed (or the generator itself), for reproducible proposals."""
+    if isinstance(seed_or_rng, random.Random):
+        return seed_or_rng
+    return random.Random(seed_or_rng)
+
+
+def _fresh_parameter(expr: Expression) -> str | None:
+    used = set(expr.parameters)
+    return next((name for name in PARAMETER_NAMES if name not in used), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """An operator set with size limits, and the variation operators of the search.
+
+    `unary` and `binary` name the operators mutations may use; `sampler` draws an initial
+    candidate. Limits: `max_nodes`, `max_depth`, `max_parameters`.
+    """
+
+    name: str
+    unary: tuple[str, ...]
+    binary: tuple[str, ...]
+    sampler: Callable[["SearchSpace", random.Random], Expression]
+    max_nodes: int = 24
+    max_depth: int = 8
+    max_parameters: int = 4
+    identity_insert_rate: float = 0.5
+
+    def __post_init__(self):
+        for name in self.unary + self.binary:
+            op = operators.get_operator(name)  # KeyError for an unknown name is a programming error
+            expected = 1 if name in self.unary else 2
+            if op.arity != expected:
+                raise ValueError(f"operator {name!r} has arity {op.arity}, listed as arity {expected}")
+
+    # --- membership ------------------------------------------------------------------------------
+
+    def violation(self, expr: Expression) -> str | None:
+        """None when `expr` lies inside the space's limits, otherwise what is exceeded."""
+        if expr.nodes > self.max_nodes:
+            return f"{expr.nodes} nodes (limit {self.max_nodes})"
+        if expr.depth > self.max_depth:
+            return f"depth {expr.depth} (limit {self.max_depth})"
+        if len(expr.parameters) > self.max_parameters:
+            return f"{len(expr.parameters)} parameters (limit {self.max_parameters})"
+        if not expr.uses_input:
+            return "does not use x"
+        if expr.kind != "call":
+            return "a bare leaf is not an activation function"
+        return None
+
+    def contains(self, expr: Expression) -> bool:
+        return self.violation(expr) is None
+
+    # --- proposals -------------------------------------------------------------------------------
+
+    def sample(self, rng: int | random.Random | None = None) -> Expression:
+        """A random initial candidate."""
+        rng = as_rng(rng)
+        for _ in range(_MAX_ATTEMPTS):
+            candidate = self.sampler(self, rng)
+            if self.contains(candidate):
+                return candidate
+        raise RuntimeError(f"space {self.name!r} failed to sample a function within its limits")
+
+    def mutate(self, expr: Expression | str, rng: int | random.Random | None = None) -> Expression:
+        """A mutated copy of `expr`, always different from it and inside the space."""
+        return self.propose_mutation(expr, rng)[0]
+
+    def propose_mutation(self, expr: Expression | str, rng: int | random.Random | None = None) -> tuple[Expression, str]:
+        """(mutated expression, name of the mutation applied); see MUTATIONS."""
+        expr, rng = parse(expr), as_rng(rng)
+        for _ in range(_MAX_ATTEMPTS):
+            kind = rng.choice(MUTATIONS)
+            try:
+                candidate = getattr(self, f"_{kind}")(expr, rng)
+            except ExpressionError:  # a structural limit of Expression itself
+                continue
+            if candidate is not None and candidate != expr and self.contains(candidate):
+                return candidate, kind
+        return self.sample(rng), "resample"
+
+    def crossover(self, a: Expression | str, b: Expression | str, rng: int | random.Random | None = None) -> Expression:
+        """`a` with one of its subtrees replaced by a subtree of `b` (differs from both parents
+        when possible; falls back to a mutation of `a`)."""
+        a, b, rng = parse(a), parse(b), as_rng(rng)
+        sites_a = [path for path, _ in a.walk()]
+        donors = [node for _, node in b.walk() if node.kind == "call" or node.kind == "input"]
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                child = a.replace(rng.choice(sites_a), rng.choice(donors))
+            except ExpressionError:
+                continue
+            if child not in (a, b) and self.contains(child):
+                return child
+        return self.mutate(a, rng)
+
+    # --- mutations (None when not applicable) ----------------------------------------------------
+
+    @property
+    def useful_unary(self) -> tuple[str, ...]:
+        """Unary operators worth proposing; zero/one only enter through identity insertions."""
+        return tuple(name for name in self.unary if name not in ("zero", "one"))
+
+    def _random_leaf_or_unit(self, rng: random.Random) -> Expression:
+        return Expression.call(rng.choice(self.useful_unary), X)
+
+    def _change(self, expr: Expression, rng: random.Random) -> Expression | None:
+        path, node = rng.choice(list(expr.walk()))
+        if node.kind == "call" and node.name in self.unary:
+            choices = [name for name in self.useful_unary if name != node.name]
+            return expr.replace(path, Expression.call(rng.choice(choices), *node.args))
+        if node.kind == "call" and node.name in self.binary:
+            choices = [name for name in self.binary if name != node.name]
+            return expr.replace(path, Expression.call(rng.choice(choices), *node.args))
+        if node.kind in ("input", "constant"):
+            return expr.replace(path, self._random_leaf_or_unit(rng))
+        return None
+
+    def _insert(self, expr: Expression, rng: random.Random) -> Expression | None:
+        path, node = rng.choice(list(expr.walk()))
+        if rng.random() < self.identity_insert_rate:
+            # Identity-preserving: node -> b(node, e) where e is b's neutral element, so the
+            # function is unchanged until a later mutation changes e.
+            neutral = [name for name in self.binary if operators.REGISTRY[name].identity_arg is not None]
+            if not neutral:
+                return None
+            name = rng.choice(neutral)
+            value = operators.REGISTRY[name].identity_arg
+            unit = {0.0: "zero", 1.0: "one"}[value]
+            second = Expression.call(unit, X) if unit in self.unary else Expression.constant(value)
+            return expr.replace(path, Expression.call(name, node, second))
+        if rng.random() < 0.5:
+            return expr.replace(path, Expression.call(rng.choice(self.useful_unary), node))
+        other = self._random_leaf_or_unit(rng) if rng.random() < 0.7 else X
+        args = (node, other) if rng.random() < 0.5 else (other, node)
+        return expr.replace(path, Expression.call(rng.choice(self.binary), *args))
+
+    def _remove(self, expr: Expression, rng: random.Random) -> Expression | None:
+        calls = [(path, node) for path, node in expr.walk() if node.kind == "call"]
+        if not calls:
+            return None
+        path, node = rng.choice(calls)
+        replacement = rng.choice(node.args)
+        result = expr.replace(path, replacement)
+        return None if result.kind != "call" else result
+
+    def _add_parameter(self, expr: Expression, rng: random.Random) -> Expression | None:
+        name = _fresh_parameter(expr)
+        if name is None or len(expr.parameters) >= self.max_parameters:
+            return None
+        param = Expression.parameter(name)
+        sites = [(path, node) for path, node in expr.walk() if node.kind in ("call", "input")]
+        path, node = rng.choice(sites)
+        if node.kind == "call" and operators.REGISTRY[node.name].arity == 1 and rng.random() < 0.5:
+            # f(beta * u): scale the operator's input.
+            return expr.replace(path, Expression.call(node.name, Expression.call("mul", param, node.args[0])))
+        # alpha * f(u): scale the operator's output.
+        return expr.replace(path, Expression.call("mul", param, node))
+
+    def _remove_parameter(self, expr: Expression, rng: random.Random) -> Expression | None:
+        scaled = [
+            (path, node)
+            for path, node in expr.walk()
+            if node.kind == "call" and node.name == "mul" and any(arg.kind == "parameter" for arg in node.args)
+        ]
+        if not scaled:
+            return None
+        path, node = rng.choice(scaled)
+        other = node.args[1] if node.args[0].kind == "parameter" else node.args[0]
+        return expr.replace(path, other)
+
+
+# --- the PANGAEA space ---------------------------------------------------------------------------
+
+PANGAEA_UNARY = tuple(operators.names(arity=1, family="pangaea"))
+PANGAEA_BINARY = ("add", "sub", "mul", "div", "pow", "max", "min")
+
+
+def _sample_pangaea(space: SearchSpace, rng: random.Random) -> Expression:
+    useful = space.useful_unary
+    if rng.random() < 0.5:
+        return Expression.call(rng.choice(useful), Expression.call(rng.choice(useful), X))
+    return Expression.call(
+        rng.choice(space.binary), Expression.call(rng.choice(useful), X), Expression.call(rng.choice(useful), X)
+    )
+
+
+# --- the Swish-paper space -----------------------------------------------------------------------
+
+SWISH_UNARY_FORMS: dict[str, str] = {
+    "x": "{}",
+    "-x": "negative({})",
+    "|x|": "abs({})",
+    "x^2": "square({})",
+    "x^3": "cube({})",
+    "sqrt(x)": "sqrt({})",
+    "beta*x": "mul({p},{})",
+    "x+beta": "add({},{p})",
+    "log(|x|+eps)": "log({})",
+    "exp(x)": "exp({})",
+    "sin(x)": "sin({})",
+    "cos(x)": "cos({})",
+    "sinh(x)": "sinh({})",
+    "cosh(x)": "cosh({})",
+    "tanh(x)": "tanh({})",
+    "asinh(x)": "asinh({})",
+    "atan(x)": "atan({})",
+    "sinc(x)": "sinc({})",
+    "max(x,0)": "relu({})",
+    "min(x,0)": "min0({})",
+    "sigmoid(x)": "sigmoid({})",
+    "softplus(x)": "softplus({})",
+    "exp(-x^2)": "gaussian({})",
+    "erf(x)": "erf({})",
+    "beta": "{p}",
+}
+"""The Swish paper's unary set: paper notation -> template ({} the argument, {p} a new parameter)."""
+
+SWISH_BINARY_FORMS: dict[str, str] = {
+    "x1+x2": "add({0},{1})",
+    "x1*x2": "mul({0},{1})",
+    "x1-x2": "sub({0},{1})",
+    "x1/(x2+eps)": "div({0},{1})",
+    "max(x1,x2)": "max({0},{1})",
+    "min(x1,x2)": "min({0},{1})",
+    "sigmoid(x1)*x2": "mul(sigmoid({0}),{1})",
+    "exp(-beta*(x1-x2)^2)": "exp(negative(mul({p},square(sub({0},{1})))))",
+    "exp(-beta*|x1-x2|)": "exp(negative(mul({p},abs(sub({0},{1})))))",
+    "beta*x1+(1-beta)*x2": "add(mul({p},{0}),mul(sub(1,{p}),{1}))",
+}
+"""The Swish paper's binary set, as templates over the operator registry."""
+
+SWISH_UNARY = tuple(operators.names(arity=1, family="swish_paper"))
+SWISH_BINARY = ("add", "sub", "mul", "div", "max", "min")
+
+
+class _Namer:
+    """Hands out beta, beta_2, beta_3, ... so every parametric form gets its own parameter."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self) -> str:
+        self.count += 1
+        return "beta" if self.count == 1 else f"beta_{self.count}"
+
+
+def _fill(template: str, args: Sequence[str], namer: _Namer) -> str:
+    parameter = namer() if "{p}" in template else ""
+    return template.replace("{p}", parameter).format(*args)
+
+
+def core_unit(binary: str, unary1: str, unary2: str, x1: str = "x", x2: str = "x", namer: _Namer | None = None) -> str:
+    """Text of the core unit `binary(unary1(x1), unary2(x2))`, with forms in the paper's notation."""
+    namer = namer or _Namer()
+    u1 = _fill(SWISH_UNARY_FORMS[unary1], [x1], namer)
+    u2 = _fill(SWISH_UNARY_FORMS[unary2], [x2], namer)
+    return _fill(SWISH_BINARY_FORMS[binary], [u1, u2], namer)
+
+
+def _sample_swish(space: SearchSpace, rng: random.Random) -> Expression:
+    unary, binary = list(SWISH_UNARY_FORMS), list(SWISH_BINARY_FORMS)
+    namer = _Namer()
+    text = core_unit(rng.choice(binary), rng.choice(unary), rng.choice(unary), namer=namer)
+    if rng.random() < 0.5:  # a second core unit fed by the first and by x
+        text = core_unit(rng.choice(binary), rng.choice(unary), rng.choice(unary), x1=text, namer=namer)
+    return parse(text)
+
+
+def enumerate_core_units(
+    core_units: int = 1,
+    unary: Sequence[str] | None = None,
+    binary: Sequence[str] | None = None,
+) -> Iterator[Expression]:
+    """Every function of `core_units` (1 or 2) core units over the given forms, in a fixed order.
+
+    With two units the second takes the first unit's output as x1 and the input x as x2 (the
+    paper's "inputs are x or outputs of earlier units"). Functions are not yet de-duplicated:
+    callers filter them with `activations.fingerprint`.
+    """
+    unary = list(unary or SWISH_UNARY_FORMS)
+    binary = list(binary or SWISH_BINARY_FORMS)
+    unknown = sorted(set(unary) - set(SWISH_UNARY_FORMS)) + sorted(set(binary) - set(SWISH_BINARY_FORMS))
+    if unknown:
+        raise ValueError(
+            f"unknown core-unit forms {unknown}; allowed unary forms: {list(SWISH_UNARY_FORMS)}, "
+            f"binary forms: {list(SWISH_BINARY_FORMS)}"
+        )
+    if core_units not in (1, 2):
+        raise ValueError(f"core_units must be 1 or 2, got {core_units}")
+    for b, u1, u2 in itertools.product(binary, unary, unary):
+        first = core_unit(b, u1, u2)
+        if core_units == 1:
+            yield parse(first)
+            continue
+        for b2, u3, u4 in itertools.product(binary, unary, unary):
+            namer = _Namer()
+            inner = core_unit(b, u1, u2, namer=namer)
+            yield parse(core_unit(b2, u3, u4, x1=inner, namer=namer))
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+_SPACES: dict[str, Callable[[], SearchSpace]] = {
+    "pangaea": lambda: SearchSpace("pangaea", PANGAEA_UNARY, PANGAEA_BINARY, _sample_pangaea),
+    "swish": lambda: SearchSpace(
+        "swish", SWISH_UNARY, SWISH_BINARY, _sample_swish, max_nodes=40, max_depth=12, max_parameters=4
+    ),
+}
+
+
+def get_space(space: str | SearchSpace) -> SearchSpace:
+    """The named search space ("pangaea" or "swish"), or `space` itself if it is one."""
+    if isinstance(space, SearchSpace):
+        return space
+    if space not in _SPACES:
+        raise ValueError(f"unknown search space {space!r}; allowed: {sorted(_SPACES)} or a SearchSpace")
+    return _SPACES[space]()
