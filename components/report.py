@@ -1,0 +1,646 @@
+"""The run's human-readable report: `report.md` and a self-contained `report.html`.
+
+The report answers three questions for a reader who was not watching the run: did anything beat
+the baseline (results table, verdicts, accuracy distributions), what do the winners look like
+(function shapes, learned parameters per layer), and how can the result be reproduced (data,
+model, budget, seeds, search progress, best trials).
+
+`report.html` carries every figure as a base64 `data:` URI and its CSS inline, so it can be
+mailed, attached to a pipeline run or opened offline. `report.md` links the same figures as PNG
+files in `report_figures/` next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from components.statistics import BASELINE, BLESSED, Evaluation, FunctionStats
+
+FIGURES_DIR = "report_figures"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+PathLike = str | Path
+
+
+class ReportError(ValueError):
+    """Raised when the report's inputs are missing or malformed."""
+
+
+def write_report(
+    output_dir: PathLike,
+    *,
+    evaluation: Evaluation | Mapping[str, Any],
+    runs: Sequence[Mapping[str, Any]],
+    history: Sequence[Mapping[str, Any]] | None = None,
+    trials: Sequence[Mapping[str, Any]] | None = None,
+    function_plots: Mapping[str, PathLike | Sequence[PathLike]] | None = None,
+    config: Mapping[str, Any],
+    title: str = "Activation function search",
+    top_trials: int = 10,
+) -> tuple[Path, Path]:
+    """Writes `report.md`, `report.html` and their figures into `output_dir`.
+
+    Args:
+      output_dir: directory to write into (created if needed).
+      evaluation: the `Evaluation` (or its `to_dict()` form, e.g. read from evaluation.json).
+      runs: the final run records that were evaluated. Optional keys used when present:
+        `diverged` (marked in the distribution plot) and `learned_parameters`, a mapping
+        `{layer name: {parameter name: value or list of per-channel values}}` that is plotted
+        per layer for each function.
+      history: evolution progress, one dict per generation with `generation`, `best`, `median`
+        and optionally `distinct`, `rejected`, `duplicates`.
+      trials: search trials, dicts with `expression`, `fitness`, `generation`, `parents`; the
+        `top_trials` best by fitness are tabulated.
+      function_plots: function name -> PNG path (or list of PNG paths) showing its shape and
+        derivative; embedded as given.
+      config: what is needed to reproduce the run (data, model, budget, seeds, ...); nested
+        mappings are flattened into dotted keys.
+      title: the report's heading.
+      top_trials: how many trials the trials table shows.
+
+    Returns:
+      `(md_path, html_path)`.
+
+    Raises:
+      ReportError: malformed inputs or a function plot that is missing or not a PNG.
+    """
+    evaluation = _as_evaluation(evaluation)
+    if not isinstance(config, Mapping):
+        raise ReportError(f"config must be a mapping of settings, got {type(config).__name__}")
+    runs = list(runs)
+    history = _check_history(history) if history else None
+    _check_trials(trials or [])
+    _check_function_plots(function_plots or {})
+    out = Path(output_dir)
+    figures_dir = out / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_figures(figures_dir, function_plots or {})
+
+    figures: dict[str, Path] = {}
+    figures["accuracy"] = _accuracy_figure(evaluation, runs, figures_dir / "accuracy.png")
+    if history:
+        figures["evolution"] = _evolution_figure(history, figures_dir / "evolution.png")
+    shapes = _collect_function_figures(evaluation, runs, function_plots or {}, figures_dir)
+
+    doc = _Document(title)
+    _summary_section(doc, evaluation)
+    _results_section(doc, evaluation)
+    doc.heading("Accuracy distributions")
+    doc.paragraph(f"{evaluation.metric} of every run, one row per function; the dashed line is "
+                  f"the mean of {evaluation.baseline}. Crosses mark diverged runs, which count "
+                  "as failures.")
+    doc.image(figures["accuracy"], "Accuracy distribution per function")
+    _shapes_section(doc, shapes)
+    if history:
+        doc.heading("Evolution progress")
+        doc.paragraph("Best and median fitness of each generation's trained candidates, and how "
+                      "many candidates were new, rejected before training, or duplicates of "
+                      "functions already trained.")
+        doc.image(figures["evolution"], "Best and median fitness per generation")
+        doc.table(*_history_table(history))
+    if trials:
+        _trials_section(doc, trials, top_trials)
+    _reproduce_section(doc, config, runs, evaluation)
+    _runs_section(doc, runs, evaluation.metric)
+
+    md_path = out / "report.md"
+    html_path = out / "report.html"
+    md_path.write_text(doc.markdown(relative_to=out))
+    html_path.write_text(doc.html())
+    return md_path, html_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+
+
+def _summary_section(doc: "_Document", ev: Evaluation) -> None:
+    doc.heading("Summary")
+    doc.verdict(ev.verdict, ev.summary)
+    settings = (f"Baseline {ev.baseline}; metric {ev.metric}; a function is blessed when its mean "
+                f"gain exceeds {100 * ev.threshold:.2f} pp and its {_p_label(ev.blessing_p)} "
+                f"p-value is below {ev.alpha:g}. Tests need at least {ev.min_seeds} seeds per "
+                "function; p-values are two-sided and Holm-corrected over the functions "
+                "compared, separately for Welch's t-test and the Mann-Whitney U test.")
+    doc.paragraph(settings)
+
+
+def _results_section(doc: "_Document", ev: Evaluation) -> None:
+    doc.heading("Results")
+    base = ev.baseline
+    header = ["Function", "n", "Mean ± std", "95% CI", f"Δ vs {base}",
+              "Welch p (Holm)", "Mann-Whitney p (Holm)", "Win/tie/loss", "Verdict"]
+    rows = []
+    for f in ev.functions:
+        rows.append([
+            _Code(f.function), str(f.n) + (f" ({f.n_diverged} diverged)" if f.n_diverged else ""),
+            _pct(f.mean) + (f" ± {100 * f.std:.2f}" if f.std is not None else ""),
+            f"[{_pct(f.ci_low)}, {_pct(f.ci_high)}]" if f.ci_low is not None else "—",
+            "—" if f.is_baseline else f"{100 * f.diff:+.2f} pp",
+            _p_cell(f, f.welch_p_holm, f.welch_p),
+            _p_cell(f, f.mannwhitney_p_holm, f.mannwhitney_p),
+            "—" if f.is_baseline else f.win_tie_loss,
+            _Verdict(f.verdict),
+        ])
+    doc.table(header, rows)
+    doc.paragraph("Accuracies in percent; Δ in percentage points (pp). p-values: Holm-corrected, "
+                  "raw value in parentheses. Win/tie/loss pairs each run with the baseline run "
+                  "of the same seed, or with the baseline median when that seed is missing.")
+    doc.bullets([(_Code(f.function), f": {f.reason}" + (f" ({f.p_note})" if f.p_note and
+                                                         f.p_note not in f.reason else ""))
+                 for f in ev.functions if not f.is_baseline])
+
+
+def _shapes_section(doc: "_Document", shapes: list[tuple[str, list[Path]]]) -> None:
+    if not shapes:
+        return
+    doc.heading("Function shapes and learned parameters")
+    doc.paragraph("Each function with its derivative, and where it has learnable parameters, "
+                  "their trained values per layer (mean over seeds; bars span min to max over "
+                  "seeds and channels).")
+    for name, paths in shapes:
+        doc.subheading(_Code(name))
+        for path in paths:
+            doc.image(path, f"{name}: {path.stem}")
+
+
+def _check_trials(trials) -> None:
+    for index, trial in enumerate(trials):
+        if not isinstance(trial, Mapping) or "expression" not in trial:
+            raise ReportError(f"trial {index} must be a dict with at least 'expression' and "
+                              f"'fitness', got {trial!r}")
+
+
+def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: int) -> None:
+    def key(trial):
+        fitness = _finite(trial.get("fitness"))
+        return (fitness is None, -(fitness or 0.0))
+
+    best = sorted(trials, key=key)[:top]
+    doc.heading(f"Top {len(best)} of {len(trials)} search trials")
+    rows = []
+    for rank, trial in enumerate(best, 1):
+        parents = trial.get("parents") or []
+        if isinstance(parents, str):
+            parents = [parents]
+        fitness = _finite(trial.get("fitness"))
+        rows.append([str(rank), _Code(str(trial["expression"])),
+                     "—" if fitness is None else f"{fitness:.4f}",
+                     str(trial.get("generation", "—")),
+                     _CodeList([str(p) for p in parents]) if parents else "—"])
+    doc.table(["Rank", "Expression", "Fitness", "Generation", "Parents"], rows)
+
+
+def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation) -> None:
+    doc.heading("Reproducing this result")
+    doc.paragraph("The data, model, training budget and seeds of the run. Training every "
+                  "function below with these settings reproduces the comparison.")
+    rows = [[_Code(key), _Code(_format_value(value))] for key, value in _flatten(config)]
+    seeds = sorted({int(r["seed"]) for r in runs if "seed" in r})
+    rows.append([_Code("seeds (final runs)"), _Code(", ".join(map(str, seeds)) or "—")])
+    rows.append([_Code("functions compared"),
+                 _Code(", ".join(f.function for f in ev.functions))])
+    doc.table(["Setting", "Value"], rows)
+
+
+def _runs_section(doc: "_Document", runs, metric: str) -> None:
+    doc.heading("All final runs")
+    rows = []
+    for r in sorted(runs, key=lambda r: (str(r.get("function")), r.get("seed", 0))):
+        rows.append([_Code(str(r.get("function"))), str(r.get("seed", "—")),
+                     _fmt_acc(r.get(metric)), _fmt_acc(r.get("val_accuracy")),
+                     "yes" if r.get("diverged") else "no"])
+    doc.table(["Function", "Seed", metric, "val_accuracy", "Diverged"], rows)
+
+
+def _history_table(history) -> tuple[list[str], list[list[Any]]]:
+    extra = [k for k in ("distinct", "rejected", "duplicates") if any(k in h for h in history)]
+    header = ["Generation", "Best", "Median"] + [k.capitalize() for k in extra]
+    rows = []
+    for h in history:
+        rows.append([str(h["generation"]), _fmt_num(h["best"]), _fmt_num(h["median"])]
+                    + [str(h.get(k, "—")) for k in extra])
+    return header, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib's object API: no pyplot, no global backend state).
+
+
+def _accuracy_figure(ev: Evaluation, runs, path: Path) -> Path:
+    names = [f.function for f in ev.functions]
+    height = 1.2 + 0.45 * len(names)
+    fig = Figure(figsize=(8, height), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    data = [np.array(f.values) * 100 for f in ev.functions]
+    positions = np.arange(len(names))[::-1]
+    ax.boxplot(data, positions=positions, orientation="horizontal", widths=0.5,
+               showfliers=False, medianprops=dict(color="black"))
+    rng = np.random.default_rng(0)
+    for f, y in zip(ev.functions, positions):
+        diverged = _diverged_flags(f, runs, ev.metric)
+        values = np.array(f.values) * 100
+        jitter = y + rng.uniform(-0.15, 0.15, size=len(values))
+        color = "tab:green" if f.verdict == BLESSED else \
+            "tab:gray" if f.verdict == BASELINE else "tab:blue"
+        ok = ~diverged
+        ax.scatter(values[ok], jitter[ok], s=18, color=color, alpha=0.8, zorder=3)
+        if diverged.any():
+            ax.scatter(values[diverged], jitter[diverged], s=30, marker="x", color="tab:red",
+                       zorder=3, label="diverged")
+    ax.axvline(ev.functions[0].mean * 100, color="tab:gray", linestyle="--", linewidth=1)
+    ax.set_yticks(positions, [_mpl_text(_shorten(n, 45)) for n in names])
+    ax.set_xlabel(f"{ev.metric} (%)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def _evolution_figure(history, path: Path) -> Path:
+    gens = [h["generation"] for h in history]
+    counts = [k for k in ("distinct", "rejected", "duplicates") if any(k in h for h in history)]
+    fig = Figure(figsize=(8, 5.5 if counts else 3.5), dpi=100, layout="constrained")
+    axes = fig.subplots(2 if counts else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
+    ax.plot(gens, [h["best"] for h in history], marker="o", label="best")
+    ax.plot(gens, [h["median"] for h in history], marker="s", label="median")
+    ax.set_ylabel("fitness")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if counts:
+        ax2 = axes[1]
+        width = 0.8 / len(counts)
+        for i, key in enumerate(counts):
+            ax2.bar(np.array(gens) + (i - (len(counts) - 1) / 2) * width,
+                    [h.get(key, 0) for h in history], width=width, label=key)
+        ax2.set_ylabel("candidates")
+        top = max((h.get(k, 0) or 0) for h in history for k in counts)
+        ax2.set_ylim(0, max(1, top) * 1.35)  # headroom for the legend
+        ax2.legend(ncol=len(counts), loc="upper left")
+        ax2.grid(axis="y", alpha=0.3)
+    axes[-1].set_xlabel("generation")
+    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    fig.savefig(path)
+    return path
+
+
+def _parameter_figure(name: str, records: list[Mapping[str, Any]], path: Path) -> Path | None:
+    """Learned parameters per layer: mean over seeds, bars from min to max over seeds/channels."""
+    per_param: dict[str, dict[str, list[float]]] = {}
+    layers: list[str] = []
+    for record in records:
+        learned = record.get("learned_parameters") or {}
+        if not isinstance(learned, Mapping):
+            raise ReportError(f"learned_parameters of a {name} run must map layer -> "
+                              f"{{parameter: value}}, got {type(learned).__name__}")
+        for layer, params in learned.items():
+            if layer not in layers:
+                layers.append(layer)
+            for param, value in dict(params).items():
+                flat = np.ravel(np.asarray(value, dtype=float))
+                per_param.setdefault(param, {}).setdefault(layer, []).extend(flat.tolist())
+    if not per_param:
+        return None
+    fig = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(layers))
+    for offset, (param, by_layer) in enumerate(sorted(per_param.items())):
+        shift = (offset - (len(per_param) - 1) / 2) * 0.08
+        xs, mean, low, high = [], [], [], []
+        for i, layer in enumerate(layers):
+            values = [v for v in by_layer.get(layer, []) if math.isfinite(v)]
+            if values:
+                xs.append(i + shift)
+                mean.append(np.mean(values))
+                low.append(np.mean(values) - np.min(values))
+                high.append(np.max(values) - np.mean(values))
+        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=_mpl_text(param))
+    ax.set_xticks(x, [_mpl_text(_shorten(layer, 18)) for layer in layers], rotation=30,
+                  ha="right")
+    ax.set_ylabel("learned value")
+    ax.set_title(_mpl_text(f"Learned parameters per layer: {_shorten(name, 60)}"), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path)
+    return path
+
+
+def _plot_paths(given) -> list[Path]:
+    return [Path(given)] if isinstance(given, (str, Path)) else [Path(p) for p in given]
+
+
+def _check_function_plots(function_plots) -> None:
+    if not isinstance(function_plots, Mapping):
+        raise ReportError("function_plots must map function name -> PNG path(s), got "
+                          f"{type(function_plots).__name__}")
+    for name, given in function_plots.items():
+        for path in _plot_paths(given):
+            _check_png(path, name)
+
+
+def _collect_function_figures(ev: Evaluation, runs, function_plots, figures_dir: Path):
+    order = [f.function for f in ev.functions]
+    order += [name for name in function_plots if name not in order]
+    shapes: list[tuple[str, list[Path]]] = []
+    for index, name in enumerate(order):
+        paths: list[Path] = []
+        given = function_plots.get(name)
+        if given is not None:
+            for k, source in enumerate(_plot_paths(given)):
+                target = figures_dir / f"function_{index:02d}_{k}.png"
+                if source.resolve() != target.resolve():
+                    shutil.copyfile(source, target)
+                paths.append(target)
+        records = [r for r in runs if r.get("function") == name]
+        param_plot = _parameter_figure(name, records, figures_dir / f"parameters_{index:02d}.png")
+        if param_plot is not None:
+            paths.append(param_plot)
+        if paths:
+            shapes.append((name, paths))
+    return shapes
+
+
+def _remove_stale_figures(figures_dir: Path, function_plots) -> None:
+    """Drops PNGs of an earlier report in the same place, keeping any given as inputs."""
+    keep = {path.resolve() for given in function_plots.values() for path in _plot_paths(given)}
+    for old in figures_dir.glob("*.png"):
+        if old.resolve() not in keep:
+            old.unlink()
+
+
+def _check_png(path: Path, name: str) -> None:
+    if not path.is_file():
+        raise ReportError(f"plot for function {name!r} not found: {path}")
+    with path.open("rb") as fh:
+        if fh.read(8) != _PNG_SIGNATURE:
+            raise ReportError(f"plot for function {name!r} is not a PNG file: {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny document model rendered both as Markdown and as HTML.
+
+
+class _Code(str):
+    """Text shown in monospace (expressions, settings)."""
+
+
+class _CodeList(list):
+    """Several monospace items in one cell."""
+
+
+class _Verdict(str):
+    """A verdict badge."""
+
+
+class _Document:
+    def __init__(self, title: str):
+        self.title = title
+        self.blocks: list[tuple[str, Any]] = []
+
+    def heading(self, text):
+        self.blocks.append(("h2", text))
+
+    def subheading(self, text):
+        self.blocks.append(("h3", text))
+
+    def paragraph(self, text):
+        self.blocks.append(("p", text))
+
+    def verdict(self, verdict, text):
+        self.blocks.append(("verdict", (verdict, text)))
+
+    def bullets(self, items):
+        self.blocks.append(("ul", items))
+
+    def table(self, header, rows):
+        self.blocks.append(("table", (header, rows)))
+
+    def image(self, path: Path, alt: str):
+        self.blocks.append(("img", (Path(path), alt)))
+
+    # -- Markdown --
+
+    def markdown(self, relative_to: Path) -> str:
+        lines = [f"# {self.title}", ""]
+        for kind, value in self.blocks:
+            if kind == "h2":
+                lines += [f"## {_md(value)}", ""]
+            elif kind == "h3":
+                lines += [f"### {_md(value)}", ""]
+            elif kind == "p":
+                lines += [_md(value), ""]
+            elif kind == "verdict":
+                lines += [f"**{value[0]}** — {_md(value[1])}", ""]
+            elif kind == "ul":
+                lines += ["- " + "".join(_md(part) for part in item) for item in value] + [""]
+            elif kind == "table":
+                header, rows = value
+                lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+                lines.append("|" + "|".join("---" for _ in header) + "|")
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+                lines.append("")
+            elif kind == "img":
+                path, alt = value
+                rel = path.relative_to(relative_to).as_posix()
+                lines += [f"![{_md(alt).replace(']', '')}]({rel})", ""]
+        return "\n".join(lines)
+
+    # -- HTML --
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        for kind, value in self.blocks:
+            if kind in ("h2", "h3"):
+                body.append(f"<{kind}>{_html(value)}</{kind}>")
+            elif kind == "p":
+                body.append(f"<p>{_html(value)}</p>")
+            elif kind == "verdict":
+                css = "blessed" if value[0] == BLESSED else "not-blessed"
+                body.append(f'<div class="verdict {css}"><strong>{html.escape(value[0])}</strong>'
+                            f" {_html(value[1])}</div>")
+            elif kind == "ul":
+                items = "".join("<li>" + "".join(_html(p) for p in item) + "</li>"
+                                for item in value)
+                body.append(f"<ul>{items}</ul>")
+            elif kind == "table":
+                header, rows = value
+                head = "".join(f"<th>{_html(h)}</th>" for h in header)
+                rows_html = "".join("<tr>" + "".join(f"<td>{_html(c)}</td>" for c in row)
+                                    + "</tr>" for row in rows)
+                body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+                            f"<tbody>{rows_html}</tbody></table></div>")
+            elif kind == "img":
+                path, alt = value
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                body.append(f'<figure><img src="data:image/png;base64,{data}" '
+                            f'alt="{html.escape(alt, quote=True)}"></figure>')
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head>\n"
+                f"<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
+background:#fafafa;line-height:1.45}
+main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 3rem;background:#fff}
+h1{font-size:1.7rem;border-bottom:2px solid #ddd;padding-bottom:.3rem}
+h2{font-size:1.3rem;margin-top:2rem;border-bottom:1px solid #eee}
+h3{font-size:1.05rem;margin-top:1.4rem}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;
+background:#f3f3f3;padding:0 .25em;border-radius:3px;word-break:break-all}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.3rem .55rem;text-align:left;vertical-align:top}
+th{background:#f0f0f0}
+tbody tr:nth-child(even){background:#fafafa}
+.badge{display:inline-block;padding:.05rem .45rem;border-radius:3px;font-size:.8rem;
+font-weight:600;white-space:nowrap}
+.badge-BLESSED{background:#d7f5dd;color:#145a24}
+.badge-NOT_BLESSED{background:#f4e1e1;color:#7a1c1c}
+.badge-BASELINE{background:#e8e8e8;color:#444}
+.verdict{padding:.7rem 1rem;border-radius:4px;margin:.6rem 0}
+.verdict.blessed{background:#e6f7ea;border-left:5px solid #2e8b46}
+.verdict.not-blessed{background:#fbeeee;border-left:5px solid #b33a3a}
+figure{margin:.8rem 0}
+img{max-width:100%;height:auto;border:1px solid #eee}
+"""
+
+
+def _html(value: Any) -> str:
+    if isinstance(value, _Verdict):
+        text = value.replace("_", " ") if value != BASELINE else "baseline"
+        return f'<span class="badge badge-{html.escape(value)}">{html.escape(text)}</span>'
+    if isinstance(value, _Code):
+        return f"<code>{html.escape(value)}</code>"
+    if isinstance(value, _CodeList):
+        return ", ".join(f"<code>{html.escape(v)}</code>" for v in value)
+    return html.escape(str(value))
+
+
+def _md(value: Any) -> str:
+    if isinstance(value, _Code):
+        return f"`{value}`"
+    if isinstance(value, _CodeList):
+        return ", ".join(f"`{v}`" for v in value)
+    if isinstance(value, _Verdict):
+        return f"**{value}**" if value == BLESSED else str(value)
+    return str(value)
+
+
+def _md_cell(value: Any) -> str:
+    return _md(value).replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def _as_evaluation(evaluation) -> Evaluation:
+    if isinstance(evaluation, Evaluation):
+        return evaluation
+    if isinstance(evaluation, Mapping):
+        try:
+            return Evaluation.from_dict(evaluation)
+        except (KeyError, TypeError) as e:
+            raise ReportError(f"evaluation dict is not an Evaluation.to_dict() form: {e}") from e
+    raise ReportError(f"evaluation must be an Evaluation or its dict form, got "
+                      f"{type(evaluation).__name__}")
+
+
+def _check_history(history) -> list[Mapping[str, Any]]:
+    for index, h in enumerate(history):
+        if not isinstance(h, Mapping) or not {"generation", "best", "median"} <= set(h):
+            raise ReportError(f"history entry {index} must be a dict with generation, best and "
+                              f"median (optionally distinct, rejected, duplicates), got {h!r}")
+    return sorted(history, key=lambda h: h["generation"])
+
+
+def _diverged_flags(f: FunctionStats, runs, metric) -> np.ndarray:
+    records = [r for r in runs if r.get("function") == f.function]
+    if len(records) != f.n:  # runs do not match the evaluation; mark nothing
+        return np.zeros(f.n, dtype=bool)
+    return np.array([bool(r.get("diverged")) for r in records], dtype=bool)
+
+
+def _p_label(blessing_p: str) -> str:
+    return {"welch_holm": "Holm-corrected Welch", "mannwhitney_holm":
+            "Holm-corrected Mann-Whitney", "welch": "uncorrected Welch",
+            "mannwhitney": "uncorrected Mann-Whitney"}.get(blessing_p, blessing_p)
+
+
+def _p_cell(f: FunctionStats, corrected, raw) -> str:
+    if f.is_baseline:
+        return "—"
+    if corrected is None:
+        if f.p_note and f.p_note.startswith("too few seeds"):
+            return f"too few seeds for a test (n={f.n})"
+        return "no test: " + (f.p_note or "no p-value")
+    return f"{_fmt_p(corrected)} ({_fmt_p(raw)})"
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _fmt_acc(value: Any) -> str:
+    value = _finite(value)
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _fmt_num(value: Any) -> str:
+    value = _finite(value)
+    return "—" if value is None else f"{value:.4g}"
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = ""):
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(v) for v in value) if value else "[]"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return str(value)
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mpl_text(text: str) -> str:
+    """Keeps matplotlib from reading `$...$` in expressions as math."""
+    return text.replace("$", r"\$")

@@ -1,0 +1,235 @@
+"""Tests for the report: contents of report.md / report.html and rendering in headless Chromium."""
+
+import base64
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from components import report as rp
+from components import statistics as st
+
+BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+EXPR = "max(relu(x),cosh(elu(x)))"
+
+
+def _runs(rng):
+    runs = []
+    for name, mean in [("relu", 0.90), ("swish", 0.93), (EXPR, 0.90), ("x|y", 0.85)]:
+        for seed in range(4):
+            run = dict(function=name, seed=seed, test_accuracy=float(mean + rng.normal(0, 0.004)),
+                       val_accuracy=float(mean + rng.normal(0, 0.004)), diverged=False)
+            if name == EXPR:
+                run["learned_parameters"] = {
+                    f"block{i}/act": {"alpha": list(rng.normal(1.0 + i / 10, 0.05, size=3)),
+                                      "beta": float(rng.normal(0.5, 0.02))} for i in range(3)}
+            runs.append(run)
+    runs.append(dict(function="x|y", seed=4, test_accuracy=float("nan"), diverged=True,
+                     num_classes=10))
+    runs += [dict(function="fewseeds", seed=s, test_accuracy=0.97, val_accuracy=0.9)
+             for s in range(2)]
+    return runs
+
+
+def _png(path, kind="relu"):
+    fig = Figure(figsize=(3, 2), dpi=60)
+    ax = fig.add_subplot()
+    x = np.linspace(-4, 4, 50)
+    ax.plot(x, np.maximum(x, 0) if kind == "relu" else x / (1 + np.exp(-x)))
+    fig.savefig(path)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    rng = np.random.default_rng(5)
+    runs = _runs(rng)
+    plots = {"relu": _png(tmp_path / "relu.png"),
+             "swish": [_png(tmp_path / "swish.png", "swish"), _png(tmp_path / "swish_d.png")]}
+    history = [dict(generation=g, best=0.5 + 0.04 * g, median=0.4 + 0.03 * g, distinct=8,
+                    rejected=g % 3, duplicates=1) for g in range(5)]
+    trials = [dict(expression=f"tanh(x)*{i}", fitness=0.5 + i / 100, generation=i // 4,
+                   parents=[f"p{i}"]) for i in range(12)]
+    trials.append(dict(expression="bad(x)", fitness=float("nan"), generation=3, parents=[]))
+    config = {"data": {"name": "digits", "train_examples": 1200}, "model": {"name": "mlp",
+              "width": 64}, "budget": {"epochs": 3, "batch_size": 32}, "seeds": [0, 1, 2, 3]}
+    return dict(evaluation=st.evaluate(runs), runs=runs, history=history, trials=trials,
+                function_plots=plots, config=config)
+
+
+def _write(tmp_path, inputs, **overrides):
+    return rp.write_report(tmp_path / "out", **{**inputs, **overrides})
+
+
+def _data_uri_images(text):
+    return re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+
+
+def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
+    md_path, _ = _write(tmp_path, inputs)
+    md = md_path.read_text()
+    ev = inputs["evaluation"]
+    assert md.startswith("# ")
+    assert "| Function | n | Mean ± std | 95% CI | Δ vs relu |" in md
+    for f in ev.functions:
+        row = next(line for line in md.splitlines()
+                   if line.startswith("| `" + f.function.replace("|", "\\|") + "`"))
+        assert f"{100 * f.mean:.2f}" in row
+        if not f.is_baseline:
+            assert f"{100 * f.diff:+.2f} pp" in row
+            assert f.win_tie_loss in row
+    assert ev.summary in md
+    assert "**BLESSED**" in md  # swish
+    assert "too few seeds for a test (n=2)" in md
+    assert "1 diverged" in md
+    # Pipes inside expressions are escaped so the table keeps its columns.
+    assert "`x\\|y`" in md
+    # Figures are linked as files that exist.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 6  # accuracy, 3 given plots, 1 parameter plot, evolution
+    for link in links:
+        assert (md_path.parent / link).is_file()
+    # Reproduction settings and trials.
+    for text in ("data.name", "digits", "budget.epochs", "model.width", "seeds (final runs)"):
+        assert text in md
+    assert "Top 10 of 13 search trials" in md
+    ranks = re.findall(r"^\| (\d+) \| `tanh\(x\)\*(\d+)` \| ([\d.]+) ", md, re.M)
+    assert [int(r[1]) for r in ranks] == list(range(11, 1, -1))  # best fitness first
+    assert "bad(x)" not in md  # NaN fitness sorts last, outside the top 10
+
+
+def test_html_is_self_contained_with_embedded_pngs(tmp_path, inputs):
+    _, html_path = _write(tmp_path, inputs)
+    text = html_path.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    # No external resources, no scripts.
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", text)
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    images = _data_uri_images(text)
+    assert len(images) == 6 and len(re.findall("<img ", text)) == 6
+    for data in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
+    # The given plots are embedded byte for byte.
+    assert base64.b64encode((tmp_path / "relu.png").read_bytes()).decode() in images
+    assert html_lib.escape(inputs["evaluation"].summary) in text
+    assert 'class="badge badge-BLESSED"' in text
+    assert f"<code>{html_lib.escape(EXPR)}</code>" in text
+
+
+def test_nothing_beats_baseline_is_stated(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = [dict(function=f, seed=s, test_accuracy=float(m + rng.normal(0, 0.003)))
+            for f, m in [("relu", 0.9), ("worse", 0.85)] for s in range(3)]
+    ev = st.evaluate(runs)
+    md_path, html_path = rp.write_report(tmp_path, evaluation=ev.to_dict(), runs=runs,
+                                         config={"model": "mlp"})
+    assert "**NOT_BLESSED** — No function beat relu" in md_path.read_text()
+    assert "No function beat relu" in html_path.read_text()
+    # Optional sections are left out when their data is not given.
+    assert "Evolution progress" not in md_path.read_text()
+    assert "search trials" not in md_path.read_text()
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, inputs):
+    with pytest.raises(rp.ReportError, match="plot for function 'relu' not found"):
+        _write(tmp_path, inputs, function_plots={"relu": tmp_path / "missing.png"})
+    (tmp_path / "fake.png").write_text("not a png")
+    with pytest.raises(rp.ReportError, match="not a PNG"):
+        _write(tmp_path, inputs, function_plots={"relu": tmp_path / "fake.png"})
+    with pytest.raises(rp.ReportError, match="history entry 0"):
+        _write(tmp_path, inputs, history=[{"generation": 0, "best": 1.0}])
+    with pytest.raises(rp.ReportError, match="trial 0"):
+        _write(tmp_path, inputs, trials=[{"fitness": 1.0}])
+    with pytest.raises(rp.ReportError, match="config"):
+        _write(tmp_path, inputs, config=None)
+    with pytest.raises(rp.ReportError, match="evaluation"):
+        _write(tmp_path, inputs, evaluation="BLESSED")
+    assert issubclass(rp.ReportError, ValueError)
+
+
+def test_rewriting_drops_stale_figures(tmp_path, inputs):
+    _write(tmp_path, inputs)
+    figures = tmp_path / "out" / rp.FIGURES_DIR
+    assert len(list(figures.glob("*.png"))) == 6
+    _write(tmp_path, inputs, function_plots={}, history=None)
+    left = sorted(p.name for p in figures.glob("*.png"))
+    assert len(left) == 2 and left[0] == "accuracy.png" and left[1].startswith("parameters_")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering in a real browser.
+
+_PROBE = """<script>
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "render-check";
+  out.textContent = JSON.stringify({
+    images: [...document.images].map(i => [i.naturalWidth, i.naturalHeight, i.complete]),
+    tables: [...document.querySelectorAll("table")].map(t => t.rows.length),
+    badges: [...document.querySelectorAll(".badge")].map(b => b.textContent),
+    width: document.body.scrollWidth, height: document.body.scrollHeight,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _browser():
+    for name in BROWSER_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no headless browser found (looked for " + ", ".join(BROWSER_CANDIDATES)
+                + "); install Debian's `chromium` package to run the rendering test")
+
+
+def _run_browser(browser, tmp_path, *args):
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--disable-extensions", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'browser-profile'}", *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{browser} did not finish within 60 s: {' '.join(cmd)}")
+
+
+def test_report_renders_in_headless_chromium(tmp_path, inputs):
+    browser = _browser()
+    _, html_path = _write(tmp_path, inputs)
+    # A test copy of the page with a probe that records, after load, what the browser rendered.
+    probe_page = html_path.with_name("probe.html")
+    probe_page.write_text(html_path.read_text().replace("</body>", _PROBE + "</body>"))
+    dom = _run_browser(browser, tmp_path, "--dump-dom", probe_page.as_uri()).stdout
+    match = re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S)
+    assert match, "the page's load event never fired in the browser:\n" + dom[-2000:]
+    result = json.loads(html_lib.unescape(match.group(1)))
+    assert len(result["images"]) == 6
+    for width, height, complete in result["images"]:
+        assert complete and width > 0 and height > 0  # every embedded PNG decoded
+    ev = inputs["evaluation"]
+    # Results table: header + one row per function; then settings, history, trials, runs tables.
+    assert result["tables"][0] == 1 + len(ev.functions)
+    assert len(result["tables"]) == 5
+    assert sorted(result["badges"]) == sorted(
+        {"BASELINE": "baseline", "BLESSED": "BLESSED", "NOT_BLESSED": "NOT BLESSED"}[f.verdict]
+        for f in ev.functions)
+    assert result["height"] > 1500  # the figures take up space on the page
+
+    # The page itself (no probe) draws: a screenshot is not a blank canvas.
+    shot = tmp_path / "shot.png"
+    _run_browser(browser, tmp_path, f"--screenshot={shot}", "--window-size=1100,1400",
+                 "--hide-scrollbars", html_path.as_uri())
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (1400, 1100)
+    dark = (pixels.mean(axis=-1) < 0.5).mean()
+    assert 0.005 < dark < 0.5  # text and lines on a light page
+    colourful = (pixels.max(axis=-1) - pixels.min(axis=-1) > 0.3).mean()
+    assert colourful > 0.0005  # the coloured verdict badges / plot lines are visible
