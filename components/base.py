@@ -1,0 +1,457 @@
+"""The component model: artifacts, specs, executors and component instances.
+
+A component is declared in two halves, as in TFX:
+
+* a `ComponentSpec` subclass *declares* typed inputs, typed outputs and execution parameters;
+* a `BaseExecutor` subclass *does* the work in `Do(input_dict, output_dict, exec_properties)`.
+
+A `Component` binds the two with concrete inputs (channels from upstream components' outputs),
+parameter values and an id. Executors talk to the world only through artifact URIs (directories)
+and JSON-serialisable execution properties, so the same executor runs in-process under the local
+runner or wrapped as one Kubeflow component per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any, Callable, Mapping
+
+from absl import logging
+
+# --------------------------------------------------------------------------------------------
+# Artifact types and artifacts
+# --------------------------------------------------------------------------------------------
+
+#: Declared artifact type names and what an artifact of that type holds (its URI is a directory).
+ARTIFACT_TYPES: dict[str, str] = {
+    "Examples": "TFRecord shards per split plus a schema/statistics summary.",
+    "ExampleStatistics": "Counts per class and split, input shape.",
+    "Candidates": "Initial activation functions, one per line: expression, fingerprint, origin.",
+    "SearchResults": "Every search trial, the oracle history and the top-k functions.",
+    "TrainedModels": "Models trained at the full budget, several seeds per function.",
+    "Evaluation": "Comparison of discovered functions with the baselines, with a blessing.",
+    "ExportedActivation": "The chosen activation function in a loadable form.",
+    "Report": "Human-readable report (HTML/Markdown) with plots.",
+    "TensorBoardLogs": "TensorBoard event files (scalars, HParams dashboard).",
+}
+
+_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ComponentDefinitionError(ValueError):
+    """A spec, a component's wiring or its parameters are invalid."""
+
+
+class ParameterError(ComponentDefinitionError):
+    """An execution parameter is unknown, missing, of the wrong type or not an allowed value."""
+
+
+def register_artifact_type(name: str, description: str) -> None:
+    """Declares an artifact type name so specs may use it (idempotent for the same name)."""
+    if not _NAME_PATTERN.match(name):
+        raise ComponentDefinitionError(f"artifact type name {name!r} must be an identifier")
+    ARTIFACT_TYPES.setdefault(name, description)
+
+
+def _check_json(value: Any, what: str, error: type[Exception] = ComponentDefinitionError) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise error(f"{what} must be JSON-serialisable (str, int, float, bool, None, "
+                    f"list, dict with str keys): {e}") from None
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A typed piece of data living in a directory `uri`, with JSON-able `properties`.
+
+    `id` is assigned by the metadata store when the artifact is published; `fingerprint`
+    identifies its content for caching (set by the orchestrator).
+    """
+
+    type_name: str
+    uri: str
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    id: int | None = None
+    fingerprint: str | None = None
+
+    def path(self, *parts: str) -> str:
+        """A path inside the artifact's directory."""
+        return os.path.join(self.uri, *parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        _check_json(self.properties, f"properties of artifact {self.uri!r}")
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Artifact":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Artifact":
+        return cls.from_dict(json.loads(text))
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+_PARAM_TYPES = (str, int, float, bool, list, dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """A typed input; `optional` inputs may be left unwired."""
+
+    type_name: str
+    optional: bool = False
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """A typed output. `publish_as` names a run result (in run.json) pointing at its URI."""
+
+    type_name: str
+    publish_as: str | None = None
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """An execution parameter: JSON type, default (REQUIRED if none), allowed values.
+
+    A default of None makes None an accepted value.
+    """
+
+    type: type
+    default: Any = REQUIRED
+    choices: tuple | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def validate(self, name: str, value: Any, owner: str) -> Any:
+        """Returns the value (ints widened to float for float parameters) or raises."""
+        where = f"{owner}: parameter {name!r}"
+        if value is None and self.default is None:
+            return None
+        ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ParameterError(f"{where} must be of type {self.type.__name__}, "
+                                 f"got {type(value).__name__} {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ParameterError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+        _check_json(value, where, ParameterError)
+        return value
+
+
+class ComponentSpec:
+    """Declares a component's interface. Subclasses set INPUTS, OUTPUTS and PARAMETERS."""
+
+    INPUTS: dict[str, InputSpec] = {}
+    OUTPUTS: dict[str, OutputSpec] = {}
+    PARAMETERS: dict[str, Parameter] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        owner, seen = cls.__name__, set()
+        for group, kind in ((cls.INPUTS, InputSpec), (cls.OUTPUTS, OutputSpec),
+                            (cls.PARAMETERS, Parameter)):
+            for name, entry in group.items():
+                if not _NAME_PATTERN.match(name) or name == "component_id":
+                    raise ComponentDefinitionError(
+                        f"{owner}: {name!r} is not a valid name (identifier, not 'component_id')")
+                if name in seen:
+                    raise ComponentDefinitionError(f"{owner}: name {name!r} declared twice")
+                seen.add(name)
+                if not isinstance(entry, kind):
+                    raise ComponentDefinitionError(
+                        f"{owner}: {name!r} must be declared with {kind.__name__}")
+                if kind is not Parameter and entry.type_name not in ARTIFACT_TYPES:
+                    raise ComponentDefinitionError(
+                        f"{owner}: {name!r} has unknown artifact type {entry.type_name!r}; "
+                        f"declared types: {sorted(ARTIFACT_TYPES)}")
+        for name, param in cls.PARAMETERS.items():
+            if param.type not in _PARAM_TYPES:
+                raise ComponentDefinitionError(
+                    f"{owner}: parameter {name!r} has type {param.type!r}; allowed: "
+                    f"{[t.__name__ for t in _PARAM_TYPES]}")
+            if param.default is not REQUIRED:
+                param.validate(name, param.default, owner)
+
+    @classmethod
+    def validate_parameters(cls, values: Mapping[str, Any], owner: str = "") -> dict[str, Any]:
+        """Checks names, types and choices; fills defaults. Returns the full parameter dict."""
+        owner = owner or cls.__name__
+        unknown = sorted(set(values) - set(cls.PARAMETERS))
+        if unknown:
+            raise ParameterError(f"{owner}: unknown parameter(s) {unknown}; allowed: "
+                                 f"{sorted(cls.PARAMETERS)}")
+        result = {}
+        for name, param in cls.PARAMETERS.items():
+            if name in values:
+                result[name] = param.validate(name, values[name], owner)
+            elif param.required:
+                raise ParameterError(f"{owner}: required parameter {name!r} "
+                                     f"({param.type.__name__}) is missing")
+            else:
+                result[name] = copy.deepcopy(param.default)
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ProgressEvent:
+    """A progress report from a running component; `eta_s` is estimated from done/total."""
+
+    component_id: str
+    message: str
+    done: int | None = None
+    total: int | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+    def __str__(self) -> str:
+        text = f"[{self.component_id}] {self.message}"
+        if self.total:
+            text += f" ({self.done}/{self.total}"
+            text += f", ~{self.eta_s:.0f} s left)" if self.eta_s is not None else ")"
+        return text
+
+
+class ExecutorContext:
+    """What an orchestrator lends an executor besides its artifacts.
+
+    * `resume_dir`: a directory that survives an interrupted or failed execution and is
+      stable for the same cache key, so long work (e.g. a search) can continue where it stopped.
+      It is removed once the execution succeeds.
+    * `progress(message, done=, total=)`: progress lines (with an ETA when done/total given).
+    * `register_result(name, path)`: publishes a path as a run result (run.json "results").
+
+    Constructed without arguments (an executor run by hand) it uses a temporary resume
+    directory and logs progress with absl.
+    """
+
+    def __init__(self, *, component_id: str = "", run_id: str = "",
+                 execution_id: int | None = None, resume_dir: str | None = None,
+                 on_progress: Callable[[ProgressEvent], None] | None = None) -> None:
+        self.component_id = component_id
+        self.run_id = run_id
+        self.execution_id = execution_id
+        self._resume_dir = resume_dir
+        self._on_progress = on_progress
+        self._start = time.monotonic()
+        self.results: dict[str, str] = {}
+
+    @property
+    def resume_dir(self) -> str:
+        if self._resume_dir is None:
+            self._resume_dir = tempfile.mkdtemp(prefix=f"resume-{self.component_id or 'x'}-")
+        os.makedirs(self._resume_dir, exist_ok=True)
+        return self._resume_dir
+
+    def progress(self, message: str, *, done: int | None = None,
+                 total: int | None = None) -> None:
+        elapsed = time.monotonic() - self._start
+        eta = None
+        if done and total:
+            eta = elapsed * (total - done) / done
+        event = ProgressEvent(self.component_id, message, done, total, elapsed, eta)
+        if self._on_progress is not None:
+            self._on_progress(event)
+        else:
+            logging.info("%s", event)
+
+    def register_result(self, name: str, path: str) -> None:
+        if not _NAME_PATTERN.match(name):
+            raise ValueError(f"result name {name!r} must be an identifier (e.g. 'report')")
+        self.results[name] = os.path.abspath(os.fspath(path))
+
+
+class BaseExecutor:
+    """Does a component's work. Subclasses implement `Do`.
+
+    `VERSION`: bump it to invalidate cached results when behaviour changes; if None, the
+    cache key uses a hash of the executor's class source (and its base classes').
+    """
+
+    VERSION: str | None = None
+
+    def __init__(self, context: ExecutorContext | None = None) -> None:
+        self.context = context or ExecutorContext()
+
+    def Do(self, input_dict: dict[str, list[Artifact]], output_dict: dict[str, list[Artifact]],
+           exec_properties: dict[str, Any]) -> None:  # noqa: N802 - TFX name
+        """Reads inputs, writes each output into its (existing, empty) directory `uri`."""
+        raise NotImplementedError
+
+    @classmethod
+    def external_fingerprint(cls, exec_properties: Mapping[str, Any]) -> str | None:
+        """Fingerprint of data read from outside the pipeline (e.g. a source folder), so the
+        cache notices when it changes. None: depends only on parameters and inputs."""
+        return None
+
+    @classmethod
+    def code_version(cls) -> str:
+        if cls.VERSION is not None:
+            return f"version:{cls.VERSION}"
+        digest = hashlib.sha256()
+        for klass in cls.__mro__:
+            if klass is BaseExecutor or klass is object:
+                continue
+            try:
+                digest.update(inspect.getsource(klass).encode())
+            except (OSError, TypeError):
+                digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+        return "source:" + digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Channel:
+    """A reference to one output of a producing component, used to wire a downstream input."""
+
+    producer: "Component"
+    output_name: str
+    type_name: str
+
+    @property
+    def producer_id(self) -> str:
+        return self.producer.id
+
+    def __repr__(self) -> str:
+        return f"Channel({self.producer.id}.{self.output_name}: {self.type_name})"
+
+
+class _Outputs(Mapping[str, Channel]):
+    def __init__(self, component: "Component") -> None:
+        self._component = component
+        self._channels = {name: Channel(component, name, spec.type_name)
+                          for name, spec in component.SPEC_CLASS.OUTPUTS.items()}
+
+    def __getitem__(self, name: str) -> Channel:
+        if name not in self._channels:
+            raise ComponentDefinitionError(
+                f"component {self._component.id!r} has no output {name!r}; outputs: "
+                f"{sorted(self._channels)}")
+        return self._channels[name]
+
+    def __iter__(self):
+        return iter(self._channels)
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+class Component:
+    """A spec + an executor, wired to upstream outputs and given parameter values.
+
+    Subclasses set SPEC_CLASS and EXECUTOR_CLASS; keyword arguments are split by the spec into
+    inputs (Channels, or lists of Channels to fan in) and parameters::
+
+        trainer = Trainer(examples=example_gen.outputs["examples"], epochs=3)
+    """
+
+    SPEC_CLASS: type[ComponentSpec] = ComponentSpec
+    EXECUTOR_CLASS: type[BaseExecutor] = BaseExecutor
+
+    def __init__(self, *, component_id: str | None = None, **kwargs: Any) -> None:
+        self.id = component_id or _snake_case(type(self).__name__)
+        if not _ID_PATTERN.match(self.id):
+            raise ComponentDefinitionError(
+                f"component id {self.id!r} must start with a letter and contain only letters, "
+                f"digits, '_', '-', '.'")
+        spec = self.SPEC_CLASS
+        unknown = sorted(set(kwargs) - set(spec.INPUTS) - set(spec.PARAMETERS))
+        if unknown:
+            raise ParameterError(
+                f"component {self.id!r}: unknown argument(s) {unknown}; inputs: "
+                f"{sorted(spec.INPUTS)}, parameters: {sorted(spec.PARAMETERS)}")
+        self.inputs: dict[str, list[Channel]] = {}
+        for name, value in kwargs.items():
+            if name in spec.INPUTS:
+                self.inputs[name] = list(value) if isinstance(value, (list, tuple)) else [value]
+        params = {k: v for k, v in kwargs.items() if k in spec.PARAMETERS}
+        self.exec_properties = spec.validate_parameters(params, f"component {self.id!r}")
+        self.outputs: Mapping[str, Channel] = _Outputs(self)
+        self.validate_inputs()
+
+    def validate_inputs(self) -> None:
+        """Checks that every input is a Channel of the declared type and required ones are set."""
+        spec = self.SPEC_CLASS
+        for name, channels in self.inputs.items():
+            if name not in spec.INPUTS:
+                raise ComponentDefinitionError(
+                    f"component {self.id!r}: unknown input {name!r}; inputs: {sorted(spec.INPUTS)}")
+            expected = spec.INPUTS[name].type_name
+            for channel in channels:
+                if not isinstance(channel, Channel):
+                    raise ComponentDefinitionError(
+                        f"component {self.id!r}: input {name!r} must be wired to an upstream "
+                        f"output (e.g. other.outputs['...']), got {type(channel).__name__}")
+                if channel.type_name != expected:
+                    raise ComponentDefinitionError(
+                        f"component {self.id!r}: input {name!r} expects {expected}, but "
+                        f"{channel!r} is {channel.type_name}")
+        for name, ispec in spec.INPUTS.items():
+            if not ispec.optional and not self.inputs.get(name):
+                raise ComponentDefinitionError(
+                    f"component {self.id!r}: required input {name!r} ({ispec.type_name}) "
+                    f"is not wired")
+
+    @property
+    def upstream_ids(self) -> list[str]:
+        """Ids of the components this one reads from, in wiring order, without repeats."""
+        return list(dict.fromkeys(c.producer_id for chans in self.inputs.values() for c in chans))
+
+    @property
+    def type_name(self) -> str:
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r})"
+
+
+def executor_path(executor_class: type[BaseExecutor]) -> str:
+    """The importable dotted path of an executor class (used by runners and compilers)."""
+    return f"{executor_class.__module__}.{executor_class.__qualname__}"
+
+
+__all__ = [
+    "ARTIFACT_TYPES", "Artifact", "BaseExecutor", "Channel", "Component", "ComponentSpec",
+    "ComponentDefinitionError", "ExecutorContext", "InputSpec", "OutputSpec", "Parameter",
+    "ParameterError", "ProgressEvent", "REQUIRED", "executor_path", "register_artifact_type",
+]

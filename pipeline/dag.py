@@ -1,0 +1,100 @@
+"""A pipeline: a validated, topologically ordered DAG of components.
+
+The DAG is built once (by `create_pipeline`); runners and compilers only execute or translate
+it. Validation happens here so every runner fails the same way, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Sequence
+
+from components.base import Component, ComponentDefinitionError
+
+
+class PipelineDefinitionError(ComponentDefinitionError):
+    """The pipeline's DAG is invalid (duplicate ids, unknown upstream components, cycles)."""
+
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+class Pipeline:
+    """`components` in any order; `.components` is their deterministic topological order
+    (ties keep the given order). `enable_cache=False` re-executes every component."""
+
+    def __init__(self, name: str, components: Sequence[Component], pipeline_root: str | os.PathLike,
+                 enable_cache: bool = True) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PipelineDefinitionError(
+                f"pipeline name {name!r} must start with a letter and contain only letters, "
+                f"digits, '_', '-', '.'")
+        if not components:
+            raise PipelineDefinitionError(f"pipeline {name!r} has no components")
+        self.name = name
+        self.pipeline_root = os.path.abspath(os.fspath(pipeline_root))
+        self.enable_cache = bool(enable_cache)
+        self.components = _topological_order(name, list(components))
+        self._by_id = {c.id: c for c in self.components}
+
+    def component(self, component_id: str) -> Component:
+        if component_id not in self._by_id:
+            raise KeyError(f"pipeline {self.name!r} has no component {component_id!r}; "
+                           f"components: {list(self._by_id)}")
+        return self._by_id[component_id]
+
+    def downstream_ids(self, component_id: str) -> list[str]:
+        """Components that read (directly or not) from `component_id`, in execution order."""
+        reached = {component_id}
+        for c in self.components:
+            if reached.intersection(c.upstream_ids):
+                reached.add(c.id)
+        return [c.id for c in self.components if c.id in reached and c.id != component_id]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, {[c.id for c in self.components]})"
+
+
+def _topological_order(name: str, components: list[Component]) -> list[Component]:
+    by_id: dict[str, Component] = {}
+    for c in components:
+        if not isinstance(c, Component):
+            raise PipelineDefinitionError(
+                f"pipeline {name!r}: {c!r} is not a Component instance")
+        if c.id in by_id:
+            raise PipelineDefinitionError(
+                f"pipeline {name!r}: duplicate component id {c.id!r}; give each instance a "
+                f"distinct component_id")
+        by_id[c.id] = c
+    for c in components:
+        c.validate_inputs()
+        for channels in c.inputs.values():
+            for ch in channels:
+                if by_id.get(ch.producer_id) is not ch.producer:
+                    raise PipelineDefinitionError(
+                        f"pipeline {name!r}: component {c.id!r} reads {ch!r}, but its producer "
+                        f"{ch.producer_id!r} is not in the pipeline; add it to the components")
+    # Kahn's algorithm; picking the earliest-listed ready component keeps the order stable.
+    pending = {c.id: set(c.upstream_ids) for c in components}
+    order: list[Component] = []
+    while pending:
+        ready = [c for c in components if c.id in pending and not pending[c.id]]
+        if not ready:
+            raise PipelineDefinitionError(f"pipeline {name!r} has a cycle: {_cycle(pending)}")
+        chosen = ready[0]
+        order.append(chosen)
+        del pending[chosen.id]
+        for deps in pending.values():
+            deps.discard(chosen.id)
+    return order
+
+
+def _cycle(pending: dict[str, set[str]]) -> str:
+    """Describes one cycle; every pending component still waits on another pending one."""
+    path, node = [], min(pending)
+    while node not in path:
+        path.append(node)
+        node = min(pending[node])
+    cycle = path[path.index(node):] + [node]
+    return " reads from ".join(repr(c) for c in cycle)

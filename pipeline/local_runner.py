@@ -1,0 +1,345 @@
+"""Runs a pipeline in-process, with an artifact store, a metadata store, caching and resume.
+
+Layout under `pipeline_root`::
+
+    metadata.sqlite                                  runs, executions, artifacts, lineage
+    run.json                                         the latest run: status, components, results
+    <component_id>/<output_name>/<execution_id>/     published output artifacts
+    <component_id>/<output_name>/.<execution_id>.tmp outputs being written (renamed on success)
+    <component_id>/.resume/<cache_key[:16]>/         resume directory (kept until success)
+
+A component is skipped (recorded CACHED) when a COMPLETE execution with the same cache key
+exists and its outputs are still on disk. The cache key hashes the component's identity, the
+executor's code version, the parameters and the fingerprints of its input artifacts (each
+output's fingerprint derives from its producer's cache key), so a change invalidates that
+component and everything downstream, nothing upstream. Outputs become visible only after the
+executor returned: a run stopped at any point re-runs just the unfinished components.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+
+from components.base import (Artifact, Component, ExecutorContext, ProgressEvent,
+                             executor_path)
+from pipeline import metadata as md
+from pipeline.dag import Pipeline
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PipelineError(RuntimeError):
+    """A run could not start or a component failed; names the component when there is one."""
+
+    def __init__(self, message: str, component_id: str | None = None,
+                 run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.component_id = component_id
+        self.run_id = run_id
+
+
+@dataclasses.dataclass
+class ComponentResult:
+    component_id: str
+    state: str                       # COMPLETE, CACHED or FAILED
+    execution_id: int
+    duration_s: float
+    outputs: dict[str, list[Artifact]]
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_id: str
+    status: str                      # COMPLETE (a failed run raises PipelineError)
+    pipeline_root: str
+    run_json: str
+    metadata_path: str
+    components: dict[str, ComponentResult]
+    results: dict[str, str]
+
+    def output(self, component_id: str, name: str) -> Artifact:
+        """The (single) artifact of one output of one component."""
+        return self.components[component_id].outputs[name][0]
+
+
+def compute_cache_key(component: Component, input_dict: dict[str, list[Artifact]]) -> str:
+    """Hash of component identity, executor code version, parameters and input fingerprints."""
+    executor = component.EXECUTOR_CLASS
+    spec = component.SPEC_CLASS
+    payload = {
+        "component_id": component.id,
+        "component_type": component.type_name,
+        "spec": f"{spec.__module__}.{spec.__qualname__}",
+        "executor": executor_path(executor),
+        "executor_version": executor.code_version(),
+        "exec_properties": component.exec_properties,
+        "external": executor.external_fingerprint(component.exec_properties),
+        "inputs": {name: [a.fingerprint for a in arts] for name, arts in input_dict.items()},
+    }
+    return _sha256(json.dumps(payload, sort_keys=True))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.datetime.fromtimestamp(t).astimezone().isoformat(
+        timespec="seconds")
+
+
+class LocalRunner:
+    """Executes a `Pipeline` in this process, in topological order.
+
+    `metadata_path` defaults to `<pipeline_root>/metadata.sqlite`. `on_progress` receives every
+    progress event (component start/end lines and executors' reports); by default they are
+    logged with absl.
+    """
+
+    def __init__(self, metadata_path: str | None = None,
+                 on_progress: Callable[[ProgressEvent], None] | None = None) -> None:
+        self.metadata_path = metadata_path
+        self.on_progress = on_progress
+
+    def run(self, pipeline: Pipeline, run_id: str | None = None) -> RunResult:
+        root = pipeline.pipeline_root
+        _check_writable(root)
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        if not _RUN_ID.match(run_id):
+            raise PipelineError(f"run id {run_id!r} may contain only letters, digits, '_', "
+                                f"'-', '.'", run_id=run_id)
+        with _exclusive(root), md.MetadataStore(
+                self.metadata_path or os.path.join(root, "metadata.sqlite")) as store:
+            for stale in store.mark_interrupted(
+                    "interrupted: the process running it stopped before it finished"):
+                _remove_partial_outputs(root, stale)
+            try:
+                store.create_run(run_id, pipeline.name, root)
+            except ValueError as e:
+                raise PipelineError(str(e), run_id=run_id) from None
+            return _Run(pipeline, store, run_id, self._emit).execute()
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self.on_progress is not None:
+            self.on_progress(event)
+        else:
+            logging.info("%s", event)
+
+
+class _Run:
+    """The state of one run: artifacts produced so far and the run.json document."""
+
+    def __init__(self, pipeline: Pipeline, store: md.MetadataStore, run_id: str,
+                 emit: Callable[[ProgressEvent], None]) -> None:
+        self.pipeline, self.store, self.run_id, self.emit = pipeline, store, run_id, emit
+        self.root = pipeline.pipeline_root
+        self.run_json = os.path.join(self.root, "run.json")
+        self.produced: dict[tuple[str, str], list[Artifact]] = {}
+        self.components: dict[str, ComponentResult] = {}
+        self.results: dict[str, str] = {}
+        self.doc: dict[str, Any] = {
+            "run_id": run_id, "pipeline": pipeline.name, "pipeline_root": self.root,
+            "metadata": store.path, "status": "running", "start_time": _iso(time.time()),
+            "end_time": None, "error": None,
+            "components": {c.id: {"state": "pending"} for c in pipeline.components},
+            "results": self.results,
+        }
+        self._write_run_json()
+
+    def execute(self) -> RunResult:
+        current = None
+        try:
+            for component in self.pipeline.components:
+                current = component.id
+                self._run_component(component)
+        except BaseException as e:
+            interrupted = not isinstance(e, Exception)
+            status = md.INTERRUPTED if interrupted else md.FAILED
+            message = f"component {current!r} failed: {type(e).__name__}: {e}"
+            self.store.finish_run(self.run_id, status, message, self.results)
+            self._finish(status.lower(), message)
+            if interrupted:
+                raise
+            raise PipelineError(f"{message} (run {self.run_id}; see {self.run_json})",
+                                component_id=current, run_id=self.run_id) from e
+        self.store.finish_run(self.run_id, md.COMPLETE, None, self.results)
+        self._finish("complete", None)
+        return RunResult(self.run_id, md.COMPLETE, self.root, self.run_json, self.store.path,
+                         self.components, dict(self.results))
+
+    # ---- one component -------------------------------------------------------------------
+
+    def _run_component(self, component: Component) -> None:
+        input_dict = {name: [a for ch in channels
+                             for a in self.produced[(ch.producer_id, ch.output_name)]]
+                      for name, channels in component.inputs.items()}
+        key = compute_cache_key(component, input_dict)
+        source = self._cache_hit(component, key) if self.pipeline.enable_cache else None
+        if source is not None:
+            eid = self.store.record_cached(self.run_id, component.id, component.type_name,
+                                           source, input_dict)
+            outputs, results = self.store.outputs_of(source.id), source.results
+            result = ComponentResult(component.id, md.CACHED, eid, 0.0, outputs)
+            self.emit(ProgressEvent(component.id, f"cached (reusing execution {source.id})"))
+        else:
+            result, results = self._execute(component, input_dict, key)
+        for name, arts in result.outputs.items():
+            self.produced[(component.id, name)] = arts
+        self._add_results(component.id, results)
+        self.components[component.id] = result
+        self._set_state(component.id, result)
+
+    def _cache_hit(self, component: Component, key: str) -> md.ExecutionRecord | None:
+        for candidate in self.store.find_complete(key):
+            outputs = self.store.outputs_of(candidate.id)
+            if set(outputs) == set(component.SPEC_CLASS.OUTPUTS) and all(
+                    os.path.isdir(a.uri) for arts in outputs.values() for a in arts):
+                return candidate
+        return None
+
+    def _execute(self, component: Component, input_dict: dict[str, list[Artifact]],
+                 key: str) -> tuple[ComponentResult, dict[str, str]]:
+        cid, spec = component.id, component.SPEC_CLASS
+        eid = self.store.start_execution(self.run_id, cid, component.type_name, key,
+                                         component.exec_properties, input_dict)
+        self.doc["components"][cid] = {"state": "running", "execution_id": eid}
+        self._write_run_json()
+        self.emit(ProgressEvent(cid, f"started (execution {eid})"))
+        staged = {name: (os.path.join(self.root, cid, name, f".{eid}.tmp"),
+                         os.path.join(self.root, cid, name, str(eid))) for name in spec.OUTPUTS}
+        output_dict = {}
+        for name, (tmp, _) in staged.items():
+            os.makedirs(tmp)
+            output_dict[name] = [Artifact(spec.OUTPUTS[name].type_name, tmp,
+                                          fingerprint=_sha256(f"{key}:{name}"))]
+        resume_dir = os.path.join(self.root, cid, ".resume", key[:16])
+        context = ExecutorContext(component_id=cid, run_id=self.run_id, execution_id=eid,
+                                  resume_dir=resume_dir, on_progress=self.emit)
+        start = time.monotonic()
+        try:
+            executor = component.EXECUTOR_CLASS(context=context)
+            executor.Do(copy.deepcopy(input_dict), output_dict,
+                        copy.deepcopy(component.exec_properties))
+            _check_outputs(cid, output_dict, staged)
+            for name, (tmp, final) in staged.items():
+                os.rename(tmp, final)
+                output_dict[name][0].uri = final
+            results = {name: _published_path(path, staged)
+                       for name, path in context.results.items()}
+            for name, ospec in spec.OUTPUTS.items():
+                if ospec.publish_as:
+                    results[ospec.publish_as] = output_dict[name][0].uri
+            self.store.complete_execution(eid, output_dict, results)
+        except BaseException as e:
+            duration = time.monotonic() - start
+            error = f"{type(e).__name__}: {e}"
+            self.store.fail_execution(eid, error)
+            for paths in staged.values():
+                for path in paths:
+                    shutil.rmtree(path, ignore_errors=True)
+            self.components[cid] = ComponentResult(cid, md.FAILED, eid, duration, {}, error)
+            self._set_state(cid, self.components[cid])
+            self.emit(ProgressEvent(cid, f"FAILED after {duration:.1f} s: {error}"))
+            raise
+        shutil.rmtree(resume_dir, ignore_errors=True)
+        duration = time.monotonic() - start
+        self.emit(ProgressEvent(cid, f"complete in {duration:.1f} s"))
+        return ComponentResult(cid, md.COMPLETE, eid, duration, output_dict), results
+
+    # ---- run.json ------------------------------------------------------------------------
+
+    def _add_results(self, component_id: str, results: dict[str, str]) -> None:
+        for name, path in results.items():
+            if name in self.results and self.results[name] != path:
+                logging.warning("result %r from %r replaces %s", name, component_id,
+                                self.results[name])
+            self.results[name] = path
+
+    def _set_state(self, component_id: str, result: ComponentResult) -> None:
+        self.doc["components"][component_id] = {
+            "state": result.state.lower(), "execution_id": result.execution_id,
+            "duration_s": round(result.duration_s, 3),
+            "outputs": {name: [a.uri for a in arts] for name, arts in result.outputs.items()},
+            "error": result.error,
+        }
+        self._write_run_json()
+
+    def _finish(self, status: str, error: str | None) -> None:
+        self.doc.update(status=status, error=error, end_time=_iso(time.time()))
+        self._write_run_json()
+
+    def _write_run_json(self) -> None:
+        tmp = self.run_json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.doc, f, indent=2)
+        os.replace(tmp, self.run_json)
+
+
+def _check_outputs(cid: str, output_dict: dict[str, list[Artifact]],
+                   staged: dict[str, tuple[str, str]]) -> None:
+    """Executors may set artifact properties, but not replace, add or move artifacts."""
+    for name, (tmp, _) in staged.items():
+        arts = output_dict.get(name)
+        if not arts or len(arts) != 1 or arts[0].uri != tmp:
+            raise PipelineError(f"component {cid!r}: executor changed output {name!r}; it must "
+                                f"write into output_dict[{name!r}][0].uri and keep the artifact",
+                                component_id=cid)
+        try:
+            json.dumps(arts[0].properties, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"component {cid!r}: properties of output {name!r} are not "
+                                f"JSON-serialisable: {e}", component_id=cid) from None
+
+
+def _published_path(path: str, staged: dict[str, tuple[str, str]]) -> str:
+    """Maps a registered path inside a staging directory to its published location."""
+    for tmp, final in staged.values():
+        if path == tmp or path.startswith(tmp + os.sep):
+            return final + path[len(tmp):]
+    return path
+
+
+def _remove_partial_outputs(root: str, execution: md.ExecutionRecord) -> None:
+    pattern_dirs = (f".{execution.id}.tmp", str(execution.id))
+    for name in pattern_dirs:
+        for path in glob.glob(os.path.join(glob.escape(root), glob.escape(execution.component_id),
+                                           "*", name)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_writable(root: str) -> None:
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise PipelineError(f"cannot create pipeline_root {root!r}: {e.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise PipelineError(f"pipeline_root {root!r} is not writable")
+
+
+@contextlib.contextmanager
+def _exclusive(root: str) -> Iterator[None]:
+    """Only one run at a time may use a pipeline_root (stale RUNNING records are then safe to
+    treat as interrupted)."""
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"another run is using pipeline_root {root!r}; wait for it "
+                                f"or choose another pipeline_root") from None
+        yield

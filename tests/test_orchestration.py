@@ -1,0 +1,478 @@
+"""Orchestration: component specs, DAG validation, local runner, caching, resume, metadata."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from components.base import (ARTIFACT_TYPES, Artifact, BaseExecutor, Component,
+                             ComponentDefinitionError, ComponentSpec, ExecutorContext, InputSpec,
+                             OutputSpec, Parameter, ParameterError, register_artifact_type)
+from pipeline.dag import Pipeline, PipelineDefinitionError
+from pipeline.local_runner import LocalRunner, PipelineError
+from pipeline.metadata import MetadataStore
+
+register_artifact_type("Numbers", "A JSON list of numbers (toy type for tests).")
+
+
+# ---- toy components ----------------------------------------------------------------------
+# Executors count their invocations by appending to $TOY_COUNTER_DIR/<component_id>, and fail
+# on demand: TOY_FAIL=<id> raises, TOY_INTERRUPT=<id> raises KeyboardInterrupt,
+# TOY_KILL=<id> ends the process abruptly (like `kill -9`). None of these enter the cache key.
+
+def _count(context: ExecutorContext) -> None:
+    with open(os.path.join(os.environ["TOY_COUNTER_DIR"], context.component_id), "a") as f:
+        f.write("x\n")
+
+
+def _maybe_fail(context: ExecutorContext) -> None:
+    cid = context.component_id
+    if os.environ.get("TOY_FAIL") == cid:
+        raise RuntimeError(f"boom in {cid}")
+    if os.environ.get("TOY_INTERRUPT") == cid:
+        raise KeyboardInterrupt
+    if os.environ.get("TOY_KILL") == cid:
+        os._exit(9)
+
+
+def _read(artifact: Artifact) -> list[float]:
+    with open(artifact.path("numbers.json")) as f:
+        return json.load(f)
+
+
+def _write(artifact: Artifact, numbers: list[float]) -> None:
+    with open(artifact.path("numbers.json"), "w") as f:
+        json.dump(numbers, f)
+    artifact.properties["count"] = len(numbers)
+
+
+class SourceSpec(ComponentSpec):
+    OUTPUTS = {"numbers": OutputSpec("Numbers")}
+    PARAMETERS = {"n": Parameter(int, default=3)}
+
+
+class SourceExecutor(BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        _count(self.context)
+        _write(output_dict["numbers"][0], list(range(1, exec_properties["n"] + 1)))
+
+
+class Source(Component):
+    SPEC_CLASS, EXECUTOR_CLASS = SourceSpec, SourceExecutor
+
+
+class ScaleSpec(ComponentSpec):
+    INPUTS = {"numbers": InputSpec("Numbers")}
+    OUTPUTS = {"scaled": OutputSpec("Numbers")}
+    PARAMETERS = {"factor": Parameter(float, default=2.0),
+                  "mode": Parameter(str, default="mul", choices=("mul", "add"))}
+
+
+class ScaleExecutor(BaseExecutor):
+    VERSION = "1"
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        _count(self.context)
+        _maybe_fail(self.context)
+        f = exec_properties["factor"]
+        numbers = _read(input_dict["numbers"][0])
+        _write(output_dict["scaled"][0],
+               [x * f if exec_properties["mode"] == "mul" else x + f for x in numbers])
+
+
+class Scale(Component):
+    SPEC_CLASS, EXECUTOR_CLASS = ScaleSpec, ScaleExecutor
+
+
+class SumSpec(ComponentSpec):
+    INPUTS = {"numbers": InputSpec("Numbers")}
+    OUTPUTS = {"report": OutputSpec("Report", publish_as="report")}
+
+
+class SumExecutor(BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        _count(self.context)
+        _maybe_fail(self.context)
+        total = sum(sum(_read(a)) for a in input_dict["numbers"])
+        path = output_dict["report"][0].path("total.txt")
+        with open(path, "w") as f:
+            f.write(str(total))
+        self.context.register_result("total", path)
+
+
+class Sum(Component):
+    SPEC_CLASS, EXECUTOR_CLASS = SumSpec, SumExecutor
+
+
+class SearchSpec(ComponentSpec):
+    INPUTS = {"numbers": InputSpec("Numbers")}
+    OUTPUTS = {"best": OutputSpec("Numbers")}
+    PARAMETERS = {"steps": Parameter(int, default=5)}
+
+
+class SearchExecutor(BaseExecutor):
+    """A long job that checkpoints each step in its resume directory."""
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        state_path = os.path.join(self.context.resume_dir, "state.json")
+        with open(os.path.join(os.environ["TOY_COUNTER_DIR"], "search_dirs"), "a") as f:
+            f.write(self.context.resume_dir + "\n")
+        done = json.load(open(state_path))["done"] if os.path.exists(state_path) else 0
+        total = exec_properties["steps"]
+        for step in range(done + 1, total + 1):
+            _count(self.context)                      # one line per step actually computed
+            if os.environ.get("TOY_FAIL_AT_STEP") == str(step):
+                raise RuntimeError(f"stopped at step {step}")
+            with open(state_path, "w") as f:
+                json.dump({"done": step}, f)
+            self.context.progress(f"step {step}", done=step, total=total)
+        _write(output_dict["best"][0], [float(total)])
+
+
+class Search(Component):
+    SPEC_CLASS, EXECUTOR_CLASS = SearchSpec, SearchExecutor
+
+
+def build(root, factor: float = 2.0, enable_cache: bool = True) -> Pipeline:
+    """source -> scale (factor) and scale_b (add 10) -> sum (fan-in of both)."""
+    source = Source()
+    scale = Scale(numbers=source.outputs["numbers"], factor=factor)
+    scale_b = Scale(component_id="scale_b", numbers=source.outputs["numbers"], mode="add",
+                    factor=10)
+    total = Sum(numbers=[scale.outputs["scaled"], scale_b.outputs["scaled"]])
+    return Pipeline("toy", [total, scale_b, scale, source], root, enable_cache=enable_cache)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    counters = tmp_path / "counters"
+    counters.mkdir()
+    monkeypatch.setenv("TOY_COUNTER_DIR", str(counters))
+    for name in ("TOY_FAIL", "TOY_INTERRUPT", "TOY_KILL", "TOY_FAIL_AT_STEP"):
+        monkeypatch.delenv(name, raising=False)
+
+    def calls(cid: str) -> int:
+        path = counters / cid
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    return tmp_path / "root", calls
+
+
+def states(result) -> dict[str, str]:
+    return {cid: r.state for cid, r in result.components.items()}
+
+
+def total_of(result) -> float:
+    return float(open(result.results["total"]).read())
+
+
+# ---- running, caching ----------------------------------------------------------------------
+
+def test_runs_in_topological_order_and_publishes_outputs(env):
+    root, calls = env
+    pipeline = build(root)
+    assert [c.id for c in pipeline.components] == ["source", "scale_b", "scale", "sum"]
+    events = []
+    result = LocalRunner(on_progress=events.append).run(pipeline)
+    assert list(result.components) == ["source", "scale_b", "scale", "sum"]
+    assert set(states(result).values()) == {"COMPLETE"}
+    assert total_of(result) == (2 + 4 + 6) + (11 + 12 + 13)
+    scaled = result.output("scale", "scaled")
+    assert scaled.uri == os.path.join(str(root), "scale", "scaled",
+                                      str(result.components["scale"].execution_id))
+    assert scaled.properties == {"count": 3} and scaled.id is not None
+    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name == ".resume"]
+    assert [calls(c) for c in ("source", "scale", "scale_b", "sum")] == [1, 1, 1, 1]
+    messages = [str(e) for e in events]
+    assert messages[0].startswith("[source] started") and "[sum] complete in" in messages[-1]
+
+
+def test_second_run_is_fully_cached(env):
+    root, calls = env
+    first = LocalRunner().run(build(root))
+    second = LocalRunner().run(build(root))
+    assert set(states(second).values()) == {"CACHED"}
+    assert [calls(c) for c in ("source", "scale", "scale_b", "sum")] == [1, 1, 1, 1]
+    assert second.output("sum", "report").uri == first.output("sum", "report").uri
+    assert second.results == first.results          # results survive caching
+    with MetadataStore(second.metadata_path) as store:
+        execs = store.executions(second.run_id)
+        assert [e.state for e in execs] == ["CACHED"] * 4
+        assert [e.cached_from for e in execs] == [
+            first.components[e.component_id].execution_id for e in execs]
+
+
+def test_parameter_change_reruns_component_and_downstream_only(env):
+    root, calls = env
+    LocalRunner().run(build(root, factor=2.0))
+    result = LocalRunner().run(build(root, factor=3))
+    assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
+                              "sum": "COMPLETE"}
+    assert total_of(result) == (3 + 6 + 9) + (11 + 12 + 13)
+    assert [calls(c) for c in ("source", "scale", "scale_b", "sum")] == [1, 2, 1, 2]
+    # Back to the first parameters: everything is in the cache again.
+    again = LocalRunner().run(build(root, factor=2.0))
+    assert set(states(again).values()) == {"CACHED"}
+
+
+def test_executor_version_change_invalidates_cache(env, monkeypatch):
+    root, calls = env
+    LocalRunner().run(build(root))
+    monkeypatch.setattr(ScaleExecutor, "VERSION", "2")
+    result = LocalRunner().run(build(root))
+    assert states(result) == {"source": "CACHED", "scale_b": "COMPLETE", "scale": "COMPLETE",
+                              "sum": "COMPLETE"}
+
+
+def test_cache_disabled_or_outputs_deleted_reexecutes(env):
+    root, calls = env
+    first = LocalRunner().run(build(root))
+    assert set(states(LocalRunner().run(build(root, enable_cache=False))).values()) == {
+        "COMPLETE"}
+    shutil.rmtree(first.output("source", "numbers").uri)
+    result = LocalRunner().run(build(root))          # newest COMPLETE outputs still exist
+    assert set(states(result).values()) == {"CACHED"}
+    assert calls("source") == 2
+
+
+# ---- failures, interruption, resume ----------------------------------------------------------
+
+def test_failure_marks_run_failed_and_rerun_runs_only_unfinished(env, monkeypatch):
+    root, calls = env
+    monkeypatch.setenv("TOY_FAIL", "sum")
+    with pytest.raises(PipelineError, match=r"component 'sum' failed: RuntimeError: boom in sum"
+                       ) as info:
+        LocalRunner().run(build(root))
+    assert info.value.component_id == "sum" and isinstance(info.value.__cause__, RuntimeError)
+    doc = json.load(open(root / "run.json"))
+    assert doc["status"] == "failed" and "boom in sum" in doc["error"]
+    assert doc["components"]["sum"]["state"] == "failed"
+    assert doc["components"]["scale"]["state"] == "complete"
+    assert not list(root.glob("sum/report/*"))       # nothing half-written is published
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        run = store.list_runs()[0]
+        assert run.status == "FAILED"
+        assert [e.state for e in store.executions(run.run_id)][-1] == "FAILED"
+
+    monkeypatch.delenv("TOY_FAIL")
+    result = LocalRunner().run(build(root))
+    assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "CACHED",
+                              "sum": "COMPLETE"}
+    assert [calls(c) for c in ("source", "scale", "scale_b", "sum")] == [1, 1, 1, 2]
+
+
+def test_keyboard_interrupt_is_recorded_and_propagates(env, monkeypatch):
+    root, calls = env
+    monkeypatch.setenv("TOY_INTERRUPT", "scale")
+    with pytest.raises(KeyboardInterrupt):
+        LocalRunner().run(build(root))
+    assert json.load(open(root / "run.json"))["status"] == "interrupted"
+    monkeypatch.delenv("TOY_INTERRUPT")
+    result = LocalRunner().run(build(root))
+    assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
+                              "sum": "COMPLETE"}
+
+
+def test_killed_process_leaves_running_execution_treated_as_unfinished(env):
+    root, calls = env
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = textwrap.dedent(f"""
+        import importlib, sys
+        sys.path[:0] = [{tests_dir!r}, {os.path.dirname(tests_dir)!r}]
+        toy = importlib.import_module({__name__!r})
+        from pipeline.local_runner import LocalRunner
+        LocalRunner().run(toy.build({str(root)!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TOY_KILL": "scale"},
+                          cwd=os.path.dirname(tests_dir), capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    doc = json.load(open(root / "run.json"))
+    assert doc["status"] == "running" and doc["components"]["scale"]["state"] == "running"
+    killed_id = doc["components"]["scale"]["execution_id"]
+    assert (root / "scale" / "scaled" / f".{killed_id}.tmp").is_dir()
+
+    result = LocalRunner().run(build(root))
+    assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
+                              "sum": "COMPLETE"}
+    assert not (root / "scale" / "scaled" / f".{killed_id}.tmp").exists()
+    with MetadataStore(result.metadata_path) as store:
+        killed = store.get_execution(killed_id)
+        assert killed.state == "FAILED" and "interrupted" in killed.error
+        assert store.get_run(doc["run_id"]).status == "INTERRUPTED"
+
+
+def test_resume_dir_lets_long_work_continue_after_failure(env, monkeypatch):
+    root, calls = env
+    source = Source()
+    search = Search(numbers=source.outputs["numbers"], steps=5)
+    pipeline = Pipeline("search", [source, search], root)
+    monkeypatch.setenv("TOY_FAIL_AT_STEP", "4")
+    with pytest.raises(PipelineError, match="stopped at step 4"):
+        LocalRunner().run(pipeline)
+    assert calls("search") == 4                       # steps 1-3 done, 4 failed
+    monkeypatch.delenv("TOY_FAIL_AT_STEP")
+    events = []
+    result = LocalRunner(on_progress=events.append).run(pipeline)
+    assert calls("search") == 4 + 2                   # resumed: only steps 4 and 5 computed
+    assert _read(result.output("search", "best")) == [5.0]
+    dirs = open(os.path.join(os.environ["TOY_COUNTER_DIR"], "search_dirs")).read().split()
+    assert len(dirs) == 2 and dirs[0] == dirs[1]      # same resume dir for the same cache key
+    assert not os.path.exists(dirs[0])                # removed after success
+    steps = [e for e in events if e.component_id == "search" and e.total]
+    assert [(e.done, e.total) for e in steps] == [(4, 5), (5, 5)]
+    assert steps[0].eta_s is not None and "(4/5" in str(steps[0])
+
+
+# ---- run.json and metadata -------------------------------------------------------------------
+
+def test_run_json_contents(env):
+    root, _ = env
+    result = LocalRunner().run(build(root), run_id="first-run")
+    doc = json.load(open(root / "run.json"))
+    assert doc["run_id"] == "first-run" and doc["status"] == "complete"
+    assert doc["pipeline"] == "toy" and doc["error"] is None and doc["end_time"]
+    assert {cid: c["state"] for cid, c in doc["components"].items()} == {
+        "source": "complete", "scale_b": "complete", "scale": "complete", "sum": "complete"}
+    report = result.output("sum", "report").uri
+    assert doc["results"] == {"report": report, "total": os.path.join(report, "total.txt")}
+    assert os.path.isfile(doc["results"]["total"])   # registered in staging, points to final
+    assert doc["components"]["sum"]["outputs"] == {"report": [report]}
+    with pytest.raises(PipelineError, match="already exists"):
+        LocalRunner().run(build(root), run_id="first-run")
+
+
+def test_lineage_and_queries(env):
+    root, _ = env
+    first = LocalRunner().run(build(root), run_id="r1")
+    LocalRunner().run(build(root, factor=5), run_id="r2")
+    with MetadataStore(first.metadata_path) as store:
+        assert [r.run_id for r in store.list_runs()] == ["r2", "r1"]
+        assert [e.component_id for e in store.executions("r2")] == [
+            "source", "scale_b", "scale", "sum"]
+        report = first.output("sum", "report")
+        tree = store.lineage(report.id)
+        assert tree["execution"]["component_id"] == "sum"
+        assert tree["execution"]["run_id"] == "r1"
+        parents = tree["inputs"]["numbers"]
+        assert [p["execution"]["component_id"] for p in parents] == ["scale", "scale_b"]
+        assert parents[0]["execution"]["exec_properties"]["factor"] == 2.0
+        grand = parents[0]["inputs"]["numbers"][0]
+        assert grand["execution"]["component_id"] == "source" and grand["inputs"] == {}
+        # The source artifact was reused (CACHED) in r2, but its producer is still r1's run.
+        source_art = first.output("source", "numbers")
+        assert store.producer_of(source_art.id).run_id == "r1"
+        with pytest.raises(KeyError):
+            store.lineage(10_000)
+
+
+def test_lock_prevents_concurrent_runs_and_unwritable_root(env, tmp_path):
+    root, _ = env
+    root.mkdir()
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(PipelineError, match="another run"):
+            LocalRunner().run(build(root))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(PipelineError, match="cannot create pipeline_root"):
+        LocalRunner().run(build(tmp_path / "afile" / "root"))
+
+
+# ---- definitions and validation ----------------------------------------------------------------
+
+def test_dag_validation_errors(tmp_path):
+    source = Source()
+    scale = Scale(numbers=source.outputs["numbers"])
+    with pytest.raises(PipelineDefinitionError, match="duplicate component id 'source'"):
+        Pipeline("p", [source, Source(), scale], tmp_path)
+    with pytest.raises(PipelineDefinitionError, match="producer 'source' is not in the pipeline"):
+        Pipeline("p", [scale], tmp_path)
+    other = Scale(component_id="other", numbers=scale.outputs["scaled"])
+    scale.inputs["numbers"] = [other.outputs["scaled"]]
+    with pytest.raises(PipelineDefinitionError,
+                       match="cycle: 'other' reads from 'scale' reads from 'other'"):
+        Pipeline("p", [source, scale, other], tmp_path)
+    with pytest.raises(PipelineDefinitionError, match="no components"):
+        Pipeline("p", [], tmp_path)
+    with pytest.raises(PipelineDefinitionError, match="pipeline name"):
+        Pipeline("bad name", [source], tmp_path)
+
+
+def test_wiring_errors():
+    source = Source()
+    with pytest.raises(ComponentDefinitionError, match="has no output 'nope'; outputs: .'numbers'"):
+        source.outputs["nope"]
+    with pytest.raises(ComponentDefinitionError, match="required input 'numbers'"):
+        Scale()
+    with pytest.raises(ComponentDefinitionError, match="unknown argument.*'data'"):
+        Scale(data=source.outputs["numbers"])
+    with pytest.raises(ComponentDefinitionError, match="must be wired to an upstream output"):
+        Scale(numbers="numbers.json")
+    report = Sum(numbers=source.outputs["numbers"]).outputs["report"]
+    with pytest.raises(ComponentDefinitionError, match="expects Numbers.*is Report"):
+        Scale(numbers=report)
+    with pytest.raises(ComponentDefinitionError, match="component id"):
+        Source(component_id="has space")
+
+
+def test_parameter_validation_errors():
+    source = Source()
+    ch = source.outputs["numbers"]
+    assert Scale(numbers=ch, factor=3).exec_properties == {"factor": 3.0, "mode": "mul"}
+    with pytest.raises(ParameterError, match="unknown argument"):
+        Source(size=3)
+    with pytest.raises(ParameterError, match="'n' must be of type int, got str"):
+        Source(n="3")
+    with pytest.raises(ParameterError, match="'n' must be of type int, got bool"):
+        Source(n=True)
+    with pytest.raises(ParameterError, match=r"'mode' must be one of \['mul', 'add'\]"):
+        Scale(numbers=ch, mode="pow")
+
+    class Spec(ComponentSpec):
+        PARAMETERS = {"config": Parameter(dict), "seed": Parameter(int, default=None)}
+
+    assert Spec.validate_parameters({"config": {"a": [1]}}) == {"config": {"a": [1]},
+                                                                "seed": None}
+    with pytest.raises(ParameterError, match="required parameter 'config'"):
+        Spec.validate_parameters({})
+    with pytest.raises(ParameterError, match="JSON-serialisable"):
+        Spec.validate_parameters({"config": {"f": object()}})
+    with pytest.raises(ParameterError, match="'seed' must be of type int"):
+        Spec.validate_parameters({"config": {}, "seed": 1.5})
+
+
+def test_spec_definition_errors():
+    with pytest.raises(ComponentDefinitionError, match="unknown artifact type 'Nope'"):
+        class BadType(ComponentSpec):
+            OUTPUTS = {"x": OutputSpec("Nope")}
+    with pytest.raises(ParameterError, match="must be of type int"):
+        class BadDefault(ComponentSpec):
+            PARAMETERS = {"n": Parameter(int, default="3")}
+    with pytest.raises(ComponentDefinitionError, match="declared twice"):
+        class Twice(ComponentSpec):
+            INPUTS = {"x": InputSpec("Numbers")}
+            OUTPUTS = {"x": OutputSpec("Numbers")}
+    with pytest.raises(ComponentDefinitionError, match="parameter 't' has type"):
+        class BadParamType(ComponentSpec):
+            PARAMETERS = {"t": Parameter(tuple)}
+
+
+def test_artifact_json_roundtrip_and_executor_without_orchestrator(tmp_path, monkeypatch):
+    assert "TensorBoardLogs" in ARTIFACT_TYPES and "Numbers" in ARTIFACT_TYPES
+    a = Artifact("Numbers", str(tmp_path), {"count": 2}, id=4, fingerprint="f")
+    assert Artifact.from_json(a.to_json()) == a
+    # An executor runs by hand, as a Kubeflow wrapper would run it: only URIs and properties.
+    monkeypatch.setenv("TOY_COUNTER_DIR", str(tmp_path))
+    out = Artifact("Numbers", str(tmp_path / "out"))
+    os.makedirs(out.uri)
+    executor = SearchExecutor(ExecutorContext(component_id="search"))
+    executor.Do({}, {"best": [out]}, {"steps": 2})
+    assert _read(out) == [2.0] and os.path.isdir(executor.context.resume_dir)
+    assert ScaleExecutor.code_version() == "version:1"
+    assert SourceExecutor.code_version().startswith("source:")
