@@ -202,7 +202,7 @@ _OPERATORS: list[Operator] = [
     Operator("sub", 2, lambda a, b: a - b, "x1-x2", identity_arg=0.0, families=(_SWISH, _PANGAEA)),
     Operator("mul", 2, lambda a, b: a * b, "x1*x2", identity_arg=1.0, families=(_SWISH, _PANGAEA)),
     Operator("div", 2, _safe_div, "x1/x2, sign-safe eps", identity_arg=1.0, families=(_SWISH, _PANGAEA)),
-    Operator("pow", 2, _safe_pow, "|x1|^x2, bounded", identity_arg=1.0, families=(_PANGAEA,)),
+    Operator("pow", 2, _safe_pow, "|x1|^x2, bounded", families=(_PANGAEA,)),
     Operator("max", 2, ops.maximum, "max(x1,x2)", families=(_SWISH, _PANGAEA)),
     Operator("min", 2, ops.minimum, "min(x1,x2)", families=(_SWISH, _PANGAEA)),
     # N-ary.

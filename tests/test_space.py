@@ -1,0 +1,107 @@
+"""Search spaces: sampling, mutation and crossover stay valid and reproducible."""
+
+import collections
+import random
+
+import pytest
+
+from activations.expression import parse
+from activations.space import MUTATIONS, enumerate_core_units, get_space
+
+
+@pytest.mark.parametrize("name", ["pangaea", "swish"])
+def test_mutation_and_crossover_results_are_valid_over_many_seeds(name):
+    space = get_space(name)
+    kinds = collections.Counter()
+    for seed in range(40):
+        rng = random.Random(seed)
+        a, b = space.sample(rng), space.sample(rng)
+        for _ in range(5):
+            child, kind = space.propose_mutation(a, rng)
+            kinds[kind] += 1
+            assert child != a
+            assert space.contains(child), space.violation(child)
+            assert parse(str(child)) == child
+            crossed = space.crossover(a, b, rng)
+            assert space.contains(crossed), space.violation(crossed)
+            a = child
+    assert set(MUTATIONS) <= set(kinds), kinds
+
+
+@pytest.mark.parametrize("name", ["pangaea", "swish"])
+def test_proposals_are_reproducible_for_a_seed(name):
+    space = get_space(name)
+
+    def run(seed):
+        rng = random.Random(seed)
+        expr = space.sample(rng)
+        out = [expr]
+        for _ in range(20):
+            expr = space.mutate(expr, rng)
+            out.append(space.crossover(expr, out[0], rng))
+        return [str(e) for e in out]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_pangaea_initial_population_has_the_published_shapes():
+    space = get_space("pangaea")
+    rng = random.Random(0)
+    for _ in range(50):
+        expr = space.sample(rng)
+        assert expr.kind == "call"
+        if expr.name in space.binary:
+            assert all(arg.kind == "call" and arg.args == (parse("x"),) for arg in expr.args)
+        else:
+            assert expr.args[0].kind == "call" and expr.args[0].args == (parse("x"),)
+
+
+def test_identity_preserving_insertion_keeps_the_function():
+    from activations.equivalence import fingerprint
+
+    space = get_space("pangaea")
+    expr = parse("tanh(x)")
+    found = 0
+    for seed in range(200):
+        rng = random.Random(seed)
+        child = space._insert(expr, rng)
+        if child is not None and child.operators & {"zero", "one"}:
+            found += 1
+            assert fingerprint(child) == fingerprint(expr), str(child)
+    assert found > 10
+
+
+def test_parameter_mutations_add_and_remove_edge_parameters():
+    space = get_space("pangaea")
+    rng = random.Random(1)
+    expr = parse("tanh(x)")
+    with_param = space._add_parameter(expr, rng)
+    assert len(with_param.parameters) == 1
+    assert space._remove_parameter(with_param, rng) == expr
+
+
+def test_swish_space_core_units_and_enumeration():
+    functions = list(enumerate_core_units(1, ["x", "sigmoid(x)", "beta*x"], ["x1*x2", "max(x1,x2)"]))
+    assert len(functions) == 2 * 3 * 3
+    assert parse("mul(x,sigmoid(x))") in functions
+    assert parse("mul(x,mul(beta,x))") in functions
+    two = list(enumerate_core_units(2, ["x", "tanh(x)"], ["x1+x2"]))
+    assert len(two) == (1 * 2 * 2) ** 2
+    assert len(set(two)) == len(two)
+    with pytest.raises(ValueError, match="unknown core-unit forms"):
+        list(enumerate_core_units(1, ["cosine"]))
+    with pytest.raises(ValueError, match="core_units"):
+        list(enumerate_core_units(3))
+
+
+def test_unknown_space_is_a_clear_error():
+    with pytest.raises(ValueError, match="allowed"):
+        get_space("nasnet")
+
+
+def test_violation_names_the_limit():
+    space = get_space("pangaea")
+    assert "nodes" in space.violation(parse("+".join(["relu(x)"] * 20)))
+    assert "does not use x" in space.violation(parse("tanh(alpha)"))
+    assert space.violation(parse("tanh(x)")) is None
