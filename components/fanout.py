@@ -1,0 +1,161 @@
+"""Fan-out of independent jobs (training runs, search trials) through Apache Beam.
+
+A job is a JSON-able dict naming a function (`"module:function"`) and its keyword arguments.
+`run_jobs` runs a list of them and returns their results in order:
+
+* `parallelism == 1` and no Beam options: in this process, one after another (no start-up cost);
+* otherwise a Beam pipeline: by default the `DirectRunner` in multi-processing mode with
+  `parallelism` worker processes; any Beam runner through `beam_options` (e.g.
+  `["--runner=DataflowRunner", "--project=...", ...]`).
+
+Every finished job writes its result to `<work_dir>/<job_id>.json` at once, which gives two things:
+progress while the Beam pipeline runs (the driver polls the folder), and resume: a fan-out that
+was interrupted re-runs only the jobs without a result file. A job that raises is recorded as a
+failure result (`{"failed": true, "error": ...}`), so one bad candidate never sinks the batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+import time
+import traceback
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
+
+
+class FanoutError(RuntimeError):
+    """The Beam pipeline itself failed (not a single job, which is recorded as a failure)."""
+
+
+def _resolve(path: str) -> Callable[..., Mapping[str, Any]]:
+    module_name, _, function_name = path.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"job function {path!r} must be 'module:function'")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def _result_path(work_dir: str, job_id: str) -> str:
+    return os.path.join(work_dir, f"{job_id}.json")
+
+
+def _threads_for(parallelism: int) -> None:
+    """Share the machine's cores between parallel workers instead of oversubscribing them."""
+    cores = os.cpu_count() or 1
+    per_worker = max(1, cores // max(1, parallelism))
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(per_worker)
+        tf.config.threading.set_inter_op_parallelism_threads(per_worker)
+    except (ImportError, RuntimeError):  # already initialised in this process: keep its setting
+        pass
+
+
+def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> dict[str, Any]:
+    """Runs one job and writes its result file (atomically); returns the result."""
+    if parallelism > 1:
+        _threads_for(parallelism)
+    start = time.time()
+    try:
+        result = dict(_resolve(job["fn"])(**job.get("args", {})))
+    except Exception as error:  # noqa: BLE001 - a job failure is data, not a crash
+        logging.warning("job %s failed: %s", job["id"], error)
+        result = {"failed": True, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    result.setdefault("job_id", job["id"])
+    result.setdefault("job_seconds", time.time() - start)
+    path = _result_path(work_dir, job["id"])
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, default=str)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def _load_result(work_dir: str, job_id: str) -> dict[str, Any] | None:
+    path = _result_path(work_dir, job_id)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int, beam_options: Sequence[str]) -> None:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = list(beam_options)
+    if not any(opt.startswith("--runner") for opt in options):
+        options += [
+            "--runner=DirectRunner",
+            "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={parallelism}",
+        ]
+    payload = [json.dumps(job) for job in jobs]
+    with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
+        _ = (
+            pipeline
+            | "Jobs" >> beam.Create(payload)
+            | "Spread" >> beam.Reshuffle()
+            | "Run" >> beam.Map(lambda text, d=work_dir, p=parallelism: execute_job(json.loads(text), d, p)["job_id"])
+        )
+
+
+def run_jobs(
+    jobs: Sequence[Mapping[str, Any]],
+    work_dir: str,
+    *,
+    parallelism: int = 1,
+    beam_options: Sequence[str] = (),
+    progress: ProgressFn | None = None,
+    poll_seconds: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Runs every job that has no result yet in `work_dir`; returns all results in job order."""
+    if parallelism < 1:
+        raise ValueError(f"parallelism must be at least 1, got {parallelism}")
+    ids = [job["id"] for job in jobs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("job ids must be unique")
+    os.makedirs(work_dir, exist_ok=True)
+    pending = [job for job in jobs if _load_result(work_dir, job["id"]) is None]
+    total, done = len(jobs), len(jobs) - len(pending)
+    if progress and done:
+        progress(done, total, None)
+    if pending and parallelism == 1 and not beam_options:
+        for job in pending:
+            result = execute_job(job, work_dir)
+            done += 1
+            if progress:
+                progress(done, total, result)
+    elif pending:
+        errors: list[BaseException] = []
+
+        def target():
+            try:
+                _run_beam(pending, work_dir, parallelism, beam_options)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the driver thread
+                errors.append(error)
+
+        thread = threading.Thread(target=target, name="beam-fanout", daemon=True)
+        thread.start()
+        seen = {job["id"] for job in jobs if job not in pending}
+        while thread.is_alive() or len(seen) < total:
+            thread.join(timeout=poll_seconds)
+            for job in pending:
+                if job["id"] not in seen and (result := _load_result(work_dir, job["id"])) is not None:
+                    seen.add(job["id"])
+                    if progress:
+                        progress(len(seen), total, result)
+            if not thread.is_alive():
+                break
+        if errors:
+            raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]
+    results = [_load_result(work_dir, job_id) for job_id in ids]
+    missing = [job_id for job_id, result in zip(ids, results) if result is None]
+    if missing:
+        raise FanoutError(f"jobs {missing} produced no result")
+    return results

@@ -1,0 +1,223 @@
+"""Run configuration and its presets.
+
+A `PipelineConfig` is everything a run needs, as plain JSON-able values: data, child network,
+search, final training, evaluation and runtime. Three presets are complete configurations:
+
+* ``demo``: the embedded digits data, a small CNN and a small search; end to end in minutes on a
+  laptop CPU. What `make demo` runs.
+* ``cifar10``: a search on CIFAR-10 sized for a 2-core CPU in about two hours (a subset of the
+  images, a ResNet-20-class network, short trials, mixed_bfloat16).
+* ``paper``: the source papers' budgets for a GPU machine (ResNet-20 children on CIFAR-10,
+  10K-step trials; final runs of the top functions and baselines on ResNet-56, several seeds).
+
+Any field can be overridden (`with_overrides`), and unknown fields or bad values are rejected
+before any work starts, naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+MODELS = ("mlp", "small_cnn", "resnet20", "resnet56", "resnet56_v2", "wrn_10_4", "all_cnn_c")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+SPACES = ("pangaea", "swish")
+STRATEGIES = ("evolution", "random", "exhaustive")
+SHARING = ("layer", "channel")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+RUNNERS = ("local", "kfp-local")
+
+
+class ConfigError(ValueError):
+    """A configuration field is unknown or has a value that is not allowed."""
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """One run of the pipeline, every field a plain value (see the module docstring)."""
+
+    name: str = "actsearch"
+    # Data.
+    data: str = "embedded:digits"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    augment: bool = False
+    # Child network and its training.
+    model: str = "small_cnn"
+    sharing: str = "channel"
+    optimizer: str = "adam"
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    batch_size: int = 64
+    precision: str = "auto"
+    # Search.
+    space: str = "pangaea"
+    strategy: str = "evolution"
+    num_candidates: int = 8
+    seed_functions: list[str] = dataclasses.field(
+        default_factory=lambda: ["relu", "swish", "gelu", "elu", "softplus", "tanh"]
+    )
+    max_trials: int = 24
+    population_size: int = 8
+    tournament_size: int = 3
+    trial_epochs: int = 3
+    trial_examples: int | None = None
+    parallel_trials: int = 1
+    top_k: int = 3
+    # Final training and evaluation.
+    baselines: list[str] = dataclasses.field(default_factory=lambda: ["relu", "swish", "gelu"])
+    final_model: str | None = None
+    final_epochs: int = 8
+    seeds: int = 3
+    threshold: float = 0.0
+    alpha: float = 0.05
+    # Runtime.
+    seed: int = 0
+    pipeline_root: str = "runs/demo"
+    beam_options: list[str] = dataclasses.field(default_factory=list)
+    image: str = "actsearch:latest"
+
+    def validate(self) -> "PipelineConfig":
+        """Raises ConfigError naming the first bad field and what is allowed."""
+        _choice("model", self.model, MODELS)
+        if self.final_model is not None:
+            _choice("final_model", self.final_model, MODELS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("space", self.space, SPACES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("sharing", self.sharing, SHARING)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not any(self.data.startswith(scheme) for scheme in ("embedded:", "tfds:", "folder:")):
+            raise ConfigError(f"data {self.data!r} must start with embedded:, tfds: or folder: (e.g. embedded:digits)")
+        for name in ("max_trials", "population_size", "tournament_size", "trial_epochs", "final_epochs",
+                     "seeds", "top_k", "batch_size", "parallel_trials"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_candidates < 0:
+            raise ConfigError(f"num_candidates must be >= 0, got {self.num_candidates}")
+        if self.tournament_size > self.population_size:
+            raise ConfigError(
+                f"tournament_size ({self.tournament_size}) cannot exceed population_size ({self.population_size})"
+            )
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, name) < 0.5:
+                raise ConfigError(f"{name} must lie in (0, 0.5), got {getattr(self, name)}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if "relu" not in self.baselines:
+            raise ConfigError(f"baselines must include relu (the reference of the comparison), got {self.baselines}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "PipelineConfig":
+        """A copy with fields replaced; values given as text are converted to the field's type."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown configuration field(s) {unknown}; allowed: {sorted(fields)}")
+        values = {name: _convert(name, value, getattr(self, name), fields[name].type) for name, value in overrides.items()}
+        return dataclasses.replace(self, **values).validate()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":
+        return cls().with_overrides(dict(data))
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} {value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
+    """Text from a command line becomes the field's type; other values pass through."""
+    if not isinstance(value, str) or annotation == "str":
+        return value
+    if value.lower() in ("none", "null") and "None" in annotation:
+        return None
+    try:
+        if annotation.startswith("list"):
+            return [item.strip() for item in value.split(",") if item.strip()] if value.strip() else []
+        if annotation.startswith("bool"):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if annotation.startswith("int"):
+            return int(value)
+        if annotation.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} expects {annotation}, got {value!r}") from None
+    return value
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "cifar10": {
+        "name": "actsearch-cifar10",
+        "data": "folder:.cache/cifar10/train",
+        "max_examples": 12000,
+        "test_fraction": 0.2,
+        "validation_fraction": 0.1,
+        "augment": True,
+        "model": "resnet20",
+        "optimizer": "sgd",
+        "learning_rate": 0.1,
+        "weight_decay": 5e-4,
+        "warmup_epochs": 1.0,
+        "batch_size": 128,
+        "precision": "mixed_bfloat16",
+        "num_candidates": 4,
+        "max_trials": 14,
+        "population_size": 6,
+        "tournament_size": 2,
+        "trial_epochs": 2,
+        "trial_examples": 4000,
+        "parallel_trials": 1,
+        "top_k": 2,
+        "final_model": "small_cnn",
+        "final_epochs": 10,
+        "seeds": 3,
+        "pipeline_root": "runs/cifar10",
+    },
+    "paper": {
+        "name": "actsearch-paper",
+        "data": "tfds:cifar10",
+        "augment": True,
+        "model": "resnet20",
+        "optimizer": "sgd",
+        "learning_rate": 0.1,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 2.0,
+        "batch_size": 128,
+        "precision": "auto",
+        "num_candidates": 50,
+        "max_trials": 1000,
+        "population_size": 50,
+        "tournament_size": 5,
+        "trial_epochs": 25,
+        "parallel_trials": 8,
+        "top_k": 3,
+        "final_model": "resnet56",
+        "final_epochs": 200,
+        "seeds": 5,
+        "pipeline_root": "runs/paper",
+    },
+}
+
+
+def preset(name: str, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """A complete configuration by preset name, with fields overridden."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PipelineConfig().with_overrides({**PRESETS[name], **(overrides or {})})

@@ -1,0 +1,55 @@
+"""Beam fan-out: results in order, failures recorded, resume, real worker processes."""
+
+import json
+import os
+
+import pytest
+
+from components.fanout import run_jobs
+
+JOB = "tests.fanout_toy_jobs:square"
+
+
+def _jobs(values, sleep=0.0):
+    return [{"id": f"job{i}", "fn": JOB, "args": {"value": v, "sleep": sleep}} for i, v in enumerate(values)]
+
+
+def test_in_process_results_come_back_in_order_with_failures_recorded(tmp_path):
+    seen = []
+    results = run_jobs(_jobs([3, -1, 2]), str(tmp_path), progress=lambda d, t, r: seen.append((d, t)))
+    assert [r.get("value") for r in results] == [9, None, 4]
+    assert results[1]["failed"] and "negative input -1" in results[1]["error"]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_interrupted_fan_out_reruns_only_missing_jobs(tmp_path):
+    run_jobs(_jobs([1, 2]), str(tmp_path))
+    os.remove(tmp_path / "job1.json")
+    # Mark job0's stored result so a re-run would be visible.
+    stored = json.loads((tmp_path / "job0.json").read_text())
+    stored["marker"] = True
+    (tmp_path / "job0.json").write_text(json.dumps(stored))
+    results = run_jobs(_jobs([1, 2]), str(tmp_path))
+    assert results[0]["marker"] is True
+    assert results[1]["value"] == 4 and "marker" not in results[1]
+
+
+def test_beam_multiprocessing_runs_jobs_in_two_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    progress = []
+    results = run_jobs(
+        _jobs([1, 2, 3, 4], sleep=0.5), str(tmp_path), parallelism=2, progress=lambda d, t, r: progress.append(d)
+    )
+    assert [r["value"] for r in results] == [1, 4, 9, 16]
+    assert os.getpid() not in {r["pid"] for r in results}
+    assert len({r["pid"] for r in results}) == 2
+    assert progress[-1] == 4
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="parallelism"):
+        run_jobs(_jobs([1]), str(tmp_path), parallelism=0)
+    with pytest.raises(ValueError, match="unique"):
+        run_jobs(_jobs([1]) * 2, str(tmp_path))
+    results = run_jobs([{"id": "bad", "fn": "nocolon", "args": {}}], str(tmp_path))
+    assert results[0]["failed"] and "module:function" in results[0]["error"]
