@@ -335,7 +335,8 @@ def _number(value: Any) -> float | None:
 def _group_runs(runs, metric, chance):
     """function -> list of (metric value, seed, diverged, val_accuracy), validated."""
     if isinstance(runs, (str, bytes)) or not isinstance(runs, Iterable):
-        raise EvaluationError(f"runs must be a list of run records (dicts), got {type(runs).__name__}")
+        raise EvaluationError("runs must be a list of run records (dicts), got "
+                              f"{type(runs).__name__}")
     grouped: dict[str, list[tuple[float, int, bool, float | None]]] = {}
     for index, record in enumerate(runs):
         if not isinstance(record, Mapping):
