@@ -475,7 +475,7 @@ class _Document:
             elif kind == "table":
                 header, rows = value
                 head = "".join(f"<th>{_html(h)}</th>" for h in header)
-                rows_html = "".join("<tr>" + "".join(f"<td>{_html(c)}</td>" for c in row)
+                rows_html = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in row)
                                     + "</tr>" for row in rows)
                 body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
                             f"<tbody>{rows_html}</tbody></table></div>")
@@ -493,15 +493,17 @@ class _Document:
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
 background:#fafafa;line-height:1.45}
-main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 3rem;background:#fff}
+main{max-width:1280px;margin:0 auto;padding:1.5rem 2rem 3rem;background:#fff}
 h1{font-size:1.7rem;border-bottom:2px solid #ddd;padding-bottom:.3rem}
 h2{font-size:1.3rem;margin-top:2rem;border-bottom:1px solid #eee}
 h3{font-size:1.05rem;margin-top:1.4rem}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;
 background:#f3f3f3;padding:0 .25em;border-radius:3px;word-break:break-all}
 .scroll{overflow-x:auto}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
 th,td{border:1px solid #ddd;padding:.3rem .55rem;text-align:left;vertical-align:top}
+td code{display:inline-block;min-width:10em}
+.nw{white-space:nowrap}
 th{background:#f0f0f0}
 tbody tr:nth-child(even){background:#fafafa}
 .badge{display:inline-block;padding:.05rem .45rem;border-radius:3px;font-size:.8rem;
@@ -526,6 +528,13 @@ def _html(value: Any) -> str:
     if isinstance(value, _CodeList):
         return ", ".join(f"<code>{html.escape(v)}</code>" for v in value)
     return html.escape(str(value))
+
+
+def _cell_html(value: Any) -> str:
+    """A table cell: short plain text (numbers, intervals) stays on one line, notes wrap."""
+    if type(value) is str and len(value) <= 22:
+        return f'<span class="nw">{html.escape(value)}</span>'
+    return _html(value)
 
 
 def _md(value: Any) -> str:
@@ -585,7 +594,9 @@ def _p_cell(f: FunctionStats, corrected, raw) -> str:
     if corrected is None:
         if f.p_note and f.p_note.startswith("too few seeds"):
             return f"too few seeds for a test (n={f.n})"
-        return "no test: " + (f.p_note or "no p-value")
+        if f.p_note and f.p_note.startswith("zero variance"):
+            return "no test: zero variance"
+        return "no test"  # the reason is listed under the table
     return f"{_fmt_p(corrected)} ({_fmt_p(raw)})"
 
 
