@@ -1,0 +1,592 @@
+"""Tests of trainer.data: sources, deterministic splits, pipelines, TFRecords and every error."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import io
+import json
+import logging
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from trainer import data as D
+
+ARCHIVE = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+)
+CIFAR_CLASSES = sorted(
+    "airplane automobile bird cat deer dog frog horse ship truck".split()
+)
+PER_CLASS = 20  # images per class taken from the archive: 200 in all
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return D.load_dataset("embedded:digits")
+
+
+@pytest.fixture(scope="module")
+def digits_rows():
+    """Every digits image as the loader encodes it, for partition checks."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return images, raw.target
+
+
+@pytest.fixture(scope="module")
+def cifar_members(tmp_path_factory):
+    """{class: [(name, jpeg bytes)]} for PER_CLASS images of each class of the JPEG archive."""
+    if not ARCHIVE.exists():
+        pytest.skip(f"CIFAR-10 JPEG archive not found at {ARCHIVE}")
+    found = {c: [] for c in CIFAR_CLASSES}
+    with tarfile.open(ARCHIVE) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3 or parts[1] not in found:
+                continue
+            if len(found[parts[1]]) < PER_CLASS:
+                found[parts[1]].append((parts[2], tar.extractfile(member).read()))
+                if all(len(v) == PER_CLASS for v in found.values()):
+                    break
+    return found
+
+
+def _write(root, members, layout):
+    """Writes members as `<class>/<img>` (layout "class") or under `train/` (layout "split")."""
+    for cls, items in members.items():
+        folder = root / ("train" if layout == "split" else "") / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, payload in items:
+            (folder / name).write_bytes(payload)
+    return root
+
+
+@pytest.fixture(scope="module")
+def class_folder(cifar_members, tmp_path_factory):
+    return _write(tmp_path_factory.mktemp("class_layout"), cifar_members, "class")
+
+
+@pytest.fixture
+def _online(monkeypatch):
+    """TFDS downloads are mocked: let the offline probe pass."""
+    monkeypatch.setattr(D, "internet_reachable", lambda timeout=3.0: True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Source strings
+
+
+@pytest.mark.parametrize(
+    "text, scheme, target",
+    [
+        ("embedded:digits", "embedded", "digits"),
+        (" tfds:cifar10 ", "tfds", "cifar10"),
+        ("TFDS:cifar10_corrupted/brightness_1", "tfds", "cifar10_corrupted/brightness_1"),
+        ("folder:/a/b:c", "folder", "/a/b:c"),
+    ],
+)
+def test_parse_source(text, scheme, target):
+    spec = D.parse_source(text)
+    assert (spec.scheme, spec.target) == (scheme, target)
+    assert D.parse_source(str(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "non-empty"),
+        (None, "non-empty"),
+        ("cifar10", "unknown data source scheme"),
+        ("http://x", "unknown data source scheme"),
+        ("tfds:", "names no data set"),
+        ("embedded:iris", "unknown embedded data set"),
+    ],
+)
+def test_parse_source_errors(text, fragment):
+    with pytest.raises(D.DataError, match=fragment) as info:
+        D.parse_source(text)
+    assert isinstance(info.value, ValueError)
+    if "scheme" in fragment:
+        assert "embedded:, tfds:, folder:" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# embedded:digits and splitting
+
+
+def test_digits_shapes_and_classes(digits):
+    assert digits.input_shape == (8, 8, 1)
+    assert digits.num_classes == 10
+    assert digits.class_names == tuple(str(i) for i in range(10))
+    assert digits.num_examples == {"train": 1437, "validation": 180, "test": 180}
+    for split in D.SPLITS:
+        images, labels = digits.arrays(split)
+        assert images.dtype == np.uint8 and labels.dtype == np.int32
+        x, y = next(iter(digits.split(split)))
+        assert x.shape == (8, 8, 1) and x.dtype == tf.uint8 and y.dtype == tf.int32
+    assert digits.arrays("train")[0].max() == 255
+
+
+def test_digits_splits_partition_the_data(digits, digits_rows):
+    """Together the splits hold every example exactly once (compared as multisets of rows)."""
+    images, labels = digits_rows
+    whole = sorted(img.tobytes() + bytes([lab]) for img, lab in zip(images, labels))
+    parts = sorted(
+        img.tobytes() + bytes([lab])
+        for split in D.SPLITS
+        for img, lab in zip(*digits.arrays(split))
+    )
+    assert parts == whole
+
+
+def test_split_is_deterministic_and_seeded(digits):
+    again = D.load_dataset("embedded:digits", seed=0)
+    other = D.load_dataset("embedded:digits", seed=1)
+    for split in D.SPLITS:
+        np.testing.assert_array_equal(again.arrays(split)[0], digits.arrays(split)[0])
+        np.testing.assert_array_equal(again.arrays(split)[1], digits.arrays(split)[1])
+    assert not np.array_equal(other.arrays("test")[0], digits.arrays("test")[0])
+    assert again.fingerprint() == digits.fingerprint() != other.fingerprint()
+
+
+def test_fractions_honoured_and_stratified():
+    ds = D.load_dataset("embedded:digits", splits=(0.5, 0.2, 0.3), seed=3)
+    n = 1797
+    assert ds.num_examples == {"validation": round(0.2 * n), "test": round(0.3 * n),
+                               "train": n - round(0.2 * n) - round(0.3 * n)}
+    whole = np.bincount(np.concatenate([ds.arrays(s)[1] for s in D.SPLITS]), minlength=10)
+    for split, fraction in zip(D.SPLITS, (0.5, 0.2, 0.3)):
+        counts = np.bincount(ds.arrays(split)[1], minlength=10)
+        assert np.all(np.abs(counts - whole * fraction) <= 1.5), (split, counts)
+
+
+def test_stratified_order_indices():
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    order = D.stratified_order(labels, seed=7)
+    assert sorted(order.tolist()) == list(range(100))
+    np.testing.assert_array_equal(order, D.stratified_order(labels, seed=7))
+    assert not np.array_equal(order, D.stratified_order(labels, seed=8))
+    head = np.bincount(labels[order[:20]], minlength=4)
+    np.testing.assert_allclose(head, [10, 6, 3, 1], atol=1)
+
+
+def test_max_examples_int_and_per_split():
+    ds = D.load_dataset("embedded:digits", max_examples=50)
+    assert ds.num_examples == {"train": 50, "validation": 50, "test": 50}
+    counts = np.bincount(ds.arrays("train")[1], minlength=10)
+    assert counts.min() >= 4 and counts.max() <= 6  # a stratified subset
+    ds = D.load_dataset("embedded:digits", max_examples={"train": 100})
+    assert ds.num_examples == {"train": 100, "validation": 180, "test": 180}
+    # A limit keeps the head of the same split: the test split is unchanged by the train limit.
+    full = D.load_dataset("embedded:digits")
+    np.testing.assert_array_equal(ds.arrays("test")[0], full.arrays("test")[0])
+
+
+def test_zero_fraction_gives_empty_split():
+    ds = D.load_dataset("embedded:digits", splits=(0.9, 0.1, 0.0))
+    assert ds.num_examples["test"] == 0
+    assert ds.arrays("test")[0].shape == (0, 8, 8, 1)
+    assert list(D.make_pipeline(ds, split="test", batch_size=8)) == []
+
+
+def test_image_size_resizes():
+    ds = D.load_dataset("embedded:digits", image_size=(16, 12), max_examples=20)
+    assert ds.input_shape == (16, 12, 1)
+    assert ds.arrays("train")[0].shape == (20, 16, 12, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"splits": (0.8, 0.1)}, "three fractions"),
+        ({"splits": (0.8, 0.3, 0.1)}, "summing to 1"),
+        ({"splits": (0.0, 0.5, 0.5)}, "train > 0"),
+        ({"splits": (1.1, -0.1, 0.0)}, ">= 0"),
+        ({"max_examples": -1}, "non-negative integer"),
+        ({"max_examples": {"training": 5}}, "unknown splits"),
+        ({"image_size": (8,)}, "image_size"),
+        ({"image_size": 0}, "image_size"),
+        ({"seed": "zero"}, "seed"),
+    ],
+)
+def test_load_argument_errors(kwargs, fragment):
+    with pytest.raises(D.DataError, match=fragment):
+        D.load_dataset("embedded:digits", **kwargs)
+
+
+def test_dataset_validation_and_metadata(digits):
+    meta = json.loads(json.dumps(digits.metadata()))
+    assert meta["num_examples"]["train"] == 1437 and meta["input_shape"] == [8, 8, 1]
+    assert len(meta["channel_mean"]) == 1
+    with pytest.raises(D.DataError, match="unknown split"):
+        digits.arrays("dev")
+    bad = {s: (np.zeros((2, 4, 4, 1), np.float32), np.zeros(2)) for s in D.SPLITS}
+    with pytest.raises(D.DataError, match="uint8"):
+        D.Dataset("x", bad, ["a"])
+    bad = {s: (np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 3])) for s in D.SPLITS}
+    with pytest.raises(D.DataError, match="labels must lie"):
+        D.Dataset("x", bad, ["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def _collect(pipeline):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in pipeline])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_pipeline_batches_and_normalises(digits):
+    batches = list(D.make_pipeline(digits, batch_size=100, seed=0))
+    assert [int(b[0].shape[0]) for b in batches] == [100] * 14 + [37]
+    x, y = _collect(batches)
+    assert x.dtype == np.float32 and y.dtype == np.int32 and x.shape == (1437, 8, 8, 1)
+    # Shuffled, but the same examples: statistics of the train split become 0 and 1.
+    np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), [0.0], atol=1e-4)
+    np.testing.assert_allclose(x.std(axis=(0, 1, 2)), [1.0], atol=1e-4)
+    np.testing.assert_array_equal(np.sort(y), np.sort(digits.arrays("train")[1]))
+    assert not np.array_equal(y, digits.arrays("train")[1])  # shuffled
+    mean, std = digits.channel_stats()
+    raw = digits.arrays("train")[0] / 255.0
+    np.testing.assert_allclose(mean, raw.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(std, raw.std(axis=(0, 1, 2)), rtol=1e-5)
+
+    dropped = list(D.make_pipeline(digits, batch_size=100, drop_remainder=True))
+    assert len(dropped) == 14
+
+
+def test_pipeline_eval_keeps_order_and_other_normalisations(digits):
+    images, labels = digits.arrays("validation")
+    x, y = _collect(D.make_pipeline(digits, split="validation", batch_size=64, normalize="unit",
+                                    augment=True))
+    np.testing.assert_array_equal(y, labels)  # no shuffling, no augmentation
+    np.testing.assert_allclose(x, images / 255.0, atol=1e-6)
+    x, _ = _collect(D.make_pipeline(digits, split="validation", batch_size=64,
+                                    normalize="symmetric"))
+    np.testing.assert_allclose(x, images / 127.5 - 1.0, atol=1e-6)
+
+
+def test_pipeline_is_deterministic_given_seed(digits):
+    def epochs(seed):
+        pipe = D.make_pipeline(digits, batch_size=256, augment=True, seed=seed)
+        return [_collect(pipe) for _ in range(2)]
+
+    (a1x, a1y), (a2x, a2y) = epochs(5)
+    (b1x, b1y), (b2x, b2y) = epochs(5)
+    np.testing.assert_array_equal(a1x, b1x)
+    np.testing.assert_array_equal(a2y, b2y)
+    np.testing.assert_array_equal(a2x, b2x)
+    assert not np.array_equal(a1y, a2y)  # each epoch is shuffled anew
+    (c1x, c1y), _ = epochs(6)
+    assert not np.array_equal(a1y, c1y)
+
+
+def _transforms(image, pad):
+    """Every pad-crop offset and flip of one image."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)])
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            crop = padded[dy : dy + h, dx : dx + w]
+            yield crop
+            yield crop[:, ::-1]
+
+
+def test_augmentation_is_pad_crop_flip(digits):
+    images, labels = digits.arrays("train")
+    n = 128
+    pipe = D.make_pipeline(digits, batch_size=n, augment=True, normalize="unit",
+                           shuffle_buffer=1, seed=2)  # buffer 1: order kept, so compare 1:1
+    x, y = next(iter(pipe))
+    x = np.round(x.numpy() * 255).astype(np.uint8)
+    np.testing.assert_array_equal(y.numpy(), labels[:n])
+    assert x.shape == images[:n].shape
+    assert np.mean([not np.array_equal(a, b) for a, b in zip(x, images[:n])]) > 0.5
+    for augmented, original in zip(x, images[:n]):
+        assert any(np.array_equal(augmented, t) for t in _transforms(original, pad=1))
+    # Crop without flip never mirrors; flip only mirrors.
+    x, _ = next(iter(D.make_pipeline(digits, batch_size=n, augment="flip", normalize="unit",
+                                     shuffle_buffer=1, seed=2)))
+    x = np.round(x.numpy() * 255).astype(np.uint8)
+    flipped = [np.array_equal(a, b[:, ::-1]) and not np.array_equal(a, b)
+               for a, b in zip(x, images[:n])]
+    kept = [np.array_equal(a, b) for a, b in zip(x, images[:n])]
+    assert all(f or k for f, k in zip(flipped, kept)) and 0.3 < np.mean(flipped) < 0.7
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 8, "normalize": "zscore"}, "unknown normalize"),
+        ({"batch_size": 8, "augment": "mixup"}, "unknown augment"),
+        ({"batch_size": 8, "split": "dev"}, "unknown split"),
+        ({"batch_size": 8, "stats": ([0.5, 0.5], [0.2, 0.2])}, "stats must be"),
+    ],
+)
+def test_pipeline_errors(digits, kwargs, fragment):
+    with pytest.raises(D.DataError, match=fragment):
+        D.make_pipeline(digits, **kwargs)
+
+
+def test_pipeline_on_tf_data_needs_stats(digits):
+    with pytest.raises(D.DataError, match="needs stats"):
+        D.make_pipeline(digits.train, batch_size=8)
+    with pytest.raises(D.DataError, match="Dataset or a tf.data.Dataset"):
+        D.make_pipeline(digits.arrays("train"), batch_size=8)
+    pipe = D.make_pipeline(digits.validation, batch_size=200, training=False,
+                           stats=digits.channel_stats())
+    x, _ = _collect(pipe)
+    mean, std = digits.channel_stats()
+    np.testing.assert_allclose(x, (digits.arrays("validation")[0] / 255.0 - mean) / std, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# TFRecords
+
+
+def test_encode_decode_roundtrip():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    record = D.encode_example(image, 4)
+    assert isinstance(record, bytes)
+    decoded, label = D.decode_example(record, (5, 7, 3))
+    np.testing.assert_array_equal(decoded.numpy(), image)
+    assert int(label) == 4 and label.dtype == tf.int32
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input_shape"):
+        D.decode_example(record, (7, 5, 3))
+    with pytest.raises(D.DataError, match="uint8"):
+        D.encode_example(image.astype(np.float32), 1)
+
+
+def test_write_and_read_tfrecords(digits, tmp_path):
+    images, labels = digits.arrays("validation")
+    paths = D.write_tfrecords((images, labels), tmp_path / "val", num_shards=3)
+    assert [os.path.basename(p) for p in paths] == [
+        f"val-0000{i}-of-00003.tfrecord" for i in range(3)
+    ]
+    x, y = zip(*D.read_tfrecords(str(tmp_path / "val-*"), digits.input_shape).as_numpy_iterator())
+    np.testing.assert_array_equal(np.stack(x), images)
+    np.testing.assert_array_equal(np.array(y), labels)
+    # The pipeline decodes serialized records itself.
+    raw = tf.data.TFRecordDataset(paths)
+    bx, by = _collect(D.make_pipeline(raw, batch_size=50, training=False, normalize="unit",
+                                      input_shape=digits.input_shape))
+    np.testing.assert_allclose(bx, images / 255.0, atol=1e-6)
+    with pytest.raises(D.DataError, match="input_shape"):
+        D.make_pipeline(raw, batch_size=50, normalize="unit")
+    with pytest.raises(D.DataError, match="no TFRecord files"):
+        D.read_tfrecords(str(tmp_path / "missing-*"), (8, 8, 1))
+    with pytest.raises(D.DataError, match="num_shards"):
+        D.write_tfrecords((images, labels), tmp_path / "x", num_shards=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# folder:<path>
+
+
+def test_folder_class_layout(class_folder, cifar_members):
+    ds = D.load_dataset(f"folder:{class_folder}")
+    assert ds.class_names == tuple(CIFAR_CLASSES)
+    assert ds.input_shape == (32, 32, 3)
+    assert ds.num_examples == {"train": 160, "validation": 20, "test": 20}
+    for split in D.SPLITS:
+        np.testing.assert_array_equal(
+            np.bincount(ds.arrays(split)[1], minlength=10),
+            np.full(10, ds.num_examples[split] // 10),
+        )
+    # Pixels are the decoded JPEGs, labelled by their folder.
+    pixels = {}
+    for cls, items in cifar_members.items():
+        for _, payload in items:
+            array = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
+            pixels[array.tobytes()] = CIFAR_CLASSES.index(cls)
+    for split in D.SPLITS:
+        for image, label in zip(*ds.arrays(split)):
+            assert pixels[image.tobytes()] == label
+    again = D.load_dataset(f"folder:{class_folder}")
+    assert again.fingerprint() == ds.fingerprint()
+    small = D.load_dataset(f"folder:{class_folder}", image_size=16, max_examples={"train": 30})
+    assert small.input_shape == (16, 16, 3) and small.num_examples["train"] == 30
+
+
+def test_folder_split_layouts(cifar_members, tmp_path):
+    # The archive's own layout: only train/, split three ways.
+    root = _write(tmp_path / "a", cifar_members, "split")
+    ds = D.load_dataset(f"folder:{root}", splits=(0.7, 0.15, 0.15))
+    assert ds.num_examples == {"train": 140, "validation": 30, "test": 30}
+    # train/ and test/: test used as is, validation carved from train (1/9 of it).
+    root = tmp_path / "b"
+    for cls, items in cifar_members.items():
+        for i, (name, payload) in enumerate(items):
+            folder = root / ("Test" if i < 5 else "train") / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(payload)
+    ds = D.load_dataset(f"folder:{root}")
+    assert ds.num_examples == {"train": 133, "validation": 17, "test": 50}
+    test_pixels = {
+        np.asarray(Image.open(root / "Test" / c / n).convert("RGB")).tobytes()
+        for c in CIFAR_CLASSES for n, _ in cifar_members[c][:5]
+    }
+    assert {img.tobytes() for img in ds.arrays("test")[0]} == test_pixels
+
+
+def test_folder_decode_cache(cifar_members, tmp_path, monkeypatch):
+    root = _write(tmp_path / "imgs", {c: v[:3] for c, v in cifar_members.items()}, "class")
+    cache = tmp_path / "cache"
+    first = D.load_dataset(f"folder:{root}", cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images decoded despite a valid cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(D, "_decode_files", no_decoding)
+        again = D.load_dataset(f"folder:{root}", cache_dir=cache)
+        assert again.fingerprint() == first.fingerprint()
+        assert again.class_names == first.class_names
+        with pytest.raises(AssertionError, match="despite"):  # other arguments, other entry
+            D.load_dataset(f"folder:{root}", cache_dir=cache, seed=1)
+        extra = root / "cat" / "extra.jpg"
+        extra.write_bytes(cifar_members["cat"][5][1])
+        with pytest.raises(AssertionError, match="despite"):  # changed folder, other entry
+            D.load_dataset(f"folder:{root}", cache_dir=cache)
+    changed = D.load_dataset(f"folder:{root}", cache_dir=cache)
+    assert sum(changed.num_examples.values()) == 31
+
+
+def test_folder_corrupt_images_reported(cifar_members, tmp_path, caplog):
+    root = _write(tmp_path / "c", {c: v[:4] for c, v in cifar_members.items()}, "class")
+    good = (root / "cat" / cifar_members["cat"][0][0]).read_bytes()
+    (root / "cat" / "broken.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dog" / "empty.png").write_bytes(b"")
+    with pytest.raises(D.CorruptImagesError) as info:
+        D.load_dataset(f"folder:{root}")
+    message = str(info.value)
+    assert "2 corrupt" in message and "broken.jpg" in message and "empty.png" in message
+    assert sorted(os.path.basename(f) for f in info.value.files) == ["broken.jpg", "empty.png"]
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        ds = D.load_dataset(f"folder:{root}", skip_corrupt=True)
+    assert sum(ds.num_examples.values()) == 40
+    assert sorted(os.path.basename(f) for f in ds.skipped_files) == ["broken.jpg", "empty.png"]
+    assert "broken.jpg" in caplog.text and "empty.png" in caplog.text
+
+
+def test_folder_formats_grey_and_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "grey"
+    for i, ext in enumerate(["png", "bmp", "gif", "jpeg", "PNG", "png"]):
+        for cls in ("a", "b"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8), "L").save(
+                root / cls / f"{i}.{ext}"
+            )
+    (root / "a" / "notes.txt").write_text("not an image")
+    ds = D.load_dataset(f"folder:{root}", splits=(0.5, 0.25, 0.25))
+    assert ds.input_shape == (10, 12, 1) and ds.class_names == ("a", "b")
+    assert sum(ds.num_examples.values()) == 12
+    # One RGB image of another size: sizes must be given, channels become RGB.
+    Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(root / "b" / "rgb.png")
+    with pytest.raises(D.DataError, match=r"differ in size.*image_size"):
+        D.load_dataset(f"folder:{root}")
+    ds = D.load_dataset(f"folder:{root}", image_size=(8, 8))
+    assert ds.input_shape == (8, 8, 3)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(D.DataError, match="does not exist"):
+        D.load_dataset(f"folder:{tmp_path / 'nowhere'}")
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(D.DataError, match="not a directory"):
+        D.load_dataset(f"folder:{tmp_path / 'file.jpg'}")
+    with pytest.raises(D.DataError, match=r"no images in class folders.*directly in the folder"):
+        D.load_dataset(f"folder:{tmp_path}")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    (tmp_path / "empty" / "cls" / "readme.txt").write_text("x")
+    with pytest.raises(D.DataError, match=r"no images.*\.jpg, \.jpeg, \.png, \.bmp, \.gif"):
+        D.load_dataset(f"folder:{tmp_path / 'empty'}")
+    only_test = tmp_path / "only_test" / "test" / "cls"
+    only_test.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(only_test / "x.png")
+    with pytest.raises(D.DataError, match="no train split"):
+        D.load_dataset(f"folder:{tmp_path / 'only_test'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# tfds:<name>
+
+
+def test_tfds_mock_data(_online):
+    with tfds.testing.mock_data(num_examples=24):
+        ds = D.load_dataset("tfds:mnist", data_dir="/nonexistent/tfds")
+        limited = D.load_dataset("tfds:cifar10", max_examples={"test": 5}, image_size=16)
+    assert ds.input_shape == (28, 28, 1) and ds.num_classes == 10
+    assert ds.class_names == tuple(str(i) for i in range(10))
+    # Mocked data has every split; sizes are the mock's.
+    assert ds.num_examples == {"train": 24, "validation": 24, "test": 24}
+    assert ds.arrays("train")[0].dtype == np.uint8
+    assert limited.input_shape == (16, 16, 3) and limited.num_examples["test"] == 5
+    x, y = next(iter(D.make_pipeline(ds, batch_size=8, augment=True)))
+    assert x.shape == (8, 28, 28, 1)
+
+
+def test_tfds_prepared_data_and_carved_validation(tmp_path):
+    """A real (tiny) prepared TFDS set: train/test provided, validation carved from train."""
+
+    class TinyShapesForActsearchTest(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(6, 6, 3)),
+                    "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+                }),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(90, 0),
+                    "test": self._generate_examples(30, 1)}
+
+        def _generate_examples(self, n, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                yield i, {"image": rng.integers(0, 256, (6, 6, 3), dtype=np.uint8),
+                          "label": i % 3}
+
+    TinyShapesForActsearchTest(data_dir=str(tmp_path)).download_and_prepare()
+    source = "tfds:tiny_shapes_for_actsearch_test"
+    ds = D.load_dataset(source, data_dir=tmp_path, download=False)
+    assert ds.num_examples == {"train": 80, "validation": 10, "test": 30}
+    assert ds.class_names == ("a", "b", "c") and ds.input_shape == (6, 6, 3)
+    counts = np.bincount(ds.arrays("validation")[1], minlength=3)
+    assert counts.max() - counts.min() <= 1  # stratified
+    limited = D.load_dataset(source, data_dir=tmp_path, max_examples=8)
+    assert limited.num_examples == {"train": 8, "validation": 8, "test": 8}
+
+
+def test_tfds_errors(tmp_path, monkeypatch):
+    with pytest.raises(D.DataError, match=r"unknown TFDS data set 'cifar1O'.*cifar10"):
+        D.load_dataset("tfds:cifar1O", data_dir=tmp_path)
+    with pytest.raises(D.DataError, match="not an image-classification set"):
+        D.load_dataset("tfds:imdb_reviews", data_dir=tmp_path)
+    with pytest.raises(D.DataError, match=r"not prepared in .*download=False"):
+        D.load_dataset("tfds:mnist", data_dir=tmp_path, download=False)
+    monkeypatch.setattr(D, "internet_reachable", lambda timeout=3.0: False)
+    with pytest.raises(D.DataError, match="internet is unreachable"):
+        D.load_dataset("tfds:mnist", data_dir=tmp_path)
