@@ -1,0 +1,596 @@
+"""Kubeflow Pipelines target: compile a `Pipeline` to KFP v2 YAML, or run it with `kfp.local`.
+
+Each of our components becomes one lightweight KFP Python component, generated from its spec:
+
+* its wired inputs become typed ``Input[...]`` artifacts, its outputs typed ``Output[...]``
+  artifacts (see `KFP_ARTIFACT_TYPES`), and its execution parameters one JSON string
+  parameter ``exec_properties`` (passed as a constant by the pipeline);
+* its body is a single call to `pipeline.kfp_entry.run_step`, which rebuilds our `Artifact`s
+  from the KFP artifacts' paths, runs the executor's ``Do`` and records artifact properties
+  and run results in the KFP artifact metadata.
+
+`dsl.component` reads a function's signature *and its source text* (the source is what runs in
+the step's container), so the function is generated as source text from the spec, compiled
+with `exec` and registered in `linecache` for `inspect.getsource`. Only identifiers, type names
+and an executor's dotted path (all checked against strict patterns) and JSON string literals
+made with `repr` enter that text; parameter values never do: they reach the step as a task
+argument.
+
+The step image must contain this project with its dependencies (kfp included), so the
+generated command installs nothing by default (``install_kfp_package=False``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import io
+import itertools
+import json
+import keyword
+import linecache
+import os
+import re
+import secrets
+import sys
+import time
+import warnings
+from typing import Any, Callable, Mapping
+
+from absl import logging
+
+from components.base import Artifact, Component, executor_path
+from pipeline import kfp_entry
+from pipeline.dag import Pipeline
+from pipeline.local_runner import PipelineError
+
+#: Our artifact type -> KFP artifact class name (any other type maps to ``Artifact``). Our
+#: artifacts are directories, so `HTML`/`Markdown` (single files the UI renders) do not fit
+#: the Report; the Evaluation's numeric properties are shown as metrics.
+KFP_ARTIFACT_TYPES: dict[str, str] = {
+    "Examples": "Dataset",
+    "Candidates": "Dataset",
+    "TrainedModels": "Model",
+    "Evaluation": "Metrics",
+}
+_KFP_CLASSES = ("Artifact", "Dataset", "Model", "Metrics", "HTML", "Markdown")
+
+#: Keys allowed in a per-component resource spec, with what they mean.
+RESOURCE_KEYS: dict[str, str] = {
+    "cpu": "CPU limit, e.g. '8' or '500m' (set_cpu_limit)",
+    "memory": "memory limit, e.g. '32G' or '512Mi' (set_memory_limit)",
+    "cpu_request": "CPU request (set_cpu_request)",
+    "memory_request": "memory request (set_memory_request)",
+    "accelerator": "accelerator type, e.g. 'NVIDIA_TESLA_T4' or 'nvidia.com/gpu' "
+                   "(set_accelerator_type)",
+    "accelerator_count": "number of accelerators, a non-negative int (set_accelerator_limit)",
+    "retries": "number of retries on failure, a non-negative int (set_retry)",
+    "caching": "bool, caching of this step (set_caching_options)",
+    "env": "dict of environment variables {NAME: value} (set_env_variable)",
+}
+
+EXEC_PROPERTIES_PARAM = "exec_properties"
+_ENTRY_ALIAS = "_actsearch_entry"
+_CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
+_MEMORY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_generated = itertools.count()
+
+
+class KubeflowError(ValueError):
+    """The pipeline cannot be expressed as a Kubeflow pipeline, or an option is invalid."""
+
+
+class ResourceSpecError(KubeflowError):
+    """A `resources` entry names an unknown component or has an invalid key or value."""
+
+
+def kfp_type_name(type_name: str) -> str:
+    """The KFP artifact class name used for one of our artifact types."""
+    return KFP_ARTIFACT_TYPES.get(type_name, "Artifact")
+
+
+def kfp_name(component_id: str) -> str:
+    """The Kubernetes-style name KFP gives the task/component of a component id."""
+    return re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", component_id.lower())).strip("-")
+
+
+# ---- compiling -----------------------------------------------------------------------------------
+
+def compile_pipeline(pipeline: Pipeline, output_path: str, *, image: str = "actsearch:latest",
+                     packages_to_install: list[str] | None = None,
+                     resources: Mapping[str, Mapping[str, Any]] | None = None,
+                     enable_caching: bool | None = None, install_kfp_package: bool = False,
+                     kfp_pipeline_root: str | None = None) -> str:
+    """Writes a KFP v2 pipeline YAML for `pipeline` to `output_path`; returns its path.
+
+    One KFP component per component, in the DAG's order, connected by typed artifacts.
+    `image`: the step image (must contain this project). `packages_to_install`: pip packages
+    each step installs at start. `resources`: ``{component_id: {key: value}}`` with keys from
+    `RESOURCE_KEYS`, e.g. ``{"tuner": {"cpu": "8", "memory": "32G",
+    "accelerator": "NVIDIA_TESLA_T4", "accelerator_count": 1}}``. `enable_caching`: KFP
+    caching for every step (default: the pipeline's `enable_cache`). `kfp_pipeline_root`: the
+    pipeline's default root in the cluster (e.g. ``gs://bucket/root``); our local
+    `pipeline.pipeline_root` is not used there.
+    """
+    from kfp import compiler
+
+    pipeline_func = build_kfp_pipeline(
+        pipeline, image=image, packages_to_install=packages_to_install, resources=resources,
+        enable_caching=enable_caching, install_kfp_package=install_kfp_package,
+        kfp_pipeline_root=kfp_pipeline_root)
+    output_path = os.path.abspath(os.fspath(output_path))
+    os.makedirs(os.path.dirname(output_path), exist_ok=True)
+    compiler.Compiler().compile(pipeline_func, output_path)
+    return output_path
+
+
+def build_kfp_pipeline(pipeline: Pipeline, *, image: str = "actsearch:latest",
+                       packages_to_install: list[str] | None = None,
+                       resources: Mapping[str, Mapping[str, Any]] | None = None,
+                       enable_caching: bool | None = None, install_kfp_package: bool = False,
+                       kfp_pipeline_root: str | None = None):
+    """The KFP pipeline (a `GraphComponent`) for `pipeline`; see `compile_pipeline`."""
+    from kfp import dsl
+
+    if not isinstance(pipeline, Pipeline):
+        raise KubeflowError(f"expected a pipeline.dag.Pipeline, got {type(pipeline).__name__}")
+    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+        raise KubeflowError(f"image must be a non-empty image name without spaces, "
+                            f"got {image!r}")
+    if packages_to_install is not None and (
+            isinstance(packages_to_install, str)
+            or not all(isinstance(p, str) and p.strip() for p in packages_to_install)):
+        raise KubeflowError(f"packages_to_install must be a list of pip requirement strings, "
+                            f"got {packages_to_install!r}")
+    name = kfp_name(pipeline.name)
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,127}$", name):
+        raise KubeflowError(f"pipeline name {pipeline.name!r} gives the Kubeflow name {name!r}, "
+                            f"which must match [a-z0-9][a-z0-9-]{{0,127}}")
+    checked = validate_resources(pipeline, resources)
+    caching = pipeline.enable_cache if enable_caching is None else bool(enable_caching)
+    _check_names(pipeline)
+
+    factories = {c.id: _make_kfp_component(c, image, packages_to_install, install_kfp_package)
+                 for c in pipeline.components}
+
+    def build():  # no annotations: KFP reads the signature (this module postpones them)
+        tasks: dict[str, Any] = {}
+        for component in pipeline.components:
+            args: dict[str, Any] = {EXEC_PROPERTIES_PARAM: json.dumps(
+                component.exec_properties, sort_keys=True)}
+            for arg, channel in _input_args(component):
+                args[arg] = tasks[channel.producer_id].outputs[channel.output_name]
+            task = factories[component.id](**args)
+            task.set_display_name(component.id)
+            _apply_resources(task, component.id, checked.get(component.id, {}), caching)
+            tasks[component.id] = task
+
+    build.__name__ = name.replace("-", "_")
+    build.__doc__ = (f"actsearch pipeline {pipeline.name!r}: "
+                     f"{' -> '.join(c.id for c in pipeline.components)}.")
+    return dsl.pipeline(name=name, pipeline_root=kfp_pipeline_root)(build)
+
+
+def _check_names(pipeline: Pipeline) -> None:
+    seen: dict[str, str] = {}
+    for c in pipeline.components:
+        k = kfp_name(c.id)
+        if not k:
+            raise KubeflowError(f"component id {c.id!r} gives an empty Kubeflow name")
+        if k in seen:
+            raise KubeflowError(f"component ids {seen[k]!r} and {c.id!r} both give the Kubeflow "
+                                f"name {k!r} (lower case, '-' for '_' and '.'); rename one")
+        seen[k] = c.id
+
+
+def _input_args(component: Component) -> list[tuple[str, Any]]:
+    """(KFP argument name, channel) for every wired input channel: ``name`` for a single
+    channel, ``name_0``, ``name_1``, ... when several channels fan in."""
+    pairs = []
+    for name, channels in component.inputs.items():
+        if len(channels) == 1:
+            pairs.append((name, channels[0]))
+        else:
+            pairs.extend((f"{name}_{i}", ch) for i, ch in enumerate(channels))
+    return pairs
+
+
+def _make_kfp_component(component: Component, image: str, packages: list[str] | None,
+                        install_kfp_package: bool) -> Callable[..., Any]:
+    """Generates the lightweight KFP component of one of our components."""
+    from kfp import dsl
+
+    cid, spec = component.id, component.SPEC_CLASS
+    executor = executor_path(component.EXECUTOR_CLASS)
+    if not _DOTTED.match(executor) or "<locals>" in executor:
+        raise KubeflowError(f"component {cid!r}: executor {executor!r} is not importable by "
+                            f"path; define executor classes at module level")
+    function_name = re.sub(r"[^0-9A-Za-z_]", "_", cid)
+    if keyword.iskeyword(function_name) or function_name in (_ENTRY_ALIAS, "Input", "Output"):
+        function_name += "_"
+
+    params, artifact_args = [], []
+    plan: dict[str, Any] = {"component_id": cid, "executor": executor, "inputs": {},
+                            "outputs": {}}
+    for arg, channel in _input_args(component):
+        params.append(f"{arg}: Input[{kfp_type_name(channel.type_name)}]")
+        artifact_args.append(arg)
+    for name, channels in component.inputs.items():
+        args = [name] if len(channels) == 1 else [f"{name}_{i}" for i in range(len(channels))]
+        plan["inputs"][name] = {"type_name": spec.INPUTS[name].type_name, "args": args}
+    for name, ospec in spec.OUTPUTS.items():
+        kfp_type = kfp_type_name(ospec.type_name)
+        params.append(f"{name}: Output[{kfp_type}]")
+        artifact_args.append(name)
+        plan["outputs"][name] = {"type_name": ospec.type_name, "arg": name, "kfp_type": kfp_type,
+                                 "publish_as": ospec.publish_as}
+    names = artifact_args + [EXEC_PROPERTIES_PARAM]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise KubeflowError(f"component {cid!r}: Kubeflow argument name(s) {duplicates} are used "
+                            f"twice (inputs fanning in get _0, _1, ...; {EXEC_PROPERTIES_PARAM!r}"
+                            f" is reserved)")
+    for n in names:
+        if not _IDENT.match(n) or keyword.iskeyword(n) or n == _ENTRY_ALIAS:
+            raise KubeflowError(f"component {cid!r}: {n!r} cannot be a Kubeflow argument name")
+    for t in {kfp_type_name(t) for t in
+              [i.type_name for i in spec.INPUTS.values()] +
+              [o.type_name for o in spec.OUTPUTS.values()]}:
+        if t not in _KFP_CLASSES:
+            raise KubeflowError(f"KFP_ARTIFACT_TYPES maps to {t!r}; allowed: {_KFP_CLASSES}")
+    params.append(f"{EXEC_PROPERTIES_PARAM}: str")
+
+    artifact_map = ", ".join(f"{a!r}: {a}" for a in artifact_args)
+    source = (
+        f"def {function_name}({', '.join(params)}):\n"
+        f"    {repr(f'Runs component {cid} of the actsearch pipeline with {executor}.')}\n"
+        f"    import pipeline.kfp_entry as {_ENTRY_ALIAS}\n"
+        f"    {_ENTRY_ALIAS}.run_step({json.dumps(plan, sort_keys=True)!r}, {{{artifact_map}}}, "
+        f"{EXEC_PROPERTIES_PARAM})\n")
+    filename = f"<actsearch-kfp-{next(_generated)}-{function_name}>"
+    namespace = {"__name__": "actsearch_kfp_generated", "Input": dsl.Input,
+                 "Output": dsl.Output, **{t: getattr(dsl, t) for t in _KFP_CLASSES}}
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        # dont_inherit: real annotation objects, not this module's postponed (string) ones.
+        exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # KFP's default-image notice
+            return dsl.component(namespace[function_name], base_image=image,
+                                 packages_to_install=list(packages) if packages else None,
+                                 install_kfp_package=install_kfp_package)
+    finally:
+        linecache.cache.pop(filename, None)
+
+
+# ---- resources ---------------------------------------------------------------------------------
+
+def validate_resources(pipeline: Pipeline, resources: Mapping[str, Mapping[str, Any]] | None
+                       ) -> dict[str, dict[str, Any]]:
+    """Checks a ``{component_id: {key: value}}`` resource spec; returns it normalised
+    (cpu/memory as strings, accelerator_count as int)."""
+    if resources is None:
+        return {}
+    if not isinstance(resources, Mapping):
+        raise ResourceSpecError(f"resources must be a dict {{component_id: {{key: value}}}}, "
+                                f"got {type(resources).__name__}")
+    ids = [c.id for c in pipeline.components]
+    result = {}
+    for cid, spec in resources.items():
+        if cid not in ids:
+            raise ResourceSpecError(f"resources: unknown component {cid!r}; components: {ids}")
+        if not isinstance(spec, Mapping):
+            raise ResourceSpecError(f"resources[{cid!r}] must be a dict, got "
+                                    f"{type(spec).__name__}")
+        unknown = sorted(set(spec) - set(RESOURCE_KEYS))
+        if unknown:
+            raise ResourceSpecError(f"resources[{cid!r}]: unknown key(s) {unknown}; allowed: "
+                                    f"{sorted(RESOURCE_KEYS)}")
+        out: dict[str, Any] = {}
+        for key, value in spec.items():
+            where = f"resources[{cid!r}][{key!r}]"
+            if key in ("cpu", "cpu_request"):
+                text = str(value) if isinstance(value, (int, float)) and not isinstance(
+                    value, bool) else value
+                if not isinstance(text, str) or not _CPU.match(text):
+                    raise ResourceSpecError(f"{where} = {value!r}: expected a number of CPUs, "
+                                            f"e.g. '8', '0.5' or '500m'")
+                out[key] = text
+            elif key in ("memory", "memory_request"):
+                text = str(value) if isinstance(value, int) and not isinstance(
+                    value, bool) else value
+                if not isinstance(text, str) or not _MEMORY.match(text):
+                    raise ResourceSpecError(f"{where} = {value!r}: expected an amount of memory, "
+                                            f"e.g. '32G', '512Mi' or '1000000' (an integer with "
+                                            f"an optional E/P/T/G/M/K suffix, or Ei..Ki)")
+                out[key] = text
+            elif key == "accelerator":
+                if not isinstance(value, str) or not value.strip() or any(
+                        c.isspace() for c in value):
+                    raise ResourceSpecError(f"{where} = {value!r}: expected an accelerator type, "
+                                            f"e.g. 'NVIDIA_TESLA_T4' or 'nvidia.com/gpu'")
+                out[key] = value
+            elif key in ("accelerator_count", "retries"):
+                if isinstance(value, str) and value.isdigit():
+                    value = int(value)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ResourceSpecError(f"{where} = {value!r}: expected a non-negative "
+                                            f"integer")
+                out[key] = value
+            elif key == "caching":
+                if not isinstance(value, bool):
+                    raise ResourceSpecError(f"{where} = {value!r}: expected true or false")
+                out[key] = value
+            elif key == "env":
+                if not isinstance(value, Mapping) or not all(
+                        isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
+                        for k, v in value.items()):
+                    raise ResourceSpecError(f"{where}: expected a dict of environment variable "
+                                            f"names to string values, got {value!r}")
+                out[key] = dict(value)
+        if "accelerator_count" in out and "accelerator" not in out:
+            raise ResourceSpecError(f"resources[{cid!r}]: 'accelerator_count' needs "
+                                    f"'accelerator' (the accelerator type) as well")
+        result[cid] = out
+    return result
+
+
+def _apply_resources(task: Any, cid: str, spec: dict[str, Any], caching: bool) -> None:
+    setters = (("cpu", task.set_cpu_limit), ("memory", task.set_memory_limit),
+               ("cpu_request", task.set_cpu_request), ("memory_request", task.set_memory_request),
+               ("accelerator", task.set_accelerator_type),
+               ("accelerator_count", task.set_accelerator_limit))
+    try:
+        for key, setter in setters:
+            if key in spec:
+                setter(spec[key])
+        if spec.get("retries"):
+            task.set_retry(spec["retries"])
+        for name, value in spec.get("env", {}).items():
+            task.set_env_variable(name, value)
+    except ValueError as e:                       # KFP's own checks, should ours miss one
+        raise ResourceSpecError(f"resources[{cid!r}]: {e}") from None
+    task.set_caching_options(spec.get("caching", caching))
+
+
+# ---- running with kfp.local ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class KfpLocalRunResult:
+    """What a `run_kfp_local` run produced.
+
+    `components[cid][output_name]` is the output `Artifact` (uri = local path, properties as
+    the executor set them); `results` the run results (publish_as outputs and registered paths);
+    `kfp_root` the directory kfp.local wrote under; `pipeline_yaml` the compiled pipeline that ran.
+    """
+
+    run_id: str
+    status: str
+    pipeline_root: str
+    run_json: str | None
+    kfp_root: str
+    pipeline_yaml: str
+    components: dict[str, dict[str, Artifact]]
+    results: dict[str, str]
+
+    def output(self, component_id: str, name: str) -> Artifact:
+        return self.components[component_id][name]
+
+    @property
+    def output_paths(self) -> dict[str, dict[str, str]]:
+        """{component_id: {output_name: local path}}."""
+        return {cid: {n: a.uri for n, a in outs.items()} for cid, outs in self.components.items()}
+
+
+def run_kfp_local(pipeline: Pipeline, *, pipeline_root: str | None = None,
+                  run_id: str | None = None, image: str = "actsearch:latest",
+                  resources: Mapping[str, Mapping[str, Any]] | None = None,
+                  write_run_json: bool = True) -> KfpLocalRunResult:
+    """Compiles `pipeline` and runs the compiled YAML with `kfp.local`'s SubprocessRunner
+    (each step a subprocess of this Python, no container, nothing installed).
+
+    Everything goes under ``<pipeline_root>/kfp-local/<run_id>/``: ``pipeline.yaml`` and
+    kfp.local's ``<pipeline-name>-<timestamp>/<task>/<output>`` directories.
+    ``<pipeline_root>/run.json`` records the run like the local runner's (``runner:
+    "kfp-local"``) unless `write_run_json` is False. The steps see this process's import path
+    (PYTHONPATH). There is no cross-run caching or resume here. A failed step raises
+    `PipelineError` naming the component.
+    """
+    from kfp import components as kfp_components
+    from kfp import local
+    from kfp.local import config as local_config
+
+    root = os.path.abspath(os.fspath(pipeline_root or pipeline.pipeline_root))
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    if not _RUN_ID.match(run_id):
+        raise PipelineError(f"run id {run_id!r} may contain only letters, digits, '_', '-', '.'",
+                            run_id=run_id)
+    kfp_root = os.path.join(root, "kfp-local", run_id)
+    try:
+        os.makedirs(os.path.dirname(kfp_root), exist_ok=True)
+        os.mkdir(kfp_root)
+    except FileExistsError:
+        raise PipelineError(f"run {run_id!r} already exists in {kfp_root}", run_id=run_id) from None
+    except OSError as e:
+        raise PipelineError(f"cannot create pipeline_root {root!r}: {e.strerror}",
+                            run_id=run_id) from None
+    yaml_path = compile_pipeline(pipeline, os.path.join(kfp_root, "pipeline.yaml"), image=image,
+                                 resources=resources)
+    task_of = _task_directories(yaml_path)
+    run_json = os.path.join(root, "run.json") if write_run_json else None
+    doc: dict[str, Any] = {
+        "run_id": run_id, "pipeline": pipeline.name, "pipeline_root": root,
+        "runner": "kfp-local", "kfp_root": kfp_root, "pipeline_yaml": yaml_path,
+        "status": "running", "start_time": _now(), "end_time": None, "error": None,
+        "components": {c.id: {"state": "pending"} for c in pipeline.components}, "results": {},
+    }
+    _write_json(run_json, doc)
+
+    previous = local_config.LocalExecutionConfig.instance
+    tail = _Tail(sys.stdout)                       # kfp.local prints the steps' output
+    error: Exception | None = None
+    try:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=kfp_root,
+                   raise_on_error=True)
+        compiled = kfp_components.load_component_from_file(yaml_path)
+        with _import_path_for_steps(), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(tail):
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            compiled()
+    except RuntimeError as e:
+        error = e
+    finally:
+        local_config.LocalExecutionConfig.instance = previous
+
+    outputs, results, states = _collect(pipeline, kfp_root, task_of)
+    failed = None
+    if error is not None:
+        message = _ANSI.sub("", str(error))
+        match = re.search(r"Inner task failed: '([^']+)'", message) or re.search(
+            r"Task '([^']+)' finished with status FAILURE", message)
+        by_task = {t: cid for cid, t in task_of.items()}
+        failed = by_task.get(match.group(1)) if match else None
+        if failed is None:                          # first component without outputs
+            failed = next((c.id for c in pipeline.components if states[c.id] != "complete"),
+                          None)
+        if failed is not None:
+            states[failed] = "failed"
+    for c in pipeline.components:
+        entry: dict[str, Any] = {"state": states[c.id], "kfp_task": task_of[c.id]}
+        if c.id in outputs:
+            entry["outputs"] = {n: [a.uri] for n, a in outputs[c.id].items()}
+        doc["components"][c.id] = entry
+    doc.update(results=results, end_time=_now())
+    if error is not None:
+        reason = tail.last_exception()
+        text = (f"component {failed!r} failed under kfp.local: {reason or 'see its log above'}"
+                if failed else f"kfp.local run failed: {_ANSI.sub('', str(error))}")
+        doc.update(status="failed", error=text)
+        _write_json(run_json, doc)
+        raise PipelineError(f"{text} (run {run_id}; outputs under {kfp_root})",
+                            component_id=failed, run_id=run_id) from error
+    doc["status"] = "complete"
+    _write_json(run_json, doc)
+    return KfpLocalRunResult(run_id, "COMPLETE", root, run_json, kfp_root, yaml_path, outputs,
+                             results)
+
+
+def _task_directories(yaml_path: str) -> dict[str, str]:
+    """{component_id: directory kfp.local gives its task} from the compiled pipeline: the
+    task's display name is our id; the directory is its component's name without 'comp-'."""
+    import yaml
+
+    with open(yaml_path) as f:
+        tasks = yaml.safe_load(f)["root"]["dag"]["tasks"]
+    return {t["taskInfo"]["name"]: t["componentRef"]["name"][len("comp-"):]
+            for t in tasks.values()}
+
+
+def _collect(pipeline: Pipeline, kfp_root: str, task_of: dict[str, str]
+             ) -> tuple[dict[str, dict[str, Artifact]], dict[str, str], dict[str, str]]:
+    """Reads each task's executor_output.json: output artifacts, their properties, results."""
+    runs = [os.path.join(kfp_root, d) for d in sorted(os.listdir(kfp_root))
+            if os.path.isdir(os.path.join(kfp_root, d))]
+    outputs: dict[str, dict[str, Artifact]] = {}
+    results: dict[str, str] = {}
+    states: dict[str, str] = {}
+    for c in pipeline.components:
+        task_root = os.path.join(runs[-1], task_of[c.id]) if runs else None
+        executor_output = os.path.join(task_root, "executor_output.json") if task_root else ""
+        if not os.path.isfile(executor_output):
+            states[c.id] = "started" if task_root and os.path.isdir(task_root) else "not run"
+            continue
+        with open(executor_output) as f:
+            written = json.load(f).get("artifacts", {})
+        outs = {}
+        for name, ospec in c.SPEC_CLASS.OUTPUTS.items():
+            kfp_art = written[name]["artifacts"][0]
+            meta = kfp_art.get("metadata", {})
+            outs[name] = Artifact(meta.get(kfp_entry.TYPE_KEY, ospec.type_name), kfp_art["uri"],
+                                  json.loads(meta.get(kfp_entry.PROPERTIES_KEY, "{}")))
+            for rname, path in json.loads(meta.get(kfp_entry.RESULTS_KEY, "{}")).items():
+                if rname in results and results[rname] != path:
+                    logging.warning("result %r from %r replaces %s", rname, c.id, results[rname])
+                results[rname] = path
+        outputs[c.id] = outs
+        states[c.id] = "complete"
+    return outputs, results, states
+
+
+class _Tail(io.TextIOBase):
+    """Passes text through to `stream` and remembers the last lines (to name a step's error)."""
+
+    _EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?)$")
+
+    def __init__(self, stream: Any, keep: int = 200) -> None:
+        self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self._partial += text
+        *done, self._partial = self._partial.split("\n")
+        self.lines.extend(done)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def last_exception(self) -> str | None:
+        """The last 'SomeError: message' line printed, if any."""
+        for line in reversed([*self.lines, self._partial]):
+            match = self._EXCEPTION.match(_ANSI.sub("", line))
+            if match:
+                return match.group(1)
+        return None
+
+
+class _import_path_for_steps:
+    """Puts this process's own import directories (project, tests, cwd) on PYTHONPATH, so
+    step subprocesses import the same executor modules; restores it afterwards."""
+
+    def __enter__(self) -> None:
+        self._saved = os.environ.get("PYTHONPATH")
+        prefixes = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+        project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = [project]
+        for p in sys.path:
+            p = os.path.abspath(p or os.getcwd())
+            if os.path.isdir(p) and not any(p == q or p.startswith(q + os.sep)
+                                            for q in prefixes):
+                paths.append(p)
+        if self._saved:
+            paths.extend(self._saved.split(os.pathsep))
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = self._saved
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _write_json(path: str | None, doc: dict[str, Any]) -> None:
+    if path is None:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "KFP_ARTIFACT_TYPES", "KfpLocalRunResult", "KubeflowError", "RESOURCE_KEYS",
+    "ResourceSpecError", "build_kfp_pipeline", "compile_pipeline", "kfp_name", "kfp_type_name",
+    "run_kfp_local", "validate_resources",
+]

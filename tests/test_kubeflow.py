@@ -1,0 +1,279 @@
+"""Kubeflow target: compiled KFP v2 YAML structure, resource options, kfp.local execution."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+import kfp_toy_components as toy
+from components.base import Artifact, BaseExecutor, Component, ComponentSpec, OutputSpec
+from pipeline import kfp_entry
+from pipeline.dag import Pipeline
+from pipeline.kubeflow import (KubeflowError, ResourceSpecError, compile_pipeline, kfp_name,
+                               run_kfp_local)
+from pipeline.local_runner import LocalRunner, PipelineError
+
+GPU_STEP = {"cpu": "8", "memory": "32G", "accelerator": "NVIDIA_TESLA_T4",
+            "accelerator_count": 1, "retries": 2}
+
+
+def compile_to_dict(pipeline: Pipeline, path, **kwargs) -> dict:
+    out = compile_pipeline(pipeline, str(path), **kwargs)
+    assert out == str(path) and os.path.isfile(out)
+    with open(out) as f:
+        return yaml.safe_load(f)
+
+
+def artifact_types(definitions: dict) -> dict[str, str]:
+    return {name: a["artifactType"]["schemaTitle"]
+            for name, a in definitions.get("artifacts", {}).items()}
+
+
+def executor_of(doc: dict, component_id: str) -> dict:
+    label = doc["components"][f"comp-{kfp_name(component_id)}"]["executorLabel"]
+    return doc["deploymentSpec"]["executors"][label]["container"]
+
+
+# ---- compiled structure ------------------------------------------------------------------------
+
+def test_compiled_yaml_has_one_typed_component_per_component(tmp_path):
+    pipeline = toy.build(tmp_path / "root")
+    doc = compile_to_dict(pipeline, tmp_path / "p.yaml", image="registry.example/actsearch:1.2",
+                          resources={"train_a": GPU_STEP})
+    assert doc["pipelineInfo"]["name"] == "kfp-toy"
+    comps = doc["components"]
+    assert set(comps) == {"comp-source", "comp-train-a", "comp-train-b", "comp-evaluate"}
+    for comp in comps.values():
+        assert comp["inputDefinitions"]["parameters"] == {
+            "exec_properties": {"parameterType": "STRING"}}
+    source, train, evaluate = comps["comp-source"], comps["comp-train-a"], comps["comp-evaluate"]
+    assert artifact_types(source["inputDefinitions"]) == {}
+    assert artifact_types(source["outputDefinitions"]) == {"examples": "system.Dataset"}
+    # The optional, unwired input 'warm_start' does not appear.
+    assert artifact_types(train["inputDefinitions"]) == {"examples": "system.Dataset"}
+    assert artifact_types(train["outputDefinitions"]) == {"models": "system.Model",
+                                                          "logs": "system.Artifact"}
+    # Two channels fanning in become two typed inputs.
+    assert artifact_types(evaluate["inputDefinitions"]) == {"models_0": "system.Model",
+                                                            "models_1": "system.Model"}
+    assert artifact_types(evaluate["outputDefinitions"]) == {"evaluation": "system.Metrics"}
+    assert comps["comp-train-b"] == {**train, "executorLabel": "exec-train-b"}
+
+
+def test_compiled_dag_follows_the_pipeline_edges(tmp_path):
+    pipeline = toy.build(tmp_path / "root")
+    doc = compile_to_dict(pipeline, tmp_path / "p.yaml")
+    tasks = doc["root"]["dag"]["tasks"]
+    assert set(tasks) == {"source", "train-a", "train-b", "evaluate"}
+    assert {t: sorted(spec.get("dependentTasks", [])) for t, spec in tasks.items()} == {
+        "source": [], "train-a": ["source"], "train-b": ["source"],
+        "evaluate": ["train-a", "train-b"]}
+    wiring = {(t, name): (a["taskOutputArtifact"]["producerTask"],
+                          a["taskOutputArtifact"]["outputArtifactKey"])
+              for t, spec in tasks.items()
+              for name, a in spec.get("inputs", {}).get("artifacts", {}).items()}
+    assert wiring == {("train-a", "examples"): ("source", "examples"),
+                      ("train-b", "examples"): ("source", "examples"),
+                      ("evaluate", "models_0"): ("train-a", "models"),
+                      ("evaluate", "models_1"): ("train-b", "models")}
+    for component in pipeline.components:
+        task = tasks[kfp_name(component.id)]
+        assert task["taskInfo"]["name"] == component.id         # our id as display name
+        constant = task["inputs"]["parameters"]["exec_properties"]["runtimeValue"]["constant"]
+        assert json.loads(constant) == component.exec_properties
+        assert task["cachingOptions"] == {"enableCache": True}
+
+
+def test_compiled_executors_image_command_and_resources(tmp_path):
+    pipeline = toy.build(tmp_path / "root")
+    doc = compile_to_dict(pipeline, tmp_path / "p.yaml", image="registry.example/actsearch:1.2",
+                          resources={"train_a": GPU_STEP, "evaluate": {"caching": False}})
+    for component in pipeline.components:
+        container = executor_of(doc, component.id)
+        assert container["image"] == "registry.example/actsearch:1.2"
+        command = "\n".join(container["command"] + container["args"])
+        assert "pip install" not in command                  # the image carries the project
+        assert "import pipeline.kfp_entry as _actsearch_entry" in command
+        assert f"kfp_toy_components.{type(component).__name__}Executor" in command
+    resources = executor_of(doc, "train_a")["resources"]
+    assert resources["resourceCpuLimit"] == "8" and resources["resourceMemoryLimit"] == "32G"
+    assert resources["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    assert resources["accelerator"]["resourceCount"] == "1"
+    for other in ("source", "train_b", "evaluate"):
+        assert "resources" not in executor_of(doc, other)
+    tasks = doc["root"]["dag"]["tasks"]
+    assert tasks["train-a"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in tasks["train-b"]
+    assert tasks["evaluate"]["cachingOptions"] == {}          # caching off for this step
+    assert tasks["source"]["cachingOptions"] == {"enableCache": True}
+
+    no_cache = compile_to_dict(pipeline, tmp_path / "q.yaml", enable_caching=False,
+                               packages_to_install=["some-extra==1.0"])
+    assert all(t["cachingOptions"] == {} for t in no_cache["root"]["dag"]["tasks"].values())
+    command = " ".join(executor_of(no_cache, "source")["command"])
+    assert "some-extra==1.0" in command and "kfp==" not in command
+
+
+def test_parameter_values_never_enter_generated_source(tmp_path):
+    hostile = "'); import os; os.system('echo pwned') #\"\"\""
+    source = toy.Source()
+    evaluate = toy.Evaluate(models=[toy.Train(examples=source.outputs["examples"]
+                                              ).outputs["models"]], label=hostile)
+    pipeline = Pipeline("hostile", [source, evaluate.inputs["models"][0].producer, evaluate],
+                        tmp_path)
+    doc = compile_to_dict(pipeline, tmp_path / "p.yaml")
+    code = "\n".join(executor_of(doc, "evaluate")["command"])
+    assert "pwned" not in code
+    constant = doc["root"]["dag"]["tasks"]["evaluate"]["inputs"]["parameters"][
+        "exec_properties"]["runtimeValue"]["constant"]
+    assert json.loads(constant)["label"] == hostile
+
+
+# ---- option errors -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resources, message", [
+    ({"tuner": {"cpu": "8"}}, r"unknown component 'tuner'; components: \['source'"),
+    ({"train_a": {"gpus": 1}}, r"unknown key\(s\) \['gpus'\]; allowed: \["),
+    ({"train_a": {"cpu": "eight"}}, r"\['cpu'\] = 'eight': expected a number of CPUs"),
+    ({"train_a": {"cpu": -1}}, r"expected a number of CPUs"),
+    ({"train_a": {"memory": "32GB"}}, r"\['memory'\] = '32GB': expected an amount of memory"),
+    ({"train_a": {"memory": 1.5}}, r"expected an amount of memory"),
+    ({"train_a": {"accelerator": "T4", "accelerator_count": -1}}, r"non-negative integer"),
+    ({"train_a": {"accelerator": "T4", "accelerator_count": True}}, r"non-negative integer"),
+    ({"train_a": {"accelerator_count": 2}}, r"'accelerator_count' needs 'accelerator'"),
+    ({"train_a": {"accelerator": ""}}, r"expected an accelerator type"),
+    ({"train_a": {"caching": "no"}}, r"expected true or false"),
+    ({"train_a": {"env": {"A B": "1"}}}, r"environment variable"),
+    ({"train_a": "big"}, r"resources\['train_a'\] must be a dict"),
+    (["train_a"], r"resources must be a dict"),
+])
+def test_bad_resources_are_rejected_before_compiling(tmp_path, resources, message):
+    with pytest.raises(ResourceSpecError, match=message):
+        compile_pipeline(toy.build(tmp_path), str(tmp_path / "p.yaml"), resources=resources)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_numbers_are_accepted_for_cpu_and_memory(tmp_path):
+    doc = compile_to_dict(toy.build(tmp_path), tmp_path / "p.yaml",
+                          resources={"source": {"cpu": 2, "memory": 1000000, "cpu_request": "500m",
+                                                "memory_request": "1Gi"}})
+    res = executor_of(doc, "source")["resources"]
+    assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == ("2", "1000000")
+    assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("500m", "1Gi")
+
+
+def test_other_compile_errors(tmp_path):
+    with pytest.raises(KubeflowError, match="image must be"):
+        compile_pipeline(toy.build(tmp_path), str(tmp_path / "p.yaml"), image="my image")
+    with pytest.raises(KubeflowError, match="packages_to_install must be a list"):
+        compile_pipeline(toy.build(tmp_path), str(tmp_path / "p.yaml"),
+                         packages_to_install="numpy")
+    source = toy.Source()
+    clash = [source, toy.Train(component_id="train_a", examples=source.outputs["examples"]),
+             toy.Train(component_id="train-a", examples=source.outputs["examples"])]
+    with pytest.raises(KubeflowError, match="'train_a' and 'train-a' both give the Kubeflow "
+                                            "name 'train-a'"):
+        compile_pipeline(Pipeline("p", clash, tmp_path), str(tmp_path / "p.yaml"))
+
+    def local_component():
+        class Executor(BaseExecutor):
+            def Do(self, input_dict, output_dict, exec_properties):
+                pass
+
+        class Spec(ComponentSpec):
+            OUTPUTS = {"out": OutputSpec("Report")}
+
+        class Local(Component):
+            SPEC_CLASS, EXECUTOR_CLASS = Spec, Executor
+        return Local()
+
+    with pytest.raises(KubeflowError, match="not importable by path; define executor classes "
+                                            "at module level"):
+        compile_pipeline(Pipeline("p", [local_component()], tmp_path), str(tmp_path / "p.yaml"))
+
+
+# ---- the step entry point ------------------------------------------------------------------------
+
+def test_entry_point_runs_an_executor_from_artifact_json(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "values.json").write_text("[1.0, 2.0]")
+    inputs = {"examples": [Artifact("Examples", str(src), {"count": 2}).to_dict()]}
+    outputs = {"models": {"type_name": "TrainedModels", "uri": str(tmp_path / "m")},
+               "logs": {"type_name": "TensorBoardLogs", "uri": str(tmp_path / "l")}}
+    assert kfp_entry.main([
+        "--executor=kfp_toy_components.TrainExecutor", "--component_id=t",
+        f"--inputs={json.dumps(inputs)}", f"--outputs={json.dumps(outputs)}",
+        '--exec_properties={"factor": 3.0, "fail": false}',
+        '--publish={"logs": "tensorboard"}']) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.load(open(tmp_path / "m" / "values.json")) == [3.0, 6.0]
+    assert printed["outputs"]["models"]["properties"] == {"factor": 3.0}
+    assert printed["results"] == {"tensorboard": str(tmp_path / "l")}
+    with pytest.raises(kfp_entry.StepError, match="no module of it can be imported"):
+        kfp_entry.load_executor_class("no_such_module.Executor")
+    with pytest.raises(kfp_entry.StepError, match="has no 'Nope'"):
+        kfp_entry.load_executor_class("kfp_toy_components.Nope")
+    with pytest.raises(kfp_entry.StepError, match="not a BaseExecutor subclass"):
+        kfp_entry.load_executor_class("kfp_toy_components.Source")
+
+
+# ---- running through kfp.local -------------------------------------------------------------------
+
+def test_run_kfp_local_runs_the_compiled_pipeline(tmp_path):
+    from kfp.local import config as local_config
+
+    pipeline = toy.build(tmp_path / "root", n=4)
+    result = run_kfp_local(pipeline, run_id="k1", resources={"train_a": GPU_STEP})
+    assert local_config.LocalExecutionConfig.instance is None    # global kfp.local state restored
+    assert result.status == "COMPLETE" and result.run_id == "k1"
+    assert result.kfp_root == str(tmp_path / "root" / "kfp-local" / "k1")
+    assert os.path.isfile(result.pipeline_yaml)
+
+    paths = result.output_paths
+    assert set(paths) == {"source", "train_a", "train_b", "evaluate"}
+    for outputs in paths.values():
+        for path in outputs.values():
+            assert path.startswith(result.kfp_root + os.sep) and os.path.isdir(path)
+    # Values and properties crossed process boundaries through the KFP artifacts.
+    assert toy.read_values(result.output("train_b", "models")) == [10.0, 20.0, 30.0, 40.0]
+    assert result.output("source", "examples").properties == {"count": 4, "splits": ["train"]}
+    evaluation = result.output("evaluate", "evaluation")
+    assert evaluation.type_name == "Evaluation"
+    assert evaluation.properties == {"best": 100.0, "blessed": True, "label": "toy run"}
+    summary = json.load(open(os.path.join(evaluation.uri, "summary.json")))
+    assert summary == {"label": "toy run", "totals": [20.0, 100.0], "factors": [2.0, 10.0]}
+
+    assert result.results["evaluation"] == evaluation.uri
+    assert result.results["summary"] == os.path.join(evaluation.uri, "summary.json")
+    assert result.results["tensorboard"] in (paths["train_a"]["logs"], paths["train_b"]["logs"])
+    doc = json.load(open(tmp_path / "root" / "run.json"))
+    assert result.run_json == str(tmp_path / "root" / "run.json")
+    assert doc["run_id"] == "k1" and doc["status"] == "complete" and doc["runner"] == "kfp-local"
+    assert doc["results"] == result.results
+    assert {cid: c["state"] for cid, c in doc["components"].items()} == dict.fromkeys(
+        paths, "complete")
+    assert doc["components"]["evaluate"]["outputs"] == {"evaluation": [evaluation.uri]}
+
+    # The same executors under the local runner give the same evaluation.
+    local = LocalRunner(on_progress=lambda e: None).run(toy.build(tmp_path / "local", n=4))
+    with open(local.output("evaluate", "evaluation").path("summary.json")) as f:
+        assert json.load(f) == summary
+    with pytest.raises(PipelineError, match="run 'k1' already exists"):
+        run_kfp_local(pipeline, run_id="k1")
+
+
+def test_run_kfp_local_failure_names_the_component(tmp_path):
+    pipeline = toy.build(tmp_path, fail_b=True)
+    with pytest.raises(PipelineError, match="component 'train_b' failed under kfp.local: "
+                       "RuntimeError: training failed on purpose in train_b") as info:
+        run_kfp_local(pipeline, run_id="bad")
+    assert info.value.component_id == "train_b" and info.value.run_id == "bad"
+    doc = json.load(open(tmp_path / "run.json"))
+    assert doc["status"] == "failed" and "train_b" in doc["error"]
+    states = {cid: c["state"] for cid, c in doc["components"].items()}
+    assert states["source"] == "complete" and states["train_b"] == "failed"
+    assert states["evaluate"] == "not run"
