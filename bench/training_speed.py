@@ -1,0 +1,123 @@
+"""Training throughput of ResNet-20 by precision and activation, side by side in one run.
+
+    .venv/bin/python bench/training_speed.py            # full: 30 timed steps x 3 rounds
+    .venv/bin/python bench/training_speed.py --quick    # a smoke run of a few steps
+
+Measures images per second of ``resnet20`` training steps (32x32x3 random images, batch 128,
+SGD with momentum, as in a search trial) for every combination of precision (``float32``,
+``mixed_bfloat16``, ``mixed_float16``) and activation (ReLU and a discovered-style expression).
+Every model is built and warmed up (traced) first; then the combinations are timed in
+interleaved rounds, so that a slow spell of a shared machine hits all of them alike, and the
+median round is reported. Prints a markdown table with ratios to float32 + ReLU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer.models import activation_factory, build_model  # noqa: E402
+from trainer.precision import cpu_supports_bf16, precision_scope  # noqa: E402
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+ACTIVATIONS = ("relu", "max(relu(x),cosh(elu(x)))", "x*sigmoid(beta*x)")
+
+
+def _factory(activation: str, sharing: str):
+    """The project's activation layer for ``activation`` (a Keras name or an expression)."""
+    try:
+        return activation_factory(activation, sharing)
+    except ValueError:
+        # Without activations.get, use the library's layer class directly when it is there.
+        from activations.layer import ParametricActivation
+
+        return lambda: ParametricActivation(activation, sharing=sharing)
+
+
+def build(precision: str, activation: str, sharing: str, batch_size: int, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    with precision_scope(precision):
+        model = build_model("resnet20", (32, 32, 3), 10, _factory(activation, sharing))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(batch_size, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 10, size=(batch_size,)).astype("int32")
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    return model, data
+
+
+def timed_steps(model, data, steps: int) -> float:
+    """Seconds taken by ``steps`` training steps (the train function is already traced)."""
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 30; quick 4)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps after tracing (default 5; quick 1)")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--activations", default="|".join(ACTIVATIONS), help="'|'-separated")
+    parser.add_argument("--sharing", default="layer", choices=("layer", "channel"))
+    args = parser.parse_args(argv)
+    tf.get_logger().setLevel("ERROR")  # one train function per model is expected, not a retrace
+    steps = args.steps or (4 if args.quick else 30)
+    rounds = args.rounds or (2 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    precisions = [p for p in args.precisions.split(",") if p]
+    acts = [a for a in args.activations.split("|") if a]
+
+    print(f"# ResNet-20 training throughput (batch {args.batch_size}, {steps} steps x {rounds} rounds)")
+    print(
+        f"\nTensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
+        f"bf16 CPU: {cpu_supports_bf16()}, GPUs: {len(tf.config.list_physical_devices('GPU'))}, "
+        f"{platform.processor() or platform.machine()}\n",
+        flush=True,
+    )
+    runs = {}
+    for precision in precisions:
+        for act in acts:
+            start = time.perf_counter()
+            model, data = build(precision, act, args.sharing, args.batch_size)
+            timed_steps(model, data, 1 + warmup)  # trace, compile and warm up
+            runs[(precision, act)] = (model, data)
+            print(f"built {precision:15s} {act:28s} in {time.perf_counter() - start:.1f}s", flush=True)
+
+    speeds: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
+    for r in range(rounds):
+        for key, (model, data) in runs.items():
+            seconds = timed_steps(model, data, steps)
+            speeds[key].append(steps * args.batch_size / seconds)
+        print(f"round {r + 1}/{rounds} done", flush=True)
+
+    base_key = ("float32", acts[0])
+    base = statistics.median(speeds[base_key]) if base_key in speeds else None
+    print(f"\n| precision | activation | img/s (median) | min-max | ratio to float32+{acts[0]} |")
+    print("|---|---|---:|---:|---:|")
+    for key, values in speeds.items():
+        median = statistics.median(values)
+        ratio = f"{median / base:.2f}x" if base else "-"
+        print(f"| {key[0]} | `{key[1]}` | {median:.0f} | {min(values):.0f}-{max(values):.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

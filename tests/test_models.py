@@ -1,0 +1,144 @@
+"""Child networks: published parameter counts, forward passes, per-site activation layers."""
+
+import keras
+import numpy as np
+import pytest
+
+import activations
+from trainer import models
+from trainer.models import MODEL_NAMES, ModelError, activation_layers, build_model, count_params
+
+# Trainable parameters of the published architectures (32x32x3 input, 10 classes).
+PUBLISHED = {
+    "resnet20": 0.27e6,  # He et al. 2016, Table 6
+    "resnet56": 0.85e6,  # He et al. 2016, Table 6
+    "resnet56_v2": 0.85e6,  # same layers, pre-activation order
+    "wrn_10_4": 1.2e6,  # Zagoruyko & Komodakis 2016 (WRN-10-4)
+    "all_cnn_c": 1.37e6,  # Springenberg et al. 2015, All-CNN-C
+}
+
+# The activation sites each architecture has (one per conv/dense that the paper activates).
+SITES = {
+    "mlp": 2,
+    "small_cnn": 4,
+    "resnet20": 1 + 2 * 9,
+    "resnet56": 1 + 2 * 27,
+    "resnet56_v2": 2 * 27 + 1,
+    "wrn_10_4": 2 * 3 + 1,
+    "all_cnn_c": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Every architecture built once at 32x32x3 with ReLU (shared by the tests below)."""
+    return {name: build_model(name, (32, 32, 3), 10, "relu") for name in MODEL_NAMES}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_match_published_architectures(built, name):
+    trainable = count_params(built[name])["trainable"]
+    assert trainable == pytest.approx(PUBLISHED[name], rel=0.03), trainable
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_runs_forward_and_outputs_logits(built, name):
+    model = built[name]
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    logits = keras.ops.convert_to_numpy(model(images, training=False))
+    assert logits.shape == (2, 10)
+    assert logits.dtype == np.float32
+    assert np.all(np.isfinite(logits))
+    assert len(activation_layers(model)) == SITES[name]
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "resnet20"])
+def test_small_digit_images_work(name):
+    model = build_model(name, (8, 8, 1), 10, "relu")
+    logits = keras.ops.convert_to_numpy(model(np.zeros((2, 8, 8, 1), "float32")))
+    assert logits.shape == (2, 10)
+
+
+def test_every_activation_site_gets_its_own_per_channel_parameters():
+    # PReLU with shared spatial axes has one learnable slope per channel.
+    model = build_model("resnet20", (32, 32, 3), 10, lambda: keras.layers.PReLU(shared_axes=[1, 2]))
+    sites = activation_layers(model)
+    assert len(sites) == SITES["resnet20"]
+    assert len({id(layer) for layer in sites}) == len(sites)
+    widths = [layer.weights[0].shape[-1] for layer in sites]
+    # stem 16, then 6 sites each in the 16/32/64 stages
+    assert widths == [16] * 7 + [32] * 6 + [64] * 6
+    assert count_params(model)["activation"] == sum(widths)
+    plain = count_params(build_model("resnet20", (32, 32, 3), 10, "relu"))
+    assert count_params(model)["trainable"] == plain["trainable"] + sum(widths)
+
+
+@pytest.mark.skipif(not hasattr(activations, "get"), reason="activations.get is not available")
+@pytest.mark.parametrize("sharing,expected", [("layer", 1), ("channel", 32)])
+def test_expression_activation_parameters_per_layer_or_channel(sharing, expected):
+    model = build_model("small_cnn", (8, 8, 1), 10, "x*sigmoid(beta*x)", sharing=sharing)
+    sites = [layer for layer in activation_layers(model) if layer.weights]
+    assert len(sites) == SITES["small_cnn"]
+    assert int(np.prod(sites[0].weights[0].shape)) == expected  # first conv: 32 channels
+
+
+def test_logits_stay_float32_under_mixed_precision():
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("all_cnn_c", (8, 8, 3), 10, "relu")
+        resnet = build_model("resnet20", (8, 8, 3), 10, "relu")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    for m in (model, resnet):
+        assert m.layers[1].compute_dtype == "bfloat16"
+        assert m.output.dtype == "float32"
+        out = m(np.zeros((1, 8, 8, 3), "float32"))
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+
+def test_unknown_model_name_lists_the_allowed_ones():
+    with pytest.raises(ModelError) as error:
+        build_model("resnet18", (32, 32, 3), 10, "relu")
+    for name in MODEL_NAMES:
+        assert name in str(error.value)
+
+
+def test_bad_arguments_are_reported():
+    with pytest.raises(ModelError, match="input_shape"):
+        build_model("mlp", (32, 32), 10, "relu")
+    with pytest.raises(ModelError, match="num_classes"):
+        build_model("mlp", (8, 8, 1), 1, "relu")
+    with pytest.raises(ModelError, match="sharing"):
+        build_model("mlp", (8, 8, 1), 10, "relu", sharing="neuron")
+    with pytest.raises(ValueError):
+        build_model("mlp", (8, 8, 1), 10, "no_such_activation")
+
+
+def test_a_factory_that_reuses_one_layer_is_rejected():
+    shared = keras.layers.Activation("relu")
+    with pytest.raises(ModelError, match="same layer twice"):
+        build_model("mlp", (8, 8, 1), 10, lambda: shared)
+    with pytest.raises(ModelError, match="must return a Keras layer"):
+        build_model("mlp", (8, 8, 1), 10, lambda: "relu")
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    layer = models.ZeroPadShortcut(8, stride=2)
+    x = np.arange(2 * 4 * 4 * 4, dtype="float32").reshape(2, 4, 4, 4)
+    y = keras.ops.convert_to_numpy(layer(x))
+    assert y.shape == (2, 2, 2, 8)
+    np.testing.assert_array_equal(y[..., 2:6], x[:, ::2, ::2, :])
+    assert not y[..., :2].any() and not y[..., 6:].any()
+    assert layer.compute_output_shape((None, 5, 5, 4)) == (None, 3, 3, 8)
+
+
+def test_models_round_trip_through_safe_keras_saving(tmp_path):
+    model = build_model("resnet20", (8, 8, 3), 10, "relu")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5
+    )

@@ -1,0 +1,250 @@
+"""Training runs: metrics, divergence, resume, reproducibility, precision, logs."""
+
+import glob
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import activations
+from trainer import precision as precision_lib
+from trainer.callbacks import ActivationHistograms, ActivationImages, activation_parameter_stats
+from trainer.data import load_dataset
+from trainer.models import build_model
+from trainer.precision import PrecisionError, precision_scope, resolve_precision
+from trainer.train import TrainConfig, TrainConfigError, TrainResult, train
+
+SMALL = {"train": 320, "validation": 100, "test": 100}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("embedded:digits", max_examples=SMALL, seed=0)
+
+
+def tiny(**changes) -> TrainConfig:
+    values = dict(model="mlp", epochs=2, batch_size=32, precision="float32", quiet=True, max_examples=SMALL)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def _event_tags(log_dir: str) -> set[str]:
+    tags = set()
+    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+# --------------------------------------------------------------------------------------------
+# A normal run
+
+
+def test_small_cnn_learns_digits_and_reports_everything(digits, tmp_path):
+    lines = []
+    config = tiny(model="small_cnn", epochs=3, quiet=False, output_dir=str(tmp_path / "run"))
+    result = train(config, digits, print_fn=lines.append)
+
+    assert not result.diverged and result.divergence_reason is None
+    assert result.best_val_accuracy > 0.5  # chance is 0.1
+    assert result.test_accuracy > 0.5
+    assert result.score == result.best_val_accuracy
+    assert result.best_val_accuracy == max(result.history["val_accuracy"])
+    assert result.final_val_accuracy == result.history["val_accuracy"][-1]
+    assert math.isfinite(result.final_loss) and result.final_loss < result.history["loss"][0]
+    assert result.epochs_run == 3 and result.initial_epoch == 0
+    assert result.steps_run == 3 * (320 // 32)
+    assert result.images_per_sec > 0 and result.train_time > 0
+    assert result.params["trainable"] > 0 and result.precision == "float32"
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3") and "val_accuracy" in lines[0]
+
+    # Files of the run: config, result, history, TensorBoard scalars, activation image.
+    assert json.loads(open(tmp_path / "run" / "config.json").read()) == config.to_dict()
+    saved = json.loads(open(result.result_path).read())
+    assert saved["best_val_accuracy"] == result.best_val_accuracy
+    assert TrainResult.from_dict(saved).to_dict() == saved
+    tags = _event_tags(result.log_dir)
+    assert {"epoch_loss", "epoch_accuracy"} <= tags
+    assert any(tag.startswith("activation/") for tag in tags)
+    assert result.image_paths and all(os.path.getsize(p) > 0 for p in result.image_paths)
+    assert not os.path.exists(os.path.join(tmp_path, "run", "backup"))  # removed when complete
+
+
+def test_steps_mode_takes_exactly_the_requested_steps(digits):
+    result = train(tiny(steps=13), digits)
+    assert result.steps_run == 13
+    assert result.epochs_run == 2  # 10 steps per pass, then 3 more
+
+
+# --------------------------------------------------------------------------------------------
+# Divergence
+
+
+def test_divergence_is_reported_not_raised(digits):
+    config = tiny(epochs=3, learning_rate=1e6, warmup_epochs=0, schedule="constant", weight_decay=0.0)
+    result = train(config, digits)
+    assert result.diverged
+    assert "non-finite" in result.divergence_reason
+    assert math.isnan(result.score)
+    assert result.steps_run < 3 * 10  # stopped early
+    assert result.test_accuracy is None
+    json.dumps(result.to_dict(), allow_nan=False)  # strict JSON despite NaN losses
+
+
+@pytest.mark.skipif(not hasattr(activations, "get"), reason="activations.get is not available")
+def test_an_exploding_activation_diverges(digits):
+    result = train(tiny(activation="exp(exp(x))", epochs=1), digits)
+    assert result.diverged and math.isnan(result.score)
+
+
+# --------------------------------------------------------------------------------------------
+# Resume and reproducibility
+
+
+class _KillAfterSecondEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("simulated kill")
+
+
+class _SeenEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.fixture(scope="module")
+def reference_run(digits, tmp_path_factory):
+    """An uninterrupted 4-epoch run (with an output dir, like the resumed one)."""
+    return train(tiny(epochs=4, augment=True, output_dir=str(tmp_path_factory.mktemp("reference"))), digits)
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(digits, tmp_path, reference_run):
+    config = tiny(epochs=4, augment=True, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+    assert os.path.exists(tmp_path / "run" / "backup" / "training_metadata.json")
+
+    seen = _SeenEpochs()
+    resumed = train(config, digits, callbacks=[seen])
+    assert seen.epochs == [2, 3]
+    assert resumed.initial_epoch == 2 and resumed.epochs_run == 4
+    assert resumed.history["epoch"] == [0.0, 1.0, 2.0, 3.0]
+    assert resumed.steps_run == reference_run.steps_run
+    # Same weights, optimizer state, data order and augmentation as the uninterrupted run.
+    assert _weights_equal(resumed.model, reference_run.model)
+    assert resumed.history["val_accuracy"] == reference_run.history["val_accuracy"]
+
+
+def test_same_seed_same_run_and_other_seed_other_run(digits, reference_run):
+    again = train(tiny(epochs=4, augment=True), digits)  # no output dir, no backup to share
+    assert _weights_equal(again.model, reference_run.model)
+    assert again.history["loss"] == reference_run.history["loss"]
+    other = train(tiny(epochs=1, seed=1), digits)
+    first_epoch = train(tiny(epochs=1), digits)
+    assert not _weights_equal(other.model, first_epoch.model)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_runs_keep_float32_logits_and_restore_the_policy(digits, policy):
+    before = keras.mixed_precision.global_policy().name
+    result = train(tiny(model="small_cnn", epochs=1, precision=policy), digits)
+    assert keras.mixed_precision.global_policy().name == before
+    assert result.precision == policy
+    assert math.isfinite(result.final_loss) and not result.diverged
+    model = result.model
+    assert model.get_layer("conv1").compute_dtype == policy.split("_")[1]
+    assert model.output.dtype == "float32"
+    assert keras.backend.standardize_dtype(model(np.zeros((1, 8, 8, 1), "float32")).dtype) == "float32"
+    is_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert is_scaled == (policy == "mixed_float16")
+
+
+def test_auto_precision_follows_the_hardware(tmp_path):
+    assert resolve_precision("auto", num_gpus=2) == "mixed_float16"
+    assert resolve_precision("auto", num_gpus=0, bf16_cpu=True) == "mixed_bfloat16"
+    assert resolve_precision("auto", num_gpus=0, bf16_cpu=False) == "float32"
+    assert resolve_precision("mixed_float16", num_gpus=0) == "mixed_float16"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16\n")
+    assert precision_lib.cpu_supports_bf16(str(cpuinfo))
+    cpuinfo.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert not precision_lib.cpu_flags(str(cpuinfo)) & set(precision_lib.BF16_CPU_FLAGS)
+    assert precision_lib.distribution_strategy(num_gpus=0) is tf.distribute.get_strategy()
+
+
+def test_precision_scope_restores_the_policy_even_on_error():
+    before = keras.mixed_precision.global_policy().name
+    with pytest.raises(KeyError):
+        with precision_scope("mixed_bfloat16") as name:
+            assert name == keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+            raise KeyError("boom")
+    assert keras.mixed_precision.global_policy().name == before
+    with pytest.raises(PrecisionError, match="mixed_bfloat16"):
+        resolve_precision("bf16")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    config = tiny(optimizer="adamw", augment="crop_flip", label_smoothing=0.1, output_dir="/tmp/x")
+    assert TrainConfig.from_json(config.to_json()) == config
+    with pytest.raises(TrainConfigError, match="resnet20"):
+        tiny(model="resnet21")
+    with pytest.raises(TrainConfigError, match="adamw"):
+        tiny(optimizer="rmsprop")
+    with pytest.raises(TrainConfigError, match="precision"):
+        tiny(precision="half")
+    with pytest.raises(TrainConfigError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"model": "mlp", "learning_rates": 0.1})
+
+
+def test_adamw_with_label_smoothing_and_augmentation_trains(digits):
+    result = train(
+        tiny(model="small_cnn", optimizer="adamw", learning_rate=3e-3, label_smoothing=0.1, augment="flip"),
+        digits,
+    )
+    assert not result.diverged and result.best_val_accuracy > 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# Activation summaries
+
+
+def test_activation_parameters_are_logged_as_histograms_and_images(digits, tmp_path):
+    model = build_model("small_cnn", (8, 8, 1), 10, lambda: keras.layers.PReLU(shared_axes=[1, 2]))
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images, labels = digits.arrays("train")
+    log_dir, image_dir = str(tmp_path / "logs"), str(tmp_path / "images")
+    drawn = ActivationImages(log_dir, image_dir)
+    model.fit(
+        images[:64].astype("float32") / 16.0, labels[:64], epochs=2, batch_size=32, verbose=0,
+        callbacks=[ActivationHistograms(log_dir), drawn],
+    )
+    names = [layer.name for layer in model.layers if isinstance(layer, keras.layers.PReLU)]
+    tags = _event_tags(log_dir)
+    for name in names:
+        assert f"{name}/alpha" in tags
+        assert f"activation/{name}" in tags
+    assert len(drawn.paths) == 4
+    stats = activation_parameter_stats(model)
+    assert set(stats) == set(names)
+    alpha = stats[names[0]]["alpha"]
+    assert alpha["size"] == 32 and alpha["min"] <= alpha["mean"] <= alpha["max"] and alpha["std"] >= 0

@@ -1,0 +1,343 @@
+"""Keras callbacks of a training run: divergence, timing, progress lines and activation summaries.
+
+The learned activation functions are what the search is about, so a run records them: every
+weight of every parametric activation layer as a TensorBoard histogram each epoch, and at the end
+of training a picture of each layer's learned function (and its derivative) as a PNG file and a
+TensorBoard image.
+
+Callback order matters where one callback adds values to the epoch logs for the next ones:
+:class:`EpochStats` must come before ``CSVLogger`` / ``TensorBoard`` / :class:`EpochLogger` so
+that they record its timing and learning-rate values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.models import activation_layers
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Activation layers and their parameters
+
+
+def parametric_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Activation layers of ``model`` that hold learnable parameters, in network order."""
+    return [layer for layer in activation_layers(model) if layer.weights]
+
+
+def _parameter_name(layer: keras.layers.Layer, variable) -> str:
+    name = getattr(variable, "name", "") or ""
+    return name.rsplit("/", 1)[-1] or "weight"
+
+
+def activation_parameters(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
+    """``{layer name: {parameter name: values}}`` for every parametric activation layer."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for layer in parametric_layers(model):
+        found[layer.name] = {
+            _parameter_name(layer, v): np.asarray(keras.ops.convert_to_numpy(v.value), np.float64).reshape(-1)
+            for v in layer.weights
+        }
+    return found
+
+
+def activation_parameter_stats(model: keras.Model) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean, standard deviation, minimum and maximum of each activation parameter, per layer.
+
+    A layer-shared parameter is one scalar (std 0); a per-channel one has one value per channel.
+    """
+    stats: dict[str, dict[str, dict[str, float]]] = {}
+    for layer, params in activation_parameters(model).items():
+        stats[layer] = {
+            name: {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values)),
+                "min": float(np.min(values)),
+                "max": float(np.max(values)),
+                "size": int(values.size),
+            }
+            for name, values in params.items()
+        }
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# Training control
+
+
+class DivergenceMonitor(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers why.
+
+    Checks the training loss after every batch (Keras stops within the epoch) and the validation
+    loss after every epoch: a network whose validation loss is NaN or infinite has diverged too,
+    even if the running training mean still looks finite.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = False
+        self.reason: str | None = None
+        self._epoch = 0
+
+    def _stop(self, reason: str) -> None:
+        if not self.diverged:
+            self.diverged = True
+            self.reason = reason
+            logger.info("training stopped: %s", reason)
+        self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(f"non-finite training loss ({float(loss)}) at epoch {self._epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                self._stop(f"non-finite {key} ({float(value)}) at the end of epoch {epoch + 1}")
+                return
+
+
+class StepLimit(keras.callbacks.Callback):
+    """Stops training once the optimizer has taken ``steps`` steps (resumed runs included)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = int(steps)
+
+    def _iterations(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations.value))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._iterations() >= self.steps:
+            self.model.stop_training = True
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Adds ``epoch_time``, ``images_per_sec``, ``steps`` and ``learning_rate`` to the epoch logs.
+
+    Throughput counts training batches only (no validation) and leaves out the first batch of a
+    ``fit`` call, which includes tracing and compilation.
+    """
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self._first_call_batch = True
+
+    def on_train_begin(self, logs=None):
+        self._first_call_batch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._batch_start = None
+        self._timed_batches = 0
+        self._timed_seconds = 0.0
+        self._untimed_batches = 0
+        self._untimed_seconds = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._batch_start is None:
+            return
+        elapsed = time.perf_counter() - self._batch_start
+        if self._first_call_batch:
+            self._first_call_batch = False
+            self._untimed_batches += 1
+            self._untimed_seconds += elapsed
+        else:
+            self._timed_batches += 1
+            self._timed_seconds += elapsed
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["epoch_time"] = time.perf_counter() - self._epoch_start
+        batches = self._timed_batches or self._untimed_batches
+        seconds = self._timed_seconds if self._timed_batches else self._untimed_seconds
+        logs["images_per_sec"] = batches * self.batch_size / seconds if seconds > 0 else 0.0
+        logs["steps"] = float(self._timed_batches + self._untimed_batches)
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One progress line per epoch: losses, accuracies, learning rate, time and throughput."""
+
+    _ORDER = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+    def __init__(self, epochs: int, print_fn: Callable[[str], Any] | None = None):
+        super().__init__()
+        self.epochs = int(epochs)
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.epochs}"]
+        for key in self._ORDER:
+            if key in logs:
+                parts.append(f"{key} {float(logs[key]):.4g}")
+        if "epoch_time" in logs:
+            parts.append(f"{float(logs['epoch_time']):.1f}s")
+        if "images_per_sec" in logs:
+            parts.append(f"{float(logs['images_per_sec']):.0f} img/s")
+        self.print_fn(" - ".join(parts))
+
+
+# --------------------------------------------------------------------------------------------
+# TensorBoard summaries of the activation functions
+
+
+def _summary_name(layer_name: str, param: str | None = None) -> str:
+    name = layer_name if param is None else f"{layer_name}/{param}"
+    return re.sub(r"[^A-Za-z0-9_./-]", "_", name)
+
+
+class ActivationHistograms(keras.callbacks.Callback):
+    """Writes a histogram of every weight of every parametric activation layer each epoch."""
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = os.fspath(log_dir)
+        self._writer = None
+
+    def _file_writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        params = activation_parameters(self.model)
+        if not params:
+            return
+        with self._file_writer().as_default():
+            for layer, values in params.items():
+                for name, array in values.items():
+                    tf.summary.histogram(_summary_name(layer, name), array, step=epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class ActivationImages(keras.callbacks.Callback):
+    """At the end of training, draws each learned activation function and logs it as an image.
+
+    Draws every parametric activation layer (or, when no layer has parameters, the first
+    activation layer, so the run still shows its function) with ``activations.plot`` into
+    ``image_dir/<layer>.png`` and writes the PNGs as TensorBoard images under ``log_dir``.
+    """
+
+    def __init__(self, log_dir: str | None, image_dir: str, max_layers: int = 64):
+        super().__init__()
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.image_dir = os.fspath(image_dir)
+        self.max_layers = int(max_layers)
+        self.paths: list[str] = []
+
+    def _layers(self) -> list[keras.layers.Layer]:
+        layers = parametric_layers(self.model)
+        if not layers:
+            layers = activation_layers(self.model)[:1]
+        return layers[: self.max_layers]
+
+    def on_train_end(self, logs=None):
+        os.makedirs(self.image_dir, exist_ok=True)
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations.value)) if self.model.optimizer else 0
+        self.paths = []
+        for layer in self._layers():
+            path = os.path.join(self.image_dir, f"{_summary_name(layer.name).replace('/', '_')}.png")
+            try:
+                plot_activation(layer, path)
+            except Exception as error:  # a drawing failure must not fail the training run
+                logger.warning("could not draw activation layer %s: %s", layer.name, error)
+                continue
+            self.paths.append(path)
+        if self.log_dir is None or not self.paths:
+            return
+        writer = tf.summary.create_file_writer(self.log_dir)
+        with writer.as_default():
+            for path in self.paths:
+                image = tf.image.decode_png(tf.io.read_file(path), channels=4)
+                name = os.path.splitext(os.path.basename(path))[0]
+                tf.summary.image(f"activation/{name}", image[None], step=step)
+        writer.close()
+
+
+def plot_activation(layer: keras.layers.Layer, path: str) -> str:
+    """Draws ``layer``'s function and derivative to ``path`` with ``activations.plot``.
+
+    Falls back to a plain matplotlib drawing of the layer evaluated on [-5, 5] when the
+    activation library has no ``plot`` (per-channel layers: one curve per channel, up to 16).
+    """
+    try:
+        import activations
+
+        plot = getattr(activations, "plot", None)
+    except ImportError:  # pragma: no cover
+        plot = None
+    if plot is not None:
+        plot(layer, path)
+        return path
+    return _plot_layer(layer, path)
+
+
+def _plot_layer(layer: keras.layers.Layer, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.linspace(-5.0, 5.0, 401, dtype=np.float32)
+    channels = 1
+    for weight in layer.weights:
+        if len(weight.shape) >= 1 and weight.shape[-1] > 1:
+            channels = int(weight.shape[-1])
+    shown = min(channels, 16)
+    try:  # evaluate at the rank the layer was built for (some layers check it)
+        rank = len(layer.input.shape)
+    except (AttributeError, ValueError):
+        rank = 2
+    grid = np.repeat(x[:, None], channels, axis=1).reshape([x.size] + [1] * (rank - 2) + [channels])
+    inputs = tf.constant(grid)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = tf.cast(layer(inputs), tf.float32)
+    dy = tape.gradient(y, inputs)
+    y = y.numpy().reshape(x.size, channels)[:, :shown]
+    dy = np.zeros_like(y) if dy is None else tf.cast(dy, tf.float32).numpy().reshape(x.size, channels)[:, :shown]
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=80)
+    for c in range(shown):
+        ax_f.plot(x, y[:, c], lw=1)
+        ax_d.plot(x, dy[:, c], lw=1)
+    ax_f.set_title(f"{layer.name}: f(x)")
+    ax_d.set_title("f'(x)")
+    for ax in (ax_f, ax_d):
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

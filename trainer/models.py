@@ -1,0 +1,394 @@
+"""Child networks: the architectures a candidate activation function is trained in.
+
+Every builder takes an *activation factory*, a zero-argument callable that returns a fresh Keras
+layer each time it is called. A network calls it once per activation site, so a parametric
+activation gets its own learnable parameters in every layer (and, with per-channel sharing, in
+every channel of that layer) instead of one set tied across the whole network.
+
+Architectures (parameter counts at 32x32x3 input, 10 classes, trainable weights):
+
+* ``mlp`` - two hidden Dense layers (256, 128); a quick check on tiny inputs.
+* ``small_cnn`` - four 3x3 convolutions (32, 32, 64, 64) with batch normalisation; works on 8x8.
+* ``resnet20`` / ``resnet56`` - He et al. 2016, "Deep Residual Learning", CIFAR variant: a 3x3
+  stem with 16 filters, three stages of 16/32/64 filters with n = 3 / 9 basic blocks each
+  (post-activation: conv-BN-act-conv-BN, add, act). Shortcuts where the shape changes use
+  **option A** (parameter-free: stride-2 subsampling and zero-padding of the new channels), as in
+  the paper's CIFAR experiments, so the counts are the published 0.27M and 0.85M.
+* ``resnet56_v2`` - the pre-activation form (He et al. 2016, "Identity Mappings"): each basic
+  block is BN-act-conv-BN-act-conv added to an untouched shortcut, with a final BN-act before
+  pooling; option-A shortcuts as above (0.85M).
+* ``wrn_10_4`` - Wide ResNet (Zagoruyko & Komodakis 2016) depth 10, width 4: one pre-activation
+  block per stage of 64/128/256 filters, 1x1 convolution shortcuts where the shape changes
+  (1.2M).
+* ``all_cnn_c`` - Springenberg et al. 2015, "Striving for Simplicity": nine convolutions, strided
+  convolutions instead of pooling, dropout, global average pooling, no batch normalisation
+  (1.37M).
+
+The logits layer (and anything after it) runs in float32 whatever the global dtype policy, so a
+network built under ``mixed_float16`` or ``mixed_bfloat16`` computes its loss in float32.
+The networks output logits (no softmax).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Union
+
+import keras
+from keras import layers
+
+ActivationFactory = Callable[[], keras.layers.Layer]
+ActivationSpec = Union[str, ActivationFactory]
+
+MODEL_NAMES = ("mlp", "small_cnn", "resnet20", "resnet56", "resnet56_v2", "wrn_10_4", "all_cnn_c")
+SHARING_MODES = ("layer", "channel")
+
+
+class ModelError(ValueError):
+    """A child network cannot be built as asked: the message names what is wrong and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------------
+# Activation factories
+
+
+def activation_factory(activation: ActivationSpec, sharing: str = "layer") -> ActivationFactory:
+    """Turns an activation spec into a factory returning a fresh layer per call.
+
+    Args:
+      activation: a zero-argument callable returning a Keras layer (returned unchanged), or a
+        name / expression text understood by ``activations.get`` (e.g. ``"relu"``,
+        ``"x*sigmoid(beta*x)"``).
+      sharing: ``"layer"`` (one value per parameter per layer) or ``"channel"`` (one per
+        channel); used only when ``activation`` is text.
+    """
+    if callable(activation) and not isinstance(activation, str):
+        return activation
+    if not isinstance(activation, str) or not activation.strip():
+        raise ModelError(
+            "activation must be a name or expression text (e.g. 'relu', 'x*sigmoid(beta*x)') or a "
+            f"zero-argument callable returning a Keras layer; got {activation!r}"
+        )
+    if sharing not in SHARING_MODES:
+        raise ModelError(f"unknown sharing {sharing!r}: allowed are {', '.join(SHARING_MODES)}")
+    text = activation.strip()
+    get = _activations_get()
+    if get is not None:
+        get(text, sharing=sharing)  # fail now, with the library's own message, on bad text
+        return lambda: get(text, sharing=sharing)
+    try:  # the activation library is not available: fall back to Keras' named activations
+        keras.activations.get(text)
+    except ValueError as error:
+        raise ModelError(
+            f"unknown activation {text!r}: expressions need activations.get; Keras names such as "
+            "'relu', 'swish', 'gelu', 'elu', 'tanh' work without it"
+        ) from error
+    return lambda: layers.Activation(text)
+
+
+def _activations_get():
+    try:
+        import activations
+    except ImportError:  # pragma: no cover - the library ships with the project
+        return None
+    return getattr(activations, "get", None)
+
+
+def _checked_factory(activation: ActivationSpec, sharing: str) -> ActivationFactory:
+    factory = activation_factory(activation, sharing)
+    seen: set[int] = set()
+
+    def make() -> keras.layers.Layer:
+        layer = factory()
+        if not isinstance(layer, keras.layers.Layer):
+            raise ModelError(
+                f"the activation factory must return a Keras layer; it returned {type(layer).__name__}"
+            )
+        if id(layer) in seen:
+            raise ModelError(
+                "the activation factory returned the same layer twice: it must build a new layer "
+                "on every call so that each activation site has its own parameters"
+            )
+        seen.add(id(layer))
+        return layer
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+
+
+@keras.saving.register_keras_serializable(package="actsearch")
+class ZeroPadShortcut(keras.layers.Layer):
+    """Option-A residual shortcut: subsample by ``stride`` and zero-pad to ``filters`` channels.
+
+    Parameter-free, as in He et al.'s CIFAR ResNets; the padding is split evenly before and after
+    the existing channels.
+    """
+
+    def __init__(self, filters: int, stride: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.stride = int(stride)
+
+    def compute_output_shape(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        if height is not None:
+            height = -(-height // self.stride)
+        if width is not None:
+            width = -(-width // self.stride)
+        return (input_shape[0], height, width, self.filters)
+
+    def call(self, inputs):
+        x = inputs[:, :: self.stride, :: self.stride, :]
+        extra = self.filters - inputs.shape[-1]
+        before = extra // 2
+        return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [before, extra - before]])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, stride=self.stride)
+        return config
+
+
+def _conv(filters: int, kernel: int = 3, stride: int = 1, name: str | None = None, **kwargs):
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding=kwargs.pop("padding", "same"),
+        use_bias=kwargs.pop("use_bias", False),
+        kernel_initializer="he_normal",
+        name=name,
+        **kwargs,
+    )
+
+
+def _bn(name: str | None = None):
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _logits(x, num_classes: int):
+    """Global average pooling and the float32 logits layer."""
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def _shortcut_a(x, filters: int, stride: int, name: str):
+    if stride == 1 and x.shape[-1] == filters:
+        return x
+    return ZeroPadShortcut(filters, stride, name=f"{name}_shortcut")(x)
+
+
+def _basic_block_v1(x, filters: int, stride: int, act: ActivationFactory, name: str):
+    shortcut = _shortcut_a(x, filters, stride, name)
+    y = _conv(filters, 3, stride, name=f"{name}_conv1")(x)
+    y = _bn(f"{name}_bn1")(y)
+    y = act()(y)
+    y = _conv(filters, 3, 1, name=f"{name}_conv2")(y)
+    y = _bn(f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return act()(y)
+
+
+def _basic_block_v2(x, filters: int, stride: int, act: ActivationFactory, name: str, projection: bool):
+    """Pre-activation basic block; ``projection``: 1x1-conv shortcut (WRN) instead of option A."""
+    pre = _bn(f"{name}_bn1")(x)
+    pre = act()(pre)
+    changes = stride != 1 or x.shape[-1] != filters
+    if not changes:
+        shortcut = x
+    elif projection:
+        shortcut = _conv(filters, 1, stride, name=f"{name}_shortcut")(pre)
+    else:
+        shortcut = ZeroPadShortcut(filters, stride, name=f"{name}_shortcut")(x)
+    y = _conv(filters, 3, stride, name=f"{name}_conv1")(pre)
+    y = _bn(f"{name}_bn2")(y)
+    y = act()(y)
+    y = _conv(filters, 3, 1, name=f"{name}_conv2")(y)
+    return layers.Add(name=f"{name}_add")([shortcut, y])
+
+
+# --------------------------------------------------------------------------------------------
+# Architectures
+
+
+def _mlp(inputs, num_classes: int, act: ActivationFactory):
+    x = layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate((256, 128), start=1):
+        x = layers.Dense(units, kernel_initializer="he_normal", name=f"dense{i}")(x)
+        x = act()(x)
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def _small_cnn(inputs, num_classes: int, act: ActivationFactory):
+    x = inputs
+    for i, filters in enumerate((32, 32, 64, 64), start=1):
+        x = _conv(filters, 3, 1, name=f"conv{i}")(x)
+        x = _bn(f"bn{i}")(x)
+        x = act()(x)
+        if i == 2 and min(x.shape[1], x.shape[2]) >= 4:
+            x = layers.MaxPooling2D(2, name="pool1")(x)
+    return _logits(x, num_classes)
+
+
+def _resnet_v1(blocks_per_stage: int):
+    def build(inputs, num_classes: int, act: ActivationFactory):
+        x = _conv(16, 3, 1, name="stem_conv")(inputs)
+        x = _bn("stem_bn")(x)
+        x = act()(x)
+        for stage, filters in enumerate((16, 32, 64), start=1):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 1 and block == 0 else 1
+                x = _basic_block_v1(x, filters, stride, act, name=f"stage{stage}_block{block + 1}")
+        return _logits(x, num_classes)
+
+    return build
+
+
+def _resnet_v2(blocks_per_stage: int, widths: Sequence[int], projection: bool):
+    def build(inputs, num_classes: int, act: ActivationFactory):
+        x = _conv(16, 3, 1, name="stem_conv")(inputs)
+        for stage, filters in enumerate(widths, start=1):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 1 and block == 0 else 1
+                x = _basic_block_v2(
+                    x, filters, stride, act, name=f"stage{stage}_block{block + 1}", projection=projection
+                )
+        x = _bn("final_bn")(x)
+        x = act()(x)
+        return _logits(x, num_classes)
+
+    return build
+
+
+def _all_cnn_c(inputs, num_classes: int, act: ActivationFactory):
+    def conv(x, filters, kernel, stride, name, padding="same"):
+        x = layers.Conv2D(
+            filters, kernel, strides=stride, padding=padding, kernel_initializer="he_normal", name=name
+        )(x)
+        return act()(x)
+
+    x = layers.Dropout(0.2, name="input_dropout")(inputs)
+    x = conv(x, 96, 3, 1, "conv1")
+    x = conv(x, 96, 3, 1, "conv2")
+    x = conv(x, 96, 3, 2, "conv3")
+    x = layers.Dropout(0.5, name="dropout1")(x)
+    x = conv(x, 192, 3, 1, "conv4")
+    x = conv(x, 192, 3, 1, "conv5")
+    x = conv(x, 192, 3, 2, "conv6")
+    x = layers.Dropout(0.5, name="dropout2")(x)
+    # The paper's 3x3 "valid" convolution; on inputs too small for it, "same" keeps a map.
+    x = conv(x, 192, 3, 1, "conv7", padding="valid" if min(x.shape[1], x.shape[2]) >= 3 else "same")
+    x = conv(x, 192, 1, 1, "conv8")
+    x = layers.Conv2D(num_classes, 1, kernel_initializer="he_normal", dtype="float32", name="conv9")(x)
+    return layers.GlobalAveragePooling2D(dtype="float32", name="logits")(x)
+
+
+_BUILDERS = {
+    "mlp": _mlp,
+    "small_cnn": _small_cnn,
+    "resnet20": _resnet_v1(3),
+    "resnet56": _resnet_v1(9),
+    "resnet56_v2": _resnet_v2(9, (16, 32, 64), projection=False),
+    "wrn_10_4": _resnet_v2(1, (64, 128, 256), projection=True),
+    "all_cnn_c": _all_cnn_c,
+}
+assert tuple(_BUILDERS) == MODEL_NAMES
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    activation: ActivationSpec = "relu",
+    *,
+    sharing: str = "layer",
+) -> keras.Model:
+    """Builds one of :data:`MODEL_NAMES` as a functional Keras model that outputs float32 logits.
+
+    Args:
+      name: the architecture (see the module docstring).
+      input_shape: ``(height, width, channels)``.
+      num_classes: number of output logits (>= 2).
+      activation: a zero-argument factory returning a new activation layer per call, or a name /
+        expression text (turned into a factory by :func:`activation_factory`).
+      sharing: parameter sharing for a text ``activation``: ``"layer"`` or ``"channel"``.
+
+    Raises:
+      ModelError: unknown name, bad shape or class count, or a factory that reuses layers.
+    """
+    if name not in _BUILDERS:
+        raise ModelError(f"unknown model {name!r}: allowed are {', '.join(MODEL_NAMES)}")
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"input_shape must be (height, width, channels); got {input_shape!r}") from error
+    if len(shape) != 3 or min(shape) < 1:
+        raise ModelError(f"input_shape must be (height, width, channels) of positive sizes; got {input_shape!r}")
+    if name.startswith(("resnet", "wrn")) and min(shape[:2]) < 4:
+        raise ModelError(f"model {name!r} needs images of at least 4x4 pixels; got {shape[0]}x{shape[1]}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ModelError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+    act = _checked_factory(activation, sharing)
+    inputs = keras.Input(shape=shape, name="image")
+    outputs = _BUILDERS[name](inputs, num_classes, act)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    """Parameter counts: ``total``, ``trainable``, ``non_trainable`` and ``activation``.
+
+    ``activation`` counts the trainable weights that live in activation layers (the learnable
+    parameters of parametric activation functions).
+    """
+    def size(weight) -> int:
+        return int(math.prod(weight.shape))
+
+    trainable = sum(size(w) for w in model.trainable_weights)
+    non_trainable = sum(size(w) for w in model.non_trainable_weights)
+    activation = sum(size(w) for layer in activation_layers(model) for w in layer.trainable_weights)
+    return {
+        "total": trainable + non_trainable,
+        "trainable": trainable,
+        "non_trainable": non_trainable,
+        "activation": activation,
+    }
+
+
+def activation_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The activation layers of a model, in order: parametric ones and plain ``Activation``s."""
+    kinds = _ACTIVATION_LAYER_TYPES
+    parametric = _parametric_class()
+    if parametric is not None:
+        kinds = kinds + (parametric,)
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, kinds)
+    ]
+
+
+_ACTIVATION_LAYER_TYPES = (
+    layers.Activation,
+    layers.ReLU,
+    layers.LeakyReLU,
+    layers.PReLU,
+    layers.ELU,
+)
+
+
+def _parametric_class():
+    try:
+        import activations
+    except ImportError:  # pragma: no cover
+        return None
+    cls = getattr(activations, "ParametricActivation", None)
+    if cls is None:
+        try:
+            from activations.layer import ParametricActivation as cls
+        except ImportError:
+            return None
+    return cls
