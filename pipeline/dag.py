@@ -98,3 +98,69 @@ def _cycle(pending: dict[str, set[str]]) -> str:
         node = min(pending[node])
     cycle = path[path.index(node):] + [node]
     return " reads from ".join(repr(c) for c in cycle)
+
+
+def train_config_fields(config, *, final: bool) -> dict:
+    """The `trainer.train.TrainConfig` fields shared by a run's trials (final=False) or final runs."""
+    return {
+        "model": (config.final_model or config.model) if final else config.model,
+        "epochs": config.final_epochs if final else config.trial_epochs,
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        "warmup_epochs": config.warmup_epochs,
+        "precision": config.precision,
+        "sharing": config.sharing,
+        "augment": config.augment,
+    }
+
+
+def create_pipeline(config) -> Pipeline:
+    """The actsearch DAG for a `pipeline.config.PipelineConfig`:
+
+    ExampleGen -> CandidateGen -> Tuner -> Trainer -> Evaluator -> Exporter -> Reporter
+    """
+    from components.candidate_gen import CandidateGen
+    from components.evaluator import Evaluator
+    from components.example_gen import ExampleGen
+    from components.exporter import Exporter
+    from components.reporter import Reporter
+    from components.trainer import Trainer
+    from components.tuner import Tuner
+    from trainer.train import TrainConfig
+
+    config.validate()
+    for final in (False, True):  # fail now, not an hour into the run
+        TrainConfig.from_dict(train_config_fields(config, final=final))
+    parallelism = dict(parallel_trials=config.parallel_trials, beam_options=list(config.beam_options))
+    example_gen = ExampleGen(
+        source=config.data, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction, max_examples=config.max_examples, seed=config.seed,
+    )
+    candidate_gen = CandidateGen(space=config.space, seed_functions=list(config.seed_functions),
+                                 num_sampled=config.num_candidates, seed=config.seed)
+    tuner = Tuner(
+        examples=example_gen.outputs["examples"], candidates=candidate_gen.outputs["candidates"],
+        train_config=train_config_fields(config, final=False), space=config.space, strategy=config.strategy,
+        max_trials=config.max_trials, population_size=config.population_size,
+        tournament_size=config.tournament_size, train_examples=config.trial_examples, top_k=config.top_k,
+        seed=config.seed, **parallelism,
+    )
+    trainer = Trainer(
+        examples=example_gen.outputs["examples"], search_results=tuner.outputs["search_results"],
+        train_config=train_config_fields(config, final=True), baselines=list(config.baselines),
+        top_k=config.top_k, seeds=config.seeds, parallelism=config.parallel_trials,
+        beam_options=list(config.beam_options),
+    )
+    evaluator = Evaluator(trained_models=trainer.outputs["trained_models"], threshold=config.threshold,
+                          alpha=config.alpha)
+    exporter = Exporter(evaluation=evaluator.outputs["evaluation"], trained_models=trainer.outputs["trained_models"],
+                        sharing=config.sharing)
+    reporter = Reporter(
+        evaluation=evaluator.outputs["evaluation"], trained_models=trainer.outputs["trained_models"],
+        search_results=tuner.outputs["search_results"], exported=exporter.outputs["exported"],
+        config=config.to_dict(), title=f"{config.name}: activation functions for {config.model} on {config.data}",
+    )
+    components = [example_gen, candidate_gen, tuner, trainer, evaluator, exporter, reporter]
+    return Pipeline(config.name, components, config.pipeline_root)

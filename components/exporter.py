@@ -1,0 +1,101 @@
+"""Exporter: hands the winning activation back in a form any Keras model can use.
+
+Writes `activation.json` (expression, sharing mode, statistics of the learned parameters, the
+evaluation summary; read by `activations.load`) and `model.keras` (the winner's best trained
+model, loadable with `keras.saving.load_model` in safe mode after `import activations`).
+
+The winner is the blessed function with the largest gain over the baseline. When nothing was
+blessed the best discovered function is still exported, marked `"blessed": false`, so the user
+can inspect it; the evaluation summary in the file says plainly that it did not beat the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from typing import Any
+
+from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
+from components.statistics import Evaluation
+from components.trainer import read_runs
+
+
+class ExporterSpec(ComponentSpec):
+    INPUTS = {"evaluation": InputSpec("Evaluation"), "trained_models": InputSpec("TrainedModels")}
+    OUTPUTS = {"exported": OutputSpec("ExportedActivation", publish_as="exported_activation")}
+    PARAMETERS = {"sharing": Parameter(str, default="channel", choices=("layer", "channel"))}
+
+
+def choose_function(evaluation: Evaluation, runs: list[dict[str, Any]]) -> tuple[str, bool]:
+    """(function, blessed): the blessed winner, else the best non-baseline function by mean."""
+    if evaluation.winner is not None:
+        return evaluation.winner.function, True
+    kinds = {run["function"]: run.get("kind") for run in runs}
+    ranked = sorted(
+        (f for f in evaluation.functions if f.function != evaluation.baseline and f.mean is not None),
+        key=lambda f: f.mean, reverse=True,
+    )
+    discovered = [f for f in ranked if kinds.get(f.function) != "baseline"]
+    pick = (discovered or ranked or list(evaluation.functions))[0]
+    return pick.function, False
+
+
+def parameter_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per parameter: mean, std, min, max of the learned values over layers and seeds."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for params in (run.get("learned_parameters") or {}).values():
+            for name, value in params.items():
+                if value is not None:
+                    values.setdefault(name, []).append(float(value))
+    return {
+        name: {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v), "max": max(v), "count": len(v)}
+        for name, v in values.items()
+    }
+
+
+class ExporterExecutor(BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        from activations.export import activation_record
+        from activations.named import expression_for
+
+        trained = input_dict["trained_models"][0]
+        with open(os.path.join(input_dict["evaluation"][0].uri, "evaluation.json")) as f:
+            evaluation = Evaluation.from_json(f.read())
+        runs = read_runs(trained)
+        function, blessed = choose_function(evaluation, runs)
+        own_runs = [run for run in runs if run["function"] == function]
+        stats = evaluation[function]
+        summary = {
+            "function": function,
+            "blessed": blessed,
+            "verdict": stats.verdict,
+            "baseline": evaluation.baseline,
+            "mean_test_accuracy": stats.mean,
+            "std_test_accuracy": stats.std,
+            "gain_over_baseline": stats.diff,
+            "welch_p_holm": stats.welch_p_holm,
+            "mannwhitney_p_holm": stats.mannwhitney_p_holm,
+            "wins_ties_losses": [stats.wins, stats.ties, stats.losses],
+            "seeds": list(stats.seeds),
+            "summary": evaluation.summary,
+        }
+        out = output_dict["exported"][0]
+        record = activation_record(str(expression_for(function)), exec_properties["sharing"],
+                                   parameter_statistics(own_runs), summary, name=function)
+        with open(out.path("activation.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        finished = [r for r in own_runs if r.get("model_path") and r.get("test_accuracy") is not None]
+        if finished:
+            best = max(finished, key=lambda r: r["test_accuracy"])
+            shutil.copy(os.path.join(trained.uri, best["model_path"]), out.path("model.keras"))
+            record["model_seed"] = best["seed"]
+        out.properties.update({"function": function, "blessed": blessed, "has_model": bool(finished)})
+        self.context.progress(f"exported {function} ({'blessed' if blessed else 'not blessed'})")
+
+
+class Exporter(Component):
+    SPEC_CLASS = ExporterSpec
+    EXECUTOR_CLASS = ExporterExecutor

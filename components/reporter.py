@@ -1,0 +1,86 @@
+"""Reporter: the run's report (Markdown + self-contained HTML) and its TensorBoard log directory.
+
+Gathers what the other components produced: the evaluation, every final run, the search trials and
+evolution history, plots of each function's shape, and the configuration needed to reproduce the
+run. The TensorBoard directory holds the HParams dashboard (activation expression as a
+hyper-parameter, accuracies as metrics) over search trials and final runs, the Keras curves of every
+final run, images of the function shapes and the evolution progress: one `tensorboard --logdir`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
+from components.trainer import read_runs
+
+
+class ReporterSpec(ComponentSpec):
+    INPUTS = {
+        "evaluation": InputSpec("Evaluation"),
+        "trained_models": InputSpec("TrainedModels"),
+        "search_results": InputSpec("SearchResults", optional=True),
+        "exported": InputSpec("ExportedActivation", optional=True),
+    }
+    OUTPUTS = {
+        "report": OutputSpec("Report"),
+        "tensorboard": OutputSpec("TensorBoardLogs", publish_as="tensorboard"),
+    }
+    PARAMETERS = {
+        "config": Parameter(dict, default={}, doc="the run's configuration, shown for reproduction"),
+        "title": Parameter(str, default="Activation function search"),
+    }
+
+
+class ReporterExecutor(BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        import activations
+        from activations.named import expression_for
+        from components import tb_summaries
+        from components.report import write_report
+        from components.tuner import read_history, read_trials
+
+        trained = input_dict["trained_models"][0]
+        runs = read_runs(trained)
+        evaluation_path = os.path.join(input_dict["evaluation"][0].uri, "evaluation.json")
+        from components.statistics import Evaluation
+
+        with open(evaluation_path) as f:
+            evaluation = Evaluation.from_json(f.read())
+        history = trials = None
+        if input_dict.get("search_results"):
+            search = input_dict["search_results"][0]
+            history = [dict(row, distinct=row.get("distinct_fingerprints")) for row in read_history(search)
+                       if row.get("best") is not None]
+            trials = [t for t in read_trials(search) if t.get("fitness") is not None]
+
+        report, logdir = output_dict["report"][0], output_dict["tensorboard"][0]
+        plots_dir = report.path("functions")
+        os.makedirs(plots_dir, exist_ok=True)
+        plots = {}
+        for index, stats in enumerate(evaluation.functions):
+            path = os.path.join(plots_dir, f"function_{index}.png")
+            activations.plot(expression_for(stats.function), path)
+            plots[stats.function] = path
+        config = dict(exec_properties["config"])
+        _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
+                                    function_plots=plots, config=config, title=exec_properties["title"])
+        self.context.register_result("report", str(html_path))
+        self.context.register_result("report_markdown", report.path("report.md"))
+
+        tb_summaries.write_hparams(logdir.uri, runs, trials or None)
+        tb_summaries.write_function_images(logdir.uri, plots)
+        if history:
+            tb_summaries.write_evolution(logdir.uri, history)
+        for run in runs:
+            keras_logs = os.path.join(trained.uri, run["run_dir"], "logs")
+            if os.path.isdir(keras_logs):
+                target = os.path.join(logdir.uri, tb_summaries.final_run_name(run["function"], run["seed"]))
+                shutil.copytree(keras_logs, target, dirs_exist_ok=True)
+        self.context.progress(f"report written: {html_path}")
+
+
+class Reporter(Component):
+    SPEC_CLASS = ReporterSpec
+    EXECUTOR_CLASS = ReporterExecutor

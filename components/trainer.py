@@ -1,0 +1,157 @@
+"""Trainer: trains the search's top functions and the baselines at the full budget, several seeds each.
+
+Every (function, seed) pair is one job of `components.training_job.train_job`, fanned out through
+Beam (`components.fanout`). Jobs write into the component's resume directory, so a Trainer that
+was stopped re-runs only the runs that did not finish (and a run stopped mid-way continues from
+its last epoch through the trainer's own backup).
+
+Artifact layout::
+
+    <uri>/runs.jsonl                  one record per run (function, seed, accuracies, divergence,
+                                      learned parameters, history, paths relative to <uri>)
+    <uri>/runs/<run id>/              model.keras, TensorBoard logs, history, result.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any, Mapping
+
+from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
+from components.fanout import run_jobs
+
+
+class TrainerSpec(ComponentSpec):
+    INPUTS = {
+        "examples": InputSpec("Examples"),
+        "search_results": InputSpec("SearchResults", optional=True, doc="its top_k functions are trained"),
+    }
+    OUTPUTS = {"trained_models": OutputSpec("TrainedModels")}
+    PARAMETERS = {
+        "train_config": Parameter(dict, doc="trainer.train.TrainConfig fields shared by every run"),
+        "baselines": Parameter(list, default=["relu", "swish", "gelu"]),
+        "functions": Parameter(list, default=[], doc="further expressions to train"),
+        "top_k": Parameter(int, default=3),
+        "seeds": Parameter(int, default=3),
+        "parallelism": Parameter(int, default=1),
+        "beam_options": Parameter(list, default=[]),
+    }
+
+
+def run_id(function: str, seed: int) -> str:
+    """A file-system-safe, unique id of a (function, seed) run."""
+    import hashlib
+
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", function).strip("_")[:40]
+    digest = hashlib.sha1(function.encode()).hexdigest()[:8]
+    return f"{slug}-{digest}-seed{seed}"
+
+
+def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k: int, extra: list[str]) -> list[dict]:
+    """[{function, kind}] : baselines by name, then the top-k distinct discovered functions
+    that are not the same function as a baseline, then extra expressions."""
+    import activations
+    from activations.named import expression_for
+
+    chosen = [{"function": name, "kind": "baseline"} for name in baselines]
+    seen = {activations.fingerprint(expression_for(name)) for name in baselines}
+    for item in top:
+        if sum(1 for c in chosen if c["kind"] == "discovered") >= top_k:
+            break
+        fingerprint = item.get("fingerprint") or activations.fingerprint(item["expression"])
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            chosen.append({"function": str(activations.parse(item["expression"])), "kind": "discovered"})
+    for text in extra:
+        fingerprint = activations.fingerprint(text)
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            chosen.append({"function": str(activations.parse(text)), "kind": "given"})
+    return chosen
+
+
+def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
+    """The per-run record the Evaluator, Exporter and report read."""
+    failed = bool(result.get("failed"))
+    stats = result.get("activation_stats") or {}
+    return {
+        "function": function["function"],
+        "kind": function["kind"],
+        "seed": seed,
+        "test_accuracy": None if failed else result.get("test_accuracy"),
+        "val_accuracy": None if failed else result.get("best_val_accuracy"),
+        "diverged": failed or bool(result.get("diverged")),
+        "divergence_reason": result.get("error") if failed else result.get("divergence_reason"),
+        "num_classes": result.get("num_classes"),
+        "learned_parameters": {
+            layer: {name: values.get("mean") for name, values in params.items()} for layer, params in stats.items()
+        },
+        "history": result.get("history") or {},
+        "images_per_sec": result.get("images_per_sec"),
+        "train_time": result.get("train_time"),
+        "precision": result.get("precision"),
+        "run_dir": run_dir,
+        "model_path": os.path.join(run_dir, "model.keras") if result.get("model_path") else None,
+    }
+
+
+class TrainerExecutor(BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        from components.tuner import read_top
+
+        p = exec_properties
+        examples = input_dict["examples"][0]
+        top = read_top(input_dict["search_results"][0]) if input_dict.get("search_results") else []
+        functions = functions_to_train(p["baselines"], top, p["top_k"], p["functions"])
+        work = self.context.resume_dir
+        jobs, plan = [], []
+        for function in functions:
+            for seed in range(p["seeds"]):
+                rid = run_id(function["function"], seed)
+                config = {
+                    **p["train_config"],
+                    "activation": function["function"],
+                    "seed": seed,
+                    "output_dir": os.path.join(work, "runs", rid),
+                    "save_model": True,
+                    "quiet": True,
+                }
+                jobs.append({"id": rid, "fn": "components.training_job:train_job",
+                             "args": {"config": config, "examples_uri": examples.uri}})
+                plan.append((function, seed, rid))
+        self.context.progress(f"training {len(functions)} functions x {p['seeds']} seeds = {len(jobs)} runs")
+
+        def progress(done, total, result):
+            text = f"run {done} of {total}"
+            if result and not result.get("failed"):
+                text += f": {result.get('config', {}).get('activation')} test accuracy {result.get('test_accuracy')}"
+            self.context.progress(text, done=done, total=total)
+
+        results = run_jobs(jobs, os.path.join(work, "results"), parallelism=p["parallelism"],
+                           beam_options=p["beam_options"], progress=progress)
+        out = output_dict["trained_models"][0]
+        records = []
+        for (function, seed, rid), result in zip(plan, results):
+            source = os.path.join(work, "runs", rid)
+            target = out.path("runs", rid)
+            if os.path.isdir(source):
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("backup"))
+            records.append(run_record(function, seed, result, os.path.join("runs", rid)))
+        with open(out.path("runs.jsonl"), "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        out.properties.update({"num_runs": len(records), "functions": [f["function"] for f in functions]})
+
+
+class Trainer(Component):
+    SPEC_CLASS = TrainerSpec
+    EXECUTOR_CLASS = TrainerExecutor
+
+
+def read_runs(trained_models: Artifact | str) -> list[dict[str, Any]]:
+    uri = trained_models.uri if isinstance(trained_models, Artifact) else trained_models
+    with open(os.path.join(uri, "runs.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,198 @@
+"""Tuner: the evolutionary search, one short training run per trial.
+
+The `EvolutionaryOracle` is driven as a batch executor: it proposes a generation of trials
+(`propose_batch`), the trials are trained in parallel through Beam (`parallel_trials` workers),
+and their validation accuracies go back to the oracle (`report`). The oracle keeps its state in
+the component's resume directory and every finished trial's result is kept there too, so a search
+that was interrupted or crashed continues where it stopped: no finished trial is trained again.
+
+Artifact layout::
+
+    <uri>/trials.jsonl      every trial: id, expression, fingerprint, fitness, status, lineage, time
+    <uri>/history.json      per generation: best, median, distinct, duplicates, rejected
+    <uri>/top_k.json        the best distinct functions, best first
+    <uri>/counts.json       proposals, duplicates and rejected offspring, completed, failed
+    <uri>/tensorboard/      HParams dashboard (activation x fitness) and evolution curves
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
+from components.fanout import run_jobs
+
+OBJECTIVE = "val_accuracy"
+
+
+class TunerSpec(ComponentSpec):
+    INPUTS = {"examples": InputSpec("Examples"), "candidates": InputSpec("Candidates")}
+    OUTPUTS = {"search_results": OutputSpec("SearchResults")}
+    PARAMETERS = {
+        "train_config": Parameter(dict, doc="trainer.train.TrainConfig fields of every trial"),
+        "space": Parameter(str, default="pangaea", choices=("pangaea", "swish")),
+        "strategy": Parameter(str, default="evolution", choices=("evolution", "random", "exhaustive")),
+        "max_trials": Parameter(int, default=24),
+        "population_size": Parameter(int, default=8),
+        "tournament_size": Parameter(int, default=3),
+        "train_examples": Parameter(int, default=None, doc="cap on training examples per trial"),
+        "parallel_trials": Parameter(int, default=1),
+        "beam_options": Parameter(list, default=[]),
+        "top_k": Parameter(int, default=3),
+        "seed": Parameter(int, default=0),
+    }
+
+
+def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str) -> dict[str, Any]:
+    import activations
+
+    expression = trial.hyperparameters.get("activation")
+    job_id = f"trial_{trial.trial_id}_{activations.fingerprint(expression)}"
+    config = {
+        **train_config,
+        "activation": expression,
+        "output_dir": os.path.join(work, "trials", job_id),
+        "tensorboard": False,
+        "save_model": False,
+        "quiet": True,
+    }
+    return {"id": job_id, "fn": "components.training_job:train_job",
+            "args": {"config": config, "examples_uri": examples_uri, "train_examples": train_examples}}
+
+
+def _fitness(result: dict[str, Any]) -> tuple[float | None, str | None]:
+    """(fitness, None) or (None, reason) for a failed or diverged trial."""
+    if result.get("failed"):
+        return None, result.get("error", "failed")
+    if result.get("diverged"):
+        return None, f"diverged: {result.get('divergence_reason')}"
+    value = result.get("best_val_accuracy")
+    if value is None or not math.isfinite(value):
+        return None, "no validation accuracy"
+    return float(value), None
+
+
+class TunerExecutor(BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        import keras_tuner
+
+        from activations.oracle import EvolutionaryOracle
+        from components.candidate_gen import read_candidates
+
+        p = exec_properties
+        examples = input_dict["examples"][0]
+        seeds = [c["expression"] for c in read_candidates(input_dict["candidates"][0])]
+        work = self.context.resume_dir
+        oracle = EvolutionaryOracle(
+            objective=keras_tuner.Objective(OBJECTIVE, "max"),
+            max_trials=p["max_trials"],
+            space=p["space"],
+            strategy=p["strategy"],
+            population_size=p["population_size"],
+            tournament_size=p["tournament_size"],
+            seed_functions=seeds if p["strategy"] != "exhaustive" else None,
+            seed=p["seed"],
+        )
+        oracle.set_project_dir(work, "oracle")
+        details: dict[str, dict[str, Any]] = {}
+        start = time.time()
+        while not oracle.is_finished():
+            batch = oracle.propose_batch(None if p["parallel_trials"] > 1 else 1)
+            if not batch:
+                break
+            jobs = {trial.trial_id: _job(trial, examples.uri, p["train_config"], p["train_examples"], work) for trial in batch}
+            results = run_jobs(list(jobs.values()), os.path.join(work, "results"),
+                               parallelism=p["parallel_trials"], beam_options=p["beam_options"])
+            for trial, result in zip(batch, results):
+                fitness, error = _fitness(result)
+                oracle.report(trial.trial_id, value=fitness, error=error)
+                details[trial.trial_id] = {"seconds": result.get("job_seconds"), "error": error,
+                                           "images_per_sec": result.get("images_per_sec")}
+            self._progress(oracle, start)
+        self._write(output_dict["search_results"][0], oracle, details, p["top_k"])
+
+    def _progress(self, oracle, start: float) -> None:
+        counts = oracle.counts()
+        done = counts["completed"] + counts["failed"]
+        best = max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)
+        best_text = f"{best:.4f}" if best is not None else "n/a"
+        self.context.progress(f"trial {done} of {oracle.max_trials}, best {OBJECTIVE} so far {best_text}",
+                              done=done, total=oracle.max_trials)
+
+    def _write(self, out: Artifact, oracle, details: dict, top_k: int) -> None:
+        import activations
+        from components import tb_summaries
+
+        trials = []
+        for trial_id in sorted(oracle.trials):
+            try:
+                info = oracle.lineage(trial_id)
+            except KeyError:  # a trial the oracle dropped while repairing an interrupted save
+                continue
+            expression = info["expression"]
+            trials.append({
+                "trial_id": trial_id,
+                "expression": expression,
+                "fingerprint": info.get("fingerprint") or activations.fingerprint(expression),
+                "fitness": info.get("fitness"),
+                "status": info.get("status"),
+                "generation": info.get("generation"),
+                "operator": info.get("operator"),
+                "parents": info.get("parents"),
+                **details.get(trial_id, {}),
+            })
+        ranked = sorted((t for t in trials if t["fitness"] is not None), key=lambda t: -t["fitness"])
+        top, seen = [], set()
+        for trial in ranked:
+            if trial["fingerprint"] not in seen:
+                seen.add(trial["fingerprint"])
+                top.append({k: trial[k] for k in ("trial_id", "expression", "fingerprint", "fitness")})
+        with open(out.path("trials.jsonl"), "w") as f:
+            for trial in trials:
+                f.write(json.dumps(trial) + "\n")
+        history = oracle.history()
+        _dump(out.path("history.json"), history)
+        _dump(out.path("top_k.json"), top[: max(top_k, 10)])
+        _dump(out.path("counts.json"), oracle.counts())
+        logdir = out.path("tensorboard")
+        if trials:
+            tb_summaries.write_hparams(logdir, [], [t for t in trials if t["fitness"] is not None] or trials)
+        rows = [dict(row, distinct=row["distinct_fingerprints"]) for row in history if row["best"] is not None]
+        if rows:
+            tb_summaries.write_evolution(logdir, rows)
+        out.properties.update({"num_trials": len(trials), "best": top[0]["expression"] if top else None,
+                               "best_fitness": top[0]["fitness"] if top else None})
+
+
+class Tuner(Component):
+    SPEC_CLASS = TunerSpec
+    EXECUTOR_CLASS = TunerExecutor
+
+
+def _dump(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _read(artifact: Artifact | str, name: str):
+    uri = artifact.uri if isinstance(artifact, Artifact) else artifact
+    with open(os.path.join(uri, name)) as f:
+        return json.load(f)
+
+
+def read_top(search_results: Artifact | str) -> list[dict[str, Any]]:
+    return _read(search_results, "top_k.json")
+
+
+def read_history(search_results: Artifact | str) -> list[dict[str, Any]]:
+    return _read(search_results, "history.json")
+
+
+def read_trials(search_results: Artifact | str) -> list[dict[str, Any]]:
+    uri = search_results.uri if isinstance(search_results, Artifact) else search_results
+    with open(os.path.join(uri, "trials.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,255 @@
+"""The `actsearch` command line.
+
+    actsearch run --preset=demo                       # the whole pipeline on the embedded digits
+    actsearch run --preset=cifar10 --data=folder:.cache/cifar10/train --parallel_trials=2
+    actsearch run --preset=demo --runner=kfp-local    # the same DAG through Kubeflow's local runner
+    actsearch compile --target=kubeflow --output=pipeline.yaml --preset=paper --image=me/actsearch:1
+    actsearch runs  [--pipeline_root=...]             # what ran, newest first
+    actsearch show RUN_ID [--pipeline_root=...]       # components, cache hits, lineage of the winner
+
+Every field of `pipeline.config.PipelineConfig` is also a flag (`--max_trials=40`,
+`--seed_functions=relu,swish`), overriding the preset. Unknown flags or values, an unreadable data
+source and a pipeline root that cannot be written are reported before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from pipeline import config as config_lib
+
+COMMANDS = ("run", "compile", "runs", "show")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "demo", sorted(config_lib.PRESETS), "Complete configuration to start from.")
+flags.DEFINE_enum("runner", "local", list(config_lib.RUNNERS), "local: in-process with cache; kfp-local: kfp.local.")
+flags.DEFINE_enum("target", "kubeflow", ["kubeflow"], "compile: the orchestrator to compile for.")
+flags.DEFINE_string("output", "pipeline.yaml", "compile: where to write the compiled pipeline.")
+flags.DEFINE_string("run_id", None, "run: id of the new run (default: a timestamp).")
+flags.DEFINE_string("resources", None, "compile/kfp-local: JSON of per-component resources, e.g. "
+                    '\'{"trainer": {"cpu": "8", "memory": "32G", "accelerator": "NVIDIA_TESLA_T4", '
+                    '"accelerator_count": 1}}\'.')
+
+_FIELDS = {f.name: f for f in dataclasses.fields(config_lib.PipelineConfig)}
+for _name, _field in _FIELDS.items():
+    flags.DEFINE_string(_name, None, f"PipelineConfig.{_name} ({_field.type}); overrides the preset.")
+
+
+class UsageError(ValueError):
+    """A command-line mistake, reported with what is allowed."""
+
+
+def build_config() -> config_lib.PipelineConfig:
+    overrides = {name: getattr(FLAGS, name) for name in _FIELDS if getattr(FLAGS, name) is not None}
+    return config_lib.preset(FLAGS.preset, overrides)
+
+
+def check_data_source(config: config_lib.PipelineConfig) -> None:
+    """Cheap checks that the data can be read, so a bad path fails in a second, not an hour in."""
+    from trainer import data as data_lib
+
+    spec = data_lib.parse_source(config.data)
+    if spec.scheme == "folder":
+        path = os.path.expanduser(spec.target)
+        if not os.path.isdir(path):
+            raise UsageError(f"data folder {path!r} does not exist (from --data={config.data})")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise UsageError(f"data folder {path!r} is not readable")
+    elif spec.scheme == "tfds":
+        builder = data_lib._tfds_builder(spec.target, config.data_dir)  # unknown names raise DataError
+        prepared = os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+        if not prepared and not data_lib.internet_reachable():
+            raise UsageError(
+                f"TFDS data set {spec.target!r} is not prepared in {builder.data_dir!r} and the internet is "
+                "unreachable; prepare it elsewhere and pass --data_dir, or use folder:<path>"
+            )
+
+
+def check_writable(root: str) -> None:
+    root = os.path.abspath(root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        probe = os.path.join(root, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(f"pipeline_root {root!r} is not writable: {error.strerror or error}") from None
+
+
+def _resources() -> dict | None:
+    if not FLAGS.resources:
+        return None
+    try:
+        return json.loads(FLAGS.resources)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--resources is not valid JSON: {error}") from None
+
+
+def _print_progress(event) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {event}", flush=True)
+
+
+def command_run() -> int:
+    from pipeline.dag import create_pipeline
+
+    config = build_config()
+    check_writable(config.pipeline_root)
+    check_data_source(config)
+    pipeline = create_pipeline(config)
+    print(f"actsearch: running {len(pipeline.components)} components of {config.name!r} "
+          f"(preset {FLAGS.preset}, runner {FLAGS.runner}) under {os.path.abspath(config.pipeline_root)}", flush=True)
+    if FLAGS.runner == "kfp-local":
+        from pipeline.kubeflow import run_kfp_local
+
+        result = run_kfp_local(pipeline, pipeline_root=config.pipeline_root, run_id=FLAGS.run_id,
+                               image=config.image, resources=_resources())
+    else:
+        from pipeline.local_runner import LocalRunner
+
+        result = LocalRunner(on_progress=_print_progress).run(pipeline, run_id=FLAGS.run_id)
+    _print_summary(result.run_json)
+    return 0
+
+
+def _print_summary(run_json: str) -> None:
+    with open(run_json) as f:
+        run = json.load(f)
+    results = run.get("results", {})
+    print(f"\nrun {run['run_id']}: {run['status']}")
+    for cid, info in run.get("components", {}).items():
+        seconds = info.get("duration_s")
+        print(f"  {cid:<14} {info.get('state', ''):<9} {'' if seconds is None else f'{seconds:7.1f} s'}")
+    evaluation = results.get("evaluation")
+    if evaluation and os.path.exists(os.path.join(evaluation, "evaluation.json")):
+        with open(os.path.join(evaluation, "evaluation.json")) as f:
+            print(f"\n{json.load(f).get('summary', '')}")
+    print(f"\nrun record:   {run_json}")
+    for key, label in (("report", "report:      "), ("exported_activation", "activation:  ")):
+        if key in results:
+            print(f"{label} {results[key]}")
+    if "tensorboard" in results:
+        print(f"TensorBoard:  {results['tensorboard']}")
+        print(f"  open it with: tensorboard --logdir {results['tensorboard']}")
+
+
+def command_compile() -> int:
+    from pipeline.dag import create_pipeline
+    from pipeline.kubeflow import compile_pipeline
+
+    config = build_config()
+    pipeline = create_pipeline(config)
+    path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=_resources())
+    print(f"wrote the Kubeflow pipeline {config.name!r} ({len(pipeline.components)} steps, image {config.image}) to {path}")
+    return 0
+
+
+def _metadata_path(root: str) -> str:
+    path = os.path.join(os.path.abspath(root), "metadata.sqlite")
+    if not os.path.exists(path):
+        raise UsageError(f"no runs under {os.path.abspath(root)!r} (no metadata.sqlite); pass --pipeline_root")
+    return path
+
+
+def command_runs() -> int:
+    from pipeline.metadata import MetadataStore
+
+    root = build_config().pipeline_root
+    with MetadataStore(_metadata_path(root)) as store:
+        runs = store.list_runs()
+        print(f"{'run id':<28} {'status':<12} {'started':<20} {'took':>8}  components (complete/cached/failed)")
+        for run in runs:
+            states = [e.state for e in store.executions(run.run_id)]
+            took = f"{run.end_time - run.start_time:7.0f}s" if run.end_time else "       -"
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time))
+            print(f"{run.run_id:<28} {run.status:<12} {started:<20} {took}  "
+                  f"{states.count('COMPLETE')}/{states.count('CACHED')}/{states.count('FAILED')}")
+    return 0
+
+
+def command_show(run_id: str) -> int:
+    from pipeline.metadata import MetadataStore
+
+    root = build_config().pipeline_root
+    with MetadataStore(_metadata_path(root)) as store:
+        run = store.get_run(run_id)
+        if run is None:
+            known = [r.run_id for r in store.list_runs()][:10]
+            raise UsageError(f"no run {run_id!r} under {root!r}; recent runs: {known}")
+        print(f"run {run.run_id} ({run.pipeline_name}): {run.status}" + (f" - {run.error}" if run.error else ""))
+        search_uri = None
+        for execution in store.executions(run_id):
+            took = f"{execution.end_time - execution.start_time:.1f} s" if execution.end_time else "-"
+            origin = f" (reused execution {execution.cached_from})" if execution.cached_from else ""
+            print(f"  {execution.component_id:<14} {execution.state:<9} {took:>9}{origin}")
+            for name, artifacts in store.outputs_of(execution.cached_from or execution.id).items():
+                for artifact in artifacts:
+                    print(f"      {name}: {artifact.uri}")
+                    if artifact.type_name == "SearchResults":
+                        search_uri = artifact.uri
+        for key, path in run.results.items():
+            print(f"  result {key}: {path}")
+        exported = run.results.get("exported_activation")
+        if exported and search_uri:
+            _print_function_lineage(os.path.join(exported, "activation.json"), search_uri)
+    return 0
+
+
+def _print_function_lineage(activation_json: str, search_uri: str) -> None:
+    """How evolution arrived at the exported function: its trial and its ancestors."""
+    import activations
+    from components.tuner import read_trials
+
+    with open(activation_json) as f:
+        expression = json.load(f)["expression"]
+    fingerprint = activations.fingerprint(expression)
+    trials = {t["trial_id"]: t for t in read_trials(search_uri)}
+    found = [t for t in trials.values() if t["fingerprint"] == fingerprint]
+    print(f"\nlineage of the exported function {activations.parse(expression).infix()}:")
+    if not found:
+        print("  (a baseline or given function: it was not found among the search trials)")
+        return
+
+    def show(trial, depth):
+        fitness = "failed" if trial.get("fitness") is None else f"{trial['fitness']:.4f}"
+        print(f"  {'  ' * depth}trial {trial['trial_id']} gen {trial.get('generation')} "
+              f"[{trial.get('operator')}] fitness {fitness}: {trial['expression']}")
+        if depth < 12:
+            for parent in trial.get("parents") or []:
+                if parent in trials:
+                    show(trials[parent], depth + 1)
+
+    show(found[0], 0)
+
+
+def main(argv: list[str]) -> int:
+    args = argv[1:]
+    if not args or args[0] not in COMMANDS:
+        raise app.UsageError(f"expected a command, one of {list(COMMANDS)}; got {args[:1] or 'nothing'}")
+    command, rest = args[0], args[1:]
+    try:
+        if command == "show":
+            if len(rest) != 1:
+                raise UsageError("usage: actsearch show RUN_ID [--pipeline_root=...]")
+            return command_show(rest[0])
+        if rest:
+            raise UsageError(f"unexpected arguments {rest}; settings are flags, e.g. --max_trials=10")
+        return {"run": command_run, "compile": command_compile, "runs": command_runs}[command]()
+    except (UsageError, config_lib.ConfigError, ValueError) as error:
+        print(f"actsearch {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_main() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
