@@ -8,5 +8,8 @@
 from activations import space
 from activations.equivalence import check, fingerprint
 from activations.expression import Expression, ExpressionError, parse
+from activations.layer import ParametricActivation
+from activations.named import get
+from activations.plotting import plot
 
-__all__ = ["Expression", "ExpressionError", "check", "fingerprint", "parse", "space"]
+__all__ = ["Expression", "ExpressionError", "ParametricActivation", "check", "fingerprint", "get", "parse", "plot", "space"]

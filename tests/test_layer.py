@@ -1,0 +1,295 @@
+"""ParametricActivation: weights, config, save/load, mixed precision, fused vs portable paths."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import activations
+from activations import ParametricActivation
+from activations.expression import ExpressionError
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Expressions exercising parameters, constants, kinks, protected operators, n-ary operators,
+# expressions that ignore x and expressions without parameters.
+EXPRESSIONS = [
+    "x * sigmoid(beta * x)",
+    "max(relu(x), cosh(elu(x)))",
+    "alpha * tanh(x) + (1 - alpha) * softplus(gamma * x)",
+    "div(x, 1 + abs(beta * x))",
+    "max_n(x, alpha * x, sin(beta * x))",
+    "log(x) * exp(-x^2) + alpha",
+    "alpha",
+    "2.5",
+    "relu(x)",
+]
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _inputs(shape=(3, 5, 4), seed=0):
+    return np.random.default_rng(seed).normal(scale=2.0, size=shape).astype("float32")
+
+
+def _set_parameters(layer, seed=1):
+    rng = np.random.default_rng(seed)
+    for weight in layer.trainable_weights:
+        weight.assign(rng.uniform(0.3, 1.7, size=weight.shape).astype("float32"))
+
+
+def _values_and_gradients(layer, x, dtype="float32"):
+    x = tf.constant(x, dtype=dtype)
+    probe = tf.sin(tf.cast(x, "float32"))  # a non-uniform upstream gradient
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * probe)
+    grads = tape.gradient(loss, [x] + layer.trainable_weights, unconnected_gradients="zero")
+    return y, grads
+
+
+# --- weights and arguments -----------------------------------------------------------------------
+
+
+def test_layer_sharing_creates_float32_scalars_with_initial_values():
+    layer = ParametricActivation("alpha * x + beta * relu(x)", initial={"beta": 0.5})
+    layer.build((None, 8, 8, 6))
+    assert [w.name for w in layer.weights] == ["alpha", "beta"]
+    assert all(tuple(w.shape) == () and w.dtype == "float32" for w in layer.weights)
+    assert float(layer.parameters["alpha"].numpy()) == 1.0
+    assert float(layer.parameters["beta"].numpy()) == 0.5
+
+
+def test_channel_sharing_creates_one_value_per_channel():
+    layer = ParametricActivation("x * sigmoid(beta * x)", sharing="channel", initial=0.25)
+    y = layer(_inputs((2, 3, 7)))
+    assert y.shape == (2, 3, 7)
+    (beta,) = layer.weights
+    assert tuple(beta.shape) == (7,)
+    np.testing.assert_array_equal(beta.numpy(), np.full(7, 0.25, "float32"))
+
+
+def test_expression_without_parameters_has_no_weights_and_ignoring_x_broadcasts():
+    assert ParametricActivation("relu(x)")(_inputs()).shape == (3, 5, 4)
+    constant = ParametricActivation("alpha", sharing="channel", initial=0.5)
+    y = constant(_inputs((2, 6)))
+    assert y.shape == (2, 6)
+    np.testing.assert_allclose(y.numpy(), 0.5)
+
+
+@pytest.mark.parametrize("sharing", ["global", "Layer", None, "channels"])
+def test_bad_sharing_is_a_clear_value_error(sharing):
+    with pytest.raises(ValueError, match="sharing must be one of 'layer', 'channel'"):
+        ParametricActivation("x", sharing=sharing)
+
+
+@pytest.mark.parametrize(
+    "initial, message",
+    [
+        ("1.0", "initial must be None, a finite number or a dict"),
+        ([1.0], "initial must be None, a finite number or a dict"),
+        (True, "initial must be None, a finite number or a dict"),
+        (float("nan"), "initial must be a finite number"),
+        ({"beta": float("inf")}, "initial value of 'beta' must be a finite number"),
+        ({"beta": "1"}, "initial value of 'beta' must be a finite number"),
+        ({"gamma": 1.0}, r"unknown parameter\(s\) \['gamma'\].*parameters are: beta"),
+    ],
+)
+def test_bad_initial_is_a_clear_value_error(initial, message):
+    with pytest.raises(ValueError, match=message):
+        ParametricActivation("x * sigmoid(beta * x)", initial=initial)
+
+
+def test_bad_expression_and_bad_implementation_raise_value_errors():
+    with pytest.raises(ExpressionError, match="unknown operator 'sigmod'"):
+        ParametricActivation("x * sigmod(x)")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        ParametricActivation("x", implementation="xla")
+
+
+def test_channel_sharing_needs_a_known_channel_axis():
+    layer = ParametricActivation("alpha * x", sharing="channel")
+    with pytest.raises(ValueError, match="needs a known last"):
+        layer.build((None, None))
+
+
+# --- config and saving ---------------------------------------------------------------------------
+
+
+def test_get_config_round_trips_with_canonical_expression():
+    layer = ParametricActivation(
+        activations.parse("x*sigmoid(beta*x)"), sharing="channel", initial={"beta": 1.5}, name="act"
+    )
+    config = layer.get_config()
+    assert config["expression"] == "mul(x,sigmoid(mul(beta,x)))"
+    assert json.loads(json.dumps(config)) == config
+    clone = ParametricActivation.from_config(config)
+    assert clone.get_config() == config
+    assert clone.expression == layer.expression
+    restored = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(restored, ParametricActivation) and restored.get_config() == config
+
+
+def test_saved_model_loads_in_a_fresh_process_with_learned_parameters(tmp_path):
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(5)(inputs)
+    h = ParametricActivation("alpha * x * sigmoid(beta * x)", sharing="channel", name="act1")(h)
+    h = ParametricActivation("max(relu(x), cosh(elu(gamma * x)))", name="act2")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    model.get_layer("act1").parameters["beta"].assign(np.array([0.5, 1.5, 2.0, -0.5, 3.0], "float32"))
+    model.get_layer("act2").parameters["gamma"].assign(0.75)
+    x = _inputs((4, 6))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", model.predict(x, verbose=0))
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        import keras
+        import activations  # registers ParametricActivation for safe-mode loading
+        model = keras.saving.load_model({str(path)!r})
+        y = model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0)
+        np.testing.assert_allclose(y, np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-5, atol=1e-6)
+        layer = model.get_layer("act1")
+        print(json.dumps({{
+            "type": type(layer).__name__,
+            "expression": str(layer.expression),
+            "sharing": layer.sharing,
+            "beta": layer.parameters["beta"].numpy().tolist(),
+            "gamma": float(model.get_layer("act2").parameters["gamma"].numpy()),
+        }}))
+        """
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=PROJECT_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["type"] == "ParametricActivation"
+    assert loaded["expression"] == "mul(mul(alpha,x),sigmoid(mul(beta,x)))"
+    assert loaded["sharing"] == "channel"
+    np.testing.assert_allclose(loaded["beta"], [0.5, 1.5, 2.0, -0.5, 3.0])
+    assert loaded["gamma"] == 0.75
+
+
+# --- fused kernel vs portable keras.ops ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+@pytest.mark.parametrize("sharing", ["layer", "channel"])
+def test_fused_kernel_matches_keras_ops_values_and_gradients(expression, sharing):
+    fused = ParametricActivation(expression, sharing=sharing, implementation="fused")
+    portable = ParametricActivation(expression, sharing=sharing, implementation="ops")
+    x = _inputs()
+    fused.build(x.shape)
+    portable.build(x.shape)
+    _set_parameters(fused)
+    portable.set_weights(fused.get_weights())
+    y_fused, grads_fused = _values_and_gradients(fused, x)
+    y_ops, grads_ops = _values_and_gradients(portable, x)
+    assert y_fused.shape == x.shape and y_fused.dtype == "float32"
+    np.testing.assert_allclose(y_fused.numpy(), y_ops.numpy(), rtol=1e-5, atol=1e-5)
+    assert len(grads_fused) == 1 + len(fused.expression.parameters)
+    for g_fused, g_ops, weight in zip(grads_fused, grads_ops, [None] + fused.trainable_weights):
+        expected_shape = x.shape if weight is None else tuple(weight.shape)
+        assert tuple(g_fused.shape) == expected_shape
+        np.testing.assert_allclose(g_fused.numpy(), g_ops.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype):
+    expression = "max(relu(x), cosh(elu(alpha * x)))"
+    fused = ParametricActivation(expression, sharing="channel", implementation="fused", dtype=f"mixed_{dtype}")
+    portable = ParametricActivation(expression, sharing="channel", implementation="ops", dtype=f"mixed_{dtype}")
+    x = _inputs()
+    fused.build(x.shape)
+    portable.build(x.shape)
+    _set_parameters(fused)
+    portable.set_weights(fused.get_weights())
+    y_fused, grads_fused = _values_and_gradients(fused, x, dtype)
+    y_ops, grads_ops = _values_and_gradients(portable, x, dtype)
+    assert y_fused.dtype == dtype and grads_fused[0].dtype == dtype and grads_fused[1].dtype == "float32"
+    np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=1e-2, atol=1e-2)
+    for g_fused, g_ops in zip(grads_fused, grads_ops):
+        np.testing.assert_allclose(np.float32(g_fused), np.float32(g_ops), rtol=2e-2, atol=2e-2)
+
+
+def test_default_implementation_on_tensorflow_is_the_fused_kernel():
+    layer = ParametricActivation("x * sigmoid(beta * x)")
+    assert layer._use_fused()
+    assert not ParametricActivation("x", implementation="ops")._use_fused()
+
+
+def _small_model(expression, sharing, policy="float32", implementation="auto"):
+    keras.mixed_precision.set_global_policy(policy)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    h = ParametricActivation(expression, sharing=sharing, implementation=implementation)(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(3, dtype="float32")(h)
+    model = keras.Model(inputs, outputs)
+    keras.mixed_precision.set_global_policy("float32")
+    return model
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fused_kernel_trains_inside_compiled_model_with_dynamic_batch(jit_compile):
+    keras.utils.set_random_seed(0)
+    model = _small_model("alpha * x * sigmoid(beta * x)", "channel")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(13, 8, 8, 3)).astype("float32"), rng.integers(0, 3, 13)
+    act = model.layers[2]
+    before = [w.numpy().copy() for w in act.weights]
+    history = model.fit(x, y, batch_size=5, epochs=2, verbose=0)  # batches of 5, 5 and 3
+    assert np.all(np.isfinite(history.history["loss"]))
+    after = [w.numpy() for w in act.weights]
+    assert all(a.shape == (4,) and not np.allclose(a, b) for a, b in zip(after, before))
+    assert model.predict(x[:7], batch_size=7, verbose=0).shape == (7, 3)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("implementation", ["fused", "ops"])
+def test_mixed_precision_keeps_float32_weights_and_finite_gradients(policy, implementation):
+    keras.utils.set_random_seed(0)
+    model = _small_model("max(relu(x), cosh(elu(alpha * x))) + beta", "channel", policy, implementation)
+    act = model.layers[2]
+    assert act.compute_dtype == policy.split("_")[1]
+    assert all(w.dtype == "float32" for w in act.weights)
+    x = tf.constant(_inputs((6, 8, 8, 3)))
+    with tf.GradientTape() as tape:
+        logits = model(x, training=True)
+        loss = tf.reduce_mean(tf.square(logits))
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert logits.dtype == "float32"
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    act_grads = grads[2:4]  # conv kernel, conv bias, then the activation's alpha and beta
+    assert [g.dtype for g in act_grads] == ["float32", "float32"]
+    assert all(np.any(g.numpy() != 0) for g in act_grads)
+    intermediate = keras.Model(model.inputs, act.output)(x)
+    assert intermediate.dtype == policy.split("_")[1]
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, np.zeros((6, 3), "float32"), epochs=2, verbose=0)
+    assert all(w.dtype == "float32" and np.all(np.isfinite(w.numpy())) for w in act.weights)
+
+
+def test_float64_layer_computes_in_float64():
+    layer = ParametricActivation("x * sigmoid(beta * x)", dtype="float64")
+    y = layer(tf.constant(_inputs(), dtype="float64"))
+    assert y.dtype == "float64"
+    assert layer.weights[0].dtype == "float32"
