@@ -34,21 +34,10 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 ACTIVATIONS = ("relu", "max(relu(x),cosh(elu(x)))", "x*sigmoid(beta*x)")
 
 
-def _factory(activation: str, sharing: str):
-    """The project's activation layer for ``activation`` (a Keras name or an expression)."""
-    try:
-        return activation_factory(activation, sharing)
-    except ValueError:
-        # Without activations.get, use the library's layer class directly when it is there.
-        from activations.layer import ParametricActivation
-
-        return lambda: ParametricActivation(activation, sharing=sharing)
-
-
 def build(precision: str, activation: str, sharing: str, batch_size: int, seed: int = 0):
     keras.utils.set_random_seed(seed)
     with precision_scope(precision):
-        model = build_model("resnet20", (32, 32, 3), 10, _factory(activation, sharing))
+        model = build_model("resnet20", (32, 32, 3), 10, activation_factory(activation, sharing))
         model.compile(
             optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import activations
 from trainer.models import activation_layers
 
 logger = logging.getLogger(__name__)
@@ -246,7 +247,8 @@ class ActivationImages(keras.callbacks.Callback):
     """At the end of training, draws each learned activation function and logs it as an image.
 
     Draws every parametric activation layer (or, when no layer has parameters, the first
-    activation layer, so the run still shows its function) with ``activations.plot`` into
+    activation layer, so the run still shows its function) with ``activations.plot`` (function
+    and derivative; per-channel parameters as a median curve with a percentile band) into
     ``image_dir/<layer>.png`` and writes the PNGs as TensorBoard images under ``log_dir``.
     """
 
@@ -270,7 +272,7 @@ class ActivationImages(keras.callbacks.Callback):
         for layer in self._layers():
             path = os.path.join(self.image_dir, f"{_summary_name(layer.name).replace('/', '_')}.png")
             try:
-                plot_activation(layer, path)
+                activations.plot(layer, path)
             except Exception as error:  # a drawing failure must not fail the training run
                 logger.warning("could not draw activation layer %s: %s", layer.name, error)
                 continue
@@ -284,60 +286,3 @@ class ActivationImages(keras.callbacks.Callback):
                 name = os.path.splitext(os.path.basename(path))[0]
                 tf.summary.image(f"activation/{name}", image[None], step=step)
         writer.close()
-
-
-def plot_activation(layer: keras.layers.Layer, path: str) -> str:
-    """Draws ``layer``'s function and derivative to ``path`` with ``activations.plot``.
-
-    Falls back to a plain matplotlib drawing of the layer evaluated on [-5, 5] when the
-    activation library has no ``plot`` (per-channel layers: one curve per channel, up to 16).
-    """
-    try:
-        import activations
-
-        plot = getattr(activations, "plot", None)
-    except ImportError:  # pragma: no cover
-        plot = None
-    if plot is not None:
-        plot(layer, path)
-        return path
-    return _plot_layer(layer, path)
-
-
-def _plot_layer(layer: keras.layers.Layer, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.linspace(-5.0, 5.0, 401, dtype=np.float32)
-    channels = 1
-    for weight in layer.weights:
-        if len(weight.shape) >= 1 and weight.shape[-1] > 1:
-            channels = int(weight.shape[-1])
-    shown = min(channels, 16)
-    try:  # evaluate at the rank the layer was built for (some layers check it)
-        rank = len(layer.input.shape)
-    except (AttributeError, ValueError):
-        rank = 2
-    grid = np.repeat(x[:, None], channels, axis=1).reshape([x.size] + [1] * (rank - 2) + [channels])
-    inputs = tf.constant(grid)
-    with tf.GradientTape() as tape:
-        tape.watch(inputs)
-        y = tf.cast(layer(inputs), tf.float32)
-    dy = tape.gradient(y, inputs)
-    y = y.numpy().reshape(x.size, channels)[:, :shown]
-    dy = np.zeros_like(y) if dy is None else tf.cast(dy, tf.float32).numpy().reshape(x.size, channels)[:, :shown]
-    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=80)
-    for c in range(shown):
-        ax_f.plot(x, y[:, c], lw=1)
-        ax_d.plot(x, dy[:, c], lw=1)
-    ax_f.set_title(f"{layer.name}: f(x)")
-    ax_d.set_title("f'(x)")
-    for ax in (ax_f, ax_d):
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.axvline(0, color="grey", lw=0.5)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

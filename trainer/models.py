@@ -38,6 +38,8 @@ from typing import Union
 import keras
 from keras import layers
 
+import activations
+
 ActivationFactory = Callable[[], keras.layers.Layer]
 ActivationSpec = Union[str, ActivationFactory]
 
@@ -62,6 +64,10 @@ def activation_factory(activation: ActivationSpec, sharing: str = "layer") -> Ac
         ``"x*sigmoid(beta*x)"``).
       sharing: ``"layer"`` (one value per parameter per layer) or ``"channel"`` (one per
         channel); used only when ``activation`` is text.
+
+    Raises:
+      ModelError: neither text nor a callable, or an unknown sharing mode.
+      activations.ExpressionError: text that is neither a known name nor a valid expression.
     """
     if callable(activation) and not isinstance(activation, str):
         return activation
@@ -73,26 +79,8 @@ def activation_factory(activation: ActivationSpec, sharing: str = "layer") -> Ac
     if sharing not in SHARING_MODES:
         raise ModelError(f"unknown sharing {sharing!r}: allowed are {', '.join(SHARING_MODES)}")
     text = activation.strip()
-    get = _activations_get()
-    if get is not None:
-        get(text, sharing=sharing)  # fail now, with the library's own message, on bad text
-        return lambda: get(text, sharing=sharing)
-    try:  # the activation library is not available: fall back to Keras' named activations
-        keras.activations.get(text)
-    except ValueError as error:
-        raise ModelError(
-            f"unknown activation {text!r}: expressions need activations.get; Keras names such as "
-            "'relu', 'swish', 'gelu', 'elu', 'tanh' work without it"
-        ) from error
-    return lambda: layers.Activation(text)
-
-
-def _activations_get():
-    try:
-        import activations
-    except ImportError:  # pragma: no cover - the library ships with the project
-        return None
-    return getattr(activations, "get", None)
+    activations.get(text, sharing=sharing)  # fail now, with the library's own message, on bad text
+    return lambda: activations.get(text, sharing=sharing)
 
 
 def _checked_factory(activation: ActivationSpec, sharing: str) -> ActivationFactory:
@@ -360,35 +348,21 @@ def count_params(model: keras.Model) -> dict[str, int]:
 
 def activation_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The activation layers of a model, in order: parametric ones and plain ``Activation``s."""
-    kinds = _ACTIVATION_LAYER_TYPES
-    parametric = _parametric_class()
-    if parametric is not None:
-        kinds = kinds + (parametric,)
     return [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, kinds)
+        if isinstance(layer, _ACTIVATION_LAYER_TYPES)
     ]
 
 
+# What activations.get returns (ParametricActivation, or Keras' fused ReLU / Identity) plus the
+# Keras activation layers a hand-written factory may use.
 _ACTIVATION_LAYER_TYPES = (
+    activations.ParametricActivation,
     layers.Activation,
     layers.ReLU,
+    layers.Identity,
     layers.LeakyReLU,
     layers.PReLU,
     layers.ELU,
 )
-
-
-def _parametric_class():
-    try:
-        import activations
-    except ImportError:  # pragma: no cover
-        return None
-    cls = getattr(activations, "ParametricActivation", None)
-    if cls is None:
-        try:
-            from activations.layer import ParametricActivation as cls
-        except ImportError:
-            return None
-    return cls
