@@ -10,6 +10,7 @@ from activations.equivalence import check, fingerprint
 from activations.expression import Expression, ExpressionError, parse
 from activations.layer import ParametricActivation
 from activations.named import get
+from activations.oracle import EvolutionaryOracle, EvolutionaryTuner
 from activations.plotting import plot
 
-__all__ = ["Expression", "ExpressionError", "ParametricActivation", "check", "fingerprint", "get", "parse", "plot", "space"]
+__all__ = ["EvolutionaryOracle", "EvolutionaryTuner", "Expression", "ExpressionError", "ParametricActivation", "check", "fingerprint", "get", "parse", "plot", "space"]

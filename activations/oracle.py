@@ -1,0 +1,798 @@
+"""Evolutionary search of activation functions as a KerasTuner oracle.
+
+`EvolutionaryOracle` is a `keras_tuner.Oracle`, so one search runs unchanged under
+`keras_tuner.Tuner.search()`, under KerasTuner's distributed mode (a chief and workers talking
+gRPC) and under a batch executor that calls `create_trial` / `update_trial` / `end_trial` itself.
+
+Each trial's genome is the canonical expression text in the hyper-parameter ``activation``; its
+lineage travels as plain values too (``evolution/parents``: comma-joined trial ids,
+``evolution/generation``: int, ``evolution/operator``: "seed", "sample", "exhaustive", a mutation
+kind such as "insert", or "crossover[+kind]"). Only bool, int, float and str cross the gRPC
+boundary, so the genome is text, never an object.
+
+Three strategies share the bookkeeping:
+
+* ``"evolution"`` (default): regularized ("aging") evolution as in PANGAEA's search -- the seed
+  functions first, random functions until the population is full, then offspring of tournament
+  winners, the oldest member leaving when a new one arrives (``selection="elitist"`` removes the
+  worst instead).
+* ``"exhaustive"``: every distinct function of one or two core units of "Searching for
+  Activation Functions" over a chosen operator subset, in a fixed order, then STOPPED.
+* ``"random"``: uniform samples of the search space (the baseline evolution has to beat).
+
+Decisions:
+
+* No function is trained twice: a candidate whose `activations.fingerprint` was already proposed
+  (evaluated, failed or in flight) is a *duplicate*; one `activations.check` refuses is
+  *rejected*. Neither is proposed; both are counted per generation (`history()`). An offspring
+  identical in function to its parent (an identity-preserving insertion) is mutated again rather
+  than discarded, so neutral mutations still move the search.
+* A failed trial (exception, NaN score) stays in the population with the worst fitness and ages
+  out; the search goes on. `max_consecutive_failed_trials` defaults to 10 rather than
+  KerasTuner's 3 because failing candidates are a normal outcome of a search over functions.
+* At most `population_size` trials are in flight. When all of them are (nothing can be bred
+  without results) the oracle answers IDLE and sleeps `idle_sleep` seconds, because KerasTuner's
+  search loop re-asks at once. The same barrier makes a batch executor's "create trials until
+  IDLE" return exactly one generation. STOPPED is only answered when no trial is in flight, so
+  workers stay until the last result is in (retries can still be served; KerasTuner's chief
+  would otherwise wait 20 s polls for them).
+* All state is plain JSON (`get_state` / `set_state`, RNG state included) and every file the
+  oracle writes is written atomically (temporary file + rename). `reload()` repairs the windows in
+  which a process can die between two writes: a trial file written but never recorded is dropped
+  (its proposal is made again from the saved RNG state), and a trial that ended on disk but not in
+  the oracle state is finished rather than re-run. A Tuner killed before it first wrote its own
+  ``<tuner_id>.json`` does not reload; the oracle then resumes itself on its first
+  `create_trial`. A search killed at any point and restarted with ``overwrite=False`` therefore
+  continues exactly; with one worker it proposes the same sequence as an uninterrupted run.
+* A trial sent back for a retry (INVALID) forgets the failed attempt's metrics: KerasTuner
+  would otherwise keep them and ignore the retry's result.
+* Generations are counted in proposals: generation g is the proposals g*N .. (g+1)*N-1 for
+  population size N (one batch in batch mode, N evaluations in steady state).
+* Ranking offspring with a nearest-neighbour surrogate (``offspring_candidates > 1``) is
+  available but off by default: on bench/search_efficiency.py it made the search greedier and
+  worse than plain regularized evolution; so did elitist selection and a crossover rate of 0.5.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import time
+from typing import Iterable, Mapping, Sequence
+
+import keras_tuner
+import numpy as np
+from keras_tuner.engine.trial import Trial, TrialStatus
+from keras_tuner.src.engine import metrics_tracking
+
+from activations import space as space_module
+from activations.equivalence import check, fingerprint
+from activations.expression import Expression, ExpressionError, parse
+
+GENOME = "activation"
+PARENTS = "evolution/parents"
+GENERATION = "evolution/generation"
+OPERATOR = "evolution/operator"
+
+DEFAULT_SEEDS = (
+    "relu(x)",
+    "swish(x)",
+    "gelu(x)",
+    "elu(x)",
+    "selu(x)",
+    "softplus(x)",
+    "tanh(x)",
+    "sigmoid(x)",
+    "softsign(x)",
+)
+"""Baselines trained first (AQuaSurF's list plus GELU)."""
+
+STRATEGIES = ("evolution", "exhaustive", "random")
+SELECTIONS = ("aging", "elitist")
+STATE_VERSION = 1
+_MAX_NEUTRAL_STEPS = 3
+
+_RUNNING, _COMPLETED, _FAILED = "running", "completed", "failed"
+
+
+class _Wait:
+    """Sentinel: nothing can be proposed until a result arrives."""
+
+
+_WAIT = _Wait()
+
+
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_rate(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _rng_state_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_state_from_json(data) -> tuple:
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    """Write JSON so a reader sees the old or the new content, never a torn file."""
+    text = json.dumps(obj)
+    if "://" in path:  # remote file systems: KerasTuner's own writer
+        from keras_tuner.src import utils
+
+        utils.save_json(path, obj)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class EvolutionaryOracle(keras_tuner.Oracle):
+    """A KerasTuner oracle that evolves activation functions (or enumerates / samples them).
+
+    Args:
+        objective: as for any KerasTuner oracle (name, `keras_tuner.Objective` or a list).
+        max_trials: trials to run at most (None: until the strategy is exhausted).
+        space: "pangaea", "swish" or an `activations.space.SearchSpace`.
+        strategy: "evolution", "exhaustive" or "random".
+        population_size: N, the population of the evolution and the most trials in flight.
+        tournament_size: candidates drawn at random from the population per parent selection.
+        selection: "aging" (regularized evolution: the oldest leaves) or "elitist" (the worst leaves).
+        mutation_rate: probability that a crossover child is also mutated (a child that is not
+            crossed over is always mutated).
+        crossover_rate: probability that a child comes from crossing two tournament winners.
+        seed_functions: expression texts trained first; None means `DEFAULT_SEEDS` for
+            "evolution" and "random" and none for "exhaustive".
+        core_units, unary_forms, binary_forms: the small space of ``strategy="exhaustive"``
+            (1 or 2 core units; subsets of `activations.space.SWISH_UNARY_FORMS` /
+            `SWISH_BINARY_FORMS`; default 1 unit over all forms).
+        offspring_candidates: with K > 1, K novel valid offspring are bred per proposal and the
+            one a nearest-neighbour surrogate (distance between the functions' outputs on the
+            fingerprint probe points, as in AQuaSurF) ranks best is proposed.
+        max_attempts: offspring tried per proposal before the oracle gives up for now.
+        idle_sleep: seconds to sleep when answering IDLE (KerasTuner's loop does not sleep).
+        seed: random seed; same seed and same results give the same proposals.
+        hyperparameters, allow_new_entries, tune_new_entries, max_retries_per_trial,
+        max_consecutive_failed_trials: as for `keras_tuner.Oracle`. Other hyper-parameters a
+            hypermodel declares keep their default values: this oracle searches the activation.
+    """
+
+    def __init__(
+        self,
+        objective=None,
+        max_trials: int | None = 100,
+        space: str | space_module.SearchSpace = "pangaea",
+        strategy: str = "evolution",
+        population_size: int = 16,
+        tournament_size: int = 4,
+        selection: str = "aging",
+        mutation_rate: float = 1.0,
+        crossover_rate: float = 0.2,
+        seed_functions: Iterable[str | Expression] | None = None,
+        core_units: int | None = None,
+        unary_forms: Sequence[str] | None = None,
+        binary_forms: Sequence[str] | None = None,
+        offspring_candidates: int = 1,
+        max_attempts: int = 50,
+        idle_sleep: float = 0.1,
+        seed: int | None = None,
+        hyperparameters=None,
+        allow_new_entries: bool = True,
+        tune_new_entries: bool = True,
+        max_retries_per_trial: int = 0,
+        max_consecutive_failed_trials: int = 10,
+    ):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; allowed: {list(STRATEGIES)}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {selection!r}; allowed: {list(SELECTIONS)}")
+        _check_int("max_trials", max_trials, 1, allow_none=True)
+        _check_int("population_size", population_size, 1)
+        _check_int("tournament_size", tournament_size, 1)
+        if tournament_size > population_size:
+            raise ValueError(
+                f"tournament_size ({tournament_size}) cannot exceed population_size ({population_size})"
+            )
+        _check_rate("mutation_rate", mutation_rate)
+        _check_rate("crossover_rate", crossover_rate)
+        _check_int("offspring_candidates", offspring_candidates, 1)
+        _check_int("max_attempts", max_attempts, 1)
+        _check_int("seed", seed, 0, allow_none=True)
+        if isinstance(idle_sleep, bool) or not isinstance(idle_sleep, (int, float)) or idle_sleep < 0:
+            raise ValueError(f"idle_sleep must be a number of seconds >= 0, got {idle_sleep!r}")
+        exhaustive_options = {"core_units": core_units, "unary_forms": unary_forms, "binary_forms": binary_forms}
+        if strategy != "exhaustive":
+            given = [name for name, value in exhaustive_options.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to strategy='exhaustive', not {strategy!r}")
+        super().__init__(
+            objective=objective,
+            max_trials=max_trials,
+            hyperparameters=hyperparameters,
+            allow_new_entries=allow_new_entries,
+            tune_new_entries=tune_new_entries,
+            seed=seed,
+            max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+        )
+        if seed is not None:
+            self.seed = seed  # the base class treats 0 as "no seed"
+        self.space = space_module.get_space(space)
+        self.strategy = strategy
+        self.population_size = int(population_size)
+        self.tournament_size = int(tournament_size)
+        self.selection = selection
+        self.mutation_rate = float(mutation_rate)
+        self.crossover_rate = float(crossover_rate)
+        self.offspring_candidates = int(offspring_candidates)
+        self.max_attempts = int(max_attempts)
+        self.idle_sleep = float(idle_sleep)
+        if seed_functions is None:
+            seed_functions = () if strategy == "exhaustive" else DEFAULT_SEEDS
+        if isinstance(seed_functions, (str, Expression)):
+            raise ValueError("seed_functions must be a list of expression texts, not a single one")
+        self.seed_functions = tuple(self._parse_seed(i, text) for i, text in enumerate(seed_functions))
+        if strategy == "exhaustive":
+            self.core_units = 1 if core_units is None else core_units
+            self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
+            self.binary_forms = tuple(binary_forms or space_module.SWISH_BINARY_FORMS)
+            next(iter(self._enumeration()), None)  # validates the forms and core_units now
+        else:
+            self.core_units, self.unary_forms, self.binary_forms = None, (), ()
+
+        # The genome and lineage are declared, so `hp.get("activation")` works while a
+        # hypermodel is first built and every trial carries the same four values.
+        self.hyperparameters.Fixed(GENOME, str(self.seed_functions[0]) if self.seed_functions else "relu(x)")
+        self.hyperparameters.Fixed(PARENTS, "")
+        self.hyperparameters.Fixed(GENERATION, 0)
+        self.hyperparameters.Fixed(OPERATOR, "seed")
+
+        self._rng = random.Random(self.seed)
+        self._individuals: dict[str, dict] = {}  # trial id -> genome, lineage, status, fitness
+        self._population: list[str] = []  # trial ids, oldest first
+        self._fingerprints: dict[str, str] = {}  # fingerprint -> trial id of every proposal
+        self._ingested: list[str] = []  # trial ids in the order their results arrived
+        self._generations: list[dict] = []  # per generation: duplicates, rejected counts
+        self._proposals = 0
+        self._seed_cursor = 0
+        self._enum_cursor = 0
+        self._enum_iterator = None
+        self._rejected_cache: set[str] = set()
+        self._fingerprint_cache: dict[str, str] = {}  # expression text -> fingerprint (speed only)
+        self._features: dict[str, np.ndarray] = {}
+        self._synced = False
+        self._stopped = False
+
+    # --- configuration helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_seed(index: int, text) -> Expression:
+        try:
+            return parse(text)
+        except ExpressionError as error:
+            raise ExpressionError(f"seed_functions[{index}] = {text!r} is not a valid expression: {error}") from None
+
+    def _enumeration(self):
+        return space_module.enumerate_core_units(self.core_units, self.unary_forms, self.binary_forms)
+
+    def set_project_dir(self, directory: str, project_name: str = "evolution", overwrite: bool = False) -> None:
+        """Persist to ``<directory>/<project_name>`` when driving the oracle without a Tuner.
+
+        An existing project is resumed (as a Tuner does with ``overwrite=False``) unless
+        `overwrite` is true, which deletes it first.
+        """
+        self._set_project_dir(directory, project_name)
+        path = os.path.join(str(directory), project_name)
+        if overwrite and os.path.exists(path):
+            shutil.rmtree(path)
+        self._synced = False
+        self._maybe_resume()
+
+    def _has_project_dir(self) -> bool:
+        return getattr(self, "_directory", None) is not None
+
+    # --- the KerasTuner contract -----------------------------------------------------------------
+
+    def create_trial(self, tuner_id):
+        """KerasTuner's `create_trial`, plus the lazy resume and the IDLE throttle."""
+        trial = self._create_trial(tuner_id)
+        if trial.status == TrialStatus.IDLE and self.idle_sleep:
+            time.sleep(self.idle_sleep)  # outside the lock: results can arrive meanwhile
+        return trial
+
+    @keras_tuner.synchronized
+    def _create_trial(self, tuner_id):
+        self._maybe_resume()
+        if (
+            tuner_id not in self.ongoing_trials
+            and not self._retry_queue
+            and self.max_trials
+            and len(self.trials) >= self.max_trials
+            and self.ongoing_trials
+        ):
+            # Budget spent but results pending: keep the worker (a result may need a retry).
+            self.tuner_ids.add(tuner_id)
+            return Trial(self.get_space(), status=TrialStatus.IDLE)
+        return super().create_trial(tuner_id)
+
+    def populate_space(self, trial_id):
+        if self._running_count() >= self.population_size:
+            return {"status": TrialStatus.IDLE, "values": None}
+        proposal = self._propose()
+        if proposal is None or proposal is _WAIT:
+            if proposal is None:  # attempts consumed randomness and counters: keep them
+                self.save()
+            status = TrialStatus.IDLE if (proposal is _WAIT or self.ongoing_trials) else TrialStatus.STOPPED
+            self._stopped = status == TrialStatus.STOPPED
+            return {"status": status, "values": None}
+        expr, fp, operator, parents = proposal
+        generation = self._proposals // self.population_size
+        self._proposals += 1
+        self._fingerprints[fp] = trial_id
+        self._individuals[trial_id] = {
+            "expression": str(expr),
+            "fingerprint": fp,
+            "operator": operator,
+            "parents": list(parents),
+            "generation": generation,
+            "status": _RUNNING,
+            "fitness": None,
+        }
+        self._generation_counts(generation)["proposed"] += 1
+        values = self._default_values()
+        values.update(
+            {GENOME: str(expr), PARENTS: ",".join(parents), GENERATION: generation, OPERATOR: operator}
+        )
+        return {"status": TrialStatus.RUNNING, "values": values}
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        ended = self.trials[trial.trial_id]
+        if ended.status == TrialStatus.INVALID:
+            # Queued for a retry: forget the failed attempt's metrics, otherwise KerasTuner takes
+            # them for the retry's (it skips reporting when the objective already exists).
+            ended.metrics = metrics_tracking.MetricsTracker()
+            ended.score = None
+            self._save_trial(ended)
+        if ended.status in (TrialStatus.COMPLETED, TrialStatus.FAILED):
+            self._ingest(ended)
+            self.save()
+
+    def get_state(self):
+        state = super().get_state()
+        state["evolution"] = {
+            "version": STATE_VERSION,
+            "strategy": self.strategy,
+            "space": self.space.name,
+            "rng": _rng_state_to_json(self._rng.getstate()),
+            "individuals": self._individuals,
+            "population": self._population,
+            "fingerprints": self._fingerprints,
+            "ingested": self._ingested,
+            "generations": self._generations,
+            "proposals": self._proposals,
+            "seed_cursor": self._seed_cursor,
+            "enumeration_cursor": self._enum_cursor,
+        }
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        evolution = state.get("evolution")
+        if evolution is None:
+            raise ValueError("the saved oracle state has no 'evolution' section: it was not written by EvolutionaryOracle")
+        if evolution.get("version") != STATE_VERSION:
+            raise ValueError(f"saved oracle state version {evolution.get('version')!r}, expected {STATE_VERSION}")
+        for key, current in (("strategy", self.strategy), ("space", self.space.name)):
+            if evolution[key] != current:
+                raise ValueError(
+                    f"the saved search used {key}={evolution[key]!r} but this oracle has {key}={current!r}; "
+                    "resume with the same settings or start a new project (overwrite=True)"
+                )
+        self._rng.setstate(_rng_state_from_json(evolution["rng"]))
+        self._individuals = {tid: dict(info) for tid, info in evolution["individuals"].items()}
+        self._population = list(evolution["population"])
+        self._fingerprints = dict(evolution["fingerprints"])
+        self._ingested = list(evolution["ingested"])
+        self._generations = [dict(counts) for counts in evolution["generations"]]
+        self._proposals = int(evolution["proposals"])
+        self._seed_cursor = int(evolution["seed_cursor"])
+        self._enum_cursor = int(evolution["enumeration_cursor"])
+        self._enum_iterator = None
+        self._stopped = False
+
+    # --- persistence -----------------------------------------------------------------------------
+
+    def save(self):
+        self._synced = True
+        if self._has_project_dir():
+            _write_json_atomic(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        if self._has_project_dir():
+            path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
+            _write_json_atomic(path, trial.get_state())
+
+    def reload(self):
+        super().reload()
+        self._synced = True
+        self._reconcile()
+        self.save()
+
+    @keras_tuner.synchronized
+    def _maybe_resume(self):
+        """Reload a project nobody reloaded: a Tuner killed before it first saved its own file
+        (so it does not reload), or a batch executor that set a project directory."""
+        if self._synced:
+            return
+        self._synced = True
+        if self._has_project_dir() and not self.trials and os.path.exists(self._get_oracle_fname()):
+            self.reload()
+
+    def _reconcile(self) -> None:
+        """Repair what a process killed between two file writes left behind (see module doc)."""
+        recorded = set(self.start_order)
+        for trial_id in [tid for tid in self.trials if tid not in recorded]:
+            del self.trials[trial_id]  # written by create_trial, never recorded: proposed again
+        for trial_id in list(self._retry_queue):
+            trial = self.trials[trial_id]
+            if trial.status in (TrialStatus.COMPLETED, TrialStatus.FAILED):
+                self._retry_queue.remove(trial_id)  # ended on disk: finish, do not re-run
+                if trial_id not in self.end_order:
+                    self._run_times[trial_id] += 1
+                    self.end_order.append(trial_id)
+        for trial_id in self.end_order:
+            info = self._individuals.get(trial_id)
+            if info is not None and info["status"] == _RUNNING:
+                self._ingest(self.trials[trial_id])
+
+    # --- proposals -------------------------------------------------------------------------------
+
+    def _running_count(self) -> int:
+        return sum(1 for info in self._individuals.values() if info["status"] == _RUNNING)
+
+    def _generation_counts(self, generation: int) -> dict:
+        while len(self._generations) <= generation:
+            self._generations.append({"proposed": 0, "duplicates": 0, "rejected": 0})
+        return self._generations[generation]
+
+    def _default_values(self) -> dict:
+        """Default values of the other (active) hyper-parameters a hypermodel declared."""
+        hps = keras_tuner.HyperParameters()
+        for hp in self.hyperparameters.space:
+            hps.merge([hp])
+            if hps.is_active(hp):
+                hps.values[hp.name] = hp.default
+        return dict(hps.values)
+
+    def _screen(self, expr: Expression, parents_fingerprints: Sequence[str] = ()) -> str | None:
+        """The fingerprint of a candidate worth proposing, or None (duplicate or rejected; counted).
+
+        Returns the sentinel "neutral" when the candidate computes its parent's function.
+        """
+        counts = self._generation_counts(self._proposals // self.population_size)
+        text = str(expr)
+        fp = self._fingerprint_cache.get(text)
+        if fp is None:
+            try:
+                fp = fingerprint(expr)
+            except Exception:  # noqa: BLE001 - an expression that cannot even be evaluated
+                counts["rejected"] += 1
+                return None
+            if len(self._fingerprint_cache) > 100_000:
+                self._fingerprint_cache.clear()
+            self._fingerprint_cache[text] = fp
+        if fp in parents_fingerprints:
+            return "neutral"
+        if fp in self._fingerprints:
+            counts["duplicates"] += 1
+            return None
+        if fp in self._rejected_cache:
+            counts["rejected"] += 1
+            return None
+        try:
+            reason = check(expr)
+        except Exception as error:  # noqa: BLE001
+            reason = f"check failed: {error}"
+        if reason is not None:
+            self._rejected_cache.add(fp)
+            counts["rejected"] += 1
+            return None
+        return fp
+
+    def _propose(self):
+        """(expression, fingerprint, operator, parent ids), _WAIT, or None when nothing is left."""
+        while self._seed_cursor < len(self.seed_functions):
+            expr = self.seed_functions[self._seed_cursor]
+            self._seed_cursor += 1
+            fp = self._screen(expr)
+            if fp not in (None, "neutral"):
+                return expr, fp, "seed", []
+        if self.strategy == "exhaustive":
+            return self._next_enumerated()
+        if self.strategy == "random":
+            return self._sample()
+        if self._proposals < self.population_size:
+            sampled = self._sample()
+            if sampled is not None or not self._evaluated_population():
+                return sampled
+        return self._breed()
+
+    def _sample(self):
+        for _ in range(self.max_attempts):
+            expr = self.space.sample(self._rng)
+            fp = self._screen(expr)
+            if fp not in (None, "neutral"):
+                return expr, fp, "sample", []
+        return None
+
+    def _next_enumerated(self):
+        if self._enum_iterator is None:
+            self._enum_iterator = itertools.islice(self._enumeration(), self._enum_cursor, None)
+        for expr in self._enum_iterator:
+            self._enum_cursor += 1
+            fp = self._screen(expr)
+            if fp not in (None, "neutral"):
+                return expr, fp, "exhaustive", []
+        return None
+
+    # --- evolution -------------------------------------------------------------------------------
+
+    def _rank(self, trial_id: str) -> float:
+        """Larger is better; failed (or not yet evaluated) individuals rank last."""
+        fitness = self._individuals[trial_id]["fitness"]
+        if fitness is None:
+            return -math.inf
+        return fitness if self.objective.direction == "max" else -fitness
+
+    def _evaluated_population(self) -> list[str]:
+        return [tid for tid in self._population if self._individuals[tid]["status"] != _RUNNING]
+
+    def _tournament(self, members: list[str]) -> str:
+        contestants = self._rng.sample(members, min(self.tournament_size, len(members)))
+        return max(contestants, key=self._rank)  # ties: the first drawn
+
+    def _offspring(self, members: list[str]):
+        """One child (expression, operator, parent ids), not yet screened."""
+        first = self._tournament(members)
+        if len(members) >= 2 and self._rng.random() < self.crossover_rate:
+            second = self._tournament([tid for tid in members if tid != first])
+            child = self.space.crossover(
+                self._individuals[first]["expression"], self._individuals[second]["expression"], self._rng
+            )
+            operator, parents = "crossover", [first, second]
+            if self._rng.random() < self.mutation_rate:
+                child, kind = self.space.propose_mutation(child, self._rng)
+                operator += "+" + kind
+            return child, operator, parents
+        child, kind = self.space.propose_mutation(self._individuals[first]["expression"], self._rng)
+        return child, kind, [first]
+
+    def _breed(self):
+        members = self._evaluated_population()
+        if not members:
+            return _WAIT
+        found = []
+        for _ in range(self.max_attempts):
+            child, operator, parents = self._offspring(members)
+            parent_fps = [self._individuals[tid]["fingerprint"] for tid in parents]
+            fp = self._screen(child, parent_fps)
+            for _ in range(_MAX_NEUTRAL_STEPS):
+                if fp != "neutral":
+                    break
+                child, kind = self.space.propose_mutation(child, self._rng)
+                operator += "+" + kind
+                fp = self._screen(child, parent_fps)
+            if fp in (None, "neutral"):
+                if fp == "neutral":
+                    self._generation_counts(self._proposals // self.population_size)["duplicates"] += 1
+                continue
+            if any(fp == candidate[1] for candidate in found):
+                continue  # the same function bred twice in this round
+            found.append((child, fp, operator, parents))
+            if len(found) >= self.offspring_candidates:
+                break
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        return max(found, key=lambda candidate: self._surrogate(candidate[0]))
+
+    def _function_features(self, expr: Expression | str) -> np.ndarray:
+        """The function's outputs on 200 fingerprint probe points (clipped), for the surrogate."""
+        from activations.equivalence import _PROBES, evaluate_numpy
+
+        key = str(expr)
+        if key not in self._features:
+            with np.errstate(all="ignore"):
+                values = evaluate_numpy(key, _PROBES[:200])
+            self._features[key] = np.clip(np.nan_to_num(values, nan=0.0, posinf=1e4, neginf=-1e4), -1e4, 1e4)
+        return self._features[key]
+
+    def _surrogate(self, expr: Expression) -> float:
+        """Predicted quality of an unevaluated function: the mean quantile (0 worst, 1 best) of
+        its 3 nearest evaluated functions, distance being the RMS difference of their outputs on
+        the probe points. Quantiles make the prediction independent of the objective's scale."""
+        evaluated = list(self._ingested)
+        if not evaluated:
+            return 0.0
+        ranks = np.array([self._rank(tid) for tid in evaluated])
+        order = np.argsort(np.argsort(ranks, kind="stable"), kind="stable")
+        quantiles = order / max(1, len(evaluated) - 1)
+        others = np.stack([self._function_features(self._individuals[tid]["expression"]) for tid in evaluated])
+        distances = np.sqrt(np.mean((others - self._function_features(expr)) ** 2, axis=1))
+        nearest = np.argsort(distances, kind="stable")[:3]
+        return float(np.mean(quantiles[nearest]))
+
+    def _ingest(self, trial) -> None:
+        """Add a finished trial to the population (failed ones with the worst fitness)."""
+        info = self._individuals.get(trial.trial_id)
+        if info is None or info["status"] != _RUNNING:
+            return
+        score = trial.score
+        if trial.status == TrialStatus.COMPLETED and score is not None and math.isfinite(score):
+            info["status"], info["fitness"] = _COMPLETED, float(score)
+        else:
+            info["status"], info["fitness"] = _FAILED, None
+        self._ingested.append(trial.trial_id)
+        self._population.append(trial.trial_id)
+        while len(self._population) > self.population_size:
+            if self.selection == "aging":
+                self._population.pop(0)
+            else:
+                worst = min(range(len(self._population)), key=lambda i: (self._rank(self._population[i]), i))
+                self._population.pop(worst)
+
+    # --- batch API -------------------------------------------------------------------------------
+
+    def propose_batch(self, n: int | None = None, tuner_id_prefix: str = "batch") -> list[Trial]:
+        """Up to `n` new trials (all that can run now when None): one generation in batch mode.
+
+        Fewer come back at the generation barrier, at the end of the search, or when the
+        budget is spent; an empty list with `is_finished()` true means the search is over.
+        Each trial is created through `create_trial` under its own tuner id.
+        """
+        _check_int("n", n, 1, allow_none=True)
+        trials = []
+        index = 0
+        while n is None or len(trials) < n:
+            while f"{tuner_id_prefix}{index}" in self.ongoing_trials:
+                index += 1
+            trial = self._create_trial(f"{tuner_id_prefix}{index}")  # no IDLE sleep here
+            if trial.status != TrialStatus.RUNNING:
+                break
+            trials.append(trial)
+        return trials
+
+    def report(self, trial_id: str, value: float | Mapping[str, float] | None = None, error: str | None = None):
+        """Finish a trial from a batch executor: its objective value (or metrics dict), or an
+        `error` message. An error or a NaN value makes the trial INVALID, so KerasTuner's
+        retries (`max_retries_per_trial`) apply before it is FAILED with the worst fitness."""
+        if trial_id not in self.trials:
+            raise KeyError(f"unknown trial id {trial_id!r}")
+        trial = self.trials[trial_id]
+        if error is None and value is None:
+            raise ValueError("report() needs a value or an error message")
+        if trial.status != TrialStatus.RUNNING:
+            raise ValueError(
+                f"trial {trial_id!r} is {trial.status}, not RUNNING: report each trial once, after "
+                "create_trial / propose_batch handed it out"
+            )
+        if error is None:
+            metrics = dict(value) if isinstance(value, Mapping) else {self.objective.name: float(value)}
+            self.update_trial(trial_id, metrics)
+            trial.status = TrialStatus.COMPLETED
+        else:
+            trial.status = TrialStatus.INVALID
+            trial.message = str(error)
+        self.end_trial(trial)
+        return self.trials[trial_id]
+
+    def is_finished(self) -> bool:
+        """True when nothing is in flight and the budget is spent or the strategy has nothing
+        left (known once `create_trial` / `propose_batch` answered STOPPED)."""
+        if self.ongoing_trials or self._retry_queue or self._running_count():
+            return False
+        return bool(self.max_trials and len(self.trials) >= self.max_trials) or self._stopped
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    @property
+    def population(self) -> list[dict]:
+        """The current population, oldest first: trial id, expression, fitness (None = failed)."""
+        return [
+            {"trial_id": tid, "expression": self._individuals[tid]["expression"], "fitness": self._individuals[tid]["fitness"]}
+            for tid in self._population
+        ]
+
+    def lineage(self, trial_id: str) -> dict:
+        """Expression, operator, parents and generation of one trial."""
+        return dict(self._individuals[trial_id])
+
+    def counts(self) -> dict:
+        """Totals: proposed, duplicates and rejected offspring, completed and failed trials."""
+        totals = {"proposed": 0, "duplicates": 0, "rejected": 0}
+        for counts in self._generations:
+            for key in totals:
+                totals[key] += counts[key]
+        statuses = [info["status"] for info in self._individuals.values()]
+        totals["completed"] = statuses.count(_COMPLETED)
+        totals["failed"] = statuses.count(_FAILED)
+        totals["running"] = statuses.count(_RUNNING)
+        return totals
+
+    def history(self) -> list[dict]:
+        """Per generation: best, median and best-so-far fitness of its evaluated trials, the
+        number of distinct functions proposed so far, and its duplicate and rejected offspring."""
+        better = max if self.objective.direction == "max" else min
+        rows, best_so_far, distinct = [], None, 0
+        for generation, counts in enumerate(self._generations):
+            members = [info for info in self._individuals.values() if info["generation"] == generation]
+            scores = [info["fitness"] for info in members if info["status"] == _COMPLETED]
+            distinct += len(members)
+            best = better(scores) if scores else None
+            if best is not None:
+                best_so_far = best if best_so_far is None else better(best_so_far, best)
+            rows.append(
+                {
+                    "generation": generation,
+                    "proposed": counts["proposed"],
+                    "completed": len(scores),
+                    "failed": sum(1 for info in members if info["status"] == _FAILED),
+                    "running": sum(1 for info in members if info["status"] == _RUNNING),
+                    "best": best,
+                    "median": statistics.median(scores) if scores else None,
+                    "best_so_far": best_so_far,
+                    "distinct_fingerprints": distinct,
+                    "duplicates": counts["duplicates"],
+                    "rejected": counts["rejected"],
+                }
+            )
+        return rows
+
+
+# --- Tuner conveniences --------------------------------------------------------------------------
+
+
+def activation_from_hp(hp, **layer_kwargs):
+    """A new Keras activation layer for the trial's genome: `activations.get(hp.get("activation"))`.
+
+    `layer_kwargs` go to `activations.get` (e.g. ``sharing="channel"``).
+    """
+    from activations.named import get
+
+    return get(hp.get(GENOME), **layer_kwargs)
+
+
+_ORACLE_ARGUMENTS = frozenset(inspect.signature(EvolutionaryOracle.__init__).parameters) - {"self"}
+
+
+class EvolutionaryTuner(keras_tuner.Tuner):
+    """`keras_tuner.Tuner` with an `EvolutionaryOracle`, like `keras_tuner.RandomSearch`.
+
+    Keyword arguments of `EvolutionaryOracle` go to the oracle, the rest to `keras_tuner.Tuner`
+    (directory, project_name, overwrite, ...). Build the model with `activation_from_hp(hp)`.
+    """
+
+    def __init__(self, hypermodel=None, **kwargs):
+        oracle_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _ORACLE_ARGUMENTS}
+        super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)

@@ -1,0 +1,541 @@
+"""EvolutionaryOracle: the KerasTuner contract, batch driving, resume, and the search strategies.
+
+Fitness here is closed-form and cheap: how well `a * f(x) + b` (least squares) matches a
+swish-like target curve with a dip at zero, f taken at its initial parameters.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras_tuner
+import numpy as np
+import pytest
+from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.src import utils as kt_utils
+
+from activations import oracle as oracle_module
+from activations.equivalence import check, evaluate_numpy, fingerprint
+from activations.expression import parse
+from activations.oracle import (
+    DEFAULT_SEEDS,
+    GENERATION,
+    GENOME,
+    OPERATOR,
+    PARENTS,
+    EvolutionaryOracle,
+    EvolutionaryTuner,
+    activation_from_hp,
+)
+from activations.space import MUTATIONS, SearchSpace, enumerate_core_units
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
+GRID = np.linspace(-4.0, 4.0, 81)
+TARGET = GRID / (1.0 + np.exp(-1.5 * GRID)) - 0.2 * np.exp(-GRID**2)
+FITNESS = keras_tuner.Objective("fitness", direction="max")
+
+
+def target_fitness(text: str) -> float:
+    """1 - normalised squared error of the best affine fit a*f+b to TARGET (NaN if f is not finite)."""
+    with np.errstate(all="ignore"):
+        values = evaluate_numpy(text, GRID)
+    if not np.all(np.isfinite(values)):
+        return float("nan")
+    design = np.stack([values, np.ones_like(values)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, TARGET, rcond=None)
+    residual = design @ coef - TARGET
+    return float(1.0 - residual @ residual / np.sum((TARGET - TARGET.mean()) ** 2))
+
+
+def make_oracle(**kwargs) -> EvolutionaryOracle:
+    settings = dict(objective=FITNESS, max_trials=12, population_size=4, tournament_size=2, seed=7, idle_sleep=0.0)
+    settings["seed_functions"] = DEFAULT_SEEDS[:3]
+    settings.update(kwargs)
+    oracle = EvolutionaryOracle(**settings)
+    oracle.verbose = 0
+    return oracle
+
+
+def drive(oracle, fitness=target_fitness, limit=1000):
+    """Run the oracle one trial at a time, as a single KerasTuner worker would."""
+    for _ in range(limit):
+        trial = oracle.create_trial("worker")
+        if trial.status == TrialStatus.STOPPED:
+            return
+        assert trial.status == TrialStatus.RUNNING
+        oracle.report(trial.trial_id, fitness(trial.hyperparameters.get(GENOME)))
+    raise AssertionError("search did not stop")
+
+
+def genomes(oracle) -> list[str]:
+    return [oracle.trials[tid].hyperparameters.get(GENOME) for tid in sorted(oracle.trials)]
+
+
+class CheapTuner(keras_tuner.Tuner):
+    """A Tuner whose trial is the closed-form fitness; records every trial it runs."""
+
+    def __init__(self, *args, fitness=target_fitness, log=None, **kwargs):
+        self.fitness = fitness
+        self.log = [] if log is None else log
+        super().__init__(*args, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        self.log.append(trial.trial_id)
+        return {"fitness": self.fitness(trial.hyperparameters.get(GENOME))}
+
+
+# --- 1. keras_tuner.Tuner.search ----------------------------------------------------------------
+
+
+def test_tuner_search_runs_every_trial_once_with_lineage(tmp_path):
+    oracle = make_oracle(max_trials=14)
+    tuner = CheapTuner(oracle=oracle, directory=tmp_path, project_name="search")
+    tuner.search(verbose=0)
+
+    trials = [oracle.trials[tid] for tid in sorted(oracle.trials)]
+    assert len(trials) == 14 and len(tuner.log) == 14
+    assert all(trial.status == TrialStatus.COMPLETED for trial in trials)
+    fps = [fingerprint(trial.hyperparameters.get(GENOME)) for trial in trials]
+    assert len(set(fps)) == len(fps), "a function was trained twice"
+    assert genomes(oracle)[:3] == [str(parse(text)) for text in DEFAULT_SEEDS[:3]]
+    for trial in trials:
+        values = trial.hyperparameters.values
+        assert parse(values[GENOME]) is not None and str(parse(values[GENOME])) == values[GENOME]
+        assert isinstance(values[GENERATION], int) and isinstance(values[PARENTS], str)
+        parents = [p for p in values[PARENTS].split(",") if p]
+        if values[OPERATOR] in ("seed", "sample"):
+            assert parents == [] and values[GENERATION] == 0
+        else:
+            assert values[OPERATOR].split("+")[0] in MUTATIONS + ("crossover", "resample")
+            assert parents and all(p in oracle.trials and p < trial.trial_id for p in parents)
+            assert values[GENERATION] >= 1
+    best = tuner.get_best_hyperparameters(1)[0].get(GENOME)
+    assert target_fitness(best) == max(trial.score for trial in trials)
+    assert (tmp_path / "search" / "oracle.json").exists()
+    json.loads((tmp_path / "search" / "oracle.json").read_text())  # plain JSON
+
+
+def test_evolutionary_tuner_with_a_real_keras_model_on_digits(tmp_path):
+    import keras
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data[:200] / 16.0).astype("float32")
+    y = digits.target[:200]
+    used = []
+
+    def build(hp):
+        used.append(hp.get(GENOME))
+        layer = activation_from_hp(hp)
+        assert isinstance(layer, keras.layers.Layer)
+        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16), layer, keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    tuner = EvolutionaryTuner(
+        build,
+        objective="val_accuracy",
+        max_trials=3,
+        population_size=2,
+        tournament_size=1,
+        seed_functions=["relu(x)", "tanh(x)"],
+        seed=1,
+        directory=tmp_path,
+        project_name="digits",
+    )
+    tuner.search(x, y, epochs=1, batch_size=32, validation_split=0.25, verbose=0)
+    trials = list(tuner.oracle.trials.values())
+    assert len(trials) == 3 and all(t.status == TrialStatus.COMPLETED for t in trials)
+    assert all(0.0 <= t.score <= 1.0 for t in trials)
+    assert {t.hyperparameters.get(GENOME) for t in trials} <= set(used)
+    assert tuner.oracle.trials["2"].hyperparameters.get(OPERATOR) != "seed"
+
+
+# --- 3. batch driving: create_trial / update_trial / end_trial -----------------------------------
+
+
+def test_batch_executor_gets_one_generation_per_batch_and_idle_at_the_barrier():
+    oracle = make_oracle(max_trials=12, population_size=4, idle_sleep=0.05)
+    first = [oracle.create_trial(f"executor-{i}") for i in range(4)]
+    assert [t.status for t in first] == [TrialStatus.RUNNING] * 4
+    started = time.perf_counter()
+    blocked = oracle.create_trial("executor-4")
+    assert blocked.status == TrialStatus.IDLE  # every population slot is in flight
+    assert time.perf_counter() - started >= 0.05  # throttled inside the oracle
+    # Results arrive in parallel-executor order (not proposal order), through the plain API.
+    for trial in reversed(first):
+        oracle.update_trial(trial.trial_id, {"fitness": target_fitness(trial.hyperparameters.get(GENOME))})
+        trial.status = TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    second = oracle.propose_batch()
+    assert len(second) == 4 and oracle.propose_batch() == []
+    assert {t.hyperparameters.get(GENERATION) for t in second} == {1}
+    first_ids = {t.trial_id for t in first}
+    for trial in second:
+        parents = trial.hyperparameters.get(PARENTS).split(",")
+        assert set(parents) <= first_ids
+    for trial in second:
+        oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+    third = oracle.propose_batch(n=10)
+    assert len(third) == 4 and not oracle.is_finished()
+    for trial in third:
+        oracle.report(trial.trial_id, error="worker lost")  # INVALID, no retries left -> FAILED
+    assert oracle.propose_batch() == [] and oracle.is_finished()
+    assert all(oracle.trials[t.trial_id].status == TrialStatus.FAILED for t in third)
+    history = oracle.history()
+    assert [row["proposed"] for row in history] == [4, 4, 4]
+    assert history[2]["failed"] == 4 and history[2]["best"] is None
+    with pytest.raises(KeyError, match="unknown trial id"):
+        oracle.report("nope", 1.0)
+    with pytest.raises(ValueError, match="is COMPLETED, not RUNNING"):
+        oracle.report(first[0].trial_id, 0.5)
+
+
+def test_batch_results_in_the_same_order_give_the_same_search():
+    def run():
+        oracle = make_oracle(max_trials=16, population_size=4)
+        while True:
+            batch = oracle.propose_batch()
+            if not batch:
+                break
+            for trial in sorted(batch, key=lambda t: t.trial_id, reverse=True):
+                oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+        return genomes(oracle), oracle.population
+
+    assert run() == run()
+
+
+# --- 4. kill and resume --------------------------------------------------------------------------
+
+
+def test_state_is_plain_json_and_set_state_continues_exactly():
+    reference = make_oracle(max_trials=16)
+    drive(reference)
+
+    first = make_oracle(max_trials=16)
+    for _ in range(7):
+        trial = first.create_trial("w")
+        first.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+    in_flight = first.create_trial("w")  # killed while this one trains
+    state = json.loads(json.dumps(first.get_state(), allow_nan=False))
+    trials = {tid: keras_tuner.engine.trial.Trial.from_state(t.get_state()) for tid, t in first.trials.items()}
+
+    second = make_oracle(max_trials=16)
+    second.trials = trials
+    second.set_state(state)
+    assert second.population == first.population
+    assert second.history() == first.history()
+    resumed = second.create_trial("w")  # same proposal sequence from here on
+    assert resumed.trial_id == in_flight.trial_id
+    assert resumed.hyperparameters.values == in_flight.hyperparameters.values
+    second.report(resumed.trial_id, target_fitness(resumed.hyperparameters.get(GENOME)))
+    drive(second)
+    assert genomes(second) == genomes(reference)
+    assert second.population == reference.population
+
+
+class _Crash(BaseException):
+    """Stands for the process being killed (escapes every `except Exception`)."""
+
+
+def _trial_record(oracle):
+    return [(tid, t.hyperparameters.get(GENOME), t.status, t.score) for tid, t in sorted(oracle.trials.items())]
+
+
+def test_a_search_killed_before_any_file_write_resumes_exactly(tmp_path, monkeypatch):
+    """Crash before each file write of a Tuner search in turn; resume with overwrite=False."""
+    real_atomic, real_save_json = oracle_module._write_json_atomic, kt_utils.save_json
+    writes = {"count": 0, "crash_at": None}
+
+    def counted(write):
+        def wrapper(*args, **kwargs):
+            writes["count"] += 1
+            if writes["count"] == writes["crash_at"]:
+                raise _Crash()
+            return write(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(oracle_module, "_write_json_atomic", counted(real_atomic))
+    monkeypatch.setattr(kt_utils, "save_json", counted(real_save_json))
+
+    def search(directory, overwrite, log):
+        oracle = make_oracle(max_trials=6, population_size=3)
+        tuner = CheapTuner(oracle=oracle, directory=directory, project_name="p", overwrite=overwrite, log=log)
+        tuner.search(verbose=0)
+        return oracle
+
+    reference = _trial_record(search(tmp_path / "reference", True, []))
+    total = writes["count"]
+    assert total > 30
+    for crash_at in range(1, total + 1):
+        directory = tmp_path / f"crash{crash_at}"
+        writes.update(count=0, crash_at=crash_at)
+        with pytest.raises(_Crash):
+            search(directory, True, [])
+        writes["crash_at"] = None
+        completed = set()
+        for path in (directory / "p").glob("trial_*/trial.json"):
+            state = json.loads(path.read_text())
+            if state["status"] == TrialStatus.COMPLETED:
+                completed.add(state["trial_id"])
+        rerun = []
+        resumed = search(directory, False, rerun)
+        assert _trial_record(resumed) == reference, f"crash before write {crash_at}"
+        assert not completed & set(rerun), f"crash before write {crash_at}: completed trial re-run"
+
+
+KILL_SCRIPT = """
+import json, os, sys, time
+sys.path.insert(0, {tests!r})
+from test_oracle import CheapTuner, make_oracle, target_fitness
+
+def slow_fitness(text):
+    with open({log!r}, "a") as handle:
+        handle.write(json.dumps(text) + "\\n")
+    time.sleep(0.15)
+    return target_fitness(text)
+
+oracle = make_oracle(max_trials=14, population_size=4)
+tuner = CheapTuner(oracle=oracle, directory={directory!r}, project_name="p", overwrite={overwrite}, fitness=slow_fitness)
+tuner.search(verbose=0)
+"""
+
+
+def test_sigkilled_search_resumes_with_the_same_population(tmp_path):
+    reference = make_oracle(max_trials=14, population_size=4)
+    drive(reference)
+
+    log = tmp_path / "runs.log"
+    script = tmp_path / "search.py"
+    script.write_text(
+        KILL_SCRIPT.format(tests=str(PROJECT_ROOT / "tests"), log=str(log), directory=str(tmp_path), overwrite=True)
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(PROJECT_ROOT))
+    process = subprocess.Popen([sys.executable, str(script)], env=env, cwd=PROJECT_ROOT)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if log.exists() and len(log.read_text().splitlines()) >= 7:
+                break
+            assert process.poll() is None, "the search ended before it was killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the search did not get going within 90 s")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    project = tmp_path / "p"
+    saved = json.loads((project / "oracle.json").read_text())
+    before = {}
+    for path in project.glob("trial_*/trial.json"):
+        state = json.loads(path.read_text())
+        before[state["trial_id"]] = state
+    completed = {tid for tid, state in before.items() if state["status"] == TrialStatus.COMPLETED}
+    assert 5 <= len(completed) < 14
+
+    oracle = make_oracle(max_trials=14, population_size=4)
+    rerun = []
+    tuner = CheapTuner(oracle=oracle, directory=tmp_path, project_name="p", overwrite=False, log=rerun)
+    ingested = set(saved["evolution"]["ingested"])
+    if completed <= ingested:  # killed outside the end-of-trial writes: nothing to repair
+        assert [m["trial_id"] for m in oracle.population] == saved["evolution"]["population"]
+    assert {m["trial_id"] for m in oracle.population} <= completed
+    tuner.search(verbose=0)
+    assert not completed & set(rerun), "a completed trial was trained again"
+    assert len(rerun) <= 14 - len(completed)
+    for tid in completed:
+        assert oracle.trials[tid].score == before[tid]["score"]
+    assert genomes(oracle) == genomes(reference)
+    assert oracle.population == reference.population
+
+
+def test_lazy_resume_of_a_batch_project_and_mismatched_settings(tmp_path):
+    oracle = make_oracle(max_trials=10)
+    oracle.set_project_dir(tmp_path, "batch")
+    for trial in oracle.propose_batch():
+        oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+    resumed = make_oracle(max_trials=10)
+    resumed.set_project_dir(tmp_path, "batch")
+    assert resumed.population == oracle.population and len(resumed.trials) == 4
+    assert genomes(resumed) == genomes(oracle)
+    with pytest.raises(ValueError, match="strategy='evolution'.*strategy='random'"):
+        make_oracle(max_trials=10, strategy="random").set_project_dir(tmp_path, "batch")
+    fresh = make_oracle(max_trials=10)
+    fresh.set_project_dir(tmp_path, "batch", overwrite=True)
+    assert not fresh.trials
+
+
+# --- 5. determinism, counting, failures, strategies, history, errors ----------------------------
+
+
+def test_same_seed_same_fitness_same_proposals_and_other_seed_differs():
+    runs = []
+    for seed in (3, 3, 4):
+        oracle = make_oracle(max_trials=14, seed=seed)
+        drive(oracle)
+        runs.append(genomes(oracle))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_duplicates_and_rejected_candidates_are_counted_and_never_proposed():
+    seeds = ["relu(x)", "max(x, 0)", "exp(exp(exp(x)))", "zero(x) + 1", "tanh(x)", "x * tanh(x)"]
+    tiny = SearchSpace(
+        "tiny",
+        unary=("relu", "tanh", "abs"),
+        binary=("add", "max"),
+        sampler=lambda space, rng: parse(f"{rng.choice(space.unary)}(x)"),
+        max_nodes=5,
+        max_depth=3,
+        max_parameters=0,
+    )
+    oracle = make_oracle(space=tiny, seed_functions=seeds, max_trials=14, population_size=4)
+    drive(oracle)
+    proposed = genomes(oracle)
+    assert proposed[:3] == ["relu(x)", "tanh(x)", "mul(x,tanh(x))"]
+    fps = [fingerprint(text) for text in proposed]
+    assert len(set(fps)) == len(fps)
+    assert all(check(text) is None for text in proposed)
+    history = oracle.history()
+    assert history[0]["duplicates"] >= 1 and history[0]["rejected"] >= 2
+    counts = oracle.counts()
+    assert counts["duplicates"] > 1 and counts["proposed"] == len(proposed)
+    assert counts["duplicates"] == sum(row["duplicates"] for row in history)
+    assert counts["rejected"] == sum(row["rejected"] for row in history)
+
+
+def test_failed_trials_get_the_worst_fitness_and_the_search_goes_on(tmp_path):
+    def flaky(text):
+        if "tanh" in text or "sigmoid" in text:
+            raise RuntimeError("loss diverged")
+        if "gelu" in text:
+            return float("nan")
+        return target_fitness(text)
+
+    oracle = make_oracle(
+        max_trials=12,
+        seed_functions=["tanh(x)", "gelu(x)", "relu(x)", "sigmoid(x)"],
+        max_retries_per_trial=1,
+    )
+    log = []
+    tuner = CheapTuner(oracle=oracle, directory=tmp_path, project_name="flaky", fitness=flaky, log=log)
+    tuner.search(verbose=0)
+    statuses = {tid: t.status for tid, t in oracle.trials.items()}
+    assert len(statuses) == 12
+    failed = [tid for tid, status in statuses.items() if status == TrialStatus.FAILED]
+    assert {"00", "01", "03"} <= set(failed)
+    assert log.count("00") == 2 and log.count("01") == 2  # one KerasTuner retry each, then FAILED
+    for member in oracle.population:
+        if member["trial_id"] in failed:
+            assert member["fitness"] is None
+    assert oracle.counts()["failed"] == len(failed)
+    completed = [t for t in oracle.trials.values() if t.status == TrialStatus.COMPLETED]
+    assert completed and tuner.get_best_hyperparameters(1)[0].get(GENOME) != "tanh(x)"
+
+
+def test_elitist_selection_keeps_the_best_and_aging_keeps_the_newest():
+    elitist = make_oracle(max_trials=16, selection="elitist")
+    drive(elitist)
+    scores = sorted((t.score for t in elitist.trials.values()), reverse=True)
+    assert sorted((m["fitness"] for m in elitist.population), reverse=True) == scores[:4]
+    aging = make_oracle(max_trials=16)
+    drive(aging)
+    assert [m["trial_id"] for m in aging.population] == sorted(aging.trials)[-4:]
+
+
+def test_exhaustive_strategy_proposes_every_distinct_function_in_order_then_stops():
+    unary, binary = ["x", "-x", "sigmoid(x)", "tanh(x)", "beta*x"], ["x1*x2", "max(x1,x2)", "x1+x2"]
+    expected, seen = [], set()
+    for expr in enumerate_core_units(1, unary, binary):
+        fp = fingerprint(expr)
+        if fp in seen or check(expr) is not None:
+            continue
+        seen.add(fp)
+        expected.append(str(expr))
+    oracle = make_oracle(strategy="exhaustive", max_trials=None, unary_forms=unary, binary_forms=binary, seed_functions=())
+    drive(oracle)
+    proposed = genomes(oracle)
+    assert proposed == expected and len(expected) >= 20
+    assert {oracle.trials[tid].hyperparameters.get(OPERATOR) for tid in oracle.trials} == {"exhaustive"}
+    counts = oracle.counts()
+    assert counts["duplicates"] + counts["rejected"] == 5 * 5 * 3 - len(expected)
+    assert oracle.is_finished()
+    assert oracle.create_trial("again").status == TrialStatus.STOPPED
+
+
+def test_random_strategy_samples_the_space_without_parents():
+    oracle = make_oracle(strategy="random", max_trials=12)
+    drive(oracle)
+    operators = [oracle.trials[tid].hyperparameters.get(OPERATOR) for tid in sorted(oracle.trials)]
+    assert operators == ["seed"] * 3 + ["sample"] * 9
+    assert all(oracle.trials[tid].hyperparameters.get(PARENTS) == "" for tid in oracle.trials)
+    assert all(oracle.space.contains(parse(text)) for text in genomes(oracle)[3:])
+
+
+def test_history_reports_each_generation():
+    oracle = make_oracle(max_trials=16, population_size=4)
+    drive(oracle)
+    history = oracle.history()
+    assert [row["generation"] for row in history] == [0, 1, 2, 3]
+    assert [row["distinct_fingerprints"] for row in history] == [4, 8, 12, 16]
+    best_so_far = [row["best_so_far"] for row in history]
+    assert best_so_far == sorted(best_so_far)
+    for row in history:
+        assert row["best"] >= row["median"]
+        scores = [t.score for t in oracle.trials.values() if t.hyperparameters.get(GENERATION) == row["generation"]]
+        assert row["best"] == max(scores) and row["median"] == pytest.approx(float(np.median(scores)))
+    json.dumps(history, allow_nan=False)
+
+
+def test_surrogate_ranked_offspring_are_valid_and_deterministic():
+    runs = []
+    for _ in range(2):
+        oracle = make_oracle(max_trials=12, offspring_candidates=4)
+        drive(oracle)
+        runs.append(genomes(oracle))
+    assert runs[0] == runs[1]
+    fps = [fingerprint(text) for text in runs[0]]
+    assert len(set(fps)) == len(fps)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strategy": "annealing"}, "unknown strategy 'annealing'; allowed"),
+        ({"selection": "best"}, "unknown selection 'best'"),
+        ({"population_size": 0}, "population_size must be an integer >= 1"),
+        ({"population_size": 2.5}, "population_size must be an integer"),
+        ({"tournament_size": 5, "population_size": 4}, r"tournament_size \(5\) cannot exceed population_size \(4\)"),
+        ({"mutation_rate": 1.5}, r"mutation_rate must be a probability in \[0, 1\]"),
+        ({"crossover_rate": -0.1}, "crossover_rate must be a probability"),
+        ({"max_trials": 0}, "max_trials must be an integer >= 1 or None"),
+        ({"max_trials": True}, "max_trials must be an integer"),
+        ({"idle_sleep": -1}, "idle_sleep must be a number of seconds"),
+        ({"space": "nope"}, "unknown search space 'nope'"),
+        ({"core_units": 2}, "core_units only apply to strategy='exhaustive'"),
+        ({"strategy": "exhaustive", "core_units": 3}, "core_units must be 1 or 2"),
+        ({"strategy": "exhaustive", "unary_forms": ["x", "cot(x)"]}, r"unknown core-unit forms \['cot\(x\)'\]"),
+        ({"seed_functions": ["relu(x)", "relu(x"]}, r"seed_functions\[1\] = 'relu\(x' is not a valid expression"),
+        ({"seed_functions": "relu(x)"}, "must be a list of expression texts"),
+        ({"offspring_candidates": 0}, "offspring_candidates must be an integer >= 1"),
+    ],
+)
+def test_bad_parameters_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_oracle(**kwargs)
+
+
+def test_report_needs_a_value_or_an_error():
+    oracle = make_oracle()
+    (trial,) = oracle.propose_batch(1)
+    with pytest.raises(ValueError, match="needs a value or an error"):
+        oracle.report(trial.trial_id)
