@@ -123,21 +123,44 @@ def test_a_factory_that_reuses_one_layer_is_rejected():
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():
-    layer = models.ZeroPadShortcut(8, stride=2)
+    inputs = keras.Input((4, 4, 4))
+    model = keras.Model(inputs, models._shortcut_a(inputs, 8, 2, "block"))
+    assert count_params(model)["total"] == 0
     x = np.arange(2 * 4 * 4 * 4, dtype="float32").reshape(2, 4, 4, 4)
-    y = keras.ops.convert_to_numpy(layer(x))
+    y = keras.ops.convert_to_numpy(model(x))
     assert y.shape == (2, 2, 2, 8)
     np.testing.assert_array_equal(y[..., 2:6], x[:, ::2, ::2, :])
     assert not y[..., :2].any() and not y[..., 6:].any()
-    assert layer.compute_output_shape((None, 5, 5, 4)) == (None, 3, 3, 8)
 
 
-def test_models_round_trip_through_safe_keras_saving(tmp_path):
-    model = build_model("resnet20", (8, 8, 3), 10, "relu")
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
+def test_fused_batch_norm_matches_keras_batch_norm():
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 5, 5, 4)).astype("float32")
+    keras_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused = models.FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    y_keras = keras.ops.convert_to_numpy(keras_bn(x, training=True))
+    y_fused = keras.ops.convert_to_numpy(fused(x, training=True))
+    np.testing.assert_allclose(y_fused, y_keras, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), keras_bn.moving_mean.numpy(), rtol=1e-5)
+    # The fused kernel tracks the unbiased variance: n / (n - 1) times Keras' biased one.
+    n = 16 * 5 * 5
+    unbiased = 0.9 + 0.1 * x.reshape(-1, 4).var(axis=0) * n / (n - 1)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), unbiased, rtol=1e-4)
+    fused.moving_variance.assign(keras_bn.moving_variance.numpy())
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5
+        keras.ops.convert_to_numpy(fused(x)), keras.ops.convert_to_numpy(keras_bn(x)), atol=1e-5
     )
+
+
+def test_portable_models_save_with_keras_layers_only_and_round_trip(tmp_path):
+    model = build_model("resnet20", (8, 8, 3), 10, lambda: activations.get("swish", sharing="channel"))
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
+    model(x, training=True)  # move the batch-norm statistics away from their initial values
+    portable = models.portable_model(model)
+    layer_types = {type(layer) for layer in portable.layers}
+    assert models.FusedBatchNormalization not in layer_types
+    assert keras.layers.BatchNormalization in layer_types
+    path = tmp_path / "m.keras"
+    portable.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), expected, rtol=1e-5, atol=1e-5)

@@ -52,7 +52,7 @@ def test_small_cnn_learns_digits_and_reports_everything(digits, tmp_path):
     lines = []
     config = tiny(
         model="small_cnn", activation="x*sigmoid(beta*x)", sharing="channel", epochs=3, quiet=False,
-        output_dir=str(tmp_path / "run"),
+        output_dir=str(tmp_path / "run"), save_model=True,
     )
     result = train(config, digits, print_fn=lines.append)
 
@@ -85,6 +85,15 @@ def test_small_cnn_learns_digits_and_reports_everything(digits, tmp_path):
         assert f"{layer}/beta" in tags and f"activation/{layer}" in tags
     assert len(result.image_paths) == 4 and all(os.path.getsize(p) > 0 for p in result.image_paths)
     assert not os.path.exists(os.path.join(tmp_path, "run", "backup"))  # removed when complete
+
+    # The saved model loads in safe mode and computes what the trained model computes.
+    loaded = keras.saving.load_model(result.model_path, safe_mode=True)
+    images = digits.arrays("test")[0][:4].astype("float32") / 16.0
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images)),
+        keras.ops.convert_to_numpy(result.model(images, training=False)),
+        rtol=1e-4, atol=1e-4,
+    )
 
 
 def test_steps_mode_takes_exactly_the_requested_steps(digits):

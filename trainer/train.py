@@ -58,7 +58,14 @@ from trainer.callbacks import (
     StepLimit,
     activation_parameter_stats,
 )
-from trainer.models import MODEL_NAMES, SHARING_MODES, activation_factory, build_model, count_params
+from trainer.models import (
+    MODEL_NAMES,
+    SHARING_MODES,
+    activation_factory,
+    build_model,
+    count_params,
+    portable_model,
+)
 from trainer.precision import PRECISIONS, distribution_strategy, precision_scope
 
 logger = logging.getLogger(__name__)
@@ -109,7 +116,8 @@ class TrainConfig:
       output_dir: where logs, backups and results go; None: nothing is written (no resume).
       resume: continue from a backup in ``output_dir`` when one exists.
       tensorboard: write TensorBoard logs (needs ``output_dir``).
-      save_model: save the trained model as ``<output_dir>/model.keras``.
+      save_model: save the trained model as ``<output_dir>/model.keras`` (with Keras' own layers
+        only, so it loads in safe mode after ``import activations``).
       evaluate_test: evaluate the test split at the end.
       deterministic: deterministic TensorFlow kernels (slower; for exact repeatability).
       quiet: no per-epoch progress lines.
@@ -659,7 +667,7 @@ def train(
     )
     if paths.root:
         if config.save_model:
-            model.save(paths.model)
+            portable_model(model).save(paths.model)
             result.model_path = paths.model
         result.result_path = paths.result
         with open(paths.result, "w", encoding="utf-8") as f:
