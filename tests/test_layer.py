@@ -211,12 +211,13 @@ def test_fused_kernel_matches_keras_ops_values_and_gradients(expression, sharing
         np.testing.assert_allclose(g_fused.numpy(), g_ops.numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype):
+@pytest.mark.parametrize("dtype, channels", [("bfloat16", 4), ("bfloat16", 5), ("float16", 4)])
+def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channels):
+    """bfloat16 with an even channel count takes the packed layout; odd counts the plain one."""
     expression = "max(relu(x), cosh(elu(alpha * x)))"
     fused = ParametricActivation(expression, sharing="channel", implementation="fused", dtype=f"mixed_{dtype}")
     portable = ParametricActivation(expression, sharing="channel", implementation="ops", dtype=f"mixed_{dtype}")
-    x = _inputs()
+    x = _inputs((3, 5, channels))
     fused.build(x.shape)
     portable.build(x.shape)
     _set_parameters(fused)
@@ -293,3 +294,42 @@ def test_float64_layer_computes_in_float64():
     y = layer(tf.constant(_inputs(), dtype="float64"))
     assert y.dtype == "float64"
     assert layer.weights[0].dtype == "float32"
+
+
+def test_bfloat16_packing_round_trips_bit_exactly():
+    from activations.layer import _from_words, _pack_bfloat16, _to_words, _unpack_bfloat16
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(scale=10.0, size=60), [0.0, -0.0, np.inf, -np.inf]]).astype("float32")
+    x = tf.cast(tf.constant(values.reshape(8, 8)), tf.bfloat16)
+    even, odd = _unpack_bfloat16(_to_words(x))
+    np.testing.assert_array_equal(even.numpy(), tf.cast(x, "float32").numpy()[:, 0::2])
+    np.testing.assert_array_equal(odd.numpy(), tf.cast(x, "float32").numpy()[:, 1::2])
+    # Packing float32 values rounds exactly like a cast, NaN included.
+    wide = tf.constant(np.concatenate([rng.normal(size=(8, 6)), [[np.nan] * 6]]).astype("float32"))
+    packed = _from_words(_pack_bfloat16(wide[:, 0::2], wide[:, 1::2]), tf.shape(wide))
+    expected = tf.cast(wide, tf.bfloat16)
+    np.testing.assert_array_equal(tf.cast(packed[:-1], "float32").numpy(), tf.cast(expected[:-1], "float32").numpy())
+    assert np.all(np.isnan(tf.cast(packed[-1], "float32").numpy()))
+
+
+def test_bfloat16_model_trains_with_whole_model_xla():
+    keras.utils.set_random_seed(0)
+    model = _small_model("x * sigmoid(beta * x)", "channel", "mixed_bfloat16")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", jit_compile=True)
+    x = _inputs((6, 8, 8, 3))
+    history = model.fit(x, np.arange(6) % 3, batch_size=4, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert model.layers[2].weights[0].dtype == "float32"
+
+
+def test_prefer_wide_vectors_only_adds_its_flag_once(monkeypatch):
+    from activations.layer import WIDE_VECTORS_FLAG, prefer_wide_vectors
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert prefer_wide_vectors() is True
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {WIDE_VECTORS_FLAG}"
+    assert prefer_wide_vectors() is False
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_prefer_vector_width=256")
+    assert prefer_wide_vectors() is False
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
