@@ -269,19 +269,28 @@ def _fused_kernel(text: str):
         y = expression.evaluate(x, dict(zip(names, params)))
         return tf.broadcast_to(tf.cast(y, x.dtype), tf.shape(x))
 
-    def gradients(xs, dys, params_per_x):
-        """Input gradients and full-size parameter contributions for each (x, dy, params)."""
+    def gradients(xs, dys, params_per_x, part):
+        """Input gradients and/or full-size parameter contributions for each (x, dy, params).
+
+        `part` is "input", "params" or "all"; lists for the part not asked for are empty.
+        """
         fulls = [[tf.broadcast_to(p, tf.shape(x)) for p in params] for x, params in zip(xs, params_per_x)]
         with tf.GradientTape() as tape:
             tape.watch(xs)
             tape.watch(fulls)
             ys = [evaluate(x, full) for x, full in zip(xs, fulls)]
-        sources = list(xs) + [p for full in fulls for p in full]
+        sources = (list(xs) if part != "params" else []) + (
+            [p for full in fulls for p in full] if part != "input" else []
+        )
         grads = tape.gradient(
             ys, sources, output_gradients=dys, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        n = len(xs)
-        return grads[:n], [grads[n + i * len(names): n + (i + 1) * len(names)] for i in range(n)]
+        n = len(xs) if part != "params" else 0
+        input_grads = grads[:n]
+        if part == "input":
+            return input_grads, [[] for _ in xs]
+        per_x = [grads[n + i * len(names): n + (i + 1) * len(names)] for i in range(len(xs))]
+        return input_grads, per_x
 
     # Plain layout: any float dtype, computed in float32 (float64 stays float64).
     @xla
@@ -290,64 +299,84 @@ def _fused_kernel(text: str):
         return tf.cast(evaluate(tf.cast(x, dtype), [tf.cast(p, dtype) for p in params]), x.dtype)
 
     @xla
-    def backward(x, dy, *params):
+    def backward(x, dy, *params, part="all"):
         dtype = _tf_internal_dtype(x.dtype)
-        (dx,), (contributions,) = gradients(
-            [tf.cast(x, dtype)], [tf.cast(dy, dtype)], [[tf.cast(p, dtype) for p in params]]
+        dx, (contributions,) = gradients(
+            [tf.cast(x, dtype)], [tf.cast(dy, dtype)], [[tf.cast(p, dtype) for p in params]], part
         )
-        return (tf.cast(dx, x.dtype), *contributions)
+        return [tf.cast(g, x.dtype) for g in dx] + list(contributions)
 
     # Packed layout for bfloat16 with an even channel count: each uint32 word holds channels
     # (2k, 2k+1). Unpacking is a shift or a mask, so the kernel works on 32-bit lanes only and
     # vectorises at full float32 width (bfloat16 lanes halve XLA's vector width on CPU).
-    def halves(p):
-        return (p, p) if p.shape.rank == 0 else (p[0::2], p[1::2])
-
+    # Per-channel parameters are split into even and odd channels before the kernel: a strided
+    # read inside the loop stops XLA from vectorising it (5x slower).
     @xla
-    def forward_packed(words, *params):
+    def forward_packed(words, *halves):
         even, odd = _unpack_bfloat16(words)
-        pairs = [halves(p) for p in params]
-        return _pack_bfloat16(
-            evaluate(even, [pair[0] for pair in pairs]), evaluate(odd, [pair[1] for pair in pairs])
-        )
+        n = len(names)
+        return _pack_bfloat16(evaluate(even, halves[:n]), evaluate(odd, halves[n:]))
 
     @xla
-    def backward_packed(words, dy_words, *params):
-        pairs = [halves(p) for p in params]
-        (dx_even, dx_odd), (c_even, c_odd) = gradients(
-            list(_unpack_bfloat16(words)),
-            list(_unpack_bfloat16(dy_words)),
-            [[pair[0] for pair in pairs], [pair[1] for pair in pairs]],
+    def backward_packed(words, dy_words, *halves, part="all", shared=()):
+        # `shared` (static: retracing may relax the parameters' shapes) flags scalar parameters.
+        n = len(names)
+        dx, (c_even, c_odd) = gradients(
+            list(_unpack_bfloat16(words)), list(_unpack_bfloat16(dy_words)), [halves[:n], halves[n:]], part
         )
         contributions = []
-        for p, even, odd in zip(params, c_even, c_odd):
-            if p.shape.rank == 0:
-                contributions.append(even + odd)  # half the size to reduce
-            else:  # back to channel order: [..., C/2, 2] -> [..., C]
-                stacked = tf.stack([even, odd], axis=-1)
-                contributions.append(tf.reshape(stacked, tf.concat([tf.shape(even)[:-1], [-1]], 0)))
-        return (_pack_bfloat16(dx_even, dx_odd), *contributions)
+        for is_shared, even, odd in zip(shared, c_even, c_odd):
+            # One parameter shared by the layer: add the halves (half the size to reduce).
+            # Per channel: keep the halves apart; they are reduced, then interleaved, outside.
+            contributions.extend([even + odd] if is_shared else [even, odd])
+        return ([_pack_bfloat16(*dx)] if dx else []) + contributions
 
     def reduce_to(contribution, param):
         if param.shape.rank == 0:
             return tf.reduce_sum(contribution)
         return tf.reduce_sum(tf.reshape(contribution, [-1, tf.shape(param)[-1]]), axis=0)
 
+    def _reduce_packed(contributions, params):
+        contributions = list(contributions)
+        for p in params:
+            if p.shape.rank == 0:
+                yield tf.reduce_sum(contributions.pop(0))
+            else:
+                half = p[0::2]
+                even = reduce_to(contributions.pop(0), half)
+                odd = reduce_to(contributions.pop(0), half)
+                yield tf.reshape(tf.stack([even, odd], axis=-1), [-1])  # channel order again
+
     @tf.custom_gradient
     def kernel(x, *params):
         packed = x.dtype == tf.bfloat16 and x.shape.rank and x.shape[-1] is not None and x.shape[-1] % 2 == 0
         if packed:
             words = _to_words(x)
-            y = _from_words(forward_packed(words, *params), tf.shape(x))
+            halves = [p if p.shape.rank == 0 else p[0::2] for p in params] + [
+                p if p.shape.rank == 0 else p[1::2] for p in params
+            ]
+            y = _from_words(forward_packed(words, *halves), tf.shape(x))
         else:
             y = forward(x, *params)
 
         def grad(dy):
             if packed:
-                dx, *contributions = backward_packed(words, _to_words(tf.cast(dy, x.dtype)), *params)
-                dx = _from_words(dx, tf.shape(x))
+                shared = tuple(p.shape.rank == 0 for p in params)
+                run = functools.partial(
+                    backward_packed, words, _to_words(tf.cast(dy, x.dtype)), *halves, shared=shared
+                )
             else:
-                dx, *contributions = backward(x, dy, *params)
+                run = functools.partial(backward, x, dy, *params)
+            if len(params) == 1:
+                # Two kernels, each one loop over memory, beat one kernel with two outputs, for
+                # which XLA stores the intermediates both need (0.55-0.8x the time). With more
+                # parameters the second kernel has several outputs anyway and splitting lost.
+                (dx,), contributions = run(part="input"), run(part="params")
+            else:
+                dx, *contributions = run()
+            if packed:
+                dx = _from_words(dx, tf.shape(x))
+                return (dx, *_reduce_packed(contributions, params))
             return (dx, *(reduce_to(c, p) for c, p in zip(contributions, params)))
 
         return y, grad

@@ -211,12 +211,21 @@ def test_fused_kernel_matches_keras_ops_values_and_gradients(expression, sharing
         np.testing.assert_allclose(g_fused.numpy(), g_ops.numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype, channels", [("bfloat16", 4), ("bfloat16", 5), ("float16", 4)])
-def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channels):
+@pytest.mark.parametrize(
+    "dtype, channels, expression, sharing",
+    [
+        ("bfloat16", 4, "max(relu(x), cosh(elu(alpha * x)))", "channel"),
+        ("bfloat16", 4, "alpha * x * sigmoid(beta * x) + gamma", "channel"),
+        ("bfloat16", 6, "alpha * x * sigmoid(beta * x) + gamma", "layer"),
+        ("bfloat16", 4, "x * sigmoid(beta * x)", "layer"),
+        ("bfloat16", 5, "max(relu(x), cosh(elu(alpha * x)))", "channel"),
+        ("float16", 4, "max(relu(x), cosh(elu(alpha * x)))", "channel"),
+    ],
+)
+def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channels, expression, sharing):
     """bfloat16 with an even channel count takes the packed layout; odd counts the plain one."""
-    expression = "max(relu(x), cosh(elu(alpha * x)))"
-    fused = ParametricActivation(expression, sharing="channel", implementation="fused", dtype=f"mixed_{dtype}")
-    portable = ParametricActivation(expression, sharing="channel", implementation="ops", dtype=f"mixed_{dtype}")
+    fused = ParametricActivation(expression, sharing=sharing, implementation="fused", dtype=f"mixed_{dtype}")
+    portable = ParametricActivation(expression, sharing=sharing, implementation="ops", dtype=f"mixed_{dtype}")
     x = _inputs((3, 5, channels))
     fused.build(x.shape)
     portable.build(x.shape)
@@ -333,3 +342,25 @@ def test_prefer_wide_vectors_only_adds_its_flag_once(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_prefer_vector_width=256")
     assert prefer_wide_vectors() is False
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_expression_shared_by_layers_of_different_shapes_and_sharing(dtype):
+    """The compiled kernels are shared per expression and retrace with relaxed shapes."""
+    expression = "alpha * x * sigmoid(beta * x) - gamma * relu(x)"
+    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+    for shape, sharing in [((2, 4), "channel"), ((3, 6), "layer"), ((5, 2, 8), "channel"), ((1, 2), "layer")]:
+        fused = ParametricActivation(expression, sharing, implementation="fused", dtype=policy)
+        portable = ParametricActivation(expression, sharing, implementation="ops", dtype=policy)
+        x = _inputs(shape, seed=len(shape))
+        fused.build(x.shape)
+        portable.build(x.shape)
+        _set_parameters(fused, seed=shape[-1])
+        portable.set_weights(fused.get_weights())
+        (y_fused, grads_fused), (y_ops, grads_ops) = (
+            _values_and_gradients(layer, x, dtype) for layer in (fused, portable)
+        )
+        tolerance = 2e-2 if dtype == "bfloat16" else 1e-5
+        np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=tolerance, atol=tolerance)
+        for g_fused, g_ops in zip(grads_fused, grads_ops):
+            np.testing.assert_allclose(np.float32(g_fused), np.float32(g_ops), rtol=tolerance, atol=tolerance)
