@@ -15,8 +15,6 @@ Architectures (parameter counts at 32x32x3 input, 10 classes, trainable weights)
   **option A** (parameter-free: stride-2 subsampling and zero-padding of the new channels), as in
   the paper's CIFAR experiments, so the counts are the published 0.27M and 0.85M.
 
-Batch normalisation is :class:`FusedBatchNormalization` (TensorFlow's fused kernel, about twice
-as fast under mixed bfloat16 on CPU); :func:`portable_model` swaps in Keras' own layer for saving.
 * ``resnet56_v2`` - the pre-activation form (He et al. 2016, "Identity Mappings"): each basic
   block is BN-act-conv-BN-act-conv added to an untouched shortcut, with a final BN-act before
   pooling; option-A shortcuts as above (0.85M).
@@ -29,7 +27,9 @@ as fast under mixed bfloat16 on CPU); :func:`portable_model` swaps in Keras' own
 
 The logits layer (and anything after it) runs in float32 whatever the global dtype policy, so a
 network built under ``mixed_float16`` or ``mixed_bfloat16`` computes its loss in float32.
-The networks output logits (no softmax).
+The networks output logits (no softmax). Batch normalisation is :class:`FusedBatchNormalization`
+(TensorFlow's fused kernel, about twice as fast under mixed bfloat16 on CPU);
+:func:`portable_model` swaps Keras' own layer back in for saving.
 """
 
 from __future__ import annotations

@@ -443,6 +443,51 @@ def _align_data_order(
         iter(train_ds)
 
 
+def _compile(model: keras.Model, config: TrainConfig, schedule, one_hot: bool) -> None:
+    """Compiles ``model`` with the optimizer, loss and accuracy metric of ``config``."""
+    optimizer = make_optimizer(config, schedule)
+    if config.decay:
+        # Decay kernels only: not biases, batch-norm scales/shifts or activation parameters.
+        optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+    if one_hot:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
+
+
+class _RunCallbacks:
+    """The built-in callbacks of a run, in the order they must run (see trainer.callbacks)."""
+
+    def __init__(self, config: TrainConfig, paths: "_Paths", epochs: int, batch_size: int, print_fn):
+        self.monitor = DivergenceMonitor()
+        self.history = _History()
+        self.images: ActivationImages | None = None
+        self.backup = bool(paths.root and config.resume)
+        self.callbacks: list[keras.callbacks.Callback] = [self.monitor, EpochStats(batch_size)]
+        if config.steps is not None:
+            self.callbacks.append(StepLimit(config.steps))
+        self.callbacks.append(self.history)
+        summaries = os.path.join(paths.logs, "activations") if paths.root and config.tensorboard else None
+        if paths.root:
+            self.callbacks.append(keras.callbacks.CSVLogger(paths.history, append=True))
+        if summaries:
+            self.callbacks.append(
+                keras.callbacks.TensorBoard(log_dir=paths.logs, histogram_freq=0, write_graph=False, profile_batch=0)
+            )
+            self.callbacks.append(ActivationHistograms(summaries))
+        if not config.quiet:
+            self.callbacks.append(EpochLogger(epochs, print_fn))
+        if paths.root:
+            self.images = ActivationImages(summaries, paths.images)
+            self.callbacks.append(self.images)
+        if self.backup:
+            # After the other built-in callbacks, so that an epoch is backed up once fully logged.
+            self.callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=paths.backup))
+
+
 class _History(keras.callbacks.Callback):
     """Collects epoch logs in memory (used when no output_dir gives a CSV)."""
 
@@ -491,7 +536,7 @@ def train(
       config: the run.
       dataset: an already loaded ``trainer.data.Dataset`` (e.g. shared by many trials); when
         None, ``config.data`` is loaded.
-      callbacks: extra Keras callbacks (run after the built-in ones).
+      callbacks: extra Keras callbacks (run after the built-in ones, once the epoch is backed up).
       print_fn: receives the per-epoch progress lines (default: print); unused when quiet.
 
     A diverged run returns normally with ``diverged=True``. Configuration and data errors raise
@@ -564,55 +609,18 @@ def train(
     with _op_determinism(config.deterministic), precision_scope(config.precision) as policy:
         with strategy.scope():
             model = build_model(config.model, dataset.input_shape, num_classes, factory)
-            schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
-            optimizer = make_optimizer(config, schedule)
-            if config.decay:
-                optimizer.exclude_from_weight_decay(
-                    var_list=[v for v in model.trainable_variables if len(v.shape) <= 1]
-                )
-            if one_hot:
-                loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-                accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-            else:
-                loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-                accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-            model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
-
-        monitor = DivergenceMonitor()
-        memory_history = _History()
-        run_callbacks: list[keras.callbacks.Callback] = [monitor, EpochStats(batch_size)]
-        if config.steps is not None:
-            run_callbacks.append(StepLimit(config.steps))
-        run_callbacks.append(memory_history)
-        if paths.root:
-            run_callbacks.append(keras.callbacks.CSVLogger(paths.history, append=True))
-            if config.tensorboard:
-                run_callbacks.append(
-                    keras.callbacks.TensorBoard(
-                        log_dir=paths.logs, histogram_freq=0, write_graph=False, profile_batch=0
-                    )
-                )
-                run_callbacks.append(ActivationHistograms(os.path.join(paths.logs, "activations")))
-        if not config.quiet:
-            run_callbacks.append(EpochLogger(epochs, print_fn))
-        images = None
-        if paths.root:
-            images = ActivationImages(
-                os.path.join(paths.logs, "activations") if config.tensorboard else None, paths.images
-            )
-            run_callbacks.append(images)
-        if paths.root and config.resume:
-            # After the built-in callbacks, so that an epoch is backed up once it is fully logged.
-            run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=paths.backup))
+            _compile(model, config, learning_rate_schedule(config, steps_per_epoch, total_steps), one_hot)
+        run = _RunCallbacks(config, paths, epochs, batch_size, print_fn)
+        if run.backup:
             _align_data_order(train_ds, paths.backed_up_epoch(), steps_per_epoch, batches_per_epoch)
-        run_callbacks.extend(callbacks or [])
+        monitor = run.monitor
 
         model.fit(
             train_ds,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             validation_data=val_ds,
-            callbacks=run_callbacks,
+            callbacks=run.callbacks + list(callbacks or []),
             shuffle=False,  # the pipeline shuffles, seeded
             verbose=0,
         )
@@ -624,7 +632,7 @@ def train(
             if not math.isfinite(test_loss):
                 monitor.diverged, monitor.reason = True, f"non-finite test loss ({test_loss})"
 
-    history = _read_history(paths.history) if paths.root else memory_history.columns()
+    history = _read_history(paths.history) if paths.root else run.history.columns()
     val_acc = [v for v in history.get("val_accuracy", []) if v is not None and math.isfinite(v)]
     best_val = max(val_acc) if val_acc else None
     best_epoch = None
@@ -662,7 +670,7 @@ def train(
         log_dir=paths.logs if paths.root and config.tensorboard else None,
         history_path=paths.history if paths.root else None,
         backup_dir=paths.backup if paths.root and config.resume else None,
-        image_paths=list(images.paths) if images is not None else [],
+        image_paths=list(run.images.paths) if run.images is not None else [],
         model=model,
     )
     if paths.root:
