@@ -4,6 +4,8 @@ import glob
 import json
 import math
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -269,3 +271,33 @@ def test_activation_parameters_are_logged_as_histograms_and_images(digits, tmp_p
     assert set(stats) == set(names)
     alpha = stats[names[0]]["alpha"]
     assert alpha["size"] == 32 and alpha["min"] <= alpha["mean"] <= alpha["max"] and alpha["std"] >= 0
+
+
+# --------------------------------------------------------------------------------------------
+# Several devices
+
+
+_MIRRORED_SCRIPT = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer import train as T
+T.distribution_strategy = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+r = T.train(T.TrainConfig(model="small_cnn", activation="swish", sharing="channel", epochs=1,
+            batch_size=32, precision="mixed_bfloat16", quiet=True,
+            max_examples={"train": 128, "validation": 64, "test": 64}))
+assert type(r.model.distribute_strategy).__name__ == "MirroredStrategy"
+assert not r.diverged and r.final_loss is not None and r.test_accuracy is not None
+print("OK", r.steps_run)
+"""
+
+
+def test_training_under_mirrored_strategy_on_two_devices():
+    # Two logical CPU devices stand in for two GPUs (devices must be set before TF starts).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "OK 4" in done.stdout
