@@ -20,7 +20,9 @@ The layer therefore has two implementations:
   from `x` in the same loop (cheaper than storing and re-reading intermediates). Inside the
   kernels everything is float32, where the casts are free; input and output keep the layer's
   dtype. Parameter gradients leave the kernel as per-element contributions and are summed by
-  TensorFlow, whose CPU reductions were 1.5-2x faster than XLA's here.
+  TensorFlow, whose CPU reductions were 1.5-2x faster than XLA's here. With exactly one
+  parameter the backward pass is two single-output kernels (input gradient; contribution):
+  given two outputs XLA stores the intermediates both need, which cost 1.25-1.8x the time.
   bfloat16 inputs with an even channel count are handled as uint32 words holding two channels:
   unpacking is a shift or a mask and packing rounds to nearest even (bit-identical to a cast),
   so the kernel works on 32-bit lanes only. With bfloat16 lanes XLA halves its vector width; the
@@ -34,11 +36,17 @@ On CPUs with AVX-512, XLA still emits 256-bit vectors unless told otherwise;
 kernels a further 1.3-2x faster. It changes a process-wide XLA setting, so the library never
 calls it on its own.
 
-Measured with the benchmark on a shared (noisy) 2-core AVX-512 machine, as ratios of training
-throughput to built-in ReLU (CPU-time ratios; float32 / mixed_bfloat16):
-Swish `x*sigmoid(beta*x)` 0.89-0.92 / 0.80-0.84, `max(relu(x),cosh(elu(x)))` 0.78-0.81 /
-0.73-0.76 with wide vectors (0.72-0.75 / 0.60 without); keras.ops path 0.74 / 0.61 and
-0.43 / 0.29. Higher-order gradients are not supported through the packed bfloat16 kernel.
+Measured with the benchmark on a shared (noisy) 2-core AVX-512 machine, training throughput as
+a ratio to built-in ReLU (float32 / mixed_bfloat16; ranges over repeated runs):
+
+    expression                   fused               fused + wide vectors   keras.ops path
+    x*sigmoid(beta*x)            0.81-0.89 / 0.80    0.88-0.98 / 0.81-0.91  0.54-0.77 / 0.64
+    max(relu(x),cosh(elu(x)))    0.66 / 0.60-0.62    0.76-0.86 / 0.66-0.70  0.37-0.45 / 0.36
+
+What remains is arithmetic: a depth-3 expression with three exponentials per element is bound by
+XLA's vectorised `exp`, so cheaper operator formulas pay off directly (a one-`exp` cosh and an
+`exp`-based elu brought it to 0.83-0.88 / 0.72-0.76 with wide vectors). Higher-order gradients
+are not supported through the packed bfloat16 kernel.
 """
 
 from __future__ import annotations
@@ -135,8 +143,13 @@ class ParametricActivation(keras.layers.Layer):
         self.supports_masking = True
 
     @property
+    def initial_values(self) -> dict[str, float]:
+        """Parameter name -> the value its weight starts from."""
+        return dict(self._initial_values)
+
+    @property
     def parameters(self) -> dict:
-        """Parameter name -> weight (a Keras variable)."""
+        """Parameter name -> weight (a Keras variable); empty until the layer is built."""
         return dict(zip(self.expression.parameters, self._parameter_weights))
 
     def build(self, input_shape):

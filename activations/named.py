@@ -58,7 +58,7 @@ NAMED: dict[str, NamedActivation] = {
 
 ALIASES: dict[str, str] = {"identity": "linear", "leakyrelu": "leaky_relu", "hardswish": "hard_swish"}
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def names() -> list[str]:
@@ -88,15 +88,18 @@ def get(
             f"got {type(name_or_expression).__name__}"
         )
     text = name_or_expression.strip()
+    key = ALIASES.get(text.lower().replace("-", "_"), text.lower().replace("-", "_"))
+    if key in NAMED:
+        return _named_layer(key, sharing, initial)
     if _IDENTIFIER.fullmatch(text) and text != "x":
-        key = text.lower().replace("-", "_")
-        key = ALIASES.get(key, key)
-        if key in NAMED:
-            return _named_layer(key, sharing, initial)
         if key in operators.REGISTRY or key in operators.ALIASES:
             op = operators.get_operator(key)
             if op.arity == 1:
                 return ParametricActivation(f"{op.name}(x)", sharing=sharing, initial=initial)
+            raise ExpressionError(
+                f"operator {op.name!r} takes several arguments; write an expression such as "
+                f"'{op.name}(x, 0)'"
+            )
         raise ExpressionError(_unknown_name_message(text))
     return ParametricActivation(parse(text), sharing=sharing, initial=initial)
 

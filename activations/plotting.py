@@ -83,8 +83,8 @@ def _curves(subject, x: np.ndarray) -> tuple[str, np.ndarray]:
         )
     if isinstance(subject, ParametricActivation):
         if not subject.built:
-            initial = subject._initial_values  # an unbuilt layer plots at its initial values
-            params = {name: np.asarray(value) for name, value in initial.items()}
+            # An unbuilt layer plots at its initial values.
+            params = {name: np.asarray(value) for name, value in subject.initial_values.items()}
         else:
             params = {name: np.asarray(keras.ops.convert_to_numpy(w.value), dtype=np.float64)
                       for name, w in subject.parameters.items()}

@@ -143,3 +143,10 @@ def test_expression_of_keras_builtins():
 
 def test_names_lists_names_and_aliases():
     assert {"swish", "relu", "identity", "linear"} <= set(names())
+
+
+def test_expressions_that_look_like_dashed_names_are_parsed():
+    assert str(activations.get("x-1").expression) == "sub(x,1)"
+    assert str(activations.get("alpha-x").expression) == "sub(alpha,x)"
+    with pytest.raises(ExpressionError, match="operator 'max' takes several arguments"):
+        activations.get("max")

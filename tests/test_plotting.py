@@ -79,3 +79,11 @@ def test_bad_range_is_rejected(tmp_path, x_range):
 def test_bad_subject_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="expression text, an Expression or a Keras activation layer"):
         activations.plot(42, tmp_path / "x.png")
+
+
+def test_unbuilt_layer_plots_at_its_initial_values():
+    layer = activations.ParametricActivation("alpha * x", initial={"alpha": 0.5})
+    title, values, slopes = plotting.curves(layer, np.array([-2.0, 2.0]))
+    np.testing.assert_allclose(values[:, 0], [-1.0, 1.0])
+    np.testing.assert_allclose(slopes, 0.5, rtol=1e-6)
+    assert "alpha=0.5" in title
