@@ -7,16 +7,16 @@ built-in ReLU of the same precision. All models are built first; then every roun
 model in turn (order reversed every other round), so slow drifts of a shared machine hit all
 variants alike. The ratio reported is the median over rounds of the per-round ratio.
 
-    python bench/activation_overhead.py            # about 3-4 minutes on 2 cores
-    python bench/activation_overhead.py --quick    # about a minute
+    python bench/activation_overhead.py            # 2-3 minutes on 2 cores
+    python bench/activation_overhead.py --quick    # under a minute
     python bench/activation_overhead.py --variants relu,swish,swish:ops,depth3,depth3:ops
     python bench/activation_overhead.py --wide-vectors      # 512-bit XLA vectors (AVX-512 CPUs)
 
 The model is compiled with `jit_compile=False` (XLA only inside the activation layers), which is
 what Keras' "auto" resolves to on a CPU-only machine: compiling the whole train step with XLA ran
 this net at about 0.8x (float32) and 0.4x (mixed_bfloat16) of the non-XLA speed on a 2-core
-AVX-512 CPU; `--jit-compile` measures that configuration. "CPU-time ratio" compares the process CPU time per
-step; on a machine shared with other work it is steadier than the wall-clock ratio.
+AVX-512 CPU; `--jit-compile` measures that configuration. "CPU-time ratio" compares the process
+CPU time per step; on a machine shared with other work it is steadier than the wall-clock ratio.
 """
 
 from __future__ import annotations
