@@ -114,8 +114,41 @@ def command_run() -> int:
         from pipeline.local_runner import LocalRunner
 
         result = LocalRunner(on_progress=_print_progress).run(pipeline, run_id=FLAGS.run_id)
+    publish(result.run_json)
     _print_summary(result.run_json)
     return 0
+
+
+def publish(run_json: str) -> None:
+    """Copies the deliverables to stable places under the pipeline root and points run.json
+    at them: `export/activation.json`, `export/model.keras`, `report/report.html`, `report/report.md`."""
+    import shutil
+
+    with open(run_json) as f:
+        run = json.load(f)
+    root = os.path.dirname(os.path.abspath(run_json))
+    results = run.setdefault("results", {})
+    exported = results.get("exported_activation")
+    if exported and os.path.isdir(exported):
+        target = os.path.join(root, "export")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(exported, target)
+        results["exported_activation"] = os.path.join(target, "activation.json")
+        if os.path.exists(os.path.join(target, "model.keras")):
+            results["exported_model"] = os.path.join(target, "model.keras")
+    report = results.get("report")
+    if report and os.path.exists(report):
+        target = os.path.join(root, "report")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(os.path.dirname(report), target)
+        results["report"] = os.path.join(target, os.path.basename(report))
+        results["report_markdown"] = os.path.join(target, "report.md")
+    evaluation = results.get("evaluation")
+    if evaluation and os.path.isdir(evaluation):
+        results["evaluation"] = os.path.join(evaluation, "evaluation.json")
+    with open(run_json + ".tmp", "w") as f:
+        json.dump(run, f, indent=2)
+    os.replace(run_json + ".tmp", run_json)
 
 
 def _print_summary(run_json: str) -> None:
@@ -127,11 +160,12 @@ def _print_summary(run_json: str) -> None:
         seconds = info.get("duration_s")
         print(f"  {cid:<14} {info.get('state', ''):<9} {'' if seconds is None else f'{seconds:7.1f} s'}")
     evaluation = results.get("evaluation")
-    if evaluation and os.path.exists(os.path.join(evaluation, "evaluation.json")):
-        with open(os.path.join(evaluation, "evaluation.json")) as f:
+    if evaluation and os.path.isfile(evaluation):
+        with open(evaluation) as f:
             print(f"\n{json.load(f).get('summary', '')}")
     print(f"\nrun record:   {run_json}")
-    for key, label in (("report", "report:      "), ("exported_activation", "activation:  ")):
+    for key, label in (("report", "report:      "), ("exported_activation", "activation:  "),
+                       ("exported_model", "model:       ")):
         if key in results:
             print(f"{label} {results[key]}")
     if "tensorboard" in results:
@@ -196,8 +230,10 @@ def command_show(run_id: str) -> int:
         for key, path in run.results.items():
             print(f"  result {key}: {path}")
         exported = run.results.get("exported_activation")
-        if exported and search_uri:
-            _print_function_lineage(os.path.join(exported, "activation.json"), search_uri)
+        if exported and os.path.isdir(exported):
+            exported = os.path.join(exported, "activation.json")
+        if exported and os.path.exists(exported) and search_uri:
+            _print_function_lineage(exported, search_uri)
     return 0
 
 
@@ -248,6 +284,8 @@ def main(argv: list[str]) -> int:
 
 def run_main() -> None:
     """Console-script entry point."""
+    # TensorFlow's C++ start-up chatter drowns the progress lines; TF_CPP_MIN_LOG_LEVEL=0 shows it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main)
 
 
