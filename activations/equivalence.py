@@ -23,7 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
-from activations.expression import Expression, parse
+from activations.expression import Expression, initial_values, parse
 
 NUM_PROBES = 1000
 PROBE_LIMIT = 5.0
@@ -46,14 +46,6 @@ def probe_points() -> np.ndarray:
 
 
 _PROBES = probe_points()
-
-
-def initial_values(expr: Expression, initial: float | Mapping[str, float] | None = None) -> dict[str, float]:
-    """Each parameter's starting value: `initial` as a number for all, a mapping, or 1.0."""
-    if isinstance(initial, Mapping):
-        return {name: float(initial.get(name, 1.0)) for name in expr.parameters}
-    value = 1.0 if initial is None else float(initial)
-    return {name: value for name in expr.parameters}
 
 
 def _shifted_values(values: dict[str, float]) -> dict[str, float]:

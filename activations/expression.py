@@ -18,7 +18,8 @@ import dataclasses
 import difflib
 import functools
 import re
-from typing import Iterator, Mapping
+import math
+from typing import Iterator, Mapping, Union
 
 from activations import operators
 
@@ -27,6 +28,10 @@ MAX_NODES = 256
 MAX_DEPTH = 32
 MAX_NAME_LENGTH = 32
 INPUT_NAME = "x"
+DEFAULT_INITIAL = 1.0
+"""Value a learnable parameter starts from unless told otherwise."""
+
+Initial = Union[None, float, Mapping[str, float]]
 
 _INFIX_TO_OPERATOR = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow"}
 
@@ -455,3 +460,36 @@ def parse(text: str) -> Expression:
     if len(text) > MAX_TEXT_LENGTH:
         raise ExpressionError(f"expression text is {len(text)} characters; the limit is {MAX_TEXT_LENGTH}")
     return _Parser(text).parse()
+
+
+def _check_number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def initial_values(expression: Expression, initial: Initial = None) -> dict[str, float]:
+    """Each parameter's value from `initial`: None (all DEFAULT_INITIAL), one number for all,
+    or a dict {name: number} (unnamed parameters DEFAULT_INITIAL). Unknown names and non-finite
+    numbers raise ValueError naming what is allowed."""
+    names = expression.parameters
+    if initial is None:
+        return {name: DEFAULT_INITIAL for name in names}
+    if isinstance(initial, Mapping):
+        unknown = sorted(set(initial) - set(names))
+        if unknown:
+            allowed = ", ".join(names) if names else "none: the expression has no parameters"
+            raise ValueError(
+                f"initial names unknown parameter(s) {unknown} of {expression}; its parameters are: {allowed}"
+            )
+        values = {name: DEFAULT_INITIAL for name in names}
+        for name, value in initial.items():
+            values[name] = _check_number(value, f"initial value of {name!r}")
+        return values
+    if isinstance(initial, (int, float)) and not isinstance(initial, bool):
+        value = _check_number(initial, "initial")
+        return {name: value for name in names}
+    raise ValueError(
+        "initial must be None, a finite number or a dict {parameter name: number}, "
+        f"got {type(initial).__name__}"
+    )

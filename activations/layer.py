@@ -52,20 +52,16 @@ are not supported through the packed bfloat16 kernel.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from typing import Mapping, Union
 
 import keras
 from keras import ops
 
-from activations.expression import Expression, parse
+from activations.expression import Expression, Initial, initial_values, parse
 
 SHARING_MODES = ("layer", "channel")
 IMPLEMENTATIONS = ("auto", "fused", "ops")
-DEFAULT_INITIAL = 1.0
-
-Initial = Union[None, float, Mapping[str, float]]
 
 
 WIDE_VECTORS_FLAG = "--xla_cpu_prefer_vector_width=512"
@@ -138,7 +134,7 @@ class ParametricActivation(keras.layers.Layer):
         self.sharing = sharing
         self.initial = initial
         self.implementation = implementation
-        self._initial_values = _initial_values(self.expression, initial)
+        self._initial_values = initial_values(self.expression, initial)
         self._parameter_weights: list = []
         self.supports_masking = True
 
@@ -212,40 +208,6 @@ class ParametricActivation(keras.layers.Layer):
             }
         )
         return config
-
-
-# --- argument checking ---------------------------------------------------------------------------
-
-
-def _check_number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _initial_values(expression: Expression, initial: Initial) -> dict[str, float]:
-    """Each parameter's starting value from `initial` (None, a number, or a name->number dict)."""
-    names = expression.parameters
-    if initial is None:
-        return {name: DEFAULT_INITIAL for name in names}
-    if isinstance(initial, Mapping):
-        unknown = sorted(set(initial) - set(names))
-        if unknown:
-            allowed = ", ".join(names) if names else "none: the expression has no parameters"
-            raise ValueError(
-                f"initial names unknown parameter(s) {unknown} of {expression}; its parameters are: {allowed}"
-            )
-        values = {name: DEFAULT_INITIAL for name in names}
-        for name, value in initial.items():
-            values[name] = _check_number(value, f"initial value of {name!r}")
-        return values
-    if isinstance(initial, (int, float)) and not isinstance(initial, bool):
-        value = _check_number(initial, "initial")
-        return {name: value for name in names}
-    raise ValueError(
-        "initial must be None, a finite number or a dict {parameter name: number}, "
-        f"got {type(initial).__name__}"
-    )
 
 
 def _serialisable_initial(initial: Initial):

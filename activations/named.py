@@ -9,6 +9,7 @@ instead, because the built-in is faster and is what a baseline should be measure
   In a training benchmark `ParametricActivation("relu(x)")` ran at 0.8-0.9x of it.
 * `linear` / `identity` -> `keras.layers.Identity()`: nothing to compute.
 
+`expression_for(name)` gives the expression behind a name without building a layer;
 `expression_of(layer)` recovers the expression of any layer `get` returns.
 """
 
@@ -82,6 +83,22 @@ def get(
     """
     if isinstance(name_or_expression, Expression):
         return ParametricActivation(name_or_expression, sharing=sharing, initial=initial)
+    key, expression = _resolve(name_or_expression)
+    if key is not None:
+        return _named_layer(key, sharing, initial)
+    return ParametricActivation(expression, sharing=sharing, initial=initial)
+
+
+def expression_for(name_or_expression: Union[str, Expression]) -> Expression:
+    """The expression `get` would compute for a name or expression text (`"swish"` ->
+    `x * sigmoid(beta * x)`), without building a layer. Raises as `get` does."""
+    if isinstance(name_or_expression, Expression):
+        return name_or_expression
+    return _resolve(name_or_expression)[1]
+
+
+def _resolve(name_or_expression: str) -> tuple[Optional[str], Expression]:
+    """(the usual name, or None; the expression) for a name, a bare unary operator or any text."""
     if not isinstance(name_or_expression, str):
         raise ValueError(
             "an activation is a name (e.g. 'swish') or expression text/Expression, "
@@ -90,18 +107,18 @@ def get(
     text = name_or_expression.strip()
     key = ALIASES.get(text.lower().replace("-", "_"), text.lower().replace("-", "_"))
     if key in NAMED:
-        return _named_layer(key, sharing, initial)
+        return key, parse(NAMED[key].expression)
     if _IDENTIFIER.fullmatch(text) and text != "x":
         if key in operators.REGISTRY or key in operators.ALIASES:
             op = operators.get_operator(key)
             if op.arity == 1:
-                return ParametricActivation(f"{op.name}(x)", sharing=sharing, initial=initial)
+                return None, parse(f"{op.name}(x)")
             raise ExpressionError(
                 f"operator {op.name!r} takes several arguments; write an expression such as "
                 f"'{op.name}(x, 0)'"
             )
         raise ExpressionError(_unknown_name_message(text))
-    return ParametricActivation(parse(text), sharing=sharing, initial=initial)
+    return None, parse(text)
 
 
 def _named_layer(key: str, sharing: str, initial: Initial) -> keras.layers.Layer:

@@ -13,7 +13,7 @@ Rendering uses matplotlib's Agg canvas directly (no pyplot global state).
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Mapping, Optional, Union
 
 import keras
 import numpy as np
@@ -35,47 +35,57 @@ def plot(
     path: Union[str, os.PathLike],
     *,
     x_range: tuple[float, float] = (-5.0, 5.0),
+    parameters: Optional[Mapping[str, float]] = None,
 ) -> str:
     """Write a PNG of the function and its derivative on `x_range`; returns the path.
 
     `expr_or_layer`: expression text, an `Expression`, a `ParametricActivation` (its current
     parameter values, per channel if so shared) or another elementwise Keras layer (e.g. what
-    `activations.get` returns).
+    `activations.get` returns). An expression is drawn with `parameters` (name -> value, e.g.
+    the means a search's final runs learned); parameters not given take the layer's default
+    initial value, 1.0.
     """
     low, high = (float(v) for v in x_range)
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(f"x_range must be two finite numbers (low, high) with low < high, got {x_range!r}")
     x = np.linspace(low, high, GRID_POINTS)
-    title, values, slopes = curves(expr_or_layer, x)
+    title, values, slopes = curves(expr_or_layer, x, parameters=parameters)
     _render(x, values, slopes, title, path)
     return os.fspath(path)
 
 
 def curves(
-    expr_or_layer: Union[str, Expression, keras.layers.Layer], x: np.ndarray
+    expr_or_layer: Union[str, Expression, keras.layers.Layer],
+    x: np.ndarray,
+    parameters: Optional[Mapping[str, float]] = None,
 ) -> tuple[str, np.ndarray, np.ndarray]:
     """(title, f, f') on the points `x`; f and f' have shape (len(x), channels).
 
     `channels` is 1 unless a layer has per-channel parameters. f' is a central finite
-    difference with step `STEP`.
+    difference with step `STEP`. `parameters` as for `plot` (expressions only).
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    title, values = _curves(expr_or_layer, x)
-    slopes = (_curves(expr_or_layer, x + STEP)[1] - _curves(expr_or_layer, x - STEP)[1]) / (2 * STEP)
+    title, values = _curves(expr_or_layer, x, parameters)
+    slopes = (_curves(expr_or_layer, x + STEP, parameters)[1]
+              - _curves(expr_or_layer, x - STEP, parameters)[1]) / (2 * STEP)
     return title, values, slopes
 
 
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def _curves(subject, x: np.ndarray) -> tuple[str, np.ndarray]:
+def _curves(subject, x: np.ndarray, parameters: Optional[Mapping[str, float]] = None) -> tuple[str, np.ndarray]:
     """(title, values of shape (len(x), channels)) for an expression or a layer."""
+    from activations.expression import initial_values
     from activations.layer import ParametricActivation
     from activations.named import expression_of
 
     if isinstance(subject, (str, Expression)):
         expression = parse(subject)
-        return _title(expression, {}), _evaluate(expression, x, {})
+        params = {name: np.asarray(value) for name, value in initial_values(expression, parameters).items()}
+        return _title(expression, params), _evaluate(expression, x, params)
+    if parameters is not None:
+        raise ValueError("parameters= applies to an expression; a layer is drawn with its own parameter values")
     if not isinstance(subject, keras.layers.Layer):
         raise ValueError(
             "plot takes expression text, an Expression or a Keras activation layer, "
