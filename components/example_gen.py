@@ -49,12 +49,11 @@ def _split_caps(max_examples: int | None, fractions: tuple[float, float, float])
 def _write_splits(dataset, uri: str, num_shards: int, beam_options) -> None:
     """One Beam pipeline with a branch per split: encode each example, write sharded TFRecords."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
+    from components.fanout import beam_pipeline
     from trainer.data import encode_example
 
-    options = PipelineOptions(list(beam_options) or ["--runner=DirectRunner"])
-    with beam.Pipeline(options=options) as pipeline:
+    with beam_pipeline(beam_options) as pipeline:
         for split in SPLITS:
             images, labels = dataset.arrays(split)
             os.makedirs(os.path.join(uri, split), exist_ok=True)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 from typing import Any
 
 from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from components.statistics import Evaluation
-from components.trainer import read_runs
+from components.trainer import learned_parameter_statistics, read_runs
 
 
 class ExporterSpec(ComponentSpec):
@@ -40,20 +39,6 @@ def choose_function(evaluation: Evaluation, runs: list[dict[str, Any]]) -> tuple
     discovered = [f for f in ranked if kinds.get(f.function) != "baseline"]
     pick = (discovered or ranked or list(evaluation.functions))[0]
     return pick.function, False
-
-
-def parameter_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per parameter: mean, std, min, max of the learned values over layers and seeds."""
-    values: dict[str, list[float]] = {}
-    for run in runs:
-        for params in (run.get("learned_parameters") or {}).values():
-            for name, value in params.items():
-                if value is not None:
-                    values.setdefault(name, []).append(float(value))
-    return {
-        name: {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v), "max": max(v), "count": len(v)}
-        for name, v in values.items()
-    }
 
 
 class ExporterExecutor(BaseExecutor):
@@ -84,7 +69,7 @@ class ExporterExecutor(BaseExecutor):
         }
         out = output_dict["exported"][0]
         record = activation_record(str(expression_for(function)), exec_properties["sharing"],
-                                   parameter_statistics(own_runs), summary, name=function)
+                                   learned_parameter_statistics(own_runs), summary, name=function)
         with open(out.path("activation.json"), "w") as f:
             json.dump(record, f, indent=2)
         finished = [r for r in own_runs if r.get("model_path") and r.get("test_accuracy") is not None]

@@ -84,19 +84,32 @@ def _load_result(work_dir: str, job_id: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int, beam_options: Sequence[str]) -> None:
+def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1):
+    """A `beam.Pipeline` for `beam_options`; without a `--runner` option, Beam's local
+    FnApiRunner, in multi-processing mode with `parallelism` worker processes when above 1.
+
+    The local runner is named directly because Beam's `DirectRunner` first tries its Prism
+    runner, which downloads a binary from GitHub on first use: on a machine without internet
+    that costs a failed download (or a long hang) before it falls back to the same FnApiRunner.
+    """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     options = list(beam_options)
-    if not any(opt.startswith("--runner") for opt in options):
-        options += [
-            "--runner=DirectRunner",
-            "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={parallelism}",
-        ]
+    if any(opt.startswith("--runner") for opt in options):
+        return beam.Pipeline(options=PipelineOptions(options))
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    if parallelism > 1:
+        options += ["--direct_running_mode=multi_processing", f"--direct_num_workers={parallelism}"]
+    return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(options))
+
+
+def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int, beam_options: Sequence[str]) -> None:
+    import apache_beam as beam
+
     payload = [json.dumps(job) for job in jobs]
-    with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
+    with beam_pipeline(beam_options, parallelism) as pipeline:
         _ = (
             pipeline
             | "Jobs" >> beam.Create(payload)

@@ -13,7 +13,7 @@ import os
 import shutil
 
 from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
-from components.trainer import read_runs
+from components.trainer import learned_parameter_statistics, read_runs
 
 
 class ReporterSpec(ComponentSpec):
@@ -61,7 +61,9 @@ class ReporterExecutor(BaseExecutor):
         plots = {}
         for index, stats in enumerate(evaluation.functions):
             path = os.path.join(plots_dir, f"function_{index}.png")
-            activations.plot(expression_for(stats.function), path)
+            learned = learned_parameter_statistics([run for run in runs if run["function"] == stats.function])
+            activations.plot(expression_for(stats.function), path,
+                             parameters={name: values["mean"] for name, values in learned.items()})
             plots[stats.function] = path
         config = dict(exec_properties["config"])
         _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
@@ -78,7 +80,7 @@ class ReporterExecutor(BaseExecutor):
             if os.path.isdir(keras_logs):
                 target = os.path.join(logdir.uri, tb_summaries.final_run_name(run["function"], run["seed"]))
                 shutil.copytree(keras_logs, target, dirs_exist_ok=True)
-        self.context.progress(f"report written: {html_path}")
+        self.context.progress(f"report written: {os.path.basename(html_path)}, report.md and {len(plots)} function plots")
 
 
 class Reporter(Component):

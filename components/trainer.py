@@ -15,9 +15,11 @@ Artifact layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
+import statistics
 from typing import Any, Mapping
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
@@ -98,6 +100,20 @@ def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any]
     }
 
 
+def learned_parameter_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per parameter: mean, std, min, max of the learned values over layers and seeds."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for params in (run.get("learned_parameters") or {}).values():
+            for name, value in params.items():
+                if value is not None and math.isfinite(value):
+                    values.setdefault(name, []).append(float(value))
+    return {
+        name: {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v), "max": max(v), "count": len(v)}
+        for name, v in values.items()
+    }
+
+
 class TrainerExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
         from components.tuner import read_top
@@ -126,8 +142,12 @@ class TrainerExecutor(BaseExecutor):
 
         def progress(done, total, result):
             text = f"run {done} of {total}"
-            if result and not result.get("failed"):
-                text += f": {result.get('config', {}).get('activation')} test accuracy {result.get('test_accuracy')}"
+            if result and result.get("failed"):
+                text += f": failed ({result.get('error')})"
+            elif result:
+                accuracy = result.get("test_accuracy")
+                text += (f": {result.get('config', {}).get('activation')} seed {result.get('config', {}).get('seed')}, "
+                         + ("diverged" if accuracy is None else f"test accuracy {accuracy:.4f}"))
             self.context.progress(text, done=done, total=total)
 
         results = run_jobs(jobs, os.path.join(work, "results"), parallelism=p["parallelism"],

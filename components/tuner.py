@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from typing import Any
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
+from activations.oracle import GENOME, OPERATOR
 from components.fanout import run_jobs
 
 OBJECTIVE = "val_accuracy"
@@ -97,9 +97,9 @@ class TunerExecutor(BaseExecutor):
             seed_functions=seeds if p["strategy"] != "exhaustive" else None,
             seed=p["seed"],
         )
+        oracle.verbose = 0  # one progress line per trial below replaces KerasTuner's tables
         oracle.set_project_dir(work, "oracle")
         details: dict[str, dict[str, Any]] = {}
-        start = time.time()
         while not oracle.is_finished():
             batch = oracle.propose_batch(None if p["parallel_trials"] > 1 else 1)
             if not batch:
@@ -112,16 +112,19 @@ class TunerExecutor(BaseExecutor):
                 oracle.report(trial.trial_id, value=fitness, error=error)
                 details[trial.trial_id] = {"seconds": result.get("job_seconds"), "error": error,
                                            "images_per_sec": result.get("images_per_sec")}
-            self._progress(oracle, start)
+                self._progress(oracle, trial, fitness, error)
         self._write(output_dict["search_results"][0], oracle, details, p["top_k"])
 
-    def _progress(self, oracle, start: float) -> None:
+    def _progress(self, oracle, trial, fitness: float | None, error: str | None) -> None:
         counts = oracle.counts()
         done = counts["completed"] + counts["failed"]
         best = max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)
+        outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
         best_text = f"{best:.4f}" if best is not None else "n/a"
-        self.context.progress(f"trial {done} of {oracle.max_trials}, best {OBJECTIVE} so far {best_text}",
-                              done=done, total=oracle.max_trials)
+        self.context.progress(
+            f"trial {done} of {oracle.max_trials} [{trial.hyperparameters.get(OPERATOR)}] "
+            f"{trial.hyperparameters.get(GENOME)}: {outcome}; best so far {best_text}",
+            done=done, total=oracle.max_trials)
 
     def _write(self, out: Artifact, oracle, details: dict, top_k: int) -> None:
         import activations
