@@ -76,7 +76,8 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     return result
 
 
-def _load_result(work_dir: str, job_id: str) -> dict[str, Any] | None:
+def load_result(work_dir: str, job_id: str) -> dict[str, Any] | None:
+    """The result a job wrote into `work_dir`, None if it has not finished."""
     path = _result_path(work_dir, job_id)
     if not os.path.exists(path):
         return None
@@ -134,7 +135,7 @@ def run_jobs(
     if len(set(ids)) != len(ids):
         raise ValueError("job ids must be unique")
     os.makedirs(work_dir, exist_ok=True)
-    pending = [job for job in jobs if _load_result(work_dir, job["id"]) is None]
+    pending = [job for job in jobs if load_result(work_dir, job["id"]) is None]
     total, done = len(jobs), len(jobs) - len(pending)
     if progress and done:
         progress(done, total, None)
@@ -159,7 +160,7 @@ def run_jobs(
         while thread.is_alive() or len(seen) < total:
             thread.join(timeout=poll_seconds)
             for job in pending:
-                if job["id"] not in seen and (result := _load_result(work_dir, job["id"])) is not None:
+                if job["id"] not in seen and (result := load_result(work_dir, job["id"])) is not None:
                     seen.add(job["id"])
                     if progress:
                         progress(len(seen), total, result)
@@ -167,7 +168,7 @@ def run_jobs(
                 break
         if errors:
             raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]
-    results = [_load_result(work_dir, job_id) for job_id in ids]
+    results = [load_result(work_dir, job_id) for job_id in ids]
     missing = [job_id for job_id, result in zip(ids, results) if result is None]
     if missing:
         raise FanoutError(f"jobs {missing} produced no result")

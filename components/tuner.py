@@ -24,7 +24,7 @@ from typing import Any
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from activations.oracle import GENOME, OPERATOR
-from components.fanout import run_jobs
+from components.fanout import load_result, run_jobs
 
 OBJECTIVE = "val_accuracy"
 
@@ -47,11 +47,16 @@ class TunerSpec(ComponentSpec):
     }
 
 
+def _job_id(trial_id: str, fingerprint: str) -> str:
+    """The fan-out job (and result file) of a trial: a resumed search finds its results by it."""
+    return f"trial_{trial_id}_{fingerprint}"
+
+
 def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str) -> dict[str, Any]:
     import activations
 
-    expression = trial.hyperparameters.get("activation")
-    job_id = f"trial_{trial.trial_id}_{activations.fingerprint(expression)}"
+    expression = trial.hyperparameters.get(GENOME)
+    job_id = _job_id(trial.trial_id, activations.fingerprint(expression))
     config = {
         **train_config,
         "activation": expression,
@@ -99,7 +104,6 @@ class TunerExecutor(BaseExecutor):
         )
         oracle.verbose = 0  # one progress line per trial below replaces KerasTuner's tables
         oracle.set_project_dir(work, "oracle")
-        details: dict[str, dict[str, Any]] = {}
         while not oracle.is_finished():
             batch = oracle.propose_batch(None if p["parallel_trials"] > 1 else 1)
             if not batch:
@@ -110,10 +114,8 @@ class TunerExecutor(BaseExecutor):
             for trial, result in zip(batch, results):
                 fitness, error = _fitness(result)
                 oracle.report(trial.trial_id, value=fitness, error=error)
-                details[trial.trial_id] = {"seconds": result.get("job_seconds"), "error": error,
-                                           "images_per_sec": result.get("images_per_sec")}
                 self._progress(oracle, trial, fitness, error)
-        self._write(output_dict["search_results"][0], oracle, details, p["top_k"])
+        self._write(output_dict["search_results"][0], oracle, os.path.join(work, "results"), p["top_k"])
 
     def _progress(self, oracle, trial, fitness: float | None, error: str | None) -> None:
         counts = oracle.counts()
@@ -126,7 +128,7 @@ class TunerExecutor(BaseExecutor):
             f"{trial.hyperparameters.get(GENOME)}: {outcome}; best so far {best_text}",
             done=done, total=oracle.max_trials)
 
-    def _write(self, out: Artifact, oracle, details: dict, top_k: int) -> None:
+    def _write(self, out: Artifact, oracle, results_dir: str, top_k: int) -> None:
         import activations
         from components import tb_summaries
 
@@ -137,16 +139,20 @@ class TunerExecutor(BaseExecutor):
             except KeyError:  # a trial the oracle dropped while repairing an interrupted save
                 continue
             expression = info["expression"]
+            fingerprint = info.get("fingerprint") or activations.fingerprint(expression)
+            result = load_result(results_dir, _job_id(trial_id, fingerprint)) or {}
             trials.append({
                 "trial_id": trial_id,
                 "expression": expression,
-                "fingerprint": info.get("fingerprint") or activations.fingerprint(expression),
+                "fingerprint": fingerprint,
                 "fitness": info.get("fitness"),
                 "status": info.get("status"),
                 "generation": info.get("generation"),
                 "operator": info.get("operator"),
                 "parents": info.get("parents"),
-                **details.get(trial_id, {}),
+                "seconds": result.get("job_seconds"),
+                "images_per_sec": result.get("images_per_sec"),
+                "error": _fitness(result)[1] if result else None,
             })
         ranked = sorted((t for t in trials if t["fitness"] is not None), key=lambda t: -t["fitness"])
         top, seen = [], set()

@@ -14,13 +14,14 @@ source and a pipeline root that cannot be written are reported before any work s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from pipeline import config as config_lib
 
@@ -120,29 +121,42 @@ def command_run() -> int:
 
 
 def publish(run_json: str) -> None:
-    """Copies the deliverables to stable places under the pipeline root and points run.json
-    at them: `export/activation.json`, `export/model.keras`, `report/report.html`, `report/report.md`."""
+    """Puts the deliverables at stable places under the pipeline root and points run.json at
+    them: `export/` (activation.json, model.keras) and `report/` (report.html, report.md) are
+    copies; `tensorboard` is a relative symlink to the run's log directory (logs can be large)."""
     import shutil
 
     with open(run_json) as f:
         run = json.load(f)
     root = os.path.dirname(os.path.abspath(run_json))
     results = run.setdefault("results", {})
+
+    def copy(source: str, name: str) -> str:
+        target = os.path.join(root, name)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        return target
+
     exported = results.get("exported_activation")
     if exported and os.path.isdir(exported):
-        target = os.path.join(root, "export")
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(exported, target)
+        target = copy(exported, "export")
         results["exported_activation"] = os.path.join(target, "activation.json")
         if os.path.exists(os.path.join(target, "model.keras")):
             results["exported_model"] = os.path.join(target, "model.keras")
     report = results.get("report")
     if report and os.path.exists(report):
-        target = os.path.join(root, "report")
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(os.path.dirname(report), target)
+        target = copy(os.path.dirname(report), "report")
         results["report"] = os.path.join(target, os.path.basename(report))
         results["report_markdown"] = os.path.join(target, "report.md")
+    logs = results.get("tensorboard")
+    if logs and os.path.isdir(logs):
+        link = os.path.join(root, "tensorboard")
+        if not os.path.exists(link) or os.path.islink(link):  # never replace a user's folder
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(link + ".tmp")
+            os.symlink(os.path.relpath(logs, root), link + ".tmp")
+            os.replace(link + ".tmp", link)
+            results["tensorboard"] = link
     evaluation = results.get("evaluation")
     if evaluation and os.path.isdir(evaluation):
         results["evaluation"] = os.path.join(evaluation, "evaluation.json")
@@ -269,6 +283,10 @@ def main(argv: list[str]) -> int:
     if not args or args[0] not in COMMANDS:
         raise app.UsageError(f"expected a command, one of {list(COMMANDS)}; got {args[:1] or 'nothing'}")
     command, rest = args[0], args[1:]
+    if not FLAGS["verbosity"].present:
+        # absl logs at INFO under app.run, which lets every library's start-up notes through
+        # (Beam's among them); progress has its own lines. --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
     try:
         if command == "show":
             if len(rest) != 1:

@@ -1,17 +1,10 @@
 """Writes a search's TensorBoard logs and checks the real TensorBoard server serves them.
 
-The server runs as a subprocess on a free loopback port; the test talks to its HTTP data API
-(the same endpoints the dashboards use) and always stops the server.
+The server (`tensorboard_helpers.TensorBoardServer`) runs as a subprocess on a free loopback
+port; the test talks to its HTTP data API and always stops the server.
 """
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -20,9 +13,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from components import tb_summaries as tbs
+from tensorboard_helpers import STARTUP_TIMEOUT, TensorBoardServer
 
 FUNCTIONS = ["relu", "swish", "max(relu(x),cosh(elu(x)))"]
-STARTUP_TIMEOUT = 40.0
 
 
 def _png(path, k):
@@ -50,74 +43,11 @@ def _write_logs(logdir: Path, tmp_path: Path):
     return runs, trials, names, image_tags, evolution_tags
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tensorboard_command():
-    script = Path(sys.executable).parent / "tensorboard"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tensorboard.main"]
-
-
-class _Server:
-    def __init__(self, logdir: Path, log_path: Path):
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-        self.proc = subprocess.Popen(
-            _tensorboard_command() + ["--logdir", str(logdir), "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--reload_interval", "1",
-                                      "--load_fast", "false"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.log_path = log_path
-
-    def get(self, route, body=None, timeout=5.0):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + route, data=data,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-
-    def wait_for(self, route, ready, body=None, deadline=None):
-        """Polls `route` until `ready(answer)`; fails with the server log on timeout."""
-        deadline = deadline or time.monotonic() + STARTUP_TIMEOUT
-        answer = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"TensorBoard exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                answer = self.get(route, body)
-                if ready(answer):
-                    return answer
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                pass
-            time.sleep(0.25)
-        pytest.fail(f"{route} not ready after {STARTUP_TIMEOUT:.0f} s; last answer "
-                    f"{answer!r}\nserver log:\n{self.output()}")
-
-    def output(self):
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.fixture
 def server(tmp_path):
     logdir = tmp_path / "logs"
     written = _write_logs(logdir, tmp_path)
-    srv = _Server(logdir, tmp_path / "tensorboard.log")
+    srv = TensorBoardServer(logdir, tmp_path / "tensorboard.log")
     try:
         yield srv, written
     finally:

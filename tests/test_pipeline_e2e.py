@@ -1,0 +1,260 @@
+"""The whole product on a tiny budget: `actsearch run` end to end, cache, resume after a kill,
+the CLI's errors, the exported function, the report's TensorBoard logs, and the same DAG
+compiled for Kubeflow and run through `kfp.local`.
+
+Every run uses the embedded digits, an MLP, a handful of one-epoch trials and two final seeds,
+so the module takes a few minutes on two cores; the behaviour under test is the same as at
+full size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT
+
+TINY = [
+    "--data=embedded:digits", "--max_examples=600", "--model=mlp", "--batch_size=64",
+    "--seed_functions=relu,swish", "--num_candidates=1", "--max_trials=4", "--population_size=2",
+    "--tournament_size=1", "--trial_epochs=1", "--final_epochs=2", "--seeds=2", "--top_k=1",
+    "--baselines=relu", "--precision=float32",
+]
+COMPONENTS = ["example_gen", "candidate_gen", "tuner", "trainer", "evaluator", "exporter", "reporter"]
+
+
+def actsearch(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the CLI in a fresh process, as a user does."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        pytest.fail(f"actsearch {' '.join(args)} exited with {done.returncode}:\n"
+                    f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+    return done
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete run with two parallel trials through Beam; then the same command again."""
+    root = tmp_path_factory.mktemp("e2e") / "root"
+    first = actsearch("run", *TINY, "--parallel_trials=2", f"--pipeline_root={root}", "--run_id=first")
+    second = actsearch("run", *TINY, "--parallel_trials=2", f"--pipeline_root={root}", "--run_id=second")
+    return root, first, second
+
+
+def test_a_run_produces_every_deliverable(finished):
+    root, first, _ = finished
+    run = read_json(root / "run.json")
+    assert run["status"] == "complete"
+    results = run["results"]
+    for key in ("report", "report_markdown", "exported_activation", "exported_model", "evaluation",
+                "tensorboard"):
+        assert os.path.exists(results[key]), key
+    # The CLI tells the user where everything is, and how to open TensorBoard.
+    assert f"report:       {root / 'report' / 'report.html'}" in first.stdout
+    assert f"tensorboard --logdir {root / 'tensorboard'}" in first.stdout
+    assert "trial 4 of 4" in first.stdout and "run 4 of 4" in first.stdout
+
+    evaluation = read_json(results["evaluation"])
+    assert evaluation["baseline"] == "relu"
+    functions = {f["function"] for f in evaluation["functions"]}
+    assert "relu" in functions and len(functions) == 2  # the baseline and the top-1 discovery
+    # Two seeds are too few for a test: the evaluation says so instead of giving p-values.
+    discovered = next(f for f in evaluation["functions"] if f["function"] != "relu")
+    assert discovered["welch_p"] is None and discovered["verdict"] == "NOT_BLESSED"
+    assert (Path(results["evaluation"]).parent / "NOT_BLESSED").exists()
+
+    trials = [json.loads(line) for line in open(root / "tuner" / "search_results" / "3" / "trials.jsonl")]
+    assert len(trials) == 4 and len({t["fingerprint"] for t in trials}) == 4
+    assert all(t["fitness"] is not None for t in trials)
+    report = Path(results["report_markdown"]).read_text()
+    assert discovered["function"] in report and "## Evolution progress" in report
+
+
+def test_the_same_command_again_reuses_every_step(finished):
+    root, _, second = finished
+    run = read_json(root / "run.json")
+    assert run["run_id"] == "second"
+    assert {cid: c["state"] for cid, c in run["components"].items()} == dict.fromkeys(COMPONENTS, "cached")
+    listing = actsearch("runs", f"--pipeline_root={root}").stdout
+    assert "second" in listing and "0/7/0" in listing and "7/0/0" in listing
+    shown = actsearch("show", "second", f"--pipeline_root={root}").stdout
+    assert "reused execution" in shown and "lineage of the exported function" in shown
+
+
+def test_the_exported_function_drops_into_a_new_model(finished):
+    import keras
+
+    import activations
+
+    root, _, _ = finished
+    record = read_json(root / "export" / "activation.json")
+    make_activation = activations.load(root / "export" / "activation.json")
+    assert str(make_activation.expression) == record["expression"]
+    inputs = keras.Input((5, 3))
+    first, second = make_activation(), make_activation()
+    model = keras.Model(inputs, second(keras.layers.Dense(4)(first(inputs))))
+    assert model(keras.ops.ones((2, 5, 3))).shape == (2, 5, 4)
+    assert first is not second and first.expression == second.expression
+
+
+def test_the_exported_model_loads_in_a_fresh_process_in_safe_mode(finished):
+    root, _, _ = finished
+    code = (
+        "import sys, numpy as np, keras, activations\n"
+        "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+        "x = np.zeros((3,) + model.input_shape[1:], 'float32')\n"
+        "print(model.predict(x, verbose=0).shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(root / "export" / "model.keras")],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "(3, 10)"
+
+
+def test_tensorboard_serves_the_runs_logs(finished, tmp_path):
+    from urllib.parse import urlencode
+
+    from tensorboard_helpers import TensorBoardServer
+
+    root, _, _ = finished
+    server = TensorBoardServer(root / "tensorboard", tmp_path / "tensorboard.log")
+    try:
+        plugins = server.wait_for("/data/plugins_listing", lambda a: all(
+            a.get(p, {}).get("enabled") for p in ("scalars", "images", "hparams")))
+        assert {"scalars", "images", "hparams"} <= set(plugins)
+        tags = server.wait_for("/data/plugin/scalars/tags", lambda a: "evolution" in a
+                               and any(run.startswith("final/") for run in a))
+        final_runs = [run for run in tags if run.startswith("final/") and run.count("/") == 1]
+        assert len(final_runs) == 4  # 2 functions x 2 seeds, each with Keras' epoch curves:
+        assert all("epoch_loss" in tags[f"{run}/train"] for run in final_runs)
+        assert all("test_accuracy" in tags[run] for run in final_runs)
+        trial_runs = [run for run in tags if run.startswith("search/")]
+        assert len(trial_runs) == 4 and all("fitness" in tags[run] for run in trial_runs)
+        best = server.get("/data/plugin/scalars/scalars?"
+                          + urlencode({"run": "evolution", "tag": "evolution/best"}))
+        assert len(best) >= 1
+        images = server.wait_for("/data/plugin/images/tags", lambda a: "functions" in a)
+        assert len(images["functions"]) == 2
+        experiment = server.wait_for("/data/plugin/hparams/experiment", lambda a: a.get("hparamInfos"),
+                                     body={"experimentName": ""})
+        activation = next(h for h in experiment["hparamInfos"] if h["name"] == "activation")
+        assert "relu" in activation["domainDiscrete"]
+    finally:
+        server.stop()
+
+
+def test_changing_the_final_budget_reruns_only_training_and_after(finished):
+    root, _, _ = finished
+    actsearch("run", *TINY, "--parallel_trials=2", "--final_epochs=1", f"--pipeline_root={root}",
+              "--run_id=third")
+    states = {cid: c["state"] for cid, c in read_json(root / "run.json")["components"].items()}
+    assert states == {**dict.fromkeys(COMPONENTS[:3], "cached"), **dict.fromkeys(COMPONENTS[3:], "complete")}
+
+
+def test_a_killed_run_continues_where_it_stopped(tmp_path):
+    root = tmp_path / "root"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "pipeline.cli", "run", *TINY, f"--pipeline_root={root}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    results = root / "tuner" / ".resume"
+    deadline = time.monotonic() + 300
+    try:
+        while len(list(results.glob("*/results/*.json"))) < 2:
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done_before = {}
+    for path in results.glob("*/results/*.json"):
+        result = read_json(path)
+        done_before[result["job_id"]] = result["job_seconds"]
+    assert 2 <= len(done_before) < 4
+
+    actsearch("run", *TINY, f"--pipeline_root={root}", "--run_id=again")
+    run = read_json(root / "run.json")
+    assert run["status"] == "complete"
+    states = {cid: c["state"] for cid, c in run["components"].items()}
+    assert states["example_gen"] == states["candidate_gen"] == "cached" and states["tuner"] == "complete"
+    (trials_file,) = (root / "tuner" / "search_results").glob("*/trials.jsonl")
+    trials = [json.loads(line) for line in trials_file.read_text().splitlines()]
+    assert len(trials) == 4 and all(t["fitness"] is not None for t in trials)
+    # Trials finished before the kill were not trained again: their timings are the old ones.
+    seconds = {f"trial_{t['trial_id']}_{t['fingerprint']}": t["seconds"] for t in trials}
+    for job_id, took in done_before.items():
+        assert seconds[job_id] == took
+    listing = actsearch("runs", f"--pipeline_root={root}").stdout
+    assert "interrupted" in listing.lower()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max_trials=many"], "max_trials expects int"),
+    (["--model=resnet1000"], "model 'resnet1000' is not allowed"),
+    (["--data=folder:/no/such/folder"], "data folder '/no/such/folder' does not exist"),
+    (["--data=ftp:x"], "must start with embedded:, tfds: or folder:"),
+    (["--pipeline_root=/proc/actsearch"], "is not writable"),
+    (["--baselines=swish"], "baselines must include relu"),
+])
+def test_bad_settings_fail_before_any_work(args, message, tmp_path):
+    extra = [] if any(a.startswith("--pipeline_root") for a in args) else [f"--pipeline_root={tmp_path / 'r'}"]
+    done = actsearch("run", *TINY, *args, *extra, check=False, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "r" / "metadata.sqlite").exists()
+
+
+def test_unknown_flags_and_commands_are_refused():
+    done = actsearch("run", "--max_trails=3", check=False, timeout=120)
+    assert done.returncode != 0 and "max_trails" in done.stderr
+    done = actsearch("frobnicate", check=False, timeout=120)
+    assert done.returncode != 0 and "expected a command" in done.stderr
+
+
+def test_compile_writes_a_kubeflow_pipeline_with_resources(tmp_path):
+    output = tmp_path / "pipeline.yaml"
+    resources = {"tuner": {"accelerator": "nvidia.com/gpu", "accelerator_count": 1},
+                 "trainer": {"cpu": "8", "memory": "32G", "accelerator": "nvidia.com/gpu", "accelerator_count": 2}}
+    done = actsearch("compile", "--target=kubeflow", f"--output={output}", "--preset=paper",
+                     "--image=registry.example/actsearch:1", f"--resources={json.dumps(resources)}")
+    assert "7 steps" in done.stdout
+    doc = yaml.safe_load(output.read_text())
+    assert {f"comp-{c.replace('_', '-')}" for c in COMPONENTS} == set(doc["components"])
+    executors = doc["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == {"registry.example/actsearch:1"}
+    trainer = executors[doc["components"]["comp-trainer"]["executorLabel"]]["container"]
+    assert trainer["resources"]["accelerator"]["resourceCount"] == "2"
+    assert trainer["resources"]["resourceCpuLimit"] == "8"
+    tasks = doc["root"]["dag"]["tasks"]
+    assert tasks["trainer"]["dependentTasks"] == ["example-gen", "tuner"] or set(
+        tasks["trainer"]["dependentTasks"]) == {"example-gen", "tuner"}
+
+
+def test_the_same_dag_runs_through_kfp_local(tmp_path):
+    root = tmp_path / "root"
+    done = actsearch("run", *TINY, "--runner=kfp-local", f"--pipeline_root={root}", "--run_id=k1", timeout=900)
+    run = read_json(root / "run.json")
+    assert run["runner"] == "kfp-local" and run["status"] == "complete", done.stdout[-2000:]
+    assert set(run["components"]) == set(COMPONENTS)
+    assert all(c["state"] == "complete" for c in run["components"].values())
+    exported = read_json(run["results"]["exported_activation"])
+    assert exported["evaluation"]["baseline"] == "relu"
+    assert os.path.exists(run["results"]["report"])
