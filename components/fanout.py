@@ -16,6 +16,7 @@ failure result (`{"failed": true, "error": ...}`), so one bad candidate never si
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -44,23 +45,62 @@ def _result_path(work_dir: str, job_id: str) -> str:
     return os.path.join(work_dir, f"{job_id}.json")
 
 
-def _threads_for(parallelism: int) -> None:
-    """Share the machine's cores between parallel workers instead of oversubscribing them."""
+_WORKER_SLOT: tuple[int, Any] | None = None
+"""(slot, open lock file) of this worker process, held for the life of the process."""
+
+
+def claim_worker_slot(work_dir: str, parallelism: int) -> int:
+    """A worker index in [0, parallelism) that no other live worker of this fan-out holds.
+
+    Each slot is an exclusive `flock` on `<work_dir>/.worker-slot-<k>`, kept until the process
+    exits (the kernel releases it even after a crash), so Beam's worker processes number
+    themselves 0..parallelism-1 without talking to each other.
+    """
+    global _WORKER_SLOT
+    if _WORKER_SLOT is None:
+        for slot in range(parallelism):
+            handle = open(os.path.join(work_dir, f".worker-slot-{slot}"), "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            _WORKER_SLOT = (slot, handle)
+            break
+        else:  # more workers than slots (a runner that ignores direct_num_workers)
+            return os.getpid() % parallelism
+    return _WORKER_SLOT[0]
+
+
+def _share_machine(parallelism: int, slot: int) -> None:
+    """Give one of `parallelism` workers its share of the machine: cores // parallelism
+    threads, and on a machine with GPUs GPU number `slot` (round robin) when there are several,
+    with memory growth so workers sharing one GPU do not each reserve all of its memory."""
     cores = os.cpu_count() or 1
     per_worker = max(1, cores // max(1, parallelism))
     try:
         import tensorflow as tf
-
+    except ImportError:
+        return
+    try:
         tf.config.threading.set_intra_op_parallelism_threads(per_worker)
         tf.config.threading.set_inter_op_parallelism_threads(per_worker)
-    except (ImportError, RuntimeError):  # already initialised in this process: keep its setting
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) > 1:
+            tf.config.set_visible_devices(gpus[slot % len(gpus)], "GPU")
+            gpus = [gpus[slot % len(gpus)]]
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # TensorFlow already initialised in this process: keep its setting
         pass
 
 
 def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> dict[str, Any]:
     """Runs one job and writes its result file (atomically); returns the result."""
+    slot = None
     if parallelism > 1:
-        _threads_for(parallelism)
+        slot = claim_worker_slot(work_dir, parallelism)
+        _share_machine(parallelism, slot)
     start = time.time()
     try:
         result = dict(_resolve(job["fn"])(**job.get("args", {})))
@@ -68,6 +108,7 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
         logging.warning("job %s failed: %s", job["id"], error)
         result = {"failed": True, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     result.setdefault("job_id", job["id"])
+    result.setdefault("worker_slot", slot)
     result.setdefault("job_seconds", time.time() - start)
     path = _result_path(work_dir, job["id"])
     with open(path + ".tmp", "w") as f:

@@ -33,9 +33,6 @@ flags.DEFINE_enum("runner", "local", list(config_lib.RUNNERS), "local: in-proces
 flags.DEFINE_enum("target", "kubeflow", ["kubeflow"], "compile: the orchestrator to compile for.")
 flags.DEFINE_string("output", "pipeline.yaml", "compile: where to write the compiled pipeline.")
 flags.DEFINE_string("run_id", None, "run: id of the new run (default: a timestamp).")
-flags.DEFINE_string("resources", None, "compile/kfp-local: JSON of per-component resources, e.g. "
-                    '\'{"trainer": {"cpu": "8", "memory": "32G", "accelerator": "NVIDIA_TESLA_T4", '
-                    '"accelerator_count": 1}}\'.')
 
 _FIELDS = {f.name: f for f in dataclasses.fields(config_lib.PipelineConfig)}
 for _name, _field in _FIELDS.items():
@@ -84,15 +81,6 @@ def check_writable(root: str) -> None:
         raise UsageError(f"pipeline_root {root!r} is not writable: {error.strerror or error}") from None
 
 
-def _resources() -> dict | None:
-    if not FLAGS.resources:
-        return None
-    try:
-        return json.loads(FLAGS.resources)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"--resources is not valid JSON: {error}") from None
-
-
 def _print_progress(event) -> None:
     print(f"{time.strftime('%H:%M:%S')} {event}", flush=True)
 
@@ -110,7 +98,7 @@ def command_run() -> int:
         from pipeline.kubeflow import run_kfp_local
 
         result = run_kfp_local(pipeline, pipeline_root=config.pipeline_root, run_id=FLAGS.run_id,
-                               image=config.image, resources=_resources())
+                               image=config.image, resources=config.resources)
     else:
         from pipeline.local_runner import LocalRunner
 
@@ -193,7 +181,7 @@ def command_compile() -> int:
 
     config = build_config()
     pipeline = create_pipeline(config)
-    path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=_resources())
+    path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=config.resources)
     print(f"wrote the Kubeflow pipeline {config.name!r} ({len(pipeline.components)} steps, image {config.image}) to {path}")
     return 0
 

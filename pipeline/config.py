@@ -10,7 +10,15 @@ search, final training, evaluation and runtime. Three presets are complete confi
   trials of 3 epochs on 5,000 images, then the top 2 functions and relu, swish and gelu trained
   for 12 epochs with 4 seeds each.
 * ``paper``: the source papers' budgets for a GPU machine (ResNet-20 children on CIFAR-10,
-  10K-step trials; final runs of the top functions and baselines on ResNet-56, several seeds).
+  about 9K-step (25-epoch) trials as in "Searching for Activation Functions", 1,000 trials in a
+  population of 50; the top 3 functions and the baselines trained 200 epochs on ResNet-56 with 5
+  seeds). Four trials run at once, one per GPU; compiled for Kubeflow, the tuner and trainer
+  steps each ask for 4 GPUs. Other architectures of PANGAEA: `--model=wrn_10_4
+  --final_model=wrn_10_4`, `resnet56_v2`, `all_cnn_c`; CIFAR-100: `--data=tfds:cifar100`.
+
+`resources` holds the Kubeflow resource requests per component id (`cpu`, `memory`,
+`accelerator`, `accelerator_count`, `retries`, ...; see `pipeline.kubeflow.RESOURCE_KEYS`); on the
+command line it is JSON and replaces the preset's whole mapping.
 
 Any field can be overridden (`with_overrides`), and unknown fields or bad values are rejected
 before any work starts, naming the field and what is allowed.
@@ -29,6 +37,8 @@ STRATEGIES = ("evolution", "random", "exhaustive")
 SHARING = ("layer", "channel")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 RUNNERS = ("local", "kfp-local")
+TRAINING_STEPS = ("tuner", "trainer")
+"""The components that train networks: what Kubeflow resource requests are mostly about."""
 
 
 class ConfigError(ValueError):
@@ -82,6 +92,8 @@ class PipelineConfig:
     pipeline_root: str = "runs/demo"
     beam_options: list[str] = dataclasses.field(default_factory=list)
     image: str = "actsearch:latest"
+    resources: dict[str, dict] = dataclasses.field(default_factory=lambda: {
+        step: {"cpu": "4", "memory": "16G"} for step in TRAINING_STEPS})
 
     def validate(self) -> "PipelineConfig":
         """Raises ConfigError naming the first bad field and what is allowed."""
@@ -112,6 +124,11 @@ class PipelineConfig:
             raise ConfigError(f"alpha must lie in (0, 1), got {self.alpha}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not isinstance(self.resources, dict) or not all(isinstance(v, dict) for v in self.resources.values()):
+            raise ConfigError(
+                "resources must map a component id to its settings, e.g. "
+                '{"trainer": {"cpu": "8", "memory": "32G", "accelerator": "nvidia.com/gpu", "accelerator_count": 1}}'
+                f"; got {self.resources!r}")
         if "relu" not in self.baselines:
             raise ConfigError(f"baselines must include relu (the reference of the comparison), got {self.baselines}")
         return self
@@ -148,6 +165,8 @@ def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
     if value.lower() in ("none", "null") and "None" in annotation:
         return None
     try:
+        if annotation.startswith("dict"):
+            return json.loads(value)
         if annotation.startswith("list"):
             return [item.strip() for item in value.split(",") if item.strip()] if value.strip() else []
         if annotation.startswith("bool"):
@@ -158,8 +177,9 @@ def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
             return int(value)
         if annotation.startswith("float"):
             return float(value)
-    except ValueError:
-        raise ConfigError(f"{name} expects {annotation}, got {value!r}") from None
+    except ValueError:  # json.JSONDecodeError included
+        raise ConfigError(f"{name} expects {annotation}"
+                          + (" as JSON" if annotation.startswith("dict") else "") + f", got {value!r}") from None
     return value
 
 
@@ -212,6 +232,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "final_model": "resnet56",
         "final_epochs": 200,
         "seeds": 5,
+        "resources": {step: {"cpu": "16", "memory": "64G", "accelerator": "nvidia.com/gpu", "accelerator_count": 4}
+                      for step in TRAINING_STEPS},
         "pipeline_root": "runs/paper",
     },
 }

@@ -132,7 +132,8 @@ def test_limits_on_length_nodes_and_type():
     def balanced(depth):
         return "x" if depth == 0 else f"({balanced(depth - 1)}+{balanced(depth - 1)})"
 
-    with pytest.raises(ExpressionError, match="nodes"):
+    assert parse(balanced(7)).nodes == 255 <= MAX_NODES  # the largest balanced tree allowed
+    with pytest.raises(ExpressionError, match=f"limit of {MAX_NODES} nodes"):
         parse(balanced(8))  # 511 nodes, only 9 levels deep
     with pytest.raises(ExpressionError, match="empty"):
         parse("   ")

@@ -43,6 +43,9 @@ def test_beam_multiprocessing_runs_jobs_in_two_worker_processes(tmp_path, monkey
     assert [r["value"] for r in results] == [1, 4, 9, 16]
     assert os.getpid() not in {r["pid"] for r in results}
     assert len({r["pid"] for r in results}) == 2
+    # Each worker process numbered itself with a slot of its own (the GPU it would take).
+    slots = {r["pid"]: r["worker_slot"] for r in results}
+    assert sorted(slots.values()) == [0, 1]
     assert progress[-1] == 4
 
 

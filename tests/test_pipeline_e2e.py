@@ -248,6 +248,26 @@ def test_compile_writes_a_kubeflow_pipeline_with_resources(tmp_path):
         tasks["trainer"]["dependentTasks"]) == {"example-gen", "tuner"}
 
 
+def test_training_steps_ask_for_resources_by_default(tmp_path):
+    def container(doc, component):
+        return doc["deploymentSpec"]["executors"][doc["components"][f"comp-{component}"]["executorLabel"]]["container"]
+
+    actsearch("compile", "--preset=demo", f"--output={tmp_path / 'demo.yaml'}")
+    demo = yaml.safe_load((tmp_path / "demo.yaml").read_text())
+    for step in ("tuner", "trainer"):
+        assert container(demo, step)["resources"]["resourceCpuLimit"] == "4"
+        assert "accelerator" not in container(demo, step)["resources"]
+    assert "resources" not in container(demo, "evaluator")
+    actsearch("compile", "--preset=paper", f"--output={tmp_path / 'paper.yaml'}")
+    paper = yaml.safe_load((tmp_path / "paper.yaml").read_text())
+    for step in ("tuner", "trainer"):
+        assert container(paper, step)["resources"]["accelerator"]["resourceCount"] == "4"
+    done = actsearch("compile", "--resources={tuner: 1}", f"--output={tmp_path / 'x.yaml'}", check=False)
+    assert done.returncode == 2 and "resources expects dict[str, dict] as JSON" in done.stderr
+    done = actsearch("compile", '--resources={"tunr": {"cpu": "2"}}', f"--output={tmp_path / 'x.yaml'}", check=False)
+    assert done.returncode == 2 and "tunr" in done.stderr
+
+
 def test_the_same_dag_runs_through_kfp_local(tmp_path):
     root = tmp_path / "root"
     done = actsearch("run", *TINY, "--runner=kfp-local", f"--pipeline_root={root}", "--run_id=k1", timeout=900)
