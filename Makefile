@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/actsearch run --preset=demo
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             model, data = build(precision, act, args.sharing, args.batch_size)
             timed_steps(model, data, 1 + warmup)  # trace, compile and warm up
             runs[(precision, act)] = (model, data)
-            print(f"built {precision:15s} {act:28s} in {time.perf_counter() - start:.1f}s", flush=True)
+            print(f"built {precision:15s} {act:28s} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
 
     speeds: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
     order = list(runs)
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
             model, data = runs[key]
             seconds = timed_steps(model, data, steps)
             speeds[key].append(steps * args.batch_size / seconds)
-        print(f"round {r + 1}/{rounds} done", flush=True)
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
     base_key = ("float32", acts[0])
     print(

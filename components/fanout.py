@@ -140,11 +140,19 @@ def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1):
     options = list(beam_options)
     if any(opt.startswith("--runner") for opt in options):
         return beam.Pipeline(options=PipelineOptions(options))
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     if parallelism > 1:
-        options += ["--direct_running_mode=multi_processing", f"--direct_num_workers={parallelism}"]
-    return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(options))
+        # Worker processes log every gRPC hand-shake at INFO; their warnings and errors still show.
+        options += ["--direct_running_mode=multi_processing", f"--direct_num_workers={parallelism}",
+                    "--default_sdk_harness_log_level=WARNING"]
+    options = PipelineOptions(options)
+    # The worker processes read their options from the provision info (as under DirectRunner).
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return beam.Pipeline(runner=FnApiRunner(provision_info=provision), options=options)
 
 
 def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int, beam_options: Sequence[str]) -> None:

@@ -1,0 +1,113 @@
+"""Runs every benchmark in bench/ and writes their tables to bench/results.md.
+
+Each benchmark measures its ratios side by side within its own run and prints markdown; this
+script runs them one after another (never two at once: they would share the cores), collects what
+they print and records the machine, the versions and the commit they ran on.
+
+    python bench/run_all.py            # the full suite (about an hour on 2 cores)
+    python bench/run_all.py --quick    # every benchmark in its quick mode (a few minutes)
+    python bench/run_all.py --only parallel_trials,search_efficiency
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+#: name -> (what it measures, arguments, arguments in quick mode)
+BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
+    "activation_overhead": ("Activation overhead: training throughput of a small conv net per activation, "
+                            "as a ratio to built-in ReLU", [], ["--quick"]),
+    "training_speed": ("Training speed per precision: ResNet-20 images/s, as a ratio to float32 + ReLU",
+                       [], ["--quick"]),
+    "parallel_trials": ("Parallel trials: search trials per hour with parallel_trials 1 and 2", [], ["--quick"]),
+    "search_efficiency": ("Search efficiency: evolution against random search and a fixed list at the same "
+                          "trial budget; offspring the fingerprint cache and the sanity check saved",
+                          [], ["--seeds", "3", "--trials", "40"]),
+}
+
+
+def machine() -> str:
+    import tensorflow as tf
+
+    from trainer.precision import cpu_supports_bf16
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, bf16 CPU: "
+            f"{cpu_supports_bf16()}, GPUs: {len(tf.config.list_physical_devices('GPU'))}; Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}")
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(name: str, arguments: list[str]) -> tuple[int, str, float]:
+    """(exit code, the tables the benchmark printed, seconds). Benchmarks print their tables to
+    stdout (echoed here too) and their progress to stderr, which goes straight to the terminal."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, os.path.join(HERE, f"{name}.py"), *arguments], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    lines = []
+    for line in process.stdout:
+        print(f"  [{name}] {line}", end="", flush=True)
+        lines.append(line)
+    return process.wait(), "".join(lines), time.perf_counter() - start
+
+
+def as_section(output: str) -> str:
+    """A benchmark's output under a results.md section: its own top heading demoted."""
+    return re.sub(r"^# ", "### ", output.strip(), flags=re.MULTILINE)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each benchmark in its quick mode")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names (default: all)")
+    parser.add_argument("--output", default=os.path.join(HERE, "results.md"))
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+
+    sys.path.insert(0, ROOT)
+    sections = [
+        "# Benchmark results",
+        f"\n{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, commit {commit()}, "
+        f"{'quick mode' if args.quick else 'full mode'} (`python bench/run_all.py{' --quick' if args.quick else ''}`)."
+        f"\n\nMachine: {machine()}.\n\nEvery ratio is measured side by side within one run of its benchmark.",
+    ]
+    failures = []
+    for name in names:
+        title, arguments, quick = BENCHMARKS[name]
+        print(f"== {name} ==", flush=True)
+        chosen = quick if args.quick else arguments
+        code, output, seconds = run(name, chosen)
+        command = " ".join(["python", f"bench/{name}.py", *chosen])
+        sections.append(f"\n## {title}\n\n`{command}` took {seconds / 60:.1f} min.\n")
+        if code != 0:
+            failures.append(name)
+            sections.append(f"**Failed with exit code {code}.** Last output:\n\n```\n{output[-2000:]}\n```")
+        else:
+            sections.append(as_section(output))
+    with open(args.output, "w") as f:
+        f.write("\n".join(sections) + "\n")
+    print(f"\nwrote {args.output}" + (f"; failed: {failures}" if failures else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
