@@ -22,8 +22,8 @@ import math
 import os
 from typing import Any
 
-from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from activations.oracle import GENOME, OPERATOR
+from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from components.fanout import load_result, run_jobs
 
 OBJECTIVE = "val_accuracy"
@@ -63,6 +63,7 @@ def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str
         "output_dir": os.path.join(work, "trials", job_id),
         "tensorboard": False,
         "save_model": False,
+        "evaluate_test": False,  # fitness is validation accuracy; the test split is for final runs
         "quiet": True,
     }
     return {"id": job_id, "fn": "components.training_job:train_job",
