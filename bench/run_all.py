@@ -23,17 +23,44 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-#: name -> (what it measures, arguments, arguments in quick mode)
-BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "activation_overhead": ("Activation overhead: training throughput of a small conv net per activation, "
-                            "as a ratio to built-in ReLU", [], ["--quick"]),
-    "training_speed": ("Training speed per precision: ResNet-20 images/s, as a ratio to float32 + ReLU",
-                       [], ["--quick"]),
-    "parallel_trials": ("Parallel trials: search trials per hour with parallel_trials 1 and 2", [], ["--quick"]),
-    "search_efficiency": ("Search efficiency: evolution against random search and a fixed list at the same "
-                          "trial budget; offspring the fingerprint cache and the sanity check saved",
-                          [], ["--seeds", "3", "--trials", "40"]),
+CIFAR_FOLDER = ".cache/cifar10/train"
+CIFAR_ARCHIVE = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg-train.tar.gz")
+
+#: name -> (script, what it measures, arguments, arguments in quick mode)
+BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
+    "activation_overhead": ("activation_overhead", "Activation overhead: training throughput of a small conv "
+                            "net per activation, as a ratio to built-in ReLU", [], ["--quick"]),
+    "activation_overhead_wide": ("activation_overhead", "Activation overhead with 512-bit XLA vectors "
+                                 "(`activations.layer.prefer_wide_vectors()`)", ["--wide-vectors"],
+                                 ["--quick", "--wide-vectors"]),
+    "training_speed": ("training_speed", "Training speed per precision: ResNet-20 images/s, as a ratio to "
+                       "float32 + ReLU", [], ["--quick"]),
+    "parallel_trials": ("parallel_trials", "Parallel trials, demo-sized: small CNN trials on the digits",
+                        [], ["--quick"]),
+    "parallel_trials_cifar": ("parallel_trials", "Parallel trials, CIFAR-sized: ResNet-20 trials on CIFAR-10 "
+                              "images", ["--model", "resnet20", "--data", f"folder:{CIFAR_FOLDER}", "--max_examples",
+                                         "3000", "--trials", "4", "--epochs", "2", "--rounds", "2"],
+                              ["--quick", "--model", "resnet20", "--data", f"folder:{CIFAR_FOLDER}",
+                               "--max_examples", "1000", "--epochs", "1"]),
+    "search_efficiency": ("search_efficiency", "Search efficiency: evolution against random search and a "
+                          "fixed list at the same trial budget; offspring the fingerprint cache and the sanity "
+                          "check saved from training", [], ["--seeds", "3", "--trials", "40"]),
 }
+
+
+def missing_data(arguments: list[str]) -> str | None:
+    """Why a benchmark cannot run here (None if it can): extracts the CIFAR-10 archive beside
+    the project into .cache/ the first time a benchmark asks for its folder."""
+    if f"folder:{CIFAR_FOLDER}" not in arguments or os.path.isdir(os.path.join(ROOT, CIFAR_FOLDER)):
+        return None
+    if not os.path.exists(CIFAR_ARCHIVE):
+        return f"skipped: neither {CIFAR_FOLDER} nor the archive {CIFAR_ARCHIVE} is here"
+    import tarfile
+
+    print(f"extracting {CIFAR_ARCHIVE} into .cache/cifar10 ...", flush=True)
+    with tarfile.open(CIFAR_ARCHIVE) as archive:
+        archive.extractall(os.path.join(ROOT, ".cache", "cifar10"), filter="data")
+    return None
 
 
 def machine() -> str:
@@ -54,15 +81,15 @@ def commit() -> str:
         return "unknown"
 
 
-def run(name: str, arguments: list[str]) -> tuple[int, str, float]:
+def run(script: str, arguments: list[str]) -> tuple[int, str, float]:
     """(exit code, the tables the benchmark printed, seconds). Benchmarks print their tables to
     stdout (echoed here too) and their progress to stderr, which goes straight to the terminal."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, os.path.join(HERE, f"{name}.py"), *arguments], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, os.path.join(HERE, f"{script}.py"), *arguments], cwd=ROOT,
                                stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     lines = []
     for line in process.stdout:
-        print(f"  [{name}] {line}", end="", flush=True)
+        print(f"  [{script}] {line}", end="", flush=True)
         lines.append(line)
     return process.wait(), "".join(lines), time.perf_counter() - start
 
@@ -92,11 +119,15 @@ def main(argv=None) -> int:
     ]
     failures = []
     for name in names:
-        title, arguments, quick = BENCHMARKS[name]
+        script, title, arguments, quick = BENCHMARKS[name]
         print(f"== {name} ==", flush=True)
         chosen = quick if args.quick else arguments
-        code, output, seconds = run(name, chosen)
-        command = " ".join(["python", f"bench/{name}.py", *chosen])
+        command = " ".join(["python", f"bench/{script}.py", *chosen])
+        reason = missing_data(chosen)
+        if reason:
+            sections.append(f"\n## {title}\n\n`{command}`: {reason}.")
+            continue
+        code, output, seconds = run(script, chosen)
         sections.append(f"\n## {title}\n\n`{command}` took {seconds / 60:.1f} min.\n")
         if code != 0:
             failures.append(name)
