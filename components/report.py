@@ -94,7 +94,7 @@ def write_report(
 
     doc = _Document(title)
     _summary_section(doc, evaluation)
-    _results_section(doc, evaluation)
+    _results_section(doc, evaluation, {run["function"]: run.get("origin") or run.get("kind") for run in runs})
     doc.heading("Accuracy distributions")
     doc.paragraph(f"{evaluation.metric} of every run, one row per function; the dashed line is "
                   f"the mean of {evaluation.baseline}. Crosses mark diverged runs, which count "
@@ -135,15 +135,16 @@ def _summary_section(doc: "_Document", ev: Evaluation) -> None:
     doc.paragraph(settings)
 
 
-def _results_section(doc: "_Document", ev: Evaluation) -> None:
+def _results_section(doc: "_Document", ev: Evaluation, origins: Mapping[str, str | None]) -> None:
     doc.heading("Results")
     base = ev.baseline
-    header = ["Function", "n", "Mean ± std", "95% CI", f"Δ vs {base}",
+    header = ["Function", "Origin", "n", "Mean ± std", "95% CI", f"Δ vs {base}",
               "Welch p (Holm)", "Mann-Whitney p (Holm)", "Win/tie/loss", "Verdict"]
     rows = []
     for f in ev.functions:
         rows.append([
-            _Code(f.function), str(f.n) + (f" ({f.n_diverged} diverged)" if f.n_diverged else ""),
+            _Code(f.function), origins.get(f.function) or "—",
+            str(f.n) + (f" ({f.n_diverged} diverged)" if f.n_diverged else ""),
             _pct(f.mean) + (f" ± {100 * f.std:.2f}" if f.std is not None else ""),
             f"[{_pct(f.ci_low)}, {_pct(f.ci_high)}]" if f.ci_low is not None else "—",
             "—" if f.is_baseline else f"{100 * f.diff:+.2f} pp",

@@ -52,13 +52,26 @@ def run_id(function: str, seed: int) -> str:
     return f"{slug}-{digest}-seed{seed}"
 
 
+def search_origin(item: Mapping[str, Any]) -> str:
+    """Where a search result came from, in words: a seed function the search started from is
+    not a discovery of evolution, and a reader of the results should see that."""
+    trial = f"trial {item['trial_id']}" if item.get("trial_id") is not None else "a trial"
+    operator = item.get("operator")
+    if operator is None:
+        return f"search, {trial}"
+    if operator in ("seed", "sample", "exhaustive"):
+        kind = {"seed": "initial candidate", "sample": "random sample", "exhaustive": "enumerated"}[operator]
+        return f"search {kind}, {trial}"
+    return f"evolved ({operator}), generation {item.get('generation')}, {trial}"
+
+
 def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k: int, extra: list[str]) -> list[dict]:
-    """[{function, kind}] : baselines by name, then the top-k distinct discovered functions
-    that are not the same function as a baseline, then extra expressions."""
+    """[{function, kind, origin}] : baselines by name, then the top-k distinct functions of the
+    search that are not the same function as a baseline, then extra expressions."""
     import activations
     from activations.named import expression_for
 
-    chosen = [{"function": name, "kind": "baseline"} for name in baselines]
+    chosen = [{"function": name, "kind": "baseline", "origin": "baseline"} for name in baselines]
     seen = {activations.fingerprint(expression_for(name)) for name in baselines}
     for item in top:
         if sum(1 for c in chosen if c["kind"] == "discovered") >= top_k:
@@ -66,12 +79,13 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
         fingerprint = item.get("fingerprint") or activations.fingerprint(item["expression"])
         if fingerprint not in seen:
             seen.add(fingerprint)
-            chosen.append({"function": str(activations.parse(item["expression"])), "kind": "discovered"})
+            chosen.append({"function": str(activations.parse(item["expression"])), "kind": "discovered",
+                           "origin": search_origin(item)})
     for text in extra:
         fingerprint = activations.fingerprint(text)
         if fingerprint not in seen:
             seen.add(fingerprint)
-            chosen.append({"function": str(activations.parse(text)), "kind": "given"})
+            chosen.append({"function": str(activations.parse(text)), "kind": "given", "origin": "given"})
     return chosen
 
 
@@ -82,6 +96,7 @@ def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any]
     return {
         "function": function["function"],
         "kind": function["kind"],
+        "origin": function.get("origin", function["kind"]),
         "seed": seed,
         "test_accuracy": None if failed else result.get("test_accuracy"),
         "val_accuracy": None if failed else result.get("best_val_accuracy"),

@@ -160,7 +160,8 @@ class TunerExecutor(BaseExecutor):
         for trial in ranked:
             if trial["fingerprint"] not in seen:
                 seen.add(trial["fingerprint"])
-                top.append({k: trial[k] for k in ("trial_id", "expression", "fingerprint", "fitness")})
+                top.append({k: trial[k] for k in ("trial_id", "expression", "fingerprint", "fitness", "operator",
+                                                  "generation")})
         with open(out.path("trials.jsonl"), "w") as f:
             for trial in trials:
                 f.write(json.dumps(trial) + "\n")

@@ -16,6 +16,8 @@ from components import statistics as st
 
 BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 EXPR = "max(relu(x),cosh(elu(x)))"
+ORIGINS = {"relu": "baseline", "swish": "search initial candidate, trial 02",
+           EXPR: "evolved (insert), generation 3, trial 27"}
 
 
 def _runs(rng):
@@ -23,7 +25,8 @@ def _runs(rng):
     for name, mean in [("relu", 0.90), ("swish", 0.93), (EXPR, 0.90), ("x|y", 0.85)]:
         for seed in range(4):
             run = dict(function=name, seed=seed, test_accuracy=float(mean + rng.normal(0, 0.004)),
-                       val_accuracy=float(mean + rng.normal(0, 0.004)), diverged=False)
+                       val_accuracy=float(mean + rng.normal(0, 0.004)), diverged=False,
+                       origin=ORIGINS.get(name))
             if name == EXPR:
                 run["learned_parameters"] = {
                     f"block{i}/act": {"alpha": list(rng.normal(1.0 + i / 10, 0.05, size=3)),
@@ -75,11 +78,12 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     md = md_path.read_text()
     ev = inputs["evaluation"]
     assert md.startswith("# ")
-    assert "| Function | n | Mean ± std | 95% CI | Δ vs relu |" in md
+    assert "| Function | Origin | n | Mean ± std | 95% CI | Δ vs relu |" in md
     for f in ev.functions:
         row = next(line for line in md.splitlines()
                    if line.startswith("| `" + f.function.replace("|", "\\|") + "`"))
         assert f"{100 * f.mean:.2f}" in row
+        assert f"| {ORIGINS.get(f.function, '—')} |" in row  # where the function came from
         if not f.is_baseline:
             assert f"{100 * f.diff:+.2f} pp" in row
             assert f.win_tie_loss in row

@@ -1,0 +1,44 @@
+"""Pieces of the components that decide what gets trained and exported."""
+
+from components.exporter import choose_function
+from components.statistics import evaluate
+from components.trainer import functions_to_train, learned_parameter_statistics
+
+
+def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_from():
+    top = [
+        {"trial_id": "01", "expression": "x * sigmoid(beta * x)", "fitness": 0.9, "operator": "seed", "generation": 0},
+        {"trial_id": "03", "expression": "elu(x)", "fitness": 0.88, "operator": "seed", "generation": 0},
+        {"trial_id": "11", "expression": "mish(mul(alpha,x))", "fitness": 0.87, "operator": "insert",
+         "generation": 2},
+        {"trial_id": "12", "expression": "tanh(x)", "fitness": 0.5, "operator": "change", "generation": 2},
+    ]
+    chosen = functions_to_train(["relu", "swish"], top, top_k=2, extra=["relu(x) + 0 * x", "sin(x)"])
+    assert [c["function"] for c in chosen] == ["relu", "swish", "elu(x)", "mish(mul(alpha,x))", "sin(x)"]
+    origins = {c["function"]: c["origin"] for c in chosen}
+    # The learnable Swish of trial 01 is the named swish baseline: not trained twice.
+    assert origins["elu(x)"] == "search initial candidate, trial 03"
+    assert origins["mish(mul(alpha,x))"] == "evolved (insert), generation 2, trial 11"
+    assert origins["relu"] == "baseline" and origins["sin(x)"] == "given"
+    assert [c["kind"] for c in chosen] == ["baseline", "baseline", "discovered", "discovered", "given"]
+
+
+def test_learned_parameter_statistics_ignore_missing_and_non_finite_values():
+    runs = [{"learned_parameters": {"a1": {"beta": 1.0}, "a2": {"beta": 3.0, "alpha": None}}},
+            {"learned_parameters": {"a1": {"beta": float("nan"), "alpha": 0.5}}}, {}]
+    stats = learned_parameter_statistics(runs)
+    assert stats["beta"] == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "count": 2}
+    assert stats["alpha"]["count"] == 1
+
+
+def test_exporter_picks_the_blessed_winner_else_the_best_non_baseline():
+    def runs(name, mean, kind):
+        return [{"function": name, "seed": s, "test_accuracy": mean + 0.001 * s, "kind": kind} for s in range(4)]
+
+    clear = runs("relu", 0.80, "baseline") + runs("swish", 0.81, "baseline") + runs("elu(x)", 0.90, "discovered")
+    assert choose_function(evaluate(clear), clear) == ("elu(x)", True)
+    close = runs("relu", 0.80, "baseline") + runs("swish", 0.85, "baseline") + runs("elu(x)", 0.79, "discovered")
+    # swish is blessed here, and a blessed function is exported whatever its kind.
+    assert choose_function(evaluate(close), close) == ("swish", True)
+    none = runs("relu", 0.80, "baseline") + runs("swish", 0.78, "baseline") + runs("elu(x)", 0.79, "discovered")
+    assert choose_function(evaluate(none), none) == ("elu(x)", False)
