@@ -33,7 +33,9 @@ class EvaluatorExecutor(BaseExecutor):
         )
         out = output_dict["evaluation"][0]
         write_evaluation(out.uri, evaluation)
-        out.properties.update({"verdict": evaluation.verdict, "winner": evaluation.winner})
+        winner = evaluation.winner
+        out.properties.update({"verdict": evaluation.verdict, "winner": winner.function if winner else None,
+                               "gain": winner.diff if winner else None})
         self.context.progress(evaluation.summary)
 
 

@@ -4,9 +4,11 @@ Writes `activation.json` (expression, sharing mode, statistics of the learned pa
 evaluation summary; read by `activations.load`) and `model.keras` (the winner's best trained
 model, loadable with `keras.saving.load_model` in safe mode after `import activations`).
 
-The winner is the blessed function with the largest gain over the baseline. When nothing was
-blessed the best discovered function is still exported, marked `"blessed": false`, so the user
+The winner is the blessed function of the search with the largest gain over the baseline (a
+blessed baseline such as Swish only when no function of the search was blessed). When nothing was
+blessed the best function of the search is still exported, marked `"blessed": false`, so the user
 can inspect it; the evaluation summary in the file says plainly that it did not beat the baseline.
+`origin` says where the function came from (an evolved function, or one the search started from).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ class ExporterSpec(ComponentSpec):
 
 
 def choose_function(evaluation: Evaluation, runs: list[dict[str, Any]]) -> tuple[str, bool]:
-    """(function, blessed): the blessed winner, else the best non-baseline function by mean."""
-    if evaluation.winner is not None:
-        return evaluation.winner.function, True
+    """(function, blessed): the blessed function of the search with the largest gain, else a
+    blessed baseline (Swish may beat ReLU when no discovery does), else the best function of
+    the search by mean (exported for inspection, marked not blessed)."""
     kinds = {run["function"]: run.get("kind") for run in runs}
+    by_gain = sorted((f for f in evaluation.blessed_functions), key=lambda f: f.diff, reverse=True)
+    blessed = [f for f in by_gain if kinds.get(f.function) != "baseline"] or by_gain
+    if blessed:
+        return blessed[0].function, True
     ranked = sorted(
         (f for f in evaluation.functions if f.function != evaluation.baseline and f.mean is not None),
         key=lambda f: f.mean, reverse=True,
@@ -69,14 +75,17 @@ class ExporterExecutor(BaseExecutor):
         }
         out = output_dict["exported"][0]
         record = activation_record(str(expression_for(function)), exec_properties["sharing"],
-                                   learned_parameter_statistics(own_runs), summary, name=function)
-        with open(out.path("activation.json"), "w") as f:
-            json.dump(record, f, indent=2)
-        finished = [r for r in own_runs if r.get("model_path") and r.get("test_accuracy") is not None]
+                                   learned_parameter_statistics(own_runs), summary, name=function,
+                                   origin=own_runs[0].get("origin") if own_runs else None)
+        # The model shipped is the seed with the best validation accuracy: choosing by test
+        # accuracy would select on the data the evaluation reports.
+        finished = [r for r in own_runs if r.get("model_path") and r.get("val_accuracy") is not None]
         if finished:
-            best = max(finished, key=lambda r: r["test_accuracy"])
+            best = max(finished, key=lambda r: r["val_accuracy"])
             shutil.copy(os.path.join(trained.uri, best["model_path"]), out.path("model.keras"))
             record["model_seed"] = best["seed"]
+        with open(out.path("activation.json"), "w") as f:
+            json.dump(record, f, indent=2)
         out.properties.update({"function": function, "blessed": blessed, "has_model": bool(finished)})
         self.context.progress(f"exported {function} ({'blessed' if blessed else 'not blessed'})")
 

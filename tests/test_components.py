@@ -37,8 +37,47 @@ def test_exporter_picks_the_blessed_winner_else_the_best_non_baseline():
 
     clear = runs("relu", 0.80, "baseline") + runs("swish", 0.81, "baseline") + runs("elu(x)", 0.90, "discovered")
     assert choose_function(evaluate(clear), clear) == ("elu(x)", True)
+    both = runs("relu", 0.80, "baseline") + runs("swish", 0.90, "baseline") + runs("elu(x)", 0.85, "discovered")
+    # A blessed function of the search is preferred to a baseline with a larger gain...
+    assert choose_function(evaluate(both), both) == ("elu(x)", True)
     close = runs("relu", 0.80, "baseline") + runs("swish", 0.85, "baseline") + runs("elu(x)", 0.79, "discovered")
-    # swish is blessed here, and a blessed function is exported whatever its kind.
+    # ...and a blessed baseline to a search result that did not beat ReLU.
     assert choose_function(evaluate(close), close) == ("swish", True)
     none = runs("relu", 0.80, "baseline") + runs("swish", 0.78, "baseline") + runs("elu(x)", 0.79, "discovered")
     assert choose_function(evaluate(none), none) == ("elu(x)", False)
+
+
+def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
+    import json
+    import os
+
+    from components.base import Artifact
+    from components.evaluator import EvaluatorExecutor
+    from components.exporter import ExporterExecutor
+
+    trained = Artifact("TrainedModels", str(tmp_path / "trained"))
+    os.makedirs(trained.uri)
+    with open(trained.path("runs.jsonl"), "w") as f:
+        for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", 0.90, "discovered")):
+            for seed in range(4):
+                f.write(json.dumps({"function": name, "seed": seed, "kind": kind, "origin": kind,
+                                    "test_accuracy": mean + 0.002 * seed, "val_accuracy": mean,
+                                    "learned_parameters": {}, "model_path": None}) + "\n")
+    evaluation = Artifact("Evaluation", str(tmp_path / "evaluation"))
+    os.makedirs(evaluation.uri)
+    parameters = {"baseline": "relu", "threshold": 0.0, "alpha": 0.05, "min_seeds": 3}
+    EvaluatorExecutor().Do({"trained_models": [trained]}, {"evaluation": [evaluation]}, parameters)
+    # Properties must be plain JSON: the runners refuse anything else.
+    assert json.loads(json.dumps(evaluation.properties, allow_nan=False)) == {
+        "verdict": "BLESSED", "winner": "elu(x)", "gain": evaluation.properties["gain"]}
+    assert abs(evaluation.properties["gain"] - 0.10) < 1e-9
+    assert os.path.exists(evaluation.path("BLESSED"))
+
+    exported = Artifact("ExportedActivation", str(tmp_path / "exported"))
+    os.makedirs(exported.uri)
+    ExporterExecutor().Do({"evaluation": [evaluation], "trained_models": [trained]}, {"exported": [exported]},
+                          {"sharing": "channel"})
+    record = json.load(open(exported.path("activation.json")))
+    assert record["expression"] == "elu(x)" and record["evaluation"]["blessed"] is True
+    assert record["origin"] == "discovered" and record["sharing"] == "channel"
+    json.dumps(exported.properties, allow_nan=False)
