@@ -20,10 +20,12 @@ import json
 import os
 import sys
 import time
+import traceback
 
 from absl import app, flags, logging
 
 from pipeline import config as config_lib
+from pipeline.local_runner import PipelineError
 
 COMMANDS = ("run", "compile", "runs", "show")
 
@@ -92,6 +94,10 @@ def command_run() -> int:
     check_writable(config.pipeline_root)
     check_data_source(config)
     pipeline = create_pipeline(config)
+    min_seeds = pipeline.component("evaluator").exec_properties["min_seeds"]
+    if config.seeds < min_seeds:
+        print(f"actsearch: note: --seeds={config.seeds} is below the {min_seeds} runs per function a statistical "
+              "test needs: the evaluation will report no p-values and bless nothing.", flush=True)
     print(f"actsearch: running {len(pipeline.components)} components of {config.name!r} "
           f"(preset {FLAGS.preset}, runner {FLAGS.runner}) under {os.path.abspath(config.pipeline_root)}", flush=True)
     if FLAGS.runner == "kfp-local":
@@ -99,11 +105,12 @@ def command_run() -> int:
 
         result = run_kfp_local(pipeline, pipeline_root=config.pipeline_root, run_id=FLAGS.run_id,
                                image=config.image, resources=config.resources)
+        publish(result.run_json)
     else:
         from pipeline.local_runner import LocalRunner
 
-        result = LocalRunner(on_progress=_print_progress).run(pipeline, run_id=FLAGS.run_id)
-    publish(result.run_json)
+        runner = LocalRunner(on_progress=_print_progress, on_complete=lambda done: publish(done.run_json))
+        result = runner.run(pipeline, run_id=FLAGS.run_id)
     _print_summary(result.run_json)
     return 0
 
@@ -286,6 +293,12 @@ def main(argv: list[str]) -> int:
     except (UsageError, config_lib.ConfigError, ValueError) as error:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
+    except PipelineError as error:  # a step failed: what ran is recorded, a re-run continues
+        if FLAGS["verbosity"].present:
+            traceback.print_exc()
+        print(f"actsearch {command}: {error}\nFix the cause and run the same command again: finished steps "
+              "are reused and interrupted ones continue (--verbosity=0 shows the traceback).", file=sys.stderr)
+        return 1
 
 
 def run_main() -> None:

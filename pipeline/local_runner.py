@@ -109,13 +109,16 @@ class LocalRunner:
 
     `metadata_path` defaults to `<pipeline_root>/metadata.sqlite`. `on_progress` receives every
     progress event (component start/end lines and executors' reports); by default they are
-    logged with absl.
+    logged with absl. `on_complete` runs after a successful run while the pipeline root is
+    still locked (the CLI publishes the deliverables there).
     """
 
     def __init__(self, metadata_path: str | None = None,
-                 on_progress: Callable[[ProgressEvent], None] | None = None) -> None:
+                 on_progress: Callable[[ProgressEvent], None] | None = None,
+                 on_complete: Callable[["RunResult"], None] | None = None) -> None:
         self.metadata_path = metadata_path
         self.on_progress = on_progress
+        self.on_complete = on_complete
 
     def run(self, pipeline: Pipeline, run_id: str | None = None) -> RunResult:
         root = pipeline.pipeline_root
@@ -133,7 +136,10 @@ class LocalRunner:
                 store.create_run(run_id, pipeline.name, root)
             except ValueError as e:
                 raise PipelineError(str(e), run_id=run_id) from None
-            return _Run(pipeline, store, run_id, self._emit).execute()
+            result = _Run(pipeline, store, run_id, self._emit).execute()
+            if self.on_complete is not None:  # still holding the root: no other run can interleave
+                self.on_complete(result)
+            return result
 
     def _emit(self, event: ProgressEvent) -> None:
         if self.on_progress is not None:

@@ -68,6 +68,7 @@ def test_a_run_produces_every_deliverable(finished):
     assert f"report:       {root / 'report' / 'report.html'}" in first.stdout
     assert f"tensorboard --logdir {root / 'tensorboard'}" in first.stdout
     assert "trial 4 of 4" in first.stdout and "run 4 of 4" in first.stdout
+    assert "--seeds=2 is below the 3 runs per function a statistical test needs" in first.stdout
 
     evaluation = read_json(results["evaluation"])
     assert evaluation["baseline"] == "relu"
@@ -219,6 +220,16 @@ def test_bad_settings_fail_before_any_work(args, message, tmp_path):
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "r" / "metadata.sqlite").exists()
+
+
+def test_a_failing_step_is_reported_without_a_traceback(tmp_path):
+    empty = tmp_path / "no-images"
+    (empty / "cat").mkdir(parents=True)
+    done = actsearch("run", *TINY, f"--data=folder:{empty}", f"--pipeline_root={tmp_path / 'r'}", check=False)
+    assert done.returncode == 1
+    assert "component 'example_gen' failed" in done.stderr and "no images" in done.stderr
+    assert "Traceback" not in done.stderr and "run the same command again" in done.stderr
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "failed"
 
 
 def test_unknown_flags_and_commands_are_refused():
