@@ -535,7 +535,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             sampled = self._sample()
             if sampled is not None or not self._evaluated_population():
                 return sampled
-        return self._breed()
+        child = self._breed()
+        # Nothing new could be bred (every offspring a duplicate or rejected): a random immigrant
+        # from the space keeps the search going instead of ending it below its budget.
+        return self._sample() if child is None else child
 
     def _sample(self):
         for _ in range(self.max_attempts):

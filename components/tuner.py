@@ -27,6 +27,12 @@ from components.base import Artifact, BaseExecutor, Component, ComponentSpec, In
 from components.fanout import load_result, run_jobs
 
 OBJECTIVE = "val_accuracy"
+MAX_ERRORS_IN_A_ROW = 8
+"""Trials in a row whose training raised an error (not diverged) before the search gives up."""
+
+
+class TrialsFailingError(RuntimeError):
+    """Trial after trial raises instead of training: a systematic problem, not a bad candidate."""
 
 
 class TunerSpec(ComponentSpec):
@@ -102,9 +108,14 @@ class TunerExecutor(BaseExecutor):
             tournament_size=p["tournament_size"],
             seed_functions=seeds if p["strategy"] != "exhaustive" else None,
             seed=p["seed"],
+            # Diverging candidates are ordinary results here, however many in a row; trials that
+            # raise errors are watched below instead (KerasTuner's own limit would also fire again
+            # on every resume, since it counts over the whole saved history).
+            max_consecutive_failed_trials=None,
         )
         oracle.verbose = 0  # one progress line per trial below replaces KerasTuner's tables
         oracle.set_project_dir(work, "oracle")
+        errors_in_a_row = 0
         while not oracle.is_finished():
             batch = oracle.propose_batch(None if p["parallel_trials"] > 1 else 1)
             if not batch:
@@ -116,6 +127,17 @@ class TunerExecutor(BaseExecutor):
                 fitness, error = _fitness(result)
                 oracle.report(trial.trial_id, value=fitness, error=error)
                 self._progress(oracle, trial, fitness, error)
+                errors_in_a_row = errors_in_a_row + 1 if result.get("failed") else 0
+                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                    raise TrialsFailingError(
+                        f"{errors_in_a_row} trials in a row raised an error instead of training (diverging "
+                        f"does not count); the last: {result.get('error')}. This points at the data, the "
+                        "settings or a bug, not at the candidates. Finished trials are kept: fix the cause and "
+                        "run again.")
+        ended = len(oracle.trials)
+        if ended < p["max_trials"]:
+            self.context.progress(f"the search ended after {ended} of {p['max_trials']} trials: "
+                                  f"the {p['strategy']} strategy has no new function left to propose")
         self._write(output_dict["search_results"][0], oracle, os.path.join(work, "results"), p["top_k"])
 
     def _progress(self, oracle, trial, fitness: float | None, error: str | None) -> None:

@@ -81,3 +81,55 @@ def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
     assert record["expression"] == "elu(x)" and record["evaluation"]["blessed"] is True
     assert record["origin"] == "discovered" and record["sharing"] == "channel"
     json.dumps(exported.properties, allow_nan=False)
+
+
+def _run_tuner(tmp_path, monkeypatch, job, max_trials=12):
+    import os
+
+    from components import training_job
+    from components.base import Artifact, ExecutorContext
+    from components.tuner import TunerExecutor
+
+    monkeypatch.setattr(training_job, "train_job", job)
+    candidates = Artifact("Candidates", str(tmp_path / "candidates"))
+    os.makedirs(candidates.uri)
+    with open(candidates.path("candidates.jsonl"), "w") as f:
+        f.write('{"expression": "relu(x)"}\n{"expression": "tanh(x)"}\n')
+    out = Artifact("SearchResults", str(tmp_path / "search"))
+    os.makedirs(out.uri, exist_ok=True)
+    parameters = {"train_config": {}, "space": "pangaea", "strategy": "evolution", "max_trials": max_trials,
+                  "population_size": 4, "tournament_size": 2, "train_examples": None, "parallel_trials": 1,
+                  "beam_options": [], "top_k": 3, "seed": 0}
+    executor = TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume")))
+    executor.Do({"examples": [Artifact("Examples", str(tmp_path / "examples"))], "candidates": [candidates]},
+                {"search_results": [out]}, parameters)
+    return out
+
+
+def test_a_search_goes_on_through_any_number_of_diverging_candidates(tmp_path, monkeypatch):
+    import json
+
+    def diverges(config, examples_uri, train_examples=None):
+        return {"diverged": True, "divergence_reason": "non-finite loss", "best_val_accuracy": None}
+
+    out = _run_tuner(tmp_path, monkeypatch, diverges)  # 12 failures, beyond KerasTuner's limit of 10
+    trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
+    assert len(trials) == 12 and all(t["fitness"] is None for t in trials)
+    assert all(t["error"] == "diverged: non-finite loss" for t in trials)
+
+
+def test_trials_that_keep_raising_stop_the_search_with_the_reason(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from components.tuner import MAX_ERRORS_IN_A_ROW, TrialsFailingError
+
+    def raises(config, examples_uri, train_examples=None):
+        raise OSError("examples unreadable")
+
+    with pytest.raises(TrialsFailingError, match=f"{MAX_ERRORS_IN_A_ROW} trials in a row .*examples unreadable"):
+        _run_tuner(tmp_path, monkeypatch, raises)
+    # What ran is kept for the next attempt: the oracle saved every reported trial.
+    state = json.load(open(tmp_path / "resume" / "oracle" / "oracle.json"))
+    assert len(state["evolution"]["ingested"]) == MAX_ERRORS_IN_A_ROW

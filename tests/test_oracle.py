@@ -413,6 +413,18 @@ def test_duplicates_and_rejected_candidates_are_counted_and_never_proposed():
     assert counts["rejected"] == sum(row["rejected"] for row in history)
 
 
+def test_when_nothing_new_can_be_bred_a_random_immigrant_keeps_the_search_going(monkeypatch):
+    oracle = make_oracle(max_trials=10)
+    for _ in range(6):  # the population is full and evaluated: the next proposals are bred
+        trial = oracle.create_trial("worker")
+        oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+    monkeypatch.setattr(oracle, "_breed", lambda: None)  # every offspring a duplicate or rejected
+    drive(oracle)
+    assert len(oracle.trials) == 10  # the budget is spent, not cut short
+    operators = [oracle.lineage(tid)["operator"] for tid in sorted(oracle.trials)][6:]
+    assert operators == ["sample"] * 4
+
+
 def test_failed_trials_get_the_worst_fitness_and_the_search_goes_on(tmp_path):
     def flaky(text):
         if "tanh" in text or "sigmoid" in text:
