@@ -12,6 +12,11 @@ Every finished job writes its result to `<work_dir>/<job_id>.json` at once, whic
 progress while the Beam pipeline runs (the driver polls the folder), and resume: a fan-out that
 was interrupted re-runs only the jobs without a result file. A job that raises is recorded as a
 failure result (`{"failed": true, "error": ...}`), so one bad candidate never sinks the batch.
+
+Each start of a job is counted (`<job_id>.attempts`). A job that raised is run once more (a
+transient error such as a full disk should not decide a comparison); a job that took its process
+down (killed, out of memory) and was started `MAX_ATTEMPTS` times is recorded as failed instead of
+being started on every resume for ever. A run that *diverged* is a result, never retried.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from absl import logging
 
 ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
+MAX_ATTEMPTS = 2
+"""Starts of a job at most: once, and once more after an error or a crash."""
+
 
 class FanoutError(RuntimeError):
     """The Beam pipeline itself failed (not a single job, which is recorded as a failure)."""
@@ -43,6 +51,21 @@ def _resolve(path: str) -> Callable[..., Mapping[str, Any]]:
 
 def _result_path(work_dir: str, job_id: str) -> str:
     return os.path.join(work_dir, f"{job_id}.json")
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def attempts(work_dir: str, job_id: str) -> int:
+    """How many times the job was started in `work_dir`."""
+    try:
+        with open(os.path.join(work_dir, f"{job_id}.attempts")) as f:
+            return int(f.read() or 0)
+    except FileNotFoundError:
+        return 0
 
 
 _WORKER_SLOT: tuple[int, Any] | None = None
@@ -97,6 +120,7 @@ def _share_machine(parallelism: int, slot: int) -> None:
 
 def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> dict[str, Any]:
     """Runs one job and writes its result file (atomically); returns the result."""
+    _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), attempts(work_dir, job["id"]) + 1)
     slot = None
     if parallelism > 1:
         slot = claim_worker_slot(work_dir, parallelism)
@@ -110,10 +134,7 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     result.setdefault("job_id", job["id"])
     result.setdefault("worker_slot", slot)
     result.setdefault("job_seconds", time.time() - start)
-    path = _result_path(work_dir, job["id"])
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, default=str)
-    os.replace(path + ".tmp", path)
+    _write_json(_result_path(work_dir, job["id"]), result)
     return result
 
 
@@ -168,6 +189,18 @@ def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int
         )
 
 
+def _needs_run(work_dir: str, job_id: str) -> bool:
+    """Whether a job must (still) run; records a job that keeps killing its process as failed."""
+    result, started = load_result(work_dir, job_id), attempts(work_dir, job_id)
+    if result is None and started >= MAX_ATTEMPTS:
+        _write_json(_result_path(work_dir, job_id), {
+            "failed": True, "job_id": job_id,
+            "error": f"started {started} times and never finished: its process was killed or crashed "
+                     "(out of memory?)"})
+        return False
+    return result is None or (bool(result.get("failed")) and started < MAX_ATTEMPTS)
+
+
 def run_jobs(
     jobs: Sequence[Mapping[str, Any]],
     work_dir: str,
@@ -177,48 +210,59 @@ def run_jobs(
     progress: ProgressFn | None = None,
     poll_seconds: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Runs every job that has no result yet in `work_dir`; returns all results in job order."""
+    """Runs every job that has no result yet in `work_dir` (and once more each job that raised);
+    returns all results in job order."""
     if parallelism < 1:
         raise ValueError(f"parallelism must be at least 1, got {parallelism}")
     ids = [job["id"] for job in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError("job ids must be unique")
     os.makedirs(work_dir, exist_ok=True)
-    pending = [job for job in jobs if load_result(work_dir, job["id"]) is None]
-    total, done = len(jobs), len(jobs) - len(pending)
-    if progress and done:
-        progress(done, total, None)
-    if pending and parallelism == 1 and not beam_options:
-        for job in pending:
-            result = execute_job(job, work_dir)
-            done += 1
-            if progress:
-                progress(done, total, result)
-    elif pending:
-        errors: list[BaseException] = []
-
-        def target():
-            try:
-                _run_beam(pending, work_dir, parallelism, beam_options)
-            except BaseException as error:  # noqa: BLE001 - re-raised in the driver thread
-                errors.append(error)
-
-        thread = threading.Thread(target=target, name="beam-fanout", daemon=True)
-        thread.start()
-        seen = {job["id"] for job in jobs if job not in pending}
-        while thread.is_alive() or len(seen) < total:
-            thread.join(timeout=poll_seconds)
-            for job in pending:
-                if job["id"] not in seen and (result := load_result(work_dir, job["id"])) is not None:
-                    seen.add(job["id"])
-                    if progress:
-                        progress(len(seen), total, result)
-            if not thread.is_alive():
-                break
-        if errors:
-            raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]
+    for attempt in range(MAX_ATTEMPTS):
+        pending = [job for job in jobs if _needs_run(work_dir, job["id"])]
+        if not pending:
+            break
+        if progress and attempt == 0 and len(pending) < len(jobs):
+            progress(len(jobs) - len(pending), len(jobs), None)  # what an earlier run finished
+        _run_pending(jobs, pending, work_dir, parallelism, beam_options, progress, poll_seconds)
     results = [load_result(work_dir, job_id) for job_id in ids]
     missing = [job_id for job_id, result in zip(ids, results) if result is None]
     if missing:
         raise FanoutError(f"jobs {missing} produced no result")
     return results
+
+
+def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: Sequence[str],
+                 progress: ProgressFn | None, poll_seconds: float) -> None:
+    total, done = len(jobs), len(jobs) - len(pending)
+    if parallelism == 1 and not beam_options:
+        for job in pending:
+            result = execute_job(job, work_dir)
+            done += 1
+            if progress:
+                progress(done, total, result)
+        return
+    errors: list[BaseException] = []
+    before = {job["id"]: load_result(work_dir, job["id"]) for job in pending}  # a failure being retried
+
+    def target():
+        try:
+            _run_beam(pending, work_dir, parallelism, beam_options)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the driver thread
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name="beam-fanout", daemon=True)
+    thread.start()
+    seen: set[str] = set()
+    while True:
+        thread.join(timeout=poll_seconds)
+        for job in pending:
+            result = load_result(work_dir, job["id"])
+            if job["id"] not in seen and result is not None and result != before[job["id"]]:
+                seen.add(job["id"])
+                if progress:
+                    progress(done + len(seen), total, result)
+        if not thread.is_alive():
+            break
+    if errors:
+        raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]

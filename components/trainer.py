@@ -131,6 +131,7 @@ def learned_parameter_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[s
 
 class TrainerExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        from components.example_gen import read_statistics
         from components.tuner import read_top
 
         p = exec_properties
@@ -168,13 +169,17 @@ class TrainerExecutor(BaseExecutor):
         results = run_jobs(jobs, os.path.join(work, "results"), parallelism=p["parallelism"],
                            beam_options=p["beam_options"], progress=progress)
         out = output_dict["trained_models"][0]
+        num_classes = read_statistics(examples)["num_classes"]
         records = []
         for (function, seed, rid), result in zip(plan, results):
             source = os.path.join(work, "runs", rid)
             target = out.path("runs", rid)
             if os.path.isdir(source):
                 shutil.copytree(source, target, ignore=shutil.ignore_patterns("backup"))
-            records.append(run_record(function, seed, result, os.path.join("runs", rid)))
+            record = run_record(function, seed, result, os.path.join("runs", rid))
+            # A run that raised has no class count; its failure scores chance level, not zero.
+            record["num_classes"] = record["num_classes"] or num_classes
+            records.append(record)
         with open(out.path("runs.jsonl"), "w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")

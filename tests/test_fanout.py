@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from components.fanout import run_jobs
+from components.fanout import attempts, run_jobs
 
 JOB = "tests.fanout_toy_jobs:square"
 
@@ -19,7 +19,19 @@ def test_in_process_results_come_back_in_order_with_failures_recorded(tmp_path):
     results = run_jobs(_jobs([3, -1, 2]), str(tmp_path), progress=lambda d, t, r: seen.append((d, t)))
     assert [r.get("value") for r in results] == [9, None, 4]
     assert results[1]["failed"] and "negative input -1" in results[1]["error"]
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # The job that raised was run once more before its failure was final.
+    assert [attempts(str(tmp_path), f"job{i}") for i in range(3)] == [1, 2, 1]
+    assert seen == [(1, 3), (2, 3), (3, 3), (3, 3)]
+    run_jobs(_jobs([3, -1, 2]), str(tmp_path))  # a later resume does not start it a third time
+    assert attempts(str(tmp_path), "job1") == 2
+
+
+def test_a_job_that_keeps_killing_its_process_is_recorded_as_failed(tmp_path):
+    # Two starts left no result (as after an out-of-memory kill): it is not started a third time.
+    (tmp_path / "job0.attempts").write_text("2")
+    (result,) = run_jobs(_jobs([5]), str(tmp_path))
+    assert result["failed"] and "started 2 times and never finished" in result["error"]
+    assert attempts(str(tmp_path), "job0") == 2
 
 
 def test_interrupted_fan_out_reruns_only_missing_jobs(tmp_path):
