@@ -13,10 +13,12 @@ runner or wrapped as one Kubeflow component per step.
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import functools
 import hashlib
-import inspect
+import importlib.util
 import json
 import os
 import re
@@ -139,13 +141,16 @@ class OutputSpec:
 class Parameter:
     """An execution parameter: JSON type, default (REQUIRED if none), allowed values.
 
-    A default of None makes None an accepted value.
+    A default of None makes None an accepted value. `in_cache_key=False` marks a parameter that
+    says how the work runs, not what it computes (parallelism, runner options): changing it
+    neither invalidates cached results nor restarts interrupted work from scratch.
     """
 
     type: type
     default: Any = REQUIRED
     choices: tuple | None = None
     doc: str = ""
+    in_cache_key: bool = True
 
     @property
     def required(self) -> bool:
@@ -298,10 +303,14 @@ class BaseExecutor:
     """Does a component's work. Subclasses implement `Do`.
 
     `VERSION`: bump it to invalidate cached results when behaviour changes; if None, the
-    cache key uses a hash of the executor's class source (and its base classes').
+    cache key uses a hash of the source of the executor's module and of every project module it
+    imports (`project_modules`).
     """
 
     VERSION: str | None = None
+    RUNS: tuple[str, ...] = ()
+    """Modules the executor runs without importing them (jobs named by a "module:function"
+    string for a fan-out): part of its code version like its imports."""
 
     def __init__(self, context: ExecutorContext | None = None) -> None:
         self.context = context or ExecutorContext()
@@ -321,15 +330,61 @@ class BaseExecutor:
     def code_version(cls) -> str:
         if cls.VERSION is not None:
             return f"version:{cls.VERSION}"
+        roots = [klass.__module__ for klass in cls.__mro__ if klass not in (BaseExecutor, object)]
+        modules = sorted({module for root in [*roots, *cls.RUNS] for module in project_modules(root)})
         digest = hashlib.sha256()
-        for klass in cls.__mro__:
-            if klass is BaseExecutor or klass is object:
-                continue
-            try:
-                digest.update(inspect.getsource(klass).encode())
-            except (OSError, TypeError):
-                digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+        for module in modules:
+            digest.update(f"{module}\0{_module_source(module)}\0".encode())
         return "source:" + digest.hexdigest()
+
+
+PROJECT_PACKAGES = ("activations", "trainer", "components", "pipeline")
+"""Packages whose code decides what an executor computes: all of it is in the code version."""
+
+
+@functools.lru_cache(maxsize=None)
+def _module_source(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return ""
+    with open(spec.origin, encoding="utf-8") as f:
+        return f.read()
+
+
+@functools.lru_cache(maxsize=None)
+def project_modules(module: str) -> frozenset[str]:
+    """`module` and every module of `PROJECT_PACKAGES` it imports, directly or not (imports inside
+    functions included). Hashing all their sources makes the cache notice a change anywhere in
+    the code a step runs (a helper function, the statistics, the trainer), not only in the
+    executor class."""
+    seen, queue = set(), [module]
+    while queue:
+        name = queue.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            tree = ast.parse(_module_source(name))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                candidates = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for candidate in candidates:
+                if candidate.split(".")[0] in PROJECT_PACKAGES and candidate not in seen and _is_module(candidate):
+                    queue.append(candidate)
+    return frozenset(seen)
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, AttributeError, ValueError):  # `from module import constant`
+        return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class ExampleGenSpec(ComponentSpec):
         "max_examples": Parameter(int, default=None, doc="cap on the examples kept (stratified)"),
         "seed": Parameter(int, default=0, doc="seed of the split"),
         "num_shards": Parameter(int, default=2),
-        "beam_options": Parameter(list, default=[]),
+        "beam_options": Parameter(list, default=[], in_cache_key=False),
     }
 
 
@@ -107,7 +107,7 @@ class ExampleGenExecutor(BaseExecutor):
             return None
         root = os.path.expanduser(source[len("folder:"):])
         digest = hashlib.sha256()
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames.sort()
             for name in sorted(filenames):
                 stat = os.stat(os.path.join(dirpath, name))

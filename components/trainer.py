@@ -38,8 +38,8 @@ class TrainerSpec(ComponentSpec):
         "functions": Parameter(list, default=[], doc="further expressions to train"),
         "top_k": Parameter(int, default=3),
         "seeds": Parameter(int, default=3),
-        "parallelism": Parameter(int, default=1),
-        "beam_options": Parameter(list, default=[]),
+        "parallelism": Parameter(int, default=1, in_cache_key=False),
+        "beam_options": Parameter(list, default=[], in_cache_key=False),
     }
 
 
@@ -130,6 +130,8 @@ def learned_parameter_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[s
 
 
 class TrainerExecutor(BaseExecutor):
+    RUNS = ("components.training_job",)  # each trial / run is a job of train_job
+
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
         from components.example_gen import read_statistics
         from components.tuner import read_top

@@ -46,8 +46,9 @@ class TunerSpec(ComponentSpec):
         "population_size": Parameter(int, default=8),
         "tournament_size": Parameter(int, default=3),
         "train_examples": Parameter(int, default=None, doc="cap on training examples per trial"),
+        # Kept in the cache key: above 1, trials are proposed a generation at a time.
         "parallel_trials": Parameter(int, default=1),
-        "beam_options": Parameter(list, default=[]),
+        "beam_options": Parameter(list, default=[], in_cache_key=False),
         "top_k": Parameter(int, default=3),
         "seed": Parameter(int, default=0),
     }
@@ -89,6 +90,8 @@ def _fitness(result: dict[str, Any]) -> tuple[float | None, str | None]:
 
 
 class TunerExecutor(BaseExecutor):
+    RUNS = ("components.training_job",)  # each trial / run is a job of train_job
+
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
         import keras_tuner
 

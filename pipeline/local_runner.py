@@ -88,7 +88,8 @@ def compute_cache_key(component: Component, input_dict: dict[str, list[Artifact]
         "spec": f"{spec.__module__}.{spec.__qualname__}",
         "executor": executor_path(executor),
         "executor_version": executor.code_version(),
-        "exec_properties": component.exec_properties,
+        "exec_properties": {name: value for name, value in component.exec_properties.items()
+                            if component.SPEC_CLASS.PARAMETERS[name].in_cache_key},
         "external": executor.external_fingerprint(component.exec_properties),
         "inputs": {name: [a.fingerprint for a in arts] for name, arts in input_dict.items()},
     }

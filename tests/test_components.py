@@ -133,3 +133,41 @@ def test_trials_that_keep_raising_stop_the_search_with_the_reason(tmp_path, monk
     # What ran is kept for the next attempt: the oracle saved every reported trial.
     state = json.load(open(tmp_path / "resume" / "oracle" / "oracle.json"))
     assert len(state["evolution"]["ingested"]) == MAX_ERRORS_IN_A_ROW
+
+
+def test_the_code_version_covers_all_the_code_a_step_runs(monkeypatch):
+    from components import base
+    from components.evaluator import EvaluatorExecutor
+    from components.example_gen import ExampleGenExecutor
+    from components.tuner import TunerExecutor
+
+    before = {executor: executor.code_version() for executor in (EvaluatorExecutor, ExampleGenExecutor, TunerExecutor)}
+    original = base._module_source
+
+    def edited(*names):
+        monkeypatch.setattr(base, "_module_source", lambda m: original(m) + ("\n# edited" if m in names else ""))
+        return {executor: executor.code_version() != version for executor, version in before.items()}
+
+    # A helper module the evaluator imports inside a function; the trainer code the Tuner runs
+    # only by name ("components.training_job:train_job"); the data module ExampleGen uses.
+    assert edited("components.statistics") == {EvaluatorExecutor: True, ExampleGenExecutor: False, TunerExecutor: False}
+    assert edited("trainer.train") == {EvaluatorExecutor: False, ExampleGenExecutor: False, TunerExecutor: True}
+    assert edited("trainer.data")[ExampleGenExecutor] and edited("trainer.data")[TunerExecutor]
+    monkeypatch.setattr(base, "_module_source", original)
+    assert all(executor.code_version() == version for executor, version in before.items())
+
+
+def test_how_a_step_runs_is_not_part_of_what_it_computes():
+    from components.example_gen import ExampleGen
+    from components.trainer import TrainerSpec
+    from components.tuner import TunerSpec
+    from pipeline.local_runner import compute_cache_key
+
+    def key(**parameters):
+        return compute_cache_key(ExampleGen(source="embedded:digits", **parameters), {})
+
+    assert key() == key(beam_options=["--runner=DirectRunner"])  # where it runs: same result
+    assert key() != key(seed=1)  # what it computes: another result
+    # Final runs do not depend on how many run at once; trials do (a generation at a time).
+    assert not TrainerSpec.PARAMETERS["parallelism"].in_cache_key
+    assert TunerSpec.PARAMETERS["parallel_trials"].in_cache_key

@@ -689,7 +689,7 @@ def _class_files(path: str) -> dict[str, list[str]]:
     result = {}
     for entry in _subdirs(path):
         files = []
-        for root, dirs, names in os.walk(entry.path):
+        for root, dirs, names in os.walk(entry.path, followlinks=True):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             files.extend(
                 os.path.join(root, n)
