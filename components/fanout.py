@@ -4,9 +4,11 @@ A job is a JSON-able dict naming a function (`"module:function"`) and its keywor
 `run_jobs` runs a list of them and returns their results in order:
 
 * `parallelism == 1` and no Beam options: in this process, one after another (no start-up cost);
-* otherwise a Beam pipeline: by default the `DirectRunner` in multi-processing mode with
+* otherwise a Beam pipeline: by default Beam's local runner in multi-processing mode with
   `parallelism` worker processes; any Beam runner through `beam_options` (e.g.
-  `["--runner=DataflowRunner", "--project=...", ...]`).
+  `["--runner=DataflowRunner", "--project=...", ...]`). Jobs and their results travel through
+  `work_dir` (and the Examples through their URI), so on a remote runner these must be on a file
+  system the workers share (a network mount); the driver finds results by polling the folder.
 
 Every finished job writes its result to `<work_dir>/<job_id>.json` at once, which gives two things:
 progress while the Beam pipeline runs (the driver polls the folder), and resume: a fan-out that
