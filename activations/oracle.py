@@ -27,6 +27,9 @@ Decisions:
   *rejected*. Neither is proposed; both are counted per generation (`history()`). An offspring
   identical in function to its parent (an identity-preserving insertion) is mutated again rather
   than discarded, so neutral mutations still move the search.
+* When no new function can be bred (every offspring of `max_attempts` a duplicate or rejected)
+  a random sample of the space is proposed instead, so evolution does not end below its budget;
+  STOPPED then means the space itself has nothing new left.
 * A failed trial (exception, NaN score) stays in the population with the worst fitness and ages
   out; the search goes on. `max_consecutive_failed_trials` defaults to 10 rather than
   KerasTuner's 3 because failing candidates are a normal outcome of a search over functions.
