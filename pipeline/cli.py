@@ -88,7 +88,13 @@ def _print_progress(event) -> None:
 
 
 def command_run() -> int:
+    from activations.layer import prefer_wide_vectors
     from pipeline.dag import create_pipeline
+
+    # The command owns its process (and the Beam workers and KFP steps that inherit the
+    # environment): before anything is compiled, let XLA use 512-bit vectors for the fused
+    # activation kernels on AVX-512 CPUs (bench/activation_overhead.py; no effect elsewhere).
+    prefer_wide_vectors()
 
     config = build_config()
     check_writable(config.pipeline_root)
