@@ -11,6 +11,8 @@ interleaved rounds (order reversed every other round), so that a slow spell of a
 hits all of them alike. Prints a markdown table: median and best images/s, the median over
 rounds of the ratio to float32 + ReLU in the same round, and the ratio of the best rounds
 (contention only ever slows a run down, so the best round is the least disturbed one).
+XLA's 512-bit vectors are on for the fused activation kernels, as under `actsearch run`
+(`--narrow-vectors` measures without them).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from activations.layer import prefer_wide_vectors  # noqa: E402
 from trainer.models import activation_factory, build_model  # noqa: E402
 from trainer.precision import cpu_supports_bf16, precision_scope  # noqa: E402
 
@@ -68,7 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
     parser.add_argument("--activations", default="|".join(ACTIVATIONS), help="'|'-separated")
     parser.add_argument("--sharing", default="layer", choices=("layer", "channel"))
+    parser.add_argument("--narrow-vectors", action="store_true", help="XLA's default vector width (see module doc)")
     args = parser.parse_args(argv)
+    if not args.narrow_vectors:
+        prefer_wide_vectors()
     tf.get_logger().setLevel("ERROR")  # one train function per model is expected, not a retrace
     steps = args.steps or (4 if args.quick else 30)
     rounds = args.rounds or (2 if args.quick else 3)
