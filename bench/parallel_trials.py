@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     args.trials = args.trials or (4 if args.quick else 8)
     rounds = args.rounds or (1 if args.quick else 3)
     settings = [int(p) for p in args.parallel.split(",")]
+    from activations.layer import prefer_wide_vectors
+
+    prefer_wide_vectors()  # as `actsearch run` does; the Beam workers inherit it
 
     print(f"# Search trials per hour by parallel_trials ({args.trials} trials of {args.model} on {args.data}, "
           f"{args.epochs} epochs each, {rounds} rounds, {os.cpu_count()} CPUs)\n", flush=True)
