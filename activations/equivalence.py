@@ -12,8 +12,10 @@ floating-point noise between equivalent formulations does not split them.
 Decision: parametric functions are probed twice, at the parameters' initial values and at a second,
 deterministic setting that depends on the parameters' name order. The first probe alone would make
 the learnable Swish `x*sigmoid(beta*x)` a duplicate of the fixed `swish(x)`, although the learnable
-one is a different hypothesis (the point of parametric activations). Reordering the terms of a
-function never changes its fingerprint; renaming its parameters may, when it has several.
+one is a different hypothesis (the point of parametric activations). A function whose parameters
+change nothing at either setting (`mish(x - beta * zero(x))`, as evolution writes Mish) shares the
+fingerprint of the parameter-free function. Reordering the terms of a function never changes its
+fingerprint; renaming its parameters may, when it has several.
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ def fingerprint(expr: Expression | str, initial: float | Mapping[str, float] | N
     with np.errstate(all="ignore"):
         parts = [_quantise(evaluate_numpy(expr, _PROBES, values))]
         if values:
-            parts.append(_quantise(evaluate_numpy(expr, _PROBES, _shifted_values(values))))
+            shifted = _quantise(evaluate_numpy(expr, _PROBES, _shifted_values(values)))
+            if not np.array_equal(shifted, parts[0]):  # parameters that change nothing are not there
+                parts.append(shifted)
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part.tobytes())

@@ -145,6 +145,21 @@ def _unknown_name_message(text: str) -> str:
     )
 
 
+def known_equivalent(expression: Union[str, Expression]) -> Optional[str]:
+    """The usual name (or unary operator) that computes the same function, judged by
+    `activations.fingerprint`, or None. Evolution often finds a known function written in a
+    roundabout way (`mish(x - beta * zero(x))` is Mish); this names it for the reader."""
+    from activations.equivalence import fingerprint
+
+    target = fingerprint(expression_for(expression))
+    for name in [*NAMED, *operators.names(arity=1)]:
+        if name in ("identity", "zero", "one"):
+            continue
+        if fingerprint(expression_for(name)) == target:
+            return name
+    return None
+
+
 def expression_of(layer: keras.layers.Layer) -> Optional[Expression]:
     """The expression a layer computes, for layers made by `get` (None if unknown)."""
     if isinstance(layer, ParametricActivation):

@@ -50,7 +50,7 @@ def choose_function(evaluation: Evaluation, runs: list[dict[str, Any]]) -> tuple
 class ExporterExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
         from activations.export import activation_record
-        from activations.named import expression_for
+        from activations.named import expression_for, known_equivalent
 
         trained = input_dict["trained_models"][0]
         with open(os.path.join(input_dict["evaluation"][0].uri, "evaluation.json")) as f:
@@ -76,7 +76,8 @@ class ExporterExecutor(BaseExecutor):
         out = output_dict["exported"][0]
         record = activation_record(str(expression_for(function)), exec_properties["sharing"],
                                    learned_parameter_statistics(own_runs), summary, name=function,
-                                   origin=own_runs[0].get("origin") if own_runs else None)
+                                   origin=own_runs[0].get("origin") if own_runs else None,
+                                   equivalent_to=known_equivalent(function))
         # The model shipped is the seed with the best validation accuracy: choosing by test
         # accuracy would select on the data the evaluation reports.
         finished = [r for r in own_runs if r.get("model_path") and r.get("val_accuracy") is not None]

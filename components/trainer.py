@@ -69,7 +69,7 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
     """[{function, kind, origin}] : baselines by name, then the top-k distinct functions of the
     search that are not the same function as a baseline, then extra expressions."""
     import activations
-    from activations.named import expression_for
+    from activations.named import expression_for, known_equivalent
 
     chosen = [{"function": name, "kind": "baseline", "origin": "baseline"} for name in baselines]
     seen = {activations.fingerprint(expression_for(name)) for name in baselines}
@@ -79,8 +79,10 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
         fingerprint = item.get("fingerprint") or activations.fingerprint(item["expression"])
         if fingerprint not in seen:
             seen.add(fingerprint)
-            chosen.append({"function": str(activations.parse(item["expression"])), "kind": "discovered",
-                           "origin": search_origin(item)})
+            function = str(activations.parse(item["expression"]))
+            known = known_equivalent(function)
+            alias = f"; the same function as {known}" if known and str(expression_for(known)) != function else ""
+            chosen.append({"function": function, "kind": "discovered", "origin": search_origin(item) + alias})
     for text in extra:
         fingerprint = activations.fingerprint(text)
         if fingerprint not in seen:

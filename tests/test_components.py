@@ -19,6 +19,10 @@ def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_fr
     # The learnable Swish of trial 01 is the named swish baseline: not trained twice.
     assert origins["elu(x)"] == "search initial candidate, trial 03"
     assert origins["mish(mul(alpha,x))"] == "evolved (insert), generation 2, trial 11"
+    # A roundabout spelling of a known function is named as such.
+    (item,) = functions_to_train([], [{"trial_id": "26", "expression": "mish(sub(x,mul(beta,zero(x))))",
+                                       "operator": "remove_parameter", "generation": 3}], 1, [])
+    assert item["origin"] == "evolved (remove_parameter), generation 3, trial 26; the same function as mish"
     assert origins["relu"] == "baseline" and origins["sin(x)"] == "given"
     assert [c["kind"] for c in chosen] == ["baseline", "baseline", "discovered", "discovered", "given"]
 
@@ -80,6 +84,7 @@ def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
     record = json.load(open(exported.path("activation.json")))
     assert record["expression"] == "elu(x)" and record["evaluation"]["blessed"] is True
     assert record["origin"] == "discovered" and record["sharing"] == "channel"
+    assert record["equivalent_to"] == "elu"
     json.dumps(exported.properties, allow_nan=False)
 
 

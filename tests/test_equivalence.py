@@ -80,3 +80,13 @@ def test_non_finite_outputs_and_gradients_are_caught(monkeypatch):
     monkeypatch.setitem(operators.REGISTRY, "sqrt", raw_sqrt)
     assert "non-finite outputs" in check("log(x)")  # log of negative probes is NaN
     assert "non-finite gradients" in check("sqrt(x - x) + x")  # d/dx sqrt(|0|) is inf
+
+
+def test_parameters_that_change_nothing_do_not_split_a_fingerprint():
+    from activations.named import known_equivalent
+
+    assert fingerprint("mish(x - beta * zero(x))") == fingerprint("mish(x)")
+    assert fingerprint("x * sigmoid(beta * x)") != fingerprint("swish(x)")  # beta matters
+    assert known_equivalent("mish(x - beta * zero(x))") == "mish"
+    assert known_equivalent("max(x, 0) + 0 * x") == "relu"
+    assert known_equivalent("gelu(mish(x))") is None
