@@ -185,7 +185,9 @@ def _print_summary(run_json: str) -> None:
             print(f"{label} {results[key]}")
     if "tensorboard" in results:
         print(f"TensorBoard:  {results['tensorboard']}")
-        print(f"  open it with: tensorboard --logdir {results['tensorboard']}")
+        beside = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # the venv's, if any
+        command = beside if os.path.exists(beside) else "tensorboard"
+        print(f"  open it with: {command} --logdir {results['tensorboard']}")
 
 
 def command_compile() -> int:
