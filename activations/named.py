@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from typing import Optional, Union
 
@@ -152,12 +153,15 @@ def known_equivalent(expression: Union[str, Expression]) -> Optional[str]:
     from activations.equivalence import fingerprint
 
     target = fingerprint(expression_for(expression))
-    for name in [*NAMED, *operators.names(arity=1)]:
-        if name in ("identity", "zero", "one"):
-            continue
-        if fingerprint(expression_for(name)) == target:
-            return name
-    return None
+    return next((name for name, known in _known_fingerprints() if known == target), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _known_fingerprints() -> tuple[tuple[str, str], ...]:
+    from activations.equivalence import fingerprint
+
+    names = [*NAMED, *(op for op in operators.names(arity=1) if op not in ("identity", "zero", "one"))]
+    return tuple((name, fingerprint(expression_for(name))) for name in names)
 
 
 def expression_of(layer: keras.layers.Layer) -> Optional[Expression]:
