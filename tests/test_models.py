@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import activations
 from trainer import models
@@ -122,15 +123,34 @@ def test_a_factory_that_reuses_one_layer_is_rejected():
         build_model("mlp", (8, 8, 1), 10, lambda: "relu")
 
 
-def test_option_a_shortcut_subsamples_and_zero_pads():
-    inputs = keras.Input((4, 4, 4))
-    model = keras.Model(inputs, models._shortcut_a(inputs, 8, 2, "block"))
+@pytest.mark.parametrize(
+    "size, channels, filters, stride",
+    [(4, 4, 8, 2), (6, 3, 8, 3), (5, 4, 8, 2), (4, 4, 4, 2), (4, 2, 5, 1)],
+)
+def test_option_a_shortcut_subsamples_and_zero_pads(size, channels, filters, stride):
+    inputs = keras.Input((size, size, channels))
+    model = keras.Model(inputs, models._shortcut_a(inputs, filters, stride, "block"))
     assert count_params(model)["total"] == 0
-    x = np.arange(2 * 4 * 4 * 4, dtype="float32").reshape(2, 4, 4, 4)
+    x = np.arange(2 * size * size * channels, dtype="float32").reshape(2, size, size, channels)
     y = keras.ops.convert_to_numpy(model(x))
-    assert y.shape == (2, 2, 2, 8)
-    np.testing.assert_array_equal(y[..., 2:6], x[:, ::2, ::2, :])
-    assert not y[..., :2].any() and not y[..., 6:].any()
+    subsampled = x[:, ::stride, ::stride, :]
+    assert y.shape == subsampled.shape[:3] + (filters,)
+    before = (filters - channels) // 2
+    np.testing.assert_array_equal(y[..., before:before + channels], subsampled)
+    assert not y[..., :before].any() and not y[..., before + channels:].any()
+
+
+def test_option_a_shortcut_passes_gradients_to_the_kept_pixels_only():
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, models._shortcut_a(inputs, 4, 2, "block"))
+    x = tf.constant(np.ones((1, 4, 4, 2), "float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(model(x))
+    grad = tape.gradient(total, x).numpy()
+    expected = np.zeros_like(grad)
+    expected[:, ::2, ::2, :] = 1.0
+    np.testing.assert_array_equal(grad, expected)
 
 
 def test_fused_batch_norm_matches_keras_batch_norm():
