@@ -3,7 +3,11 @@
 Measures images/s of training steps (after warm-up, XLA compilation included in warm-up) for
 built-in ReLU, Swish (`x*sigmoid(beta*x)`, learnable beta) and the depth-3 expression
 `max(relu(x),cosh(elu(x)))`, in float32 and under `mixed_bfloat16`, and prints each as a ratio to
-built-in ReLU of the same precision. All models are built first; then every round times each
+built-in ReLU of the same precision. Keras' built-in `silu` (Swish without a parameter, as
+TensorFlow ships it) is measured too, as the yardstick for what a non-ReLU activation costs
+without this project's layer: built-in ReLU's forward pass is folded into the convolution by
+TensorFlow's graph rewriter, so it costs nothing, while any other function needs passes of its
+own over memory. All models are built first; then every round times each
 model in turn (order reversed every other round), so slow drifts of a shared machine hit all
 variants alike. The ratio reported is the median over rounds of the per-round ratio.
 
@@ -104,7 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model per round (default 12, quick 5)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
-    parser.add_argument("--variants", default="relu,swish,depth3")
+    parser.add_argument("--variants", default="relu,silu,swish,depth3")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the whole train step too")
     parser.add_argument(
         "--wide-vectors", action="store_true",

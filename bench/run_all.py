@@ -6,7 +6,10 @@ they print and records the machine, the versions and the commit they ran on.
 
     python bench/run_all.py            # the full suite (about an hour on 2 cores)
     python bench/run_all.py --quick    # every benchmark in its quick mode (a few minutes)
-    python bench/run_all.py --only parallel_trials,search_efficiency
+    python bench/run_all.py --only parallel_trials,search_efficiency   # updates just those sections
+
+Each section records the date and commit it was measured at, so a results.md updated section by
+section (`--only`) says where each table comes from.
 """
 
 from __future__ import annotations
@@ -111,12 +114,14 @@ def main(argv=None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
 
     sys.path.insert(0, ROOT)
-    sections = [
-        "# Benchmark results",
-        f"\n{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, commit {commit()}, "
-        f"{'quick mode' if args.quick else 'full mode'} (`python bench/run_all.py{' --quick' if args.quick else ''}`)."
-        f"\n\nMachine: {machine()}.\n\nEvery ratio is measured side by side within one run of its benchmark.",
-    ]
+    stamp = f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, commit {commit()}"
+    mode = "quick mode" if args.quick else "full mode"
+    header = (
+        "# Benchmark results\n\n"
+        f"Machine: {machine()}.\n\nEvery ratio is measured side by side within one run of its benchmark; "
+        "each section says when, at which commit and in which mode it ran (`python bench/run_all.py`)."
+    )
+    fresh: dict[str, str] = {}
     failures = []
     for name in names:
         script, title, arguments, quick = BENCHMARKS[name]
@@ -125,19 +130,40 @@ def main(argv=None) -> int:
         command = " ".join(["python", f"bench/{script}.py", *chosen])
         reason = missing_data(chosen)
         if reason:
-            sections.append(f"\n## {title}\n\n`{command}`: {reason}.")
+            fresh[title] = f"`{command}`: {reason} ({stamp})."
             continue
         code, output, seconds = run(script, chosen)
-        sections.append(f"\n## {title}\n\n`{command}` took {seconds / 60:.1f} min.\n")
+        body = f"`{command}` took {seconds / 60:.1f} min ({stamp}, {mode}).\n"
         if code != 0:
             failures.append(name)
-            sections.append(f"**Failed with exit code {code}.** Last output:\n\n```\n{output[-2000:]}\n```")
+            body += f"\n**Failed with exit code {code}.** Last output:\n\n```\n{output[-2000:]}\n```"
         else:
-            sections.append(as_section(output))
+            body += "\n" + as_section(output)
+        fresh[title] = body
+    previous = {}
+    if args.only and os.path.exists(args.output):
+        with open(args.output) as f:
+            previous = sections_of(f.read())
     with open(args.output, "w") as f:
-        f.write("\n".join(sections) + "\n")
+        f.write(render(header, previous, fresh, [BENCHMARKS[n][1] for n in BENCHMARKS]))
     print(f"\nwrote {args.output}" + (f"; failed: {failures}" if failures else ""))
     return 1 if failures else 0
+
+
+def sections_of(text: str) -> dict[str, str]:
+    """The `## title` sections of a results file: title -> body (without the heading)."""
+    sections = {}
+    for chunk in text.split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        sections[title.strip()] = body.strip("\n")
+    return sections
+
+
+def render(header: str, previous: dict[str, str], fresh: dict[str, str], order: list[str]) -> str:
+    """Fresh sections replace previous ones of the same title; benchmark order, then the rest."""
+    merged = {**previous, **fresh}
+    titles = [t for t in order if t in merged] + [t for t in merged if t not in order]
+    return header + "".join(f"\n\n## {t}\n\n{merged[t]}" for t in titles) + "\n"
 
 
 if __name__ == "__main__":
