@@ -8,8 +8,8 @@ SGD with momentum, as in a search trial) for every combination of precision (``f
 ``mixed_bfloat16``, ``mixed_float16``) and activation (ReLU and a discovered-style expression).
 Every model is built and warmed up (traced) first; then the combinations are timed in
 interleaved rounds (order reversed every other round), so that a slow spell of a shared machine
-hits all of them alike. Each round's figure is the median step time of its steps (timed inside `fit`, see
-`timed_steps`). Prints a markdown table: median and best images/s, the median over
+hits all of them alike. Each round's figure is the median time of its steps (timed inside
+`fit`, see `timed_steps`). Prints a markdown table: median and best images/s, the median over
 rounds of the ratio to float32 + ReLU in the same round, and the ratio of the best rounds
 (contention only ever slows a run down, so the best round is the least disturbed one).
 XLA's 512-bit vectors are on for the fused activation kernels, as under `actsearch run`
