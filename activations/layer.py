@@ -19,13 +19,10 @@ The layer therefore has two implementations:
   the backward pass is a second XLA kernel that recomputes the expression and its derivative
   from `x` in the same loop (cheaper than storing and re-reading intermediates). Inside the
   kernels everything is float32, where the casts are free; input and output keep the layer's
-  dtype. Parameter gradients leave the kernel as contributions folded 8x (the kernel adds the
-  halves of its per-element contributions three times, elementwise work on values in registers)
-  and are summed by TensorFlow, whose CPU reductions were 1.5-2x faster than XLA's here; the
-  fold made Swish's training step about 1% faster than writing full-size contributions. With
-  exactly one parameter the backward pass is two single-output kernels (input gradient;
-  contribution): given two outputs XLA stores the intermediates both need, which cost 1.25-1.8x
-  the time.
+  dtype. Parameter gradients leave the kernel as per-element contributions and are summed by
+  TensorFlow, whose CPU reductions were 1.5-2x faster than XLA's here. With exactly one
+  parameter the backward pass is two single-output kernels (input gradient; contribution):
+  given two outputs XLA stores the intermediates both need, which cost 1.25-1.8x the time.
   bfloat16 inputs with an even channel count are handled as uint32 words holding two channels:
   unpacking is a shift or a mask and packing rounds to nearest even (bit-identical to a cast),
   so the kernel works on 32-bit lanes only. With bfloat16 lanes XLA halves its vector width; the
@@ -282,7 +279,7 @@ def _fused_kernel(text: str):
         dx, (contributions,) = gradients(
             [tf.cast(x, dtype)], [tf.cast(dy, dtype)], [[tf.cast(p, dtype) for p in params]], part
         )
-        return [tf.cast(g, x.dtype) for g in dx] + [_fold(c) for c in contributions]
+        return [tf.cast(g, x.dtype) for g in dx] + list(contributions)
 
     # Packed layout for bfloat16 with an even channel count: each uint32 word holds channels
     # (2k, 2k+1). Unpacking is a shift or a mask, so the kernel works on 32-bit lanes only and
@@ -306,7 +303,7 @@ def _fused_kernel(text: str):
         for is_shared, even, odd in zip(shared, c_even, c_odd):
             # One parameter shared by the layer: add the halves (half the size to reduce).
             # Per channel: keep the halves apart; they are reduced, then interleaved, outside.
-            contributions.extend([_fold(even + odd)] if is_shared else [_fold(even), _fold(odd)])
+            contributions.extend([even + odd] if is_shared else [even, odd])
         return ([_pack_bfloat16(*dx)] if dx else []) + contributions
 
     def reduce_to(contribution, param):
@@ -360,26 +357,6 @@ def _fused_kernel(text: str):
         return y, grad
 
     return kernel
-
-
-def _fold(contribution, times: int = 3):
-    """Halves a parameter-gradient contribution `times` times by adding its halves.
-
-    Runs inside the backward kernel, where it is elementwise work on values already computed, so
-    the kernel writes (and TensorFlow's sum then reads) a tensor 2**times smaller with the same
-    sums. The channel (last) axis is kept, so per-channel sums stay separate; rows are padded
-    with a zero row when odd. Shapes are read at run time: XLA sees them as constants.
-    """
-    import tensorflow as tf
-
-    channels = tf.shape(contribution)[-1]
-    folded = tf.reshape(contribution, [-1, channels])
-    for _ in range(times):
-        rows = tf.shape(folded)[0]
-        folded = tf.pad(folded, [[0, rows % 2], [0, 0]])
-        half = (rows + 1) // 2
-        folded = folded[:half] + folded[half:]
-    return folded
 
 
 def _tf_internal_dtype(dtype):

@@ -364,17 +364,3 @@ def test_one_expression_shared_by_layers_of_different_shapes_and_sharing(dtype):
         np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=tolerance, atol=tolerance)
         for g_fused, g_ops in zip(grads_fused, grads_ops):
             np.testing.assert_allclose(np.float32(g_fused), np.float32(g_ops), rtol=tolerance, atol=tolerance)
-
-
-@pytest.mark.parametrize("shape", [(128, 4, 4, 6), (3, 5, 7), (1, 2), (17,), (0, 3)])
-def test_fold_keeps_per_channel_sums_and_shrinks_rows_eightfold(shape):
-    """The backward kernel folds parameter-gradient contributions before TensorFlow sums them."""
-    from activations.layer import _fold
-
-    values = np.random.default_rng(0).normal(size=shape).astype("float32")
-    folded = _fold(tf.constant(values)).numpy()
-    rows = int(np.prod(shape[:-1]))
-    assert folded.shape[-1] == shape[-1]
-    assert folded.shape == (-(-rows // 8), shape[-1])  # ceil(rows / 8): odd row counts are padded
-    expected = values.reshape(-1, shape[-1]).sum(axis=0)
-    np.testing.assert_allclose(folded.sum(axis=0), expected, rtol=1e-5, atol=1e-5)
