@@ -169,11 +169,13 @@ class Expression:
 
     # --- evaluation ------------------------------------------------------------------------------
 
-    def evaluate(self, x, params: Mapping[str, object] | None = None):
+    def evaluate(self, x, params: Mapping[str, object] | None = None, *, vectorised: bool = False):
         """The function applied elementwise to tensor `x` (keras.ops; any backend).
 
         `params` maps each parameter name to a value that broadcasts against `x` (a scalar or a
         per-channel vector). The result may be a scalar when the expression ignores `x`.
+        `vectorised=True` uses each operator's arithmetic-only float32 form where it has one
+        (`Operator.vector_fn`), for compiled float32 kernels.
         """
         from keras import ops
 
@@ -182,10 +184,10 @@ class Expression:
         if missing:
             raise ValueError(f"no value given for parameter(s) {missing} of {self}")
         x = ops.convert_to_tensor(x)
-        return _evaluate(self, x, params)
+        return _evaluate(self, x, params, vectorised)
 
 
-def _evaluate(node: Expression, x, params):
+def _evaluate(node: Expression, x, params, vectorised: bool = False):
     if node.kind == "input":
         return x
     if node.kind == "parameter":
@@ -196,9 +198,10 @@ def _evaluate(node: Expression, x, params):
         # A tensor of x's dtype: operators applied to constants must not fall back to float32.
         return ops.convert_to_tensor(node.value, dtype=x.dtype)
     if node.name == "pow" and _is_small_integer(node.args[1]):
-        return _integer_power(_evaluate(node.args[0], x, params), int(node.args[1].value))
+        return _integer_power(_evaluate(node.args[0], x, params, vectorised), int(node.args[1].value))
     op = operators.REGISTRY[node.name]
-    return op.fn(*(_evaluate(arg, x, params) for arg in node.args))
+    fn = op.vector_fn if vectorised and op.vector_fn is not None else op.fn
+    return fn(*(_evaluate(arg, x, params, vectorised) for arg in node.args))
 
 
 def _is_small_integer(node: Expression) -> bool:

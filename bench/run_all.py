@@ -36,6 +36,8 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "activation_overhead_wide": ("activation_overhead", "Activation overhead with 512-bit XLA vectors "
                                  "(`activations.layer.prefer_wide_vectors()`)", ["--wide-vectors"],
                                  ["--quick", "--wide-vectors"]),
+    "operator_cost": ("operator_cost", "Operator cost: fused-kernel forward and backward time per unary "
+                      "operator, as a ratio to relu(x)", [], ["--quick"]),
     "training_speed": ("training_speed", "Training speed per precision: ResNet-20 images/s, as a ratio to "
                        "float32 + ReLU", [], ["--quick"]),
     "parallel_trials": ("parallel_trials", "Parallel trials, demo-sized: small CNN trials on the digits",

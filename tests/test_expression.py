@@ -149,6 +149,83 @@ def test_every_operator_computes_its_reference_function_where_it_is_well_behaved
         np.testing.assert_allclose(np.asarray(values, dtype=np.float64), reference(a, b), rtol=1e-9, err_msg=name)
 
 
+def _float32_vector_form(name, x):
+    from keras import ops
+
+    fn = operators.get_operator(name).vector_fn
+    return np.asarray(ops.convert_to_numpy(fn(ops.convert_to_tensor(np.float32(x)))), dtype=np.float64)
+
+
+@pytest.mark.parametrize("name, reference", [("sin", np.sin), ("cos", np.cos)])
+def test_vectorised_sin_and_cos_match_the_exact_functions_in_float32(name, reference):
+    rng = np.random.default_rng(0)
+    for limit, tolerance in [(4.0, 2e-7), (1e4, 2e-7), (1e5, 2e-6)]:
+        x = np.float32(rng.uniform(-limit, limit, 20_000))
+        err = np.abs(_float32_vector_form(name, x) - reference(np.float64(x)))
+        assert err.max() < tolerance, (name, limit, err.max())
+    # Beyond the accurate range |x| counts as SIN_COS_LIMIT: bounded and finite; exact at zero.
+    huge = np.float32([1e7, -3e9, 3.4e38, -3.4e38, 0.0])
+    out = _float32_vector_form(name, huge)
+    limit = np.float64(operators.SIN_COS_LIMIT)
+    expected = np.where(huge == 0, reference(0.0), reference(np.sign(huge) * limit))
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+def test_vectorised_sinc_matches_sin_over_x_and_is_one_at_zero():
+    x = np.float32(np.concatenate([np.linspace(-50, 50, 4001), [0.0, 1e-4, -1e-4]]))
+    expected = np.where(x == 0, 1.0, np.sin(np.float64(x)) / np.where(x == 0, 1.0, np.float64(x)))
+    np.testing.assert_allclose(_float32_vector_form("sinc", x), expected, atol=3e-7)
+
+
+def test_vectorised_asinh_keeps_float32_relative_accuracy_near_zero_and_far_out():
+    x = np.float32(np.concatenate([np.linspace(-30, 30, 6001), [1e-8, -1e-20, 1e17, 1e30, -3e38, 0.0]]))
+    out, reference = _float32_vector_form("asinh", x), np.arcsinh(np.float64(x))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, reference, rtol=5e-7, atol=0)
+
+
+def test_fused_float32_kernels_evaluate_the_vectorised_forms():
+    from keras import ops
+
+    x = ops.convert_to_tensor(np.float32(np.linspace(-30, 30, 101)))
+    exact = ops.convert_to_numpy(parse("sin(x) + cos(x)").evaluate(x))
+    vectorised = ops.convert_to_numpy(parse("sin(x) + cos(x)").evaluate(x, vectorised=True))
+    np.testing.assert_array_equal(
+        vectorised, ops.convert_to_numpy(operators.get_operator("sin").vector_fn(x) + operators.get_operator("cos").vector_fn(x))
+    )
+    np.testing.assert_allclose(vectorised, exact, atol=5e-7)
+    # Operators without a vectorised form evaluate the same either way.
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(parse("tanh(x)").evaluate(x, vectorised=True)), ops.convert_to_numpy(ops.tanh(x))
+    )
+
+
+@pytest.mark.parametrize(
+    "name, derivative",
+    [
+        ("bessel_i0e", lambda x: scipy.special.i1e(x) - np.sign(x) * scipy.special.i0e(x)),
+        (
+            "bessel_i1e",
+            lambda x: np.where(
+                x == 0, 0.5,
+                scipy.special.i0e(x) - np.sign(x) * scipy.special.i1e(x) - scipy.special.i1e(x) / np.where(x == 0, 1, x),
+            ),
+        ),
+    ],
+)
+def test_bessel_operators_have_their_analytic_derivatives(name, derivative):
+    import tensorflow as tf
+
+    x = np.concatenate([np.linspace(-20, 20, 801), [0.0, 3.75, -3.75, 1e-6]])
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        y = operators.get_operator(name).fn(tensor)
+    gradient = tape.gradient(y, tensor).numpy()
+    assert np.all(np.isfinite(gradient))
+    np.testing.assert_allclose(gradient, derivative(x), atol=1e-6)
+
+
 def test_operator_registry_covers_both_papers():
     swish_unary = set(operators.names(arity=1, family="swish_paper"))
     assert {"sqrt", "log", "sinc", "erf", "min0", "gaussian", "cube", "asinh"} <= swish_unary
