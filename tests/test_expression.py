@@ -184,6 +184,35 @@ def test_vectorised_asinh_keeps_float32_relative_accuracy_near_zero_and_far_out(
     np.testing.assert_allclose(out, reference, rtol=5e-7, atol=0)
 
 
+def test_vectorised_atan_matches_the_exact_function_in_float32():
+    x = np.float32(np.concatenate([np.linspace(-30, 30, 6001), [1e-8, 2.4142135, 0.41421357, 1e30, -3e38, 0.0]]))
+    out, reference = _float32_vector_form("atan", x), np.arctan(np.float64(x))
+    np.testing.assert_allclose(out, reference, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name, derivative",
+    [
+        ("sin", np.cos),
+        ("cos", lambda x: -np.sin(x)),
+        ("sinc", lambda x: np.where(x == 0, 0.0, (x * np.cos(x) - np.sin(x)) / np.where(x == 0, 1, x) ** 2)),
+        ("asinh", lambda x: 1 / np.sqrt(1 + x * x)),
+        ("atan", lambda x: 1 / (1 + x * x)),
+    ],
+)
+def test_vectorised_forms_have_the_right_derivatives_including_at_zero(name, derivative):
+    import tensorflow as tf
+
+    x = np.float32(np.concatenate([np.linspace(-12, 12, 2401), [0.0, 1e-6, -1e-6, 2.4142135, 0.41421357]]))
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        y = operators.get_operator(name).vector_fn(tensor)
+    gradient = tape.gradient(y, tensor).numpy()
+    # sin(x)/x differentiated in float32 cancels near zero (cos(x)/x - sin(x)/x^2), exact form too.
+    np.testing.assert_allclose(gradient, derivative(np.float64(x)), atol=1e-5 if name == "sinc" else 2e-6, err_msg=name)
+
+
 def test_fused_float32_kernels_evaluate_the_vectorised_forms():
     from keras import ops
 

@@ -29,7 +29,7 @@ EXPRESSIONS = [
     "alpha",
     "2.5",
     "relu(x)",
-    "cos(alpha * x) + sinc(beta * x) - asinh(x)",
+    "cos(alpha * x) + sinc(beta * x) - asinh(x) * atan(x)",
     "bessel_i0e(beta * x) - bessel_i1e(x) + mish(alpha * x)",
 ]
 
