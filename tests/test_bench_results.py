@@ -30,3 +30,32 @@ def test_every_benchmark_has_a_distinct_title():
     run_all = load_run_all()
     titles = [entry[1] for entry in run_all.BENCHMARKS.values()]
     assert len(set(titles)) == len(titles)
+
+
+def _run_bench(script, *arguments):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", script), *arguments],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_operator_cost_prints_relu_and_exact_form_rows_as_ratios():
+    result = _run_bench(
+        "operator_cost.py", "--operators", "sin,tanh", "--dtypes", "float32,bfloat16", "--shape", "4,4,4,2",
+        "--rounds", "1", "--calls", "1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"operator", "relu", "sin", "tanh", "sin (exact form)"}
+    assert rows["relu"].count("| 1.0x |") == 2  # the reference, once per dtype
+    assert "tanh (exact form)" not in rows  # tanh has no separate vectorised form
+
+
+def test_operator_cost_rejects_unknown_or_binary_operators():
+    result = _run_bench("operator_cost.py", "--operators", "sine,add")
+    assert result.returncode != 0
+    assert "not unary operators: ['sine', 'add']" in result.stderr
