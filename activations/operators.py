@@ -89,6 +89,7 @@ def _safe_sqrt(x):
 SIN_COS_LIMIT = 1e5
 """The vectorised sin and cos (`Operator.vector_fn`) treat larger |x| as this value."""
 
+
 def _sign_constant(x):
     """-1 where x < 0, else 1, as a constant for differentiation.
 
