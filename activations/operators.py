@@ -99,6 +99,15 @@ def _sign_constant(x):
     return ops.where(x < 0, -1.0, 1.0)
 
 
+def _mod(j, n: float):
+    """j mod n for whole numbers j >= 0 and a power of two n, with a multiply and a floor.
+
+    XLA counts `remainder` as expensive and will not fuse an expensive result into several
+    users; in a composed function's backward kernel that kept intermediates in memory.
+    """
+    return j - n * ops.floor(j * (1.0 / n))
+
+
 _FOUR_OVER_PI = 4.0 / math.pi
 # pi/4 split into three parts so that j * part is exact in float32 for the octant numbers j of
 # |x| < ~1e4 (Cody & Waite's reduction, with the Cephes constants).
@@ -117,7 +126,7 @@ def _sin_cos(x):
     sign = _sign_constant(x)
     ax = ops.minimum(x * sign, SIN_COS_LIMIT)
     j = ops.floor(ax * _FOUR_OVER_PI)
-    j = j + ops.mod(j, 2.0)
+    j = j + _mod(j, 2.0)
     z = ax
     for part in _PI4_PARTS:
         z = z - j * part
@@ -125,7 +134,7 @@ def _sin_cos(x):
     sin_z = ((-1.9515295891e-4 * zz + 8.3321608736e-3) * zz - 1.6666654611e-1) * zz * z + z
     cos_z = ((2.443315711809948e-5 * zz - 1.388731625493765e-3) * zz + 4.166664568298827e-2) * zz * zz
     cos_z = cos_z - 0.5 * zz + 1.0
-    octant = ops.mod(j, 8.0)  # 0, 2, 4 or 6: which quarter turn |x| lies in
+    octant = _mod(j, 8.0)  # 0, 2, 4 or 6: which quarter turn |x| lies in
     swap = (octant == 2.0) | (octant == 6.0)
     sin_ax = ops.where(swap, cos_z, sin_z) * ops.where(octant >= 4.0, -1.0, 1.0)
     cos_x = ops.where(swap, sin_z, cos_z) * ops.where((octant == 2.0) | (octant == 4.0), -1.0, 1.0)
