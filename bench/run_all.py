@@ -38,6 +38,8 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
                                  ["--quick", "--wide-vectors"]),
     "operator_cost": ("operator_cost", "Operator cost: fused-kernel forward and backward time per unary "
                       "operator, as a ratio to relu(x)", [], ["--quick"]),
+    "row_layout": ("row_layout", "Row layout: ResNet-20 with the fused kernels on channel-vector rows "
+                   "against wide rows", [], ["--quick"]),
     "training_speed": ("training_speed", "Training speed per precision: ResNet-20 images/s, as a ratio to "
                        "float32 + ReLU", [], ["--quick"]),
     "parallel_trials": ("parallel_trials", "Parallel trials, demo-sized: small CNN trials on the digits",

@@ -241,6 +241,62 @@ def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channel
         np.testing.assert_allclose(np.float32(g_fused), np.float32(g_ops), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize(
+    "shape, dtype, sharing, expression",
+    [
+        ((2, 8, 4), "float32", "channel", "alpha * x * sigmoid(beta * x) + gamma"),  # 8 rows of 4 -> 1 row of 32
+        ((4, 4, 6), "bfloat16", "channel", "alpha * x * sigmoid(beta * x) + gamma"),  # packed words, tiled
+        ((4, 8, 5), "bfloat16", "layer", "bessel_i1e(beta * x) + sin(x)"),  # odd channels, tiled
+        ((4, 8, 5), "float32", "channel", "max(relu(x), cosh(elu(alpha * x)))"),
+    ],
+)
+def test_fused_kernel_on_wide_rows_matches_keras_ops(shape, dtype, sharing, expression):
+    """Channel vectors viewed as longer rows, per-channel parameters tiled: same values and gradients."""
+    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+    fused = ParametricActivation(expression, sharing=sharing, implementation="fused", dtype=policy)
+    portable = ParametricActivation(expression, sharing=sharing, implementation="ops", dtype=policy)
+    x = _inputs(shape)
+    fused.build(x.shape)
+    portable.build(x.shape)
+    _set_parameters(fused)
+    portable.set_weights(fused.get_weights())
+    y_fused, grads_fused = _values_and_gradients(fused, x, dtype)
+    y_ops, grads_ops = _values_and_gradients(portable, x, dtype)
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=tolerance, atol=tolerance)
+    for g_fused, g_ops in zip(grads_fused, grads_ops):
+        assert g_fused.shape == g_ops.shape
+        np.testing.assert_allclose(np.float32(g_fused), np.float32(g_ops), rtol=10 * tolerance, atol=10 * tolerance)
+
+
+@pytest.mark.parametrize(
+    "shape, static_shape, width",
+    [
+        ((2, 8, 4), (2, 8, 4), 32),  # 16 leading positions: rows of 8 channel vectors
+        ((4, 8, 5), (4, 8, 5), 160),  # odd channel count: 32 vectors a row
+        ((6, 8, 4), (None, 8, 4), 32),  # unknown batch: the known 8 suffices
+        ((3, 5, 4), (3, 5, 4), 4),  # 15 leading positions cannot be grouped by 8: left alone
+        ((2, 64), (None, 64), 64),  # already a multiple of 32
+    ],
+)
+def test_wide_rows_group_whole_channel_vectors(shape, static_shape, width):
+    from activations.layer import ROW_QUANTUM, _run_with_wide_rows
+
+    seen = []
+
+    def kernel(rows, offset):  # adds a per-channel offset, as a parameter would
+        seen.append(rows.shape[-1])
+        assert offset.shape[0] == rows.shape[-1]
+        return rows + offset
+
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    offset = np.arange(shape[-1], dtype="float32")
+    run = tf.function(lambda x, offset: _run_with_wide_rows(kernel, x, [offset]),
+                      input_signature=[tf.TensorSpec(static_shape), tf.TensorSpec([shape[-1]])])
+    np.testing.assert_array_equal(run(x, offset).numpy(), x + offset)
+    assert seen == [width] and (width == shape[-1] or width % ROW_QUANTUM == 0)
+
+
 def test_default_implementation_on_tensorflow_is_the_fused_kernel():
     layer = ParametricActivation("x * sigmoid(beta * x)")
     assert layer._use_fused()
