@@ -1,10 +1,11 @@
 """Cost of each unary operator in the fused activation kernel, as a ratio to `relu(x)`.
 
 Times the forward kernel and the backward kernel (input gradient) of `ParametricActivation`'s
-fused XLA path for `op(x)` (with the layer's row layout), on one activation-sized tensor, in float32 and bfloat16, and prints
-each as a ratio to `relu(x)` through the same kernel. For an operator that has an arithmetic-only
-form (`Operator.vector_fn`, used by the float32 kernels), the exact form (`Operator.fn`: XLA's own
-sin, cos, asinh) is timed side by side in the same run, as "exact form".
+fused XLA path for `op(x)`, with the layer's row layout, on one activation-sized tensor, in
+float32 and bfloat16, and prints each as a ratio to `relu(x)` through the same kernel. For an
+operator that has an arithmetic-only form (`Operator.vector_fn`, used by the float32 kernels),
+the exact form (`Operator.fn`: XLA's own sin, cos, atan, asinh) is timed side by side in the
+same run, as "exact form".
 
 This is what a search pays per activation site for a function built from these operators: in the
 CIFAR-10 search, functions of slow operators trained at a fraction of ReLU's speed.
