@@ -248,6 +248,7 @@ def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channel
         ((4, 4, 6), "bfloat16", "channel", "alpha * x * sigmoid(beta * x) + gamma"),  # packed words, tiled
         ((4, 8, 5), "bfloat16", "layer", "bessel_i1e(beta * x) + sin(x)"),  # odd channels, tiled
         ((4, 8, 5), "float32", "channel", "max(relu(x), cosh(elu(alpha * x)))"),
+        ((4, 8, 5), "bfloat16", "channel", "alpha * atan(x) + beta * x"),  # odd channels, packed once tiled
     ],
 )
 def test_fused_kernel_on_wide_rows_matches_keras_ops(shape, dtype, sharing, expression):
