@@ -192,18 +192,24 @@ def test_saved_model_loads_in_a_fresh_process_with_learned_parameters(tmp_path):
 # --- fused kernel vs portable keras.ops ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("expression", EXPRESSIONS)
-@pytest.mark.parametrize("sharing", ["layer", "channel"])
-def test_fused_kernel_matches_keras_ops_values_and_gradients(expression, sharing):
-    fused = ParametricActivation(expression, sharing=sharing, implementation="fused")
-    portable = ParametricActivation(expression, sharing=sharing, implementation="ops")
-    x = _inputs()
+def _fused_and_portable(expression, sharing, x, dtype="float32"):
+    """The fused and the keras.ops layer with the same weights: (fused layer, its (y, grads), ops' (y, grads))."""
+    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+    fused, portable = (
+        ParametricActivation(expression, sharing=sharing, implementation=kind, dtype=policy) for kind in ("fused", "ops")
+    )
     fused.build(x.shape)
     portable.build(x.shape)
     _set_parameters(fused)
     portable.set_weights(fused.get_weights())
-    y_fused, grads_fused = _values_and_gradients(fused, x)
-    y_ops, grads_ops = _values_and_gradients(portable, x)
+    return fused, _values_and_gradients(fused, x, dtype), _values_and_gradients(portable, x, dtype)
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+@pytest.mark.parametrize("sharing", ["layer", "channel"])
+def test_fused_kernel_matches_keras_ops_values_and_gradients(expression, sharing):
+    x = _inputs()
+    fused, (y_fused, grads_fused), (y_ops, grads_ops) = _fused_and_portable(expression, sharing, x)
     assert y_fused.shape == x.shape and y_fused.dtype == "float32"
     np.testing.assert_allclose(y_fused.numpy(), y_ops.numpy(), rtol=1e-5, atol=1e-5)
     assert len(grads_fused) == 1 + len(fused.expression.parameters)
@@ -226,15 +232,8 @@ def test_fused_kernel_matches_keras_ops_values_and_gradients(expression, sharing
 )
 def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channels, expression, sharing):
     """bfloat16 with an even channel count takes the packed layout; odd counts the plain one."""
-    fused = ParametricActivation(expression, sharing=sharing, implementation="fused", dtype=f"mixed_{dtype}")
-    portable = ParametricActivation(expression, sharing=sharing, implementation="ops", dtype=f"mixed_{dtype}")
     x = _inputs((3, 5, channels))
-    fused.build(x.shape)
-    portable.build(x.shape)
-    _set_parameters(fused)
-    portable.set_weights(fused.get_weights())
-    y_fused, grads_fused = _values_and_gradients(fused, x, dtype)
-    y_ops, grads_ops = _values_and_gradients(portable, x, dtype)
+    _, (y_fused, grads_fused), (y_ops, grads_ops) = _fused_and_portable(expression, sharing, x, dtype)
     assert y_fused.dtype == dtype and grads_fused[0].dtype == dtype and grads_fused[1].dtype == "float32"
     np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=1e-2, atol=1e-2)
     for g_fused, g_ops in zip(grads_fused, grads_ops):
@@ -253,16 +252,8 @@ def test_fused_kernel_matches_keras_ops_for_half_precision_inputs(dtype, channel
 )
 def test_fused_kernel_on_wide_rows_matches_keras_ops(shape, dtype, sharing, expression):
     """Channel vectors viewed as longer rows, per-channel parameters tiled: same values and gradients."""
-    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
-    fused = ParametricActivation(expression, sharing=sharing, implementation="fused", dtype=policy)
-    portable = ParametricActivation(expression, sharing=sharing, implementation="ops", dtype=policy)
     x = _inputs(shape)
-    fused.build(x.shape)
-    portable.build(x.shape)
-    _set_parameters(fused)
-    portable.set_weights(fused.get_weights())
-    y_fused, grads_fused = _values_and_gradients(fused, x, dtype)
-    y_ops, grads_ops = _values_and_gradients(portable, x, dtype)
+    _, (y_fused, grads_fused), (y_ops, grads_ops) = _fused_and_portable(expression, sharing, x, dtype)
     tolerance = 1e-5 if dtype == "float32" else 2e-2
     np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=tolerance, atol=tolerance)
     for g_fused, g_ops in zip(grads_fused, grads_ops):
