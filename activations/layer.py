@@ -49,7 +49,7 @@ a ratio to built-in ReLU (float32 / mixed_bfloat16; ranges over repeated runs):
 What remains is arithmetic: a depth-3 expression with three exponentials per element is bound by
 XLA's vectorised `exp`, so cheaper operator formulas pay off directly (a one-`exp` cosh and an
 `exp`-based elu brought it to 0.83-0.88 / 0.72-0.76 with wide vectors). The same holds per
-operator: XLA's CPU code calls the C library once per element for `sin` and `cos`, and keeps
+operator: XLA's CPU code calls the C library once per element for `sin`, `cos` and `atan`, and keeps
 intermediates in memory when differentiating the Bessel fits, which made such operators 9-18x
 relu's cost in the kernel. Float32 kernels therefore evaluate each operator's arithmetic-only
 form where it has one (`Operator.vector_fn`), and the Bessel functions carry their analytic
