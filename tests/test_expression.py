@@ -213,6 +213,63 @@ def test_vectorised_forms_have_the_right_derivatives_including_at_zero(name, der
     np.testing.assert_allclose(gradient, derivative(np.float64(x)), atol=1e-5 if name == "sinc" else 2e-6, err_msg=name)
 
 
+EXPONENTIAL_FAMILY = [
+    "exp", "expm1", "gaussian", "sinh", "cosh", "sigmoid", "log_sigmoid", "softplus", "elu", "selu", "swish",
+    "mish", "elish",
+]
+
+
+def _exact_float64_and_vector_float32(name, x):
+    """(exact value, exact derivative) in float64 and (value, derivative) of the float32 vector form."""
+    import tensorflow as tf
+
+    op = operators.get_operator(name)
+    results = []
+    for fn, dtype in ((op.fn, tf.float64), (op.vector_fn, tf.float32)):
+        tensor = tf.constant(x, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            y = fn(tensor)
+        results.append((np.float64(y.numpy()), np.float64(tape.gradient(y, tensor).numpy())))
+    return results
+
+
+# The grid crosses the range reduction's steps (multiples of ln2/2), the clipping bounds (+-20 for
+# exp, cosh, sinh; +-87 where 2^n leaves float32's normal range) and zero.
+_EXP_GRID = np.float32(np.concatenate([
+    np.linspace(-100, 100, 20001), np.arange(-30, 31) * np.log(2) / 2,
+    [0.0, 1e-30, -1e-30, 1e-6, -1e-6, 1e-3, -1e-3, 20.0, -20.0, 20.01, -20.01, 87.0, -87.0, 88.5, -88.5, 3e38, -3e38],
+]))
+
+
+@pytest.mark.parametrize("name", EXPONENTIAL_FAMILY)
+def test_vectorised_exponential_family_matches_the_exact_operators(name):
+    (exact, _), (vector, _) = _exact_float64_and_vector_float32(name, _EXP_GRID)
+    assert np.all(np.isfinite(vector))
+    # elu is exp(x) - 1 in both forms (absolute error of float32's 1 near zero); the vector
+    # expm1 keeps expm1(-1e-30) = -1e-30, where the exact exp(x) - 1 gives 0.
+    atol = 1.2e-7 if name == "elu" else 1e-29
+    # exp(-x^2): float32's rounding of x^2 (relative 6e-8) grows by x^2 (up to 87) in the result.
+    rtol = 6e-6 if name == "gaussian" else 5e-7
+    np.testing.assert_allclose(vector, exact, rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("name", EXPONENTIAL_FAMILY)
+def test_vectorised_exponential_family_has_the_exact_operators_derivatives(name):
+    """Including where a naive form cancels: expm1' far left, sigmoid' far out, clipping bounds."""
+    (_, exact), (_, vector) = _exact_float64_and_vector_float32(name, _EXP_GRID)
+    assert np.all(np.isfinite(vector))
+    if name == "selu":  # TensorFlow's selu' reads the output: at x = -1e-30 that rounds to 0, the x > 0 slope
+        tiny_negative = _EXP_GRID == np.float32(-1e-30)
+        assert tiny_negative.sum() == 1
+        np.testing.assert_allclose(vector[tiny_negative], 1.0507009873554805 * 1.6732632423543772, rtol=1e-6)
+        exact[tiny_negative] = vector[tiny_negative]
+    np.testing.assert_allclose(vector, exact, rtol=2e-6, atol=2e-7, err_msg=name)
+    tail = (_EXP_GRID < -12) & (_EXP_GRID > -80) & (np.abs(exact) > 1e-30)
+    if name in ("exp", "expm1", "sigmoid"):  # relative accuracy of e^x-sized derivatives in the tail
+        np.testing.assert_allclose(vector[tail], exact[tail], rtol=1e-6, err_msg=name)
+
+
 def test_fused_float32_kernels_evaluate_the_vectorised_forms():
     from keras import ops
 
