@@ -252,6 +252,8 @@ def test_vectorised_exponential_family_matches_the_exact_operators(name):
     # exp(-x^2): float32's rounding of x^2 (relative 6e-8) grows by x^2 (up to 87) in the result.
     rtol = 6e-6 if name == "gaussian" else 5e-7
     np.testing.assert_allclose(vector, exact, rtol=rtol, atol=atol, err_msg=name)
+    # NaN stays NaN (the exponent bits of 2^n are built without a float-to-int conversion).
+    assert np.isnan(_float32_vector_form(name, np.float32([np.nan]))).all(), name
 
 
 @pytest.mark.parametrize("name", EXPONENTIAL_FAMILY)
