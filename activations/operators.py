@@ -227,11 +227,14 @@ def _power_of_two(biased):
     return _bitcast(ops.left_shift(_bitcast(biased + 2.0**23, "int32"), 23), "float32")
 
 
-def _reduce(x):
-    """(n, r, 2^n) with x = n ln2 + r, |r| <= ln2/2, for -127 <= n <= 128 (2^-127 reads as 0)."""
+def _reduce(x, bias: float = 127.0):
+    """(n, r, 2^(n + bias - 127)) with x = n ln2 + r, |r| <= ln2/2 (bias 126 gives 2^n / 2).
+
+    Valid for 0 <= n + bias <= 255; the bit pattern of biased exponent 0 reads as 0.0.
+    """
     n = ops.round(x * _LOG2E)
     r = x - n * _LN2_PARTS[0] - n * _LN2_PARTS[1]
-    return n, r, _power_of_two(n + 127.0)
+    return n, r, _power_of_two(n + bias)
 
 
 def _expm1_reduced(r):
@@ -278,28 +281,21 @@ def _vector_expm1(x):
     return scaled + (scale - 1.0), grad
 
 
-def _exp_pair_parts(x):
-    """(2^n, 2^-n, E(r) - 1, O(r)) for |x| <= EXP_MAX: e^(+-x) = 2^(+-n) (E(r) +- O(r)).
-
-    E and O are the even and odd parts of e^r's degree-7 Taylor polynomial; E - 1 is kept apart
-    so that sinh stays accurate near zero.
-    """
-    n, r, up = _reduce(x)
-    down = _power_of_two(127.0 - n)
-    r2 = r * r
-    even_minus_one = r2 * (_TAYLOR[2] + r2 * (_TAYLOR[4] + r2 * _TAYLOR[6]))
-    odd = r * (1.0 + r2 * (_TAYLOR[3] + r2 * (_TAYLOR[5] + r2 * _TAYLOR[7])))
-    return up, down, even_minus_one, odd
-
-
 def _hyperbolic(x, sign: float):
-    """cosh (sign 1) or sinh (sign -1) of x clipped to +-EXP_MAX, and the other one."""
-    up, down, even_minus_one, odd = _exp_pair_parts(ops.clip(x, -EXP_MAX, EXP_MAX))
-    # (e^x +- e^-x) / 2 = ((up +- down)(E) + (up -+ down) O) / 2, grouped so that sinh keeps
-    # its relative precision near zero (up = down = 1 there).
-    even = even_minus_one + 1.0
-    cosh = 0.5 * ((up + down) * even + (up - down) * odd)
-    sinh = 0.5 * ((up - down) * even + (up + down) * odd)
+    """cosh (sign 1) or sinh (sign -1) of x clipped to +-EXP_MAX, and the other one.
+
+    e^(+-x) = 2^(+-n) (E(r) +- O(r)) from one range reduction, with E and O the even and odd
+    parts of e^r's degree-7 Taylor polynomial; the halves 2^(+-n) / 2 come from the exponent
+    bits directly, so (e^x +- e^-x) / 2 costs no multiplication by 1/2.
+    """
+    n, r, half_up = _reduce(ops.clip(x, -EXP_MAX, EXP_MAX), bias=126.0)
+    half_down = _power_of_two(126.0 - n)
+    r2 = r * r
+    even = 1.0 + r2 * (_TAYLOR[2] + r2 * (_TAYLOR[4] + r2 * _TAYLOR[6]))
+    odd = r * (1.0 + r2 * (_TAYLOR[3] + r2 * (_TAYLOR[5] + r2 * _TAYLOR[7])))
+    # Grouped so that sinh keeps its relative precision near zero (half_up = half_down there).
+    cosh = (half_up + half_down) * even + (half_up - half_down) * odd
+    sinh = (half_up - half_down) * even + (half_up + half_down) * odd
     return (cosh, sinh) if sign > 0 else (sinh, cosh)
 
 
