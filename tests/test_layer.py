@@ -31,7 +31,7 @@ EXPRESSIONS = [
     "relu(x)",
     "cos(alpha * x) + sinc(beta * x) - asinh(x) * atan(x)",
     "bessel_i0e(beta * x) - bessel_i1e(x) + mish(alpha * x)",
-    "sinh(alpha * x) + expm1(x) * selu(beta * x) - elish(x) + log_sigmoid(x) * swish(x) + gaussian(x)",
+    "sinh(alpha * x) + expm1(x) * selu(beta * x) - elish(x) + log_sigmoid(x) * swish(x) + gaussian(softsign(x))",
 ]
 
 
