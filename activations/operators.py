@@ -527,22 +527,6 @@ def _vector_softsign(x):
     return capped * inverse, grad
 
 
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@ops.custom_gradient
-def _vector_gelu(x):
-    """x Phi(x) (exact gelu through erf), derivative Phi(x) + x phi(x) with the vector exp."""
-    cdf = 0.5 * ops.erfc(-x * _INV_SQRT2)  # erfc keeps the far negative tail accurate
-
-    def grad(*args, upstream=None):
-        density = _INV_SQRT_2PI * _exp_clipped(-0.5 * ops.square(ops.clip(x, -1e6, 1e6)), 0.0)
-        return _upstream(args, upstream) * (cdf + x * density)
-
-    return x * cdf, grad
-
-
 def _fold(fn):
     def folded(*args):
         out = args[0]
@@ -604,8 +588,7 @@ _OPERATORS: list[Operator] = [
     Operator("elu", 1, _elu, "x if x>0 else exp(x)-1", families=(_PANGAEA,), vector_fn=_vector_elu),
     Operator("selu", 1, ops.selu, "scaled elu", families=(_PANGAEA,), vector_fn=_vector_selu),
     Operator("swish", 1, ops.silu, "x*sigmoid(x)", families=(_PANGAEA,), vector_fn=_vector_swish),
-    Operator("gelu", 1, lambda x: ops.gelu(x, approximate=False), "x*Phi(x)", families=(_PANGAEA,),
-             vector_fn=_vector_gelu),
+    Operator("gelu", 1, lambda x: ops.gelu(x, approximate=False), "x*Phi(x)", families=(_PANGAEA,)),
     Operator("mish", 1, _mish, "x*tanh(softplus(x))", families=(_PANGAEA,),
              vector_fn=_vector_mish),
     Operator("elish", 1, _elish, "x*sigmoid(x) if x>=0 else (exp(x)-1)*sigmoid(x)", families=(_PANGAEA,),
