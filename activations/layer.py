@@ -42,18 +42,19 @@ calls it on its own.
 Measured with the benchmark on a shared (noisy) 2-core AVX-512 machine, training throughput as
 a ratio to built-in ReLU (float32 / mixed_bfloat16; ranges over repeated runs):
 
-    expression                   fused               fused + wide vectors   keras.ops path
-    x*sigmoid(beta*x)            0.81-0.89 / 0.80    0.88-0.98 / 0.81-0.91  0.54-0.77 / 0.64
-    max(relu(x),cosh(elu(x)))    0.66 / 0.60-0.62    0.76-0.86 / 0.66-0.70  0.37-0.45 / 0.36
+    expression                   fused                  fused + wide vectors   keras.ops path
+    x*sigmoid(beta*x)            0.81-0.90 / 0.75-0.80  0.85-0.98 / 0.79-0.91  0.54-0.77 / 0.64
+    max(relu(x),cosh(elu(x)))    0.81 / 0.73-0.74       0.86-0.90 / 0.76-0.81  0.37-0.45 / 0.36
 
 What remains is arithmetic: a depth-3 expression with three exponentials per element is bound by
-XLA's vectorised `exp`, so cheaper operator formulas pay off directly (a one-`exp` cosh and an
-`exp`-based elu brought it to 0.83-0.88 / 0.72-0.76 with wide vectors). The same holds per
-operator: XLA's CPU code calls the C library once per element for `sin`, `cos` and `atan`, and keeps
-intermediates in memory when differentiating the Bessel fits, which made such operators 9-18x
-relu's cost in the kernel. Float32 kernels therefore evaluate each operator's arithmetic-only
-form where it has one (`Operator.vector_fn`), and the Bessel functions carry their analytic
-derivatives (`bench/operator_cost.py` measures every operator). Higher-order gradients are not
+the exponentials, so cheaper operator formulas pay off directly (a one-`exp` cosh and an
+`exp`-based elu brought it to 0.83-0.88 / 0.72-0.76 with wide vectors; exponentials written out
+with a shared range reduction and analytic derivatives to 0.86-0.90 / 0.76-0.81). The same holds
+per operator: XLA's CPU code calls the C library once per element for `sin`, `cos`, `atan` and
+`log1p`, and keeps intermediates in memory when differentiating the Bessel fits, which made such
+operators 5-25x relu's cost in the kernel. Float32 kernels therefore evaluate each operator's
+arithmetic-only form where it has one (`Operator.vector_fn`), and the Bessel functions carry
+their analytic derivatives (`bench/operator_cost.py` measures every operator). Higher-order gradients are not
 supported through the packed bfloat16 kernel.
 """
 

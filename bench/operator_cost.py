@@ -4,7 +4,7 @@ Times the forward kernel and the backward kernel (input gradient) of `Parametric
 fused XLA path for `op(x)`, with the layer's row layout, on one activation-sized tensor, in
 float32 and bfloat16, and prints each as a ratio to `relu(x)` through the same kernel. For an
 operator that has an arithmetic-only form (`Operator.vector_fn`, used by the float32 kernels),
-the exact form (`Operator.fn`: XLA's own sin, cos, atan, asinh) is timed side by side in the
+the exact form (`Operator.fn`: XLA's own sin, cos, exp, log1p, ...) is timed side by side in the
 same run, as "exact form".
 
 This is what a search pays per activation site for a function built from these operators: in the
