@@ -380,8 +380,15 @@ def _vector_mish(x):
     return x * q, grad
 
 
+@ops.custom_gradient
 def _vector_elu(x):
-    return ops.where(x > 0, x, _vector_exp(ops.minimum(x, 0.0)) - 1.0)
+    """x for x > 0, else e^x - 1 (as `_elu`); derivative 1 or e^x, without `exp`'s clipping mask."""
+    e = _exp_clipped(x, 0.0)
+
+    def grad(*args, upstream=None):
+        return _upstream(args, upstream) * ops.where(x > 0, 1.0, e)
+
+    return ops.where(x > 0, x, e - 1.0), grad
 
 
 def _elu(x):
@@ -479,9 +486,19 @@ _SELU_ALPHA = 1.6732632423543772
 _SELU_SCALE = 1.0507009873554805
 
 
+@ops.custom_gradient
 def _vector_selu(x):
-    # x >= 0 picks the linear branch's derivative at 0, as TensorFlow's selu gradient does.
-    return _SELU_SCALE * ops.where(x >= 0, x, _SELU_ALPHA * _vector_expm1(ops.minimum(x, 0.0)))
+    """scale * (x for x >= 0, else alpha expm1(x)); x >= 0 takes the linear slope at 0, as
+    TensorFlow's selu gradient does."""
+    _, r, power = _reduce(ops.clip(x, _EXP_FLOOR, 0.0))
+    scaled = power * _expm1_reduced(r)  # e^x = scaled + power, e^x - 1 = scaled + (power - 1)
+
+    def grad(*args, upstream=None):
+        slope = ops.where(x >= 0, _SELU_SCALE, (_SELU_SCALE * _SELU_ALPHA) * (scaled + power))
+        return _upstream(args, upstream) * slope
+
+    negative = (_SELU_SCALE * _SELU_ALPHA) * (scaled + (power - 1.0))
+    return ops.where(x >= 0, _SELU_SCALE * x, negative), grad
 
 
 def _log1p_unit(e):
