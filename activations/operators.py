@@ -154,6 +154,28 @@ def _log1p(t):
 
 
 @ops.custom_gradient
+def _vector_sin(x):
+    """sin x with derivative cos x from the same range reduction (0 where |x| is clipped)."""
+    sin, cos = _sin_cos(x)
+
+    def grad(*args, upstream=None):
+        return _upstream(args, upstream) * ops.where(ops.abs(x) < SIN_COS_LIMIT, cos, 0.0)
+
+    return sin, grad
+
+
+@ops.custom_gradient
+def _vector_cos(x):
+    """cos x with derivative -sin x from the same range reduction (0 where |x| is clipped)."""
+    sin, cos = _sin_cos(x)
+
+    def grad(*args, upstream=None):
+        return _upstream(args, upstream) * ops.where(ops.abs(x) < SIN_COS_LIMIT, -sin, 0.0)
+
+    return cos, grad
+
+
+@ops.custom_gradient
 def _asinh(x):
     """asinh(x) = sign(x) log1p(|x| + x^2 / (1 + sqrt(x^2 + 1))): relative error ~3e-7 in float32.
 
@@ -577,10 +599,9 @@ _OPERATORS: list[Operator] = [
     Operator("gaussian", 1, lambda x: ops.exp(-ops.square(_clip_growth(x))), "exp(-x^2)", families=(_SWISH,),
              vector_fn=lambda x: _vector_exp(-ops.square(_clip_growth(x)))),
     # Unary: trigonometric and hyperbolic.
-    Operator("sin", 1, ops.sin, "sin(x)", families=(_SWISH,), vector_fn=lambda x: _sin_cos(x)[0]),
-    Operator("cos", 1, ops.cos, "cos(x)", families=(_SWISH,), vector_fn=lambda x: _sin_cos(x)[1]),
-    Operator("sinc", 1, _sinc, "sin(x)/x", families=(_SWISH,),
-             vector_fn=lambda x: _sinc(x, sin=lambda v: _sin_cos(v)[0])),
+    Operator("sin", 1, ops.sin, "sin(x)", families=(_SWISH,), vector_fn=_vector_sin),
+    Operator("cos", 1, ops.cos, "cos(x)", families=(_SWISH,), vector_fn=_vector_cos),
+    Operator("sinc", 1, _sinc, "sin(x)/x", families=(_SWISH,), vector_fn=lambda x: _sinc(x, sin=_vector_sin)),
     Operator("sinh", 1, _bounded_sinh, "sinh(x), input clipped to +-20", families=(_SWISH, _PANGAEA),
              vector_fn=_vector_sinh),
     Operator("cosh", 1, _bounded_cosh, "cosh(x), input clipped to +-20", families=(_SWISH, _PANGAEA),
