@@ -54,8 +54,8 @@ per operator: XLA's CPU code calls the C library once per element for `sin`, `co
 `log1p`, and keeps intermediates in memory when differentiating the Bessel fits, which made such
 operators 5-25x relu's cost in the kernel. Float32 kernels therefore evaluate each operator's
 arithmetic-only form where it has one (`Operator.vector_fn`), and the Bessel functions carry
-their analytic derivatives (`bench/operator_cost.py` measures every operator). Higher-order gradients are not
-supported through the packed bfloat16 kernel.
+their analytic derivatives (`bench/operator_cost.py` measures every operator). Higher-order
+gradients are not supported through the packed bfloat16 kernel.
 """
 
 from __future__ import annotations
