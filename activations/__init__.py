@@ -14,6 +14,7 @@ from activations.layer import ParametricActivation
 from activations.named import expression_for, get
 from activations.oracle import EvolutionaryOracle, EvolutionaryTuner
 from activations.plotting import plot
+from activations.simplification import simplify
 
 __all__ = ["EvolutionaryOracle", "EvolutionaryTuner", "Expression", "ExpressionError", "ParametricActivation", "check", "expression_for", "fingerprint",
-           "get", "load", "parse", "plot", "space"]
+           "get", "load", "parse", "plot", "simplify", "space"]

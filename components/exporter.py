@@ -77,6 +77,7 @@ class ExporterExecutor(BaseExecutor):
         record = activation_record(str(expression_for(function)), exec_properties["sharing"],
                                    learned_parameter_statistics(own_runs), summary, name=function,
                                    origin=own_runs[0].get("origin") if own_runs else None,
+                                   searched_as=own_runs[0].get("searched_as") if own_runs else None,
                                    equivalent_to=known_equivalent(function))
         # The model shipped is the seed with the best validation accuracy: choosing by test
         # accuracy would select on the data the evaluation reports.

@@ -67,9 +67,13 @@ def search_origin(item: Mapping[str, Any]) -> str:
 
 def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k: int, extra: list[str]) -> list[dict]:
     """[{function, kind, origin}] : baselines by name, then the top-k distinct functions of the
-    search that are not the same function as a baseline, then extra expressions."""
+    search that are not the same function as a baseline, then extra expressions.
+
+    A search result is trained in its simplest form (`activations.simplify`: no dead terms or
+    parameters), which is the function users get; `searched_as` keeps the search's spelling."""
     import activations
     from activations.named import expression_for, known_equivalent
+    from activations.simplification import simplify
 
     chosen = [{"function": name, "kind": "baseline", "origin": "baseline"} for name in baselines]
     seen = {activations.fingerprint(expression_for(name)) for name in baselines}
@@ -79,10 +83,13 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
         fingerprint = item.get("fingerprint") or activations.fingerprint(item["expression"])
         if fingerprint not in seen:
             seen.add(fingerprint)
-            function = str(activations.parse(item["expression"]))
+            searched = activations.parse(item["expression"])
+            function = str(simplify(searched))
             known = known_equivalent(function)
             alias = f"; the same function as {known}" if known and str(expression_for(known)) != function else ""
-            chosen.append({"function": function, "kind": "discovered", "origin": search_origin(item) + alias})
+            spelling = f"; searched as {searched.infix()}" if str(searched) != function else ""
+            chosen.append({"function": function, "kind": "discovered", "origin": search_origin(item) + alias + spelling,
+                           "searched_as": str(searched)})
     for text in extra:
         fingerprint = activations.fingerprint(text)
         if fingerprint not in seen:
@@ -99,6 +106,7 @@ def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any]
         "function": function["function"],
         "kind": function["kind"],
         "origin": function.get("origin", function["kind"]),
+        "searched_as": function.get("searched_as"),
         "seed": seed,
         "test_accuracy": None if failed else result.get("test_accuracy"),
         "val_accuracy": None if failed else result.get("best_val_accuracy"),

@@ -260,8 +260,10 @@ def _print_function_lineage(activation_json: str, search_uri: str) -> None:
     from components.tuner import read_trials
 
     with open(activation_json) as f:
-        expression = json.load(f)["expression"]
-    fingerprint = activations.fingerprint(expression)
+        record = json.load(f)
+    expression = record["expression"]
+    # The search's own spelling: simplifying may drop dead parameters, which can move a fingerprint.
+    fingerprint = activations.fingerprint(record.get("searched_as") or expression)
     trials = {t["trial_id"]: t for t in read_trials(search_uri)}
     found = [t for t in trials.values() if t["fingerprint"] == fingerprint]
     print(f"\nlineage of the exported function {activations.parse(expression).infix()}:")

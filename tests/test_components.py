@@ -19,10 +19,17 @@ def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_fr
     # The learnable Swish of trial 01 is the named swish baseline: not trained twice.
     assert origins["elu(x)"] == "search initial candidate, trial 03"
     assert origins["mish(mul(alpha,x))"] == "evolved (insert), generation 2, trial 11"
-    # A roundabout spelling of a known function is named as such.
+    # A roundabout spelling is trained in its simplest form, and says how the search wrote it.
     (item,) = functions_to_train([], [{"trial_id": "26", "expression": "mish(sub(x,mul(beta,zero(x))))",
                                        "operator": "remove_parameter", "generation": 3}], 1, [])
-    assert item["origin"] == "evolved (remove_parameter), generation 3, trial 26; the same function as mish"
+    assert item["function"] == "mish(x)" and item["searched_as"] == "mish(sub(x,mul(beta,zero(x))))"
+    assert item["origin"] == "evolved (remove_parameter), generation 3, trial 26; searched as mish(x - beta * zero(x))"
+    # One that stays roundabout after simplifying is named as the known function it computes.
+    (item,) = functions_to_train([], [{"trial_id": "27", "expression": "mul(x,sigmoid(identity(x)))",
+                                       "operator": "insert", "generation": 4}], 1, [])
+    assert item["function"] == "mul(x,sigmoid(x))"
+    assert item["origin"] == ("evolved (insert), generation 4, trial 27; the same function as silu; "
+                              "searched as x * sigmoid(identity(x))")
     assert origins["relu"] == "baseline" and origins["sin(x)"] == "given"
     assert [c["kind"] for c in chosen] == ["baseline", "baseline", "discovered", "discovered", "given"]
 
@@ -65,6 +72,7 @@ def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
         for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", 0.90, "discovered")):
             for seed in range(4):
                 f.write(json.dumps({"function": name, "seed": seed, "kind": kind, "origin": kind,
+                                    "searched_as": "elu(identity(x))" if kind == "discovered" else None,
                                     "test_accuracy": mean + 0.002 * seed, "val_accuracy": mean,
                                     "learned_parameters": {}, "model_path": None}) + "\n")
     evaluation = Artifact("Evaluation", str(tmp_path / "evaluation"))
@@ -84,7 +92,7 @@ def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
     record = json.load(open(exported.path("activation.json")))
     assert record["expression"] == "elu(x)" and record["evaluation"]["blessed"] is True
     assert record["origin"] == "discovered" and record["sharing"] == "channel"
-    assert record["equivalent_to"] == "elu"
+    assert record["equivalent_to"] == "elu" and record["searched_as"] == "elu(identity(x))"
     json.dumps(exported.properties, allow_nan=False)
 
 

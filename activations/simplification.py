@@ -1,0 +1,149 @@
+"""`simplify`: the same function, written without dead terms and no-op operators.
+
+Evolution writes known functions in roundabout ways. The search of the CIFAR-10 run found Mish as
+`mish(x - beta * zero(x))`, with a parameter that can never change anything; mutations leave
+`identity(...)`, `... * one(x)` and `sum_n(..., zero(x))` behind. Training does not mind, but the
+function a user takes home should be the short form, without the dead parameters: it reads
+better, trains the same and costs less.
+
+`simplify` rewrites bottom-up with rules that are exact identities of the protected operators for
+finite inputs (`zero(e) -> 0`, `e - 0 -> e`, `0 * e -> 0`, `e * 1 -> e`, `max(e, e) -> e`,
+`-(-e) -> e`, `relu(relu(e)) -> relu(e)`, ...) and folds subtrees without `x` or parameters into
+constants. Parameters are never renamed, so learned values keep their names. As a guard, the
+result is compared with the original on the probe points at several parameter settings; a rewrite
+that changed the function (none should) leaves the expression as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+
+from activations.expression import Expression, format_number, parse
+
+_SUMS = ("add", "sum_n")
+_PRODUCTS = ("mul", "prod_n")
+_EXTREMES = ("max", "min", "max_n", "min_n")
+_IDEMPOTENT = ("abs", "relu", "min0")
+_MAX_FOLDED_DIGITS = 8
+_CHECK_SEED = 0
+_CHECK_SETTINGS = 3
+"""Random parameter settings the guard tries, besides the initial values."""
+
+
+def simplify(expression: Union[str, Expression]) -> Expression:
+    """The simplest form the rules reach; `expression` itself when no rule applies.
+
+    The result computes the same function for every value of the parameters it keeps, and its
+    parameters are a subset of the original's (those whose value could never matter are gone).
+    """
+    original = parse(expression)
+    simplified = _simplify(original)
+    if simplified == original or not _same_function(original, simplified):
+        return original
+    return simplified
+
+
+def _simplify(node: Expression) -> Expression:
+    if node.kind != "call":
+        return node
+    return _rewrite(node.name, [_simplify(arg) for arg in node.args])
+
+
+def _rewrite(name: str, args: list[Expression]) -> Expression:
+    """One call whose arguments are already simplified."""
+    if name == "zero":
+        return Expression.constant(0.0)
+    if name == "one":
+        return Expression.constant(1.0)
+    if name == "identity":
+        return args[0]
+    if all(arg.kind == "constant" for arg in args):
+        return _fold(name, args)
+    first = args[0]
+    if name == "negative" and _is_call(first, "negative"):
+        return first.args[0]
+    if name in _IDEMPOTENT and _is_call(first, name):
+        return first
+    if name == "abs" and _is_call(first, "negative"):
+        return Expression.call("abs", first.args[0])
+    if name in _SUMS:
+        return _combine(name, [arg for arg in args if not _is_constant(arg, 0.0)], neutral=0.0)
+    if name in _PRODUCTS:
+        if any(_is_constant(arg, 0.0) for arg in args):
+            return Expression.constant(0.0)
+        kept = [arg for arg in args if not _is_constant(arg, 1.0)]
+        if len(kept) == 2 and _is_constant(kept[0], -1.0):
+            return Expression.call("negative", kept[1])
+        if len(kept) == 2 and _is_constant(kept[1], -1.0):
+            return Expression.call("negative", kept[0])
+        return _combine(name, kept, neutral=1.0)
+    if name == "sub":
+        left, right = args
+        if _is_constant(right, 0.0):
+            return left
+        if left == right:
+            return Expression.constant(0.0)
+        if _is_constant(left, 0.0):
+            return Expression.call("negative", right)
+    if name == "div":
+        if _is_constant(args[1], 1.0):
+            return first
+        if _is_constant(first, 0.0):
+            return Expression.constant(0.0)
+    if name in _EXTREMES:
+        return _combine(name, list(dict.fromkeys(args)), neutral=None)
+    return Expression.call(name, *args)
+
+
+def _combine(name: str, args: Sequence[Expression], neutral: float | None) -> Expression:
+    """`name` applied to what is left of its arguments: the neutral constant when nothing is, the
+    argument itself when one is (a binary operator keeps its two arguments otherwise)."""
+    if not args:
+        return Expression.constant(neutral)
+    if len(args) == 1:
+        return args[0]
+    return Expression.call(name, *args)
+
+
+def _fold(name: str, args: Sequence[Expression]) -> Expression:
+    """A call on constants as one constant (computed in float64, as the fingerprint is) when the
+    constant is short to write: `sigmoid(0)` becomes 0.5, `exp(1)` stays as it is."""
+    from activations.equivalence import evaluate_numpy
+
+    call = Expression.call(name, *args)
+    with np.errstate(all="ignore"):
+        value = float(evaluate_numpy(call, np.zeros(1))[0])
+    if not np.isfinite(value) or len(format_number(value)) > _MAX_FOLDED_DIGITS:
+        return call
+    return Expression.constant(value)
+
+
+def _is_constant(node: Expression, value: float) -> bool:
+    return node.kind == "constant" and node.value == value
+
+
+def _is_call(node: Expression, name: str) -> bool:
+    return node.kind == "call" and node.name == name
+
+
+def _same_function(original: Expression, simplified: Expression) -> bool:
+    """Equal outputs on the probe points at the initial parameters and at random settings."""
+    from activations.equivalence import evaluate_numpy, probe_points
+
+    if not set(simplified.parameters) <= set(original.parameters):
+        return False
+    rng = np.random.default_rng(_CHECK_SEED)
+    settings = [dict.fromkeys(original.parameters, 1.0)] + [
+        dict(zip(original.parameters, rng.uniform(-3.0, 3.0, len(original.parameters))))
+        for _ in range(_CHECK_SETTINGS if original.parameters else 0)
+    ]
+    x = probe_points()
+    with np.errstate(all="ignore"):
+        for params in settings:
+            before = evaluate_numpy(original, x, params)
+            after = evaluate_numpy(simplified, x, {k: params[k] for k in simplified.parameters})
+            if not np.allclose(before, after, rtol=1e-6, atol=1e-9, equal_nan=True):
+                return False
+    return True

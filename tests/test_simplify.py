@@ -1,0 +1,92 @@
+"""`simplify` removes dead terms and no-op operators and never changes the function."""
+
+import random
+
+import numpy as np
+import pytest
+
+from activations import simplification as simplify_module
+from activations.equivalence import evaluate_numpy
+from activations.expression import parse
+from activations.simplification import simplify
+from activations.space import get_space
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mish(x - beta * zero(x))", "mish(x)"),  # how the CIFAR-10 search wrote Mish
+        ("identity(relu(x)) * one(x)", "relu(x)"),
+        ("sum_n(x, zero(x), tanh(x))", "sum_n(x,tanh(x))"),
+        ("sum_n(zero(x), tanh(x), zero(x))", "tanh(x)"),
+        ("prod_n(x, one(x), tanh(x))", "prod_n(x,tanh(x))"),
+        ("prod_n(x, tanh(x), zero(x))", "0"),
+        ("alpha * zero(x) + beta", "beta"),
+        ("max(relu(x), relu(x))", "relu(x)"),
+        ("max_n(x, tanh(x), x)", "max_n(x,tanh(x))"),
+        ("min(elu(x), elu(x))", "elu(x)"),
+        ("-(-x)", "x"),
+        ("0 - x", "negative(x)"),
+        ("x * (-1)", "negative(x)"),
+        ("-1 * tanh(x)", "negative(tanh(x))"),
+        ("x - x", "0"),
+        ("x - 0", "x"),
+        ("x / 1", "x"),
+        ("0 / x", "0"),
+        ("relu(relu(x))", "relu(x)"),
+        ("abs(-x)", "abs(x)"),
+        ("sigmoid(0) * x", "mul(0.5,x)"),
+        ("exp(one(x)) * x", "mul(exp(1),x)"),  # folded only when the constant is short
+        ("alpha * sigmoid(zero(x) + beta * x)", "mul(alpha,sigmoid(mul(beta,x)))"),
+    ],
+)
+def test_rules(text, expected):
+    assert str(simplify(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["x * sigmoid(beta * x)", "max(relu(x), cosh(elu(x)))", "x", "x - relu(x)",
+                                  "x / x", "alpha * x + beta * x"])
+def test_what_no_rule_covers_is_returned_as_it_is(text):
+    # x / x is not 1 at x = 0 (the division is sign-safe); x - relu(x) and the sums are left alone.
+    assert simplify(text) == parse(text)
+
+
+def _function_values(expr, params):
+    x = np.linspace(-6, 6, 241)
+    with np.errstate(all="ignore"):
+        return evaluate_numpy(expr, x, {name: params[name] for name in expr.parameters})
+
+
+@pytest.mark.parametrize("name", ["pangaea", "swish"])
+def test_over_many_searched_expressions_the_function_stays_the_same_and_only_shrinks(name):
+    space = get_space(name)
+    rng = random.Random(7)
+    values = np.random.default_rng(7)
+    changed = 0
+    for _ in range(150):
+        expr = space.sample(rng)
+        for _ in range(rng.randrange(4)):
+            expr = space.mutate(expr, rng)
+        simple = simplify(expr)
+        assert parse(str(simple)) == simple
+        assert simplify(simple) == simple  # a fixed point
+        assert simple.nodes <= expr.nodes
+        assert set(simple.parameters) <= set(expr.parameters)
+        # Other inputs and parameter values than the module's own guard uses.
+        params = dict(zip(expr.parameters, values.uniform(-2.5, 2.5, len(expr.parameters))))
+        np.testing.assert_allclose(_function_values(simple, params), _function_values(expr, params),
+                                   rtol=1e-6, atol=1e-9, err_msg=f"{expr} -> {simple}")
+        changed += simple != expr
+    assert changed >= 10, f"only {changed} of 150 expressions simplified: the test would prove little"
+
+
+def test_a_rewrite_that_changes_the_function_is_refused(monkeypatch):
+    wrong = simplify_module._rewrite
+
+    def tanh_for_sigmoid(name, args):
+        return wrong("tanh" if name == "sigmoid" else name, args)
+
+    monkeypatch.setattr(simplify_module, "_rewrite", tanh_for_sigmoid)
+    text = "identity(x) * sigmoid(x)"
+    assert simplify(text) == parse(text)  # the guard saw x*tanh(x) != x*sigmoid(x)
+    assert str(simplify("identity(x) * tanh(x)")) == "mul(x,tanh(x))"
