@@ -289,3 +289,24 @@ def test_the_same_dag_runs_through_kfp_local(tmp_path):
     exported = read_json(run["results"]["exported_activation"])
     assert exported["evaluation"]["baseline"] == "relu"
     assert os.path.exists(run["results"]["report"])
+
+
+def test_show_finds_the_lineage_of_a_function_exported_in_its_simplified_form(tmp_path, capsys):
+    import activations
+    from pipeline.cli import _print_function_lineage
+
+    # Dropping the dead alpha moves the fingerprint (the shifted probe is per parameter position),
+    # so only the search's own spelling, kept as searched_as, finds the trial.
+    searched, parent = "alpha*zero(x) + tanh(beta*x)", "tanh(beta*x) + zero(x)"
+    assert activations.fingerprint(searched) != activations.fingerprint(activations.simplify(searched))
+    with open(tmp_path / "trials.jsonl", "w") as f:
+        for trial_id, expression, parents in (("00", parent, []), ("07", searched, ["00"])):
+            f.write(json.dumps({"trial_id": trial_id, "expression": expression, "parents": parents, "generation": 1,
+                                "operator": "add_parameter", "fitness": 0.5,
+                                "fingerprint": activations.fingerprint(expression)}) + "\n")
+    record = tmp_path / "activation.json"
+    record.write_text(json.dumps({"expression": str(activations.simplify(searched)), "searched_as": searched}))
+    _print_function_lineage(str(record), str(tmp_path))
+    shown = capsys.readouterr().out
+    assert "lineage of the exported function tanh(beta * x)" in shown
+    assert "trial 07" in shown and "trial 00" in shown
