@@ -189,6 +189,9 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
 
     best = sorted(trials, key=key)[:top]
     doc.heading(f"Top {len(best)} of {len(trials)} search trials")
+    doc.paragraph("Expressions as the search wrote them; where that spelling carries dead terms, "
+                  "the last column gives the same function in its simplest form (the form the "
+                  "final runs train).")
     rows = []
     for rank, trial in enumerate(best, 1):
         parents = trial.get("parents") or []
@@ -198,8 +201,21 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
         rows.append([str(rank), _Code(str(trial["expression"])),
                      "—" if fitness is None else f"{fitness:.4f}",
                      str(trial.get("generation", "—")),
-                     _CodeList([str(p) for p in parents]) if parents else "—"])
-    doc.table(["Rank", "Expression", "Fitness", "Generation", "Parents"], rows)
+                     _CodeList([str(p) for p in parents]) if parents else "—",
+                     _simplest_form(str(trial["expression"]))])
+    doc.table(["Rank", "Expression", "Fitness", "Generation", "Parents", "Simplest form"], rows)
+
+
+def _simplest_form(text: str) -> Any:
+    """The simplified expression as code, or a dash when it is the same (or not an expression)."""
+    import activations
+
+    try:
+        expression = activations.parse(text)
+    except activations.ExpressionError:
+        return "—"
+    simplest = activations.simplify(expression)
+    return "—" if simplest == expression else _Code(simplest.infix())
 
 
 def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation) -> None:

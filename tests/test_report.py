@@ -107,6 +107,17 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     assert "bad(x)" not in md  # NaN fitness sorts last, outside the top 10
 
 
+def test_trials_show_the_simplest_form_of_roundabout_expressions(tmp_path, inputs):
+    trials = [dict(expression="mish(x - beta*zero(x))", fitness=0.9, generation=3, parents=["07"]),
+              dict(expression="x * sigmoid(beta * x)", fitness=0.8, generation=0, parents=[]),
+              dict(expression="not an expression(", fitness=0.1, generation=0, parents=[])]
+    md = _write(tmp_path, inputs, trials=trials)[0].read_text()
+    rows = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| ") and " | `" in line}
+    assert rows["`mish(x - beta*zero(x))`"].endswith("| `mish(x)` |")
+    assert rows["`x * sigmoid(beta * x)`"].endswith("| — |")
+    assert rows["`not an expression(`"].endswith("| — |")
+
+
 def test_html_is_self_contained_with_embedded_pngs(tmp_path, inputs):
     _, html_path = _write(tmp_path, inputs)
     text = html_path.read_text()
