@@ -6,11 +6,11 @@ gRPC) and under a batch executor that calls `create_trial` / `update_trial` / `e
 
 Each trial's genome is the canonical expression text in the hyper-parameter ``activation``; its
 lineage travels as plain values too (``evolution/parents``: comma-joined trial ids,
-``evolution/generation``: int, ``evolution/operator``: "seed", "sample", "exhaustive", a mutation
+``evolution/generation``: int, ``evolution/operator``: "seed", "sample", "exhaustive", "controller", a mutation
 kind such as "insert", or "crossover[+kind]"). Only bool, int, float and str cross the gRPC
 boundary, so the genome is text, never an object.
 
-Three strategies share the bookkeeping:
+Four strategies share the bookkeeping:
 
 * ``"evolution"`` (default): regularized ("aging") evolution as in PANGAEA's search -- the seed
   functions first, random functions until the population is full, then offspring of tournament
@@ -19,6 +19,10 @@ Three strategies share the bookkeeping:
 * ``"exhaustive"``: every distinct function of one or two core units of "Searching for
   Activation Functions" over a chosen operator subset, in a fixed order, then STOPPED.
 * ``"random"``: uniform samples of the search space (the baseline evolution has to beat).
+* ``"rl"``: the paper's reinforcement-learning search: a controller
+  (`activations.controller.CoreUnitController`) samples one or two core units, and every result
+  trains it by REINFORCE; a function `check` rejects teaches it the worst reward so far, a
+  duplicate nothing (its result was counted once, when its trial ended).
 
 Decisions:
 
@@ -75,6 +79,7 @@ from keras_tuner.engine.trial import Trial, TrialStatus
 from keras_tuner.src.engine import metrics_tracking
 
 from activations import space as space_module
+from activations.controller import CoreUnitController
 from activations.equivalence import check, fingerprint
 from activations.expression import Expression, ExpressionError, parse
 
@@ -96,7 +101,7 @@ DEFAULT_SEEDS = (
 )
 """Baselines trained first (AQuaSurF's list plus GELU)."""
 
-STRATEGIES = ("evolution", "exhaustive", "random")
+STRATEGIES = ("evolution", "exhaustive", "random", "rl")
 SELECTIONS = ("aging", "elitist")
 STATE_VERSION = 1
 _MAX_NEUTRAL_STEPS = 3
@@ -155,7 +160,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         objective: as for any KerasTuner oracle (name, `keras_tuner.Objective` or a list).
         max_trials: trials to run at most (None: until the strategy is exhausted).
         space: "pangaea", "swish" or an `activations.space.SearchSpace`.
-        strategy: "evolution", "exhaustive" or "random".
+        strategy: "evolution", "exhaustive", "random" or "rl" (the last two core units, space "swish").
         population_size: N, the population of the evolution and the most trials in flight.
         tournament_size: candidates drawn at random from the population per parent selection.
         selection: "aging" (regularized evolution: the oldest leaves) or "elitist" (the worst leaves).
@@ -163,10 +168,11 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             crossed over is always mutated).
         crossover_rate: probability that a child comes from crossing two tournament winners.
         seed_functions: expression texts trained first; None means `DEFAULT_SEEDS` for
-            "evolution" and "random" and none for "exhaustive".
-        core_units, unary_forms, binary_forms: the small space of ``strategy="exhaustive"``
-            (1 or 2 core units; subsets of `activations.space.SWISH_UNARY_FORMS` /
-            `SWISH_BINARY_FORMS`; default 1 unit over all forms).
+            "evolution", "random" and "rl" and none for "exhaustive".
+        core_units, unary_forms, binary_forms: the core-unit space of ``strategy="exhaustive"``
+            and ``"rl"`` (1 or 2 core units, at most for "rl"; subsets of
+            `activations.space.SWISH_UNARY_FORMS` / `SWISH_BINARY_FORMS`; default all forms,
+            1 unit for "exhaustive" and 2 for "rl").
         offspring_candidates: with K > 1, K novel valid offspring are bred per proposal and the
             one a nearest-neighbour surrogate (distance between the functions' outputs on the
             fingerprint probe points, as in AQuaSurF) ranks best is proposed.
@@ -222,10 +228,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         if isinstance(idle_sleep, bool) or not isinstance(idle_sleep, (int, float)) or idle_sleep < 0:
             raise ValueError(f"idle_sleep must be a number of seconds >= 0, got {idle_sleep!r}")
         exhaustive_options = {"core_units": core_units, "unary_forms": unary_forms, "binary_forms": binary_forms}
-        if strategy != "exhaustive":
+        if strategy not in ("exhaustive", "rl"):
             given = [name for name, value in exhaustive_options.items() if value is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to strategy='exhaustive', not {strategy!r}")
+                raise ValueError(f"{', '.join(given)} only apply to strategy='exhaustive' or 'rl', not {strategy!r}")
         super().__init__(
             objective=objective,
             max_trials=max_trials,
@@ -258,8 +264,20 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
             self.binary_forms = tuple(binary_forms or space_module.SWISH_BINARY_FORMS)
             next(iter(self._enumeration()), None)  # validates the forms and core_units now
+        elif strategy == "rl":
+            if self.space.name != "swish":
+                raise ValueError(f"strategy='rl' proposes the Swish paper's core units: use space='swish', "
+                                 f"not {self.space.name!r}")
+            self.core_units = 2 if core_units is None else core_units
+            if self.core_units not in (1, 2):
+                raise ValueError(f"core_units must be 1 or 2, got {self.core_units!r}")
+            self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
+            self.binary_forms = tuple(binary_forms or space_module.SWISH_BINARY_FORMS)
         else:
             self.core_units, self.unary_forms, self.binary_forms = None, (), ()
+        self._controller = (CoreUnitController(self.unary_forms, self.binary_forms, self.core_units)
+                            if strategy == "rl" else None)
+        self._pending_tokens: dict[str, list[int]] = {}  # fingerprint -> tokens, until proposed
 
         # The genome and lineage are declared, so `hp.get("activation")` works while a
         # hypermodel is first built and every trial carries the same four values.
@@ -359,6 +377,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             "status": _RUNNING,
             "fitness": None,
         }
+        if fp in self._pending_tokens:
+            self._individuals[trial_id]["tokens"] = self._pending_tokens.pop(fp)
         self._generation_counts(generation)["proposed"] += 1
         values = self._default_values()
         values.update(
@@ -395,6 +415,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             "proposals": self._proposals,
             "seed_cursor": self._seed_cursor,
             "enumeration_cursor": self._enum_cursor,
+            "controller": self._controller.to_json() if self._controller else None,
         }
         return state
 
@@ -421,6 +442,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self._seed_cursor = int(evolution["seed_cursor"])
         self._enum_cursor = int(evolution["enumeration_cursor"])
         self._enum_iterator = None
+        if self._controller is not None:
+            self._controller = CoreUnitController.from_json(evolution["controller"])
         self._stopped = False
 
     # --- persistence -----------------------------------------------------------------------------
@@ -534,6 +557,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             return self._next_enumerated()
         if self.strategy == "random":
             return self._sample()
+        if self.strategy == "rl":
+            return self._controller_proposal()
         if self._proposals < self.population_size:
             sampled = self._sample()
             if sampled is not None or not self._evaluated_population():
@@ -560,6 +585,34 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             if fp not in (None, "neutral"):
                 return expr, fp, "exhaustive", []
         return None
+
+    # --- the controller ("rl") --------------------------------------------------------------------
+
+    def _controller_proposal(self):
+        """A new function the controller samples; a random one if it only repeats itself."""
+        for _ in range(self.max_attempts):
+            tokens = self._controller.sample(self._rng)
+            expr = self._controller.expression(tokens)
+            fp = self._screen(expr)
+            if fp not in (None, "neutral"):
+                self._pending_tokens = {fp: tokens}
+                return expr, fp, "controller", []
+            reward = self._rejection_reward(str(expr))
+            if reward is not None:
+                self._controller.update(tokens, reward)
+        return self._sample()
+
+    def _rejection_reward(self, text: str) -> float | None:
+        """What a function the controller sampled but the oracle did not propose teaches it: the
+        worst reward so far when `check` rejected it, nothing when it is a duplicate (its trial's
+        result teaches the controller once; counting it at every re-sampling collapsed the
+        policy onto known functions in bench runs, and the search then fell back to random)."""
+        fp = self._fingerprint_cache.get(text)
+        return None if fp in self._fingerprints else self._worst_reward()
+
+    def _worst_reward(self) -> float | None:
+        ranks = [self._rank(tid) for tid in self._ingested if self._individuals[tid]["status"] == _COMPLETED]
+        return min(ranks) if ranks else None
 
     # --- evolution -------------------------------------------------------------------------------
 
@@ -660,6 +713,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         else:
             info["status"], info["fitness"] = _FAILED, None
         self._ingested.append(trial.trial_id)
+        if self._controller is not None and info.get("tokens"):
+            reward = self._rank(trial.trial_id) if info["status"] == _COMPLETED else self._worst_reward()
+            if reward is not None:
+                self._controller.update(info["tokens"], reward)
         self._population.append(trial.trial_id)
         while len(self._population) > self.population_size:
             if self.selection == "aging":

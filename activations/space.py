@@ -295,13 +295,23 @@ def core_unit(binary: str, unary1: str, unary2: str, x1: str = "x", x2: str = "x
     return _fill(SWISH_BINARY_FORMS[binary], [u1, u2], namer)
 
 
+def stack_core_units(units: Sequence[tuple[str, str, str]]) -> Expression:
+    """Core units `(binary, unary1, unary2)` applied in turn: the first reads x twice, each later
+    one takes the previous unit's output as x1 and the input x as x2 (the paper's "inputs are x
+    or outputs of earlier units"). Parametric forms get parameters beta, beta_2, ..."""
+    namer = _Namer()
+    text = "x"
+    for binary, unary1, unary2 in units:
+        text = core_unit(binary, unary1, unary2, x1=text, namer=namer)
+    return parse(text)
+
+
 def _sample_swish(space: SearchSpace, rng: random.Random) -> Expression:
     unary, binary = list(SWISH_UNARY_FORMS), list(SWISH_BINARY_FORMS)
-    namer = _Namer()
-    text = core_unit(rng.choice(binary), rng.choice(unary), rng.choice(unary), namer=namer)
+    units = [(rng.choice(binary), rng.choice(unary), rng.choice(unary))]
     if rng.random() < 0.5:  # a second core unit fed by the first and by x
-        text = core_unit(rng.choice(binary), rng.choice(unary), rng.choice(unary), x1=text, namer=namer)
-    return parse(text)
+        units.append((rng.choice(binary), rng.choice(unary), rng.choice(unary)))
+    return stack_core_units(units)
 
 
 def enumerate_core_units(
@@ -325,15 +335,12 @@ def enumerate_core_units(
         )
     if core_units not in (1, 2):
         raise ValueError(f"core_units must be 1 or 2, got {core_units}")
-    for b, u1, u2 in itertools.product(binary, unary, unary):
-        first = core_unit(b, u1, u2)
+    for first in itertools.product(binary, unary, unary):
         if core_units == 1:
-            yield parse(first)
+            yield stack_core_units([first])
             continue
-        for b2, u3, u4 in itertools.product(binary, unary, unary):
-            namer = _Namer()
-            inner = core_unit(b, u1, u2, namer=namer)
-            yield parse(core_unit(b2, u3, u4, x1=inner, namer=namer))
+        for second in itertools.product(binary, unary, unary):
+            yield stack_core_units([first, second])
 
 
 # --- registry ------------------------------------------------------------------------------------
