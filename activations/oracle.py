@@ -6,8 +6,8 @@ gRPC) and under a batch executor that calls `create_trial` / `update_trial` / `e
 
 Each trial's genome is the canonical expression text in the hyper-parameter ``activation``; its
 lineage travels as plain values too (``evolution/parents``: comma-joined trial ids,
-``evolution/generation``: int, ``evolution/operator``: "seed", "sample", "exhaustive", "controller", a mutation
-kind such as "insert", or "crossover[+kind]"). Only bool, int, float and str cross the gRPC
+``evolution/generation``: int, ``evolution/operator``: "seed", "sample", "exhaustive",
+"controller", a mutation kind such as "insert", or "crossover[+kind]"). Only bool, int, float and str cross the gRPC
 boundary, so the genome is text, never an object.
 
 Four strategies share the bookkeeping:
@@ -160,7 +160,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         objective: as for any KerasTuner oracle (name, `keras_tuner.Objective` or a list).
         max_trials: trials to run at most (None: until the strategy is exhausted).
         space: "pangaea", "swish" or an `activations.space.SearchSpace`.
-        strategy: "evolution", "exhaustive", "random" or "rl" (the last two core units, space "swish").
+        strategy: "evolution", "exhaustive", "random" or "rl" (the Swish paper's controller over
+            core units; needs space "swish").
         population_size: N, the population of the evolution and the most trials in flight.
         tournament_size: candidates drawn at random from the population per parent selection.
         selection: "aging" (regularized evolution: the oldest leaves) or "elitist" (the worst leaves).

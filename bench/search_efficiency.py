@@ -1,4 +1,4 @@
-"""Does evolution find better activation functions than random search, at the same trial budget?
+"""Do evolution and the RL controller find better activation functions than random search, at the same trial budget?
 
 Fitness (cheap, but a real optimisation problem with learnable parameters): how well a candidate
 reproduces a target activation curve once its learnable parameters have been fitted by a few
@@ -17,7 +17,13 @@ Methods, each with the same trial budget, over seeds 0..S-1:
 * ``fixed list``: `keras_tuner.RandomSearch` over `hp.Choice` of the named activation functions
   (it stops once the list is exhausted).
 
-Printed as a markdown table: the median best error and the median number of trials until the
+A second comparison runs in the Swish paper's space of one or two core units (``space="swish"``):
+
+* ``rl controller``: `EvolutionaryOracle(strategy="rl")`, the paper's reinforcement-learning
+  search (a core-unit controller trained by REINFORCE on every result), against ``random``
+  and ``evolution`` in the same space.
+
+Printed as markdown tables (one per space): the median best error and the median number of trials until the
 error is at most half that of the best named function, with ratios to evolution; then how many
 offspring the fingerprint cache and the sanity check kept from being trained.
 
@@ -153,6 +159,46 @@ def _fmt_ratio(value: float, reference: float, budget: int) -> str:
     return f"{value / reference:.2f}x"
 
 
+def _print_comparison(group: str, results: dict, threshold: float, args) -> dict:
+    """The markdown tables of one group of methods; ratios are to the group's first method."""
+    summary = {}
+    for name, result in results.items():
+        best = [curve[-1] for curve in result["curves"]]
+        hits = [trials_to(curve, threshold) for curve in result["curves"]]
+        summary[name] = {
+            "median_best": statistics.median(best),
+            "median_trials": statistics.median(hits),
+            "reached": sum(hit != float("inf") for hit in hits),
+            "trials_run": statistics.median(len(curve) for curve in result["curves"]),
+        }
+    reference = next(iter(summary))
+    ref = summary[reference]
+    print(f"\n{group}\n")
+    print(f"| method | trials run | median best NMSE | vs {reference} | seeds reaching threshold | "
+          f"median trials to threshold | vs {reference} |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in summary.items():
+        print(
+            f"| {name} | {row['trials_run']:.0f} | {row['median_best']:.5f} | "
+            f"{row['median_best'] / ref['median_best']:.2f}x | {row['reached']}/{args.seeds} | "
+            f"{_fmt_trials(row['median_trials'], args.trials)} | {_fmt_ratio(row['median_trials'], ref['median_trials'], args.trials)} |"
+        )
+    print(f"\nRatios: error relative to {reference}'s (higher = worse) and trials needed relative to {reference}'s.")
+
+    print("\n| method | candidates screened | duplicates (fingerprint cache) | rejected (sanity check) | trained |")
+    print("|---|---|---|---|---|")
+    for name, result in results.items():
+        if not all(result["counts"]):
+            continue  # KerasTuner's RandomSearch keeps no such counts
+        totals = {key: sum(c[key] for c in result["counts"]) for key in ("proposed", "duplicates", "rejected")}
+        screened = totals["proposed"] + totals["duplicates"] + totals["rejected"]
+        print(
+            f"| {name} | {screened} | {totals['duplicates']} ({totals['duplicates'] / screened:.0%}) | "
+            f"{totals['rejected']} ({totals['rejected'] / screened:.0%}) | {totals['proposed']} |"
+        )
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -169,56 +215,37 @@ def main(argv=None) -> int:
     print(f"Target: {TARGET_TEXT}; best named function: {best_named} (NMSE {named[best_named]:.5f}); "
           f"threshold: NMSE <= {threshold:.5f}; budget {args.trials} trials; seeds 0..{args.seeds - 1}\n")
 
-    methods = {
-        "evolution": lambda seed: run_oracle("evolution", seed, args.trials, population_size=args.population),
-        "random": lambda seed: run_oracle("random", seed, args.trials, population_size=args.population),
-        "fixed list (RandomSearch)": lambda seed: run_fixed_list(seed, args.trials),
+    population = args.population
+    groups = {
+        "PANGAEA space": {
+            "evolution": lambda seed: run_oracle("evolution", seed, args.trials, population_size=population),
+            "random": lambda seed: run_oracle("random", seed, args.trials, population_size=population),
+            "fixed list (RandomSearch)": lambda seed: run_fixed_list(seed, args.trials),
+        },
+        # The Swish paper's space of one or two core units, where its RL controller searched.
+        "Swish paper's core units (space swish)": {
+            "rl controller": lambda seed: run_oracle("rl", seed, args.trials, space="swish", population_size=population),
+            "random": lambda seed: run_oracle("random", seed, args.trials, space="swish", population_size=population),
+            "evolution": lambda seed: run_oracle("evolution", seed, args.trials, space="swish",
+                                                 population_size=population),
+        },
     }
-    results = {}
-    for name, run in methods.items():
-        started = time.perf_counter()
-        curves, counts = [], []
-        for seed in range(args.seeds):
-            curve, count = run(seed)
-            curves.append(curve)
-            counts.append(count)
-        results[name] = {"curves": curves, "counts": counts, "seconds": time.perf_counter() - started}
-        print(f"  {name}: {results[name]['seconds']:.0f} s", file=sys.stderr, flush=True)
-
-    summary = {}
-    for name, result in results.items():
-        best = [curve[-1] for curve in result["curves"]]
-        hits = [trials_to(curve, threshold) for curve in result["curves"]]
-        summary[name] = {
-            "median_best": statistics.median(best),
-            "median_trials": statistics.median(hits),
-            "reached": sum(hit != float("inf") for hit in hits),
-            "trials_run": statistics.median(len(curve) for curve in result["curves"]),
-        }
-    ref = summary["evolution"]
-    print("| method | trials run | median best NMSE | vs evolution | seeds reaching threshold | "
-          "median trials to threshold | vs evolution |")
-    print("|---|---|---|---|---|---|---|")
-    for name, row in summary.items():
-        print(
-            f"| {name} | {row['trials_run']:.0f} | {row['median_best']:.5f} | "
-            f"{row['median_best'] / ref['median_best']:.2f}x | {row['reached']}/{args.seeds} | "
-            f"{_fmt_trials(row['median_trials'], args.trials)} | {_fmt_ratio(row['median_trials'], ref['median_trials'], args.trials)} |"
-        )
-    print("\nRatios: error relative to evolution's (higher = worse) and trials needed relative to evolution's.")
-
-    print("\n| method | candidates screened | duplicates (fingerprint cache) | rejected (sanity check) | trained |")
-    print("|---|---|---|---|---|")
-    for name in ("evolution", "random"):
-        totals = {key: sum(c[key] for c in results[name]["counts"]) for key in ("proposed", "duplicates", "rejected")}
-        screened = totals["proposed"] + totals["duplicates"] + totals["rejected"]
-        print(
-            f"| {name} | {screened} | {totals['duplicates']} ({totals['duplicates'] / screened:.0%}) | "
-            f"{totals['rejected']} ({totals['rejected'] / screened:.0%}) | {totals['proposed']} |"
-        )
+    results, summaries = {}, {}
+    for group, methods in groups.items():
+        for name, run in methods.items():
+            started = time.perf_counter()
+            curves, counts = [], []
+            for seed in range(args.seeds):
+                curve, count = run(seed)
+                curves.append(curve)
+                counts.append(count)
+            results[f"{group}: {name}"] = {"curves": curves, "counts": counts, "seconds": time.perf_counter() - started}
+            print(f"  {group}, {name}: {results[f'{group}: {name}']['seconds']:.0f} s", file=sys.stderr, flush=True)
+        summaries[group] = _print_comparison(group, {name: results[f"{group}: {name}"] for name in methods},
+                                             threshold, args)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"threshold": threshold, "named": named, "summary": summary,
+            json.dump({"threshold": threshold, "named": named, "summary": summaries,
                        "results": {k: {"curves": v["curves"], "counts": v["counts"], "seconds": v["seconds"]}
                                    for k, v in results.items()}}, handle, default=float)
     return 0

@@ -59,8 +59,9 @@ def search_origin(item: Mapping[str, Any]) -> str:
     operator = item.get("operator")
     if operator is None:
         return f"search, {trial}"
-    if operator in ("seed", "sample", "exhaustive"):
-        kind = {"seed": "initial candidate", "sample": "random sample", "exhaustive": "enumerated"}[operator]
+    if operator in ("seed", "sample", "exhaustive", "controller"):
+        kind = {"seed": "initial candidate", "sample": "random sample", "exhaustive": "enumerated",
+                "controller": "RL controller proposal"}[operator]
         return f"search {kind}, {trial}"
     return f"evolved ({operator}), generation {item.get('generation')}, {trial}"
 

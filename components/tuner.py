@@ -41,7 +41,7 @@ class TunerSpec(ComponentSpec):
     PARAMETERS = {
         "train_config": Parameter(dict, doc="trainer.train.TrainConfig fields of every trial"),
         "space": Parameter(str, default="pangaea", choices=("pangaea", "swish")),
-        "strategy": Parameter(str, default="evolution", choices=("evolution", "random", "exhaustive")),
+        "strategy": Parameter(str, default="evolution", choices=("evolution", "random", "exhaustive", "rl")),
         "max_trials": Parameter(int, default=24),
         "population_size": Parameter(int, default=8),
         "tournament_size": Parameter(int, default=3),

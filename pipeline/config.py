@@ -33,7 +33,7 @@ from typing import Any, Mapping
 MODELS = ("mlp", "small_cnn", "resnet20", "resnet56", "resnet56_v2", "wrn_10_4", "all_cnn_c")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SPACES = ("pangaea", "swish")
-STRATEGIES = ("evolution", "random", "exhaustive")
+STRATEGIES = ("evolution", "random", "exhaustive", "rl")
 SHARING = ("layer", "channel")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 RUNNERS = ("local", "kfp-local")
@@ -103,6 +103,9 @@ class PipelineConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("space", self.space, SPACES)
         _choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy == "rl" and self.space != "swish":
+            raise ConfigError(f"strategy 'rl' trains a controller over the Swish paper's core units: "
+                              f"add --space=swish (space is {self.space!r})")
         _choice("sharing", self.sharing, SHARING)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if not any(self.data.startswith(scheme) for scheme in ("embedded:", "tfds:", "folder:")):

@@ -96,7 +96,7 @@ def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
     json.dumps(exported.properties, allow_nan=False)
 
 
-def _run_tuner(tmp_path, monkeypatch, job, max_trials=12):
+def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, **settings):
     import os
 
     from components import training_job
@@ -112,7 +112,7 @@ def _run_tuner(tmp_path, monkeypatch, job, max_trials=12):
     os.makedirs(out.uri, exist_ok=True)
     parameters = {"train_config": {}, "space": "pangaea", "strategy": "evolution", "max_trials": max_trials,
                   "population_size": 4, "tournament_size": 2, "train_examples": None, "parallel_trials": 1,
-                  "beam_options": [], "top_k": 3, "seed": 0}
+                  "beam_options": [], "top_k": 3, "seed": 0, **settings}
     executor = TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume")))
     executor.Do({"examples": [Artifact("Examples", str(tmp_path / "examples"))], "candidates": [candidates]},
                 {"search_results": [out]}, parameters)
@@ -129,6 +129,25 @@ def test_a_search_goes_on_through_any_number_of_diverging_candidates(tmp_path, m
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
     assert len(trials) == 12 and all(t["fitness"] is None for t in trials)
     assert all(t["error"] == "diverged: non-finite loss" for t in trials)
+
+
+def test_the_tuner_runs_the_rl_controller_and_the_trainer_names_its_proposals(tmp_path, monkeypatch):
+    import json
+
+    from components.tuner import read_top
+
+    def likes_tanh(config, examples_uri, train_examples=None):
+        return {"best_val_accuracy": 0.5 + 0.1 * config["activation"].count("tanh")}
+
+    out = _run_tuner(tmp_path, monkeypatch, likes_tanh, max_trials=10, strategy="rl", space="swish")
+    trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
+    assert [t["operator"] for t in trials] == ["seed"] * 2 + ["controller"] * 8
+    state = json.load(open(tmp_path / "resume" / "oracle" / "oracle.json"))
+    assert state["evolution"]["controller"]["updates"] >= 8  # each controller trial taught it
+    top = read_top(out)
+    controller_item = next(item for item in top if item["operator"] == "controller")
+    (chosen,) = functions_to_train([], [controller_item], 1, [])
+    assert chosen["origin"].startswith(f"search RL controller proposal, trial {controller_item['trial_id']}")
 
 
 def test_trials_that_keep_raising_stop_the_search_with_the_reason(tmp_path, monkeypatch):

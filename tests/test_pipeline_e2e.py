@@ -213,6 +213,7 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path):
     (["--data=ftp:x"], "must start with embedded:, tfds: or folder:"),
     (["--pipeline_root=/proc/actsearch"], "is not writable"),
     (["--baselines=swish"], "baselines must include relu"),
+    (["--strategy=rl"], "strategy 'rl' trains a controller over the Swish paper's core units: add --space=swish"),
 ])
 def test_bad_settings_fail_before_any_work(args, message, tmp_path):
     extra = [] if any(a.startswith("--pipeline_root") for a in args) else [f"--pipeline_root={tmp_path / 'r'}"]
