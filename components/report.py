@@ -102,8 +102,9 @@ def write_report(
     doc.image(figures["accuracy"], "Accuracy distribution per function")
     _shapes_section(doc, shapes)
     if history:
-        doc.heading("Evolution progress")
-        doc.paragraph("Best and median fitness of each generation's trained candidates, and how "
+        doc.heading("Search progress")
+        doc.paragraph("Best and median fitness of each generation of trials (a population's worth of "
+                      "proposals, whatever the strategy), and how "
                       "many candidates were new, rejected before training, or duplicates of "
                       "functions already trained.")
         doc.image(figures["evolution"], "Best and median fitness per generation")

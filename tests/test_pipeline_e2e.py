@@ -83,7 +83,7 @@ def test_a_run_produces_every_deliverable(finished):
     assert len(trials) == 4 and len({t["fingerprint"] for t in trials}) == 4
     assert all(t["fitness"] is not None for t in trials)
     report = Path(results["report_markdown"]).read_text()
-    assert discovered["function"] in report and "## Evolution progress" in report
+    assert discovered["function"] in report and "## Search progress" in report
 
 
 def test_the_same_command_again_reuses_every_step(finished):

@@ -146,7 +146,7 @@ def test_nothing_beats_baseline_is_stated(tmp_path):
     assert "**NOT_BLESSED** — No function beat relu" in md_path.read_text()
     assert "No function beat relu" in html_path.read_text()
     # Optional sections are left out when their data is not given.
-    assert "Evolution progress" not in md_path.read_text()
+    assert "Search progress" not in md_path.read_text()
     assert "search trials" not in md_path.read_text()
 
 
