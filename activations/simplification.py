@@ -20,7 +20,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from activations.expression import Expression, format_number, parse
+from activations.expression import Expression, format_number, initial_values, parse
 
 _SUMS = ("add", "sum_n")
 _PRODUCTS = ("mul", "prod_n")
@@ -74,10 +74,9 @@ def _rewrite(name: str, args: list[Expression]) -> Expression:
         if any(_is_constant(arg, 0.0) for arg in args):
             return Expression.constant(0.0)
         kept = [arg for arg in args if not _is_constant(arg, 1.0)]
-        if len(kept) == 2 and _is_constant(kept[0], -1.0):
-            return Expression.call("negative", kept[1])
-        if len(kept) == 2 and _is_constant(kept[1], -1.0):
-            return Expression.call("negative", kept[0])
+        others = [arg for arg in kept if not _is_constant(arg, -1.0)]
+        if len(kept) == 2 and len(others) == 1:
+            return Expression.call("negative", others[0])
         return _combine(name, kept, neutral=1.0)
     if name == "sub":
         left, right = args
@@ -135,7 +134,7 @@ def _same_function(original: Expression, simplified: Expression) -> bool:
     if not set(simplified.parameters) <= set(original.parameters):
         return False
     rng = np.random.default_rng(_CHECK_SEED)
-    settings = [dict.fromkeys(original.parameters, 1.0)] + [
+    settings = [initial_values(original)] + [
         dict(zip(original.parameters, rng.uniform(-3.0, 3.0, len(original.parameters))))
         for _ in range(_CHECK_SETTINGS if original.parameters else 0)
     ]

@@ -59,10 +59,10 @@ def search_origin(item: Mapping[str, Any]) -> str:
     operator = item.get("operator")
     if operator is None:
         return f"search, {trial}"
-    if operator in ("seed", "sample", "exhaustive", "controller"):
-        kind = {"seed": "initial candidate", "sample": "random sample", "exhaustive": "enumerated",
-                "controller": "RL controller proposal"}[operator]
-        return f"search {kind}, {trial}"
+    kinds = {"seed": "initial candidate", "sample": "random sample", "exhaustive": "enumerated",
+             "controller": "RL controller proposal"}
+    if operator in kinds:
+        return f"search {kinds[operator]}, {trial}"
     return f"evolved ({operator}), generation {item.get('generation')}, {trial}"
 
 
@@ -74,7 +74,6 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
     parameters), which is the function users get; `searched_as` keeps the search's spelling."""
     import activations
     from activations.named import expression_for, known_equivalent
-    from activations.simplification import simplify
 
     chosen = [{"function": name, "kind": "baseline", "origin": "baseline"} for name in baselines]
     seen = {activations.fingerprint(expression_for(name)) for name in baselines}
@@ -85,7 +84,7 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
         if fingerprint not in seen:
             seen.add(fingerprint)
             searched = activations.parse(item["expression"])
-            function = str(simplify(searched))
+            function = str(activations.simplify(searched))
             known = known_equivalent(function)
             alias = f"; the same function as {known}" if known and str(expression_for(known)) != function else ""
             spelling = f"; searched as {searched.infix()}" if str(searched) != function else ""
