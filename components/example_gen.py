@@ -51,7 +51,7 @@ def _write_splits(dataset, uri: str, num_shards: int, beam_options) -> None:
     import apache_beam as beam
 
     from components.fanout import beam_pipeline
-    from trainer.data import encode_example
+    from trainer.tfrecords import encode_example
 
     with beam_pipeline(beam_options) as pipeline:
         for split in SPLITS:
@@ -68,10 +68,10 @@ def _write_splits(dataset, uri: str, num_shards: int, beam_options) -> None:
 
 
 class ExampleGenExecutor(BaseExecutor):
-    """Loads the source with `trainer.data.load_dataset` and writes it with Beam."""
+    """Loads the source with `trainer.sources.load_dataset` and writes it with Beam."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
-        from trainer.data import load_dataset
+        from trainer.sources import load_dataset
 
         out = output_dict["examples"][0]
         p = exec_properties
@@ -129,7 +129,8 @@ def read_statistics(examples: Artifact | str) -> dict[str, Any]:
 def read_examples(examples: Artifact | str):
     """The shards of an Examples artifact as an in-memory `trainer.data.Dataset`, in an order
     that depends only on the content."""
-    from trainer.data import Dataset, read_tfrecords
+    from trainer.data import Dataset
+    from trainer.tfrecords import read_tfrecords
 
     uri = examples.uri if isinstance(examples, Artifact) else examples
     stats = read_statistics(uri)

@@ -53,6 +53,7 @@ def build_config() -> config_lib.PipelineConfig:
 def check_data_source(config: config_lib.PipelineConfig) -> None:
     """Cheap checks that the data can be read, so a bad path fails in a second, not an hour in."""
     from trainer import data as data_lib
+    from trainer import sources
 
     spec = data_lib.parse_source(config.data)
     if spec.scheme == "folder":
@@ -62,9 +63,9 @@ def check_data_source(config: config_lib.PipelineConfig) -> None:
         if not os.access(path, os.R_OK | os.X_OK):
             raise UsageError(f"data folder {path!r} is not readable")
     elif spec.scheme == "tfds":
-        builder = data_lib._tfds_builder(spec.target, config.data_dir)  # unknown names raise DataError
+        builder = sources._tfds_builder(spec.target, config.data_dir)  # unknown names raise DataError
         prepared = os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
-        if not prepared and not data_lib.internet_reachable():
+        if not prepared and not sources.internet_reachable():
             raise UsageError(
                 f"TFDS data set {spec.target!r} is not prepared in {builder.data_dir!r} and the internet is "
                 "unreachable; prepare it elsewhere and pass --data_dir, or use folder:<path>"

@@ -1,4 +1,5 @@
-"""Tests of trainer.data: sources, deterministic splits, pipelines, TFRecords and every error."""
+"""Tests of the data modules (trainer.data, .sources, .input_pipeline, .tfrecords): sources,
+deterministic splits, pipelines, TFRecords and every error."""
 
 import os
 
@@ -17,6 +18,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from trainer import data as D
+from trainer import input_pipeline as P
+from trainer import sources as S
+from trainer import tfrecords as T
 
 ARCHIVE = (
     pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
@@ -33,7 +37,7 @@ PER_CLASS = 20  # images per class taken from the archive: 200 in all
 
 @pytest.fixture(scope="module")
 def digits():
-    return D.load_dataset("embedded:digits")
+    return S.load_dataset("embedded:digits")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,7 @@ def class_folder(cifar_members, tmp_path_factory):
 @pytest.fixture
 def _online(monkeypatch):
     """TFDS downloads are mocked: let the offline probe pass."""
-    monkeypatch.setattr(D, "internet_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(S, "internet_reachable", lambda timeout=3.0: True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +157,8 @@ def test_digits_splits_partition_the_data(digits, digits_rows):
 
 
 def test_split_is_deterministic_and_seeded(digits):
-    again = D.load_dataset("embedded:digits", seed=0)
-    other = D.load_dataset("embedded:digits", seed=1)
+    again = S.load_dataset("embedded:digits", seed=0)
+    other = S.load_dataset("embedded:digits", seed=1)
     for split in D.SPLITS:
         np.testing.assert_array_equal(again.arrays(split)[0], digits.arrays(split)[0])
         np.testing.assert_array_equal(again.arrays(split)[1], digits.arrays(split)[1])
@@ -163,7 +167,7 @@ def test_split_is_deterministic_and_seeded(digits):
 
 
 def test_fractions_honoured_and_stratified():
-    ds = D.load_dataset("embedded:digits", splits=(0.5, 0.2, 0.3), seed=3)
+    ds = S.load_dataset("embedded:digits", splits=(0.5, 0.2, 0.3), seed=3)
     n = 1797
     assert ds.num_examples == {"validation": round(0.2 * n), "test": round(0.3 * n),
                                "train": n - round(0.2 * n) - round(0.3 * n)}
@@ -184,26 +188,26 @@ def test_stratified_order_indices():
 
 
 def test_max_examples_int_and_per_split():
-    ds = D.load_dataset("embedded:digits", max_examples=50)
+    ds = S.load_dataset("embedded:digits", max_examples=50)
     assert ds.num_examples == {"train": 50, "validation": 50, "test": 50}
     counts = np.bincount(ds.arrays("train")[1], minlength=10)
     assert counts.min() >= 4 and counts.max() <= 6  # a stratified subset
-    ds = D.load_dataset("embedded:digits", max_examples={"train": 100})
+    ds = S.load_dataset("embedded:digits", max_examples={"train": 100})
     assert ds.num_examples == {"train": 100, "validation": 180, "test": 180}
     # A limit keeps the head of the same split: the test split is unchanged by the train limit.
-    full = D.load_dataset("embedded:digits")
+    full = S.load_dataset("embedded:digits")
     np.testing.assert_array_equal(ds.arrays("test")[0], full.arrays("test")[0])
 
 
 def test_zero_fraction_gives_empty_split():
-    ds = D.load_dataset("embedded:digits", splits=(0.9, 0.1, 0.0))
+    ds = S.load_dataset("embedded:digits", splits=(0.9, 0.1, 0.0))
     assert ds.num_examples["test"] == 0
     assert ds.arrays("test")[0].shape == (0, 8, 8, 1)
-    assert list(D.make_pipeline(ds, split="test", batch_size=8)) == []
+    assert list(P.make_pipeline(ds, split="test", batch_size=8)) == []
 
 
 def test_image_size_resizes():
-    ds = D.load_dataset("embedded:digits", image_size=(16, 12), max_examples=20)
+    ds = S.load_dataset("embedded:digits", image_size=(16, 12), max_examples=20)
     assert ds.input_shape == (16, 12, 1)
     assert ds.arrays("train")[0].shape == (20, 16, 12, 1)
 
@@ -224,7 +228,7 @@ def test_image_size_resizes():
 )
 def test_load_argument_errors(kwargs, fragment):
     with pytest.raises(D.DataError, match=fragment):
-        D.load_dataset("embedded:digits", **kwargs)
+        S.load_dataset("embedded:digits", **kwargs)
 
 
 def test_dataset_validation_and_metadata(digits):
@@ -251,7 +255,7 @@ def _collect(pipeline):
 
 
 def test_pipeline_batches_and_normalises(digits):
-    batches = list(D.make_pipeline(digits, batch_size=100, seed=0))
+    batches = list(P.make_pipeline(digits, batch_size=100, seed=0))
     assert [int(b[0].shape[0]) for b in batches] == [100] * 14 + [37]
     x, y = _collect(batches)
     assert x.dtype == np.float32 and y.dtype == np.int32 and x.shape == (1437, 8, 8, 1)
@@ -265,24 +269,24 @@ def test_pipeline_batches_and_normalises(digits):
     np.testing.assert_allclose(mean, raw.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(std, raw.std(axis=(0, 1, 2)), rtol=1e-5)
 
-    dropped = list(D.make_pipeline(digits, batch_size=100, drop_remainder=True))
+    dropped = list(P.make_pipeline(digits, batch_size=100, drop_remainder=True))
     assert len(dropped) == 14
 
 
 def test_pipeline_eval_keeps_order_and_other_normalisations(digits):
     images, labels = digits.arrays("validation")
-    x, y = _collect(D.make_pipeline(digits, split="validation", batch_size=64, normalize="unit",
+    x, y = _collect(P.make_pipeline(digits, split="validation", batch_size=64, normalize="unit",
                                     augment=True))
     np.testing.assert_array_equal(y, labels)  # no shuffling, no augmentation
     np.testing.assert_allclose(x, images / 255.0, atol=1e-6)
-    x, _ = _collect(D.make_pipeline(digits, split="validation", batch_size=64,
+    x, _ = _collect(P.make_pipeline(digits, split="validation", batch_size=64,
                                     normalize="symmetric"))
     np.testing.assert_allclose(x, images / 127.5 - 1.0, atol=1e-6)
 
 
 def test_pipeline_is_deterministic_given_seed(digits):
     def epochs(seed):
-        pipe = D.make_pipeline(digits, batch_size=256, augment=True, seed=seed)
+        pipe = P.make_pipeline(digits, batch_size=256, augment=True, seed=seed)
         return [_collect(pipe) for _ in range(2)]
 
     (a1x, a1y), (a2x, a2y) = epochs(5)
@@ -309,7 +313,7 @@ def _transforms(image, pad):
 def test_augmentation_is_pad_crop_flip(digits):
     images, labels = digits.arrays("train")
     n = 128
-    pipe = D.make_pipeline(digits, batch_size=n, augment=True, normalize="unit",
+    pipe = P.make_pipeline(digits, batch_size=n, augment=True, normalize="unit",
                            shuffle_buffer=1, seed=2)  # buffer 1: order kept, so compare 1:1
     x, y = next(iter(pipe))
     x = np.round(x.numpy() * 255).astype(np.uint8)
@@ -319,7 +323,7 @@ def test_augmentation_is_pad_crop_flip(digits):
     for augmented, original in zip(x, images[:n]):
         assert any(np.array_equal(augmented, t) for t in _transforms(original, pad=1))
     # Crop without flip never mirrors; flip only mirrors.
-    x, _ = next(iter(D.make_pipeline(digits, batch_size=n, augment="flip", normalize="unit",
+    x, _ = next(iter(P.make_pipeline(digits, batch_size=n, augment="flip", normalize="unit",
                                      shuffle_buffer=1, seed=2)))
     x = np.round(x.numpy() * 255).astype(np.uint8)
     flipped = [np.array_equal(a, b[:, ::-1]) and not np.array_equal(a, b)
@@ -340,15 +344,15 @@ def test_augmentation_is_pad_crop_flip(digits):
 )
 def test_pipeline_errors(digits, kwargs, fragment):
     with pytest.raises(D.DataError, match=fragment):
-        D.make_pipeline(digits, **kwargs)
+        P.make_pipeline(digits, **kwargs)
 
 
 def test_pipeline_on_tf_data_needs_stats(digits):
     with pytest.raises(D.DataError, match="needs stats"):
-        D.make_pipeline(digits.train, batch_size=8)
+        P.make_pipeline(digits.train, batch_size=8)
     with pytest.raises(D.DataError, match="Dataset or a tf.data.Dataset"):
-        D.make_pipeline(digits.arrays("train"), batch_size=8)
-    pipe = D.make_pipeline(digits.validation, batch_size=200, training=False,
+        P.make_pipeline(digits.arrays("train"), batch_size=8)
+    pipe = P.make_pipeline(digits.validation, batch_size=200, training=False,
                            stats=digits.channel_stats())
     x, _ = _collect(pipe)
     mean, std = digits.channel_stats()
@@ -361,37 +365,37 @@ def test_pipeline_on_tf_data_needs_stats(digits):
 
 def test_encode_decode_roundtrip():
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    record = D.encode_example(image, 4)
+    record = T.encode_example(image, 4)
     assert isinstance(record, bytes)
-    decoded, label = D.decode_example(record, (5, 7, 3))
+    decoded, label = T.decode_example(record, (5, 7, 3))
     np.testing.assert_array_equal(decoded.numpy(), image)
     assert int(label) == 4 and label.dtype == tf.int32
     with pytest.raises(tf.errors.InvalidArgumentError, match="input_shape"):
-        D.decode_example(record, (7, 5, 3))
+        T.decode_example(record, (7, 5, 3))
     with pytest.raises(D.DataError, match="uint8"):
-        D.encode_example(image.astype(np.float32), 1)
+        T.encode_example(image.astype(np.float32), 1)
 
 
 def test_write_and_read_tfrecords(digits, tmp_path):
     images, labels = digits.arrays("validation")
-    paths = D.write_tfrecords((images, labels), tmp_path / "val", num_shards=3)
+    paths = T.write_tfrecords((images, labels), tmp_path / "val", num_shards=3)
     assert [os.path.basename(p) for p in paths] == [
         f"val-0000{i}-of-00003.tfrecord" for i in range(3)
     ]
-    x, y = zip(*D.read_tfrecords(str(tmp_path / "val-*"), digits.input_shape).as_numpy_iterator())
+    x, y = zip(*T.read_tfrecords(str(tmp_path / "val-*"), digits.input_shape).as_numpy_iterator())
     np.testing.assert_array_equal(np.stack(x), images)
     np.testing.assert_array_equal(np.array(y), labels)
     # The pipeline decodes serialized records itself.
     raw = tf.data.TFRecordDataset(paths)
-    bx, by = _collect(D.make_pipeline(raw, batch_size=50, training=False, normalize="unit",
+    bx, by = _collect(P.make_pipeline(raw, batch_size=50, training=False, normalize="unit",
                                       input_shape=digits.input_shape))
     np.testing.assert_allclose(bx, images / 255.0, atol=1e-6)
     with pytest.raises(D.DataError, match="input_shape"):
-        D.make_pipeline(raw, batch_size=50, normalize="unit")
+        P.make_pipeline(raw, batch_size=50, normalize="unit")
     with pytest.raises(D.DataError, match="no TFRecord files"):
-        D.read_tfrecords(str(tmp_path / "missing-*"), (8, 8, 1))
+        T.read_tfrecords(str(tmp_path / "missing-*"), (8, 8, 1))
     with pytest.raises(D.DataError, match="num_shards"):
-        D.write_tfrecords((images, labels), tmp_path / "x", num_shards=0)
+        T.write_tfrecords((images, labels), tmp_path / "x", num_shards=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +403,7 @@ def test_write_and_read_tfrecords(digits, tmp_path):
 
 
 def test_folder_class_layout(class_folder, cifar_members):
-    ds = D.load_dataset(f"folder:{class_folder}")
+    ds = S.load_dataset(f"folder:{class_folder}")
     assert ds.class_names == tuple(CIFAR_CLASSES)
     assert ds.input_shape == (32, 32, 3)
     assert ds.num_examples == {"train": 160, "validation": 20, "test": 20}
@@ -417,16 +421,16 @@ def test_folder_class_layout(class_folder, cifar_members):
     for split in D.SPLITS:
         for image, label in zip(*ds.arrays(split)):
             assert pixels[image.tobytes()] == label
-    again = D.load_dataset(f"folder:{class_folder}")
+    again = S.load_dataset(f"folder:{class_folder}")
     assert again.fingerprint() == ds.fingerprint()
-    small = D.load_dataset(f"folder:{class_folder}", image_size=16, max_examples={"train": 30})
+    small = S.load_dataset(f"folder:{class_folder}", image_size=16, max_examples={"train": 30})
     assert small.input_shape == (16, 16, 3) and small.num_examples["train"] == 30
 
 
 def test_folder_split_layouts(cifar_members, tmp_path):
     # The archive's own layout: only train/, split three ways.
     root = _write(tmp_path / "a", cifar_members, "split")
-    ds = D.load_dataset(f"folder:{root}", splits=(0.7, 0.15, 0.15))
+    ds = S.load_dataset(f"folder:{root}", splits=(0.7, 0.15, 0.15))
     assert ds.num_examples == {"train": 140, "validation": 30, "test": 30}
     # train/ and test/: test used as is, validation carved from train (1/9 of it).
     root = tmp_path / "b"
@@ -435,7 +439,7 @@ def test_folder_split_layouts(cifar_members, tmp_path):
             folder = root / ("Test" if i < 5 else "train") / cls
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(payload)
-    ds = D.load_dataset(f"folder:{root}")
+    ds = S.load_dataset(f"folder:{root}")
     assert ds.num_examples == {"train": 133, "validation": 17, "test": 50}
     test_pixels = {
         np.asarray(Image.open(root / "Test" / c / n).convert("RGB")).tobytes()
@@ -447,24 +451,24 @@ def test_folder_split_layouts(cifar_members, tmp_path):
 def test_folder_decode_cache(cifar_members, tmp_path, monkeypatch):
     root = _write(tmp_path / "imgs", {c: v[:3] for c, v in cifar_members.items()}, "class")
     cache = tmp_path / "cache"
-    first = D.load_dataset(f"folder:{root}", cache_dir=cache)
+    first = S.load_dataset(f"folder:{root}", cache_dir=cache)
     assert len(list(cache.glob("*.npz"))) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("images decoded despite a valid cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(D, "_decode_files", no_decoding)
-        again = D.load_dataset(f"folder:{root}", cache_dir=cache)
+        patch.setattr(S, "_decode_files", no_decoding)
+        again = S.load_dataset(f"folder:{root}", cache_dir=cache)
         assert again.fingerprint() == first.fingerprint()
         assert again.class_names == first.class_names
         with pytest.raises(AssertionError, match="despite"):  # other arguments, other entry
-            D.load_dataset(f"folder:{root}", cache_dir=cache, seed=1)
+            S.load_dataset(f"folder:{root}", cache_dir=cache, seed=1)
         extra = root / "cat" / "extra.jpg"
         extra.write_bytes(cifar_members["cat"][5][1])
         with pytest.raises(AssertionError, match="despite"):  # changed folder, other entry
-            D.load_dataset(f"folder:{root}", cache_dir=cache)
-    changed = D.load_dataset(f"folder:{root}", cache_dir=cache)
+            S.load_dataset(f"folder:{root}", cache_dir=cache)
+    changed = S.load_dataset(f"folder:{root}", cache_dir=cache)
     assert sum(changed.num_examples.values()) == 31
 
 
@@ -474,12 +478,12 @@ def test_folder_corrupt_images_reported(cifar_members, tmp_path, caplog):
     (root / "cat" / "broken.jpg").write_bytes(good[: len(good) // 3])
     (root / "dog" / "empty.png").write_bytes(b"")
     with pytest.raises(D.CorruptImagesError) as info:
-        D.load_dataset(f"folder:{root}")
+        S.load_dataset(f"folder:{root}")
     message = str(info.value)
     assert "2 corrupt" in message and "broken.jpg" in message and "empty.png" in message
     assert sorted(os.path.basename(f) for f in info.value.files) == ["broken.jpg", "empty.png"]
-    with caplog.at_level(logging.WARNING, logger="trainer.data"):
-        ds = D.load_dataset(f"folder:{root}", skip_corrupt=True)
+    with caplog.at_level(logging.WARNING, logger="trainer.sources"):
+        ds = S.load_dataset(f"folder:{root}", skip_corrupt=True)
     assert sum(ds.num_examples.values()) == 40
     assert sorted(os.path.basename(f) for f in ds.skipped_files) == ["broken.jpg", "empty.png"]
     assert "broken.jpg" in caplog.text and "empty.png" in caplog.text
@@ -495,34 +499,34 @@ def test_folder_formats_grey_and_sizes(tmp_path):
                 root / cls / f"{i}.{ext}"
             )
     (root / "a" / "notes.txt").write_text("not an image")
-    ds = D.load_dataset(f"folder:{root}", splits=(0.5, 0.25, 0.25))
+    ds = S.load_dataset(f"folder:{root}", splits=(0.5, 0.25, 0.25))
     assert ds.input_shape == (10, 12, 1) and ds.class_names == ("a", "b")
     assert sum(ds.num_examples.values()) == 12
     # One RGB image of another size: sizes must be given, channels become RGB.
     Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(root / "b" / "rgb.png")
     with pytest.raises(D.DataError, match=r"differ in size.*image_size"):
-        D.load_dataset(f"folder:{root}")
-    ds = D.load_dataset(f"folder:{root}", image_size=(8, 8))
+        S.load_dataset(f"folder:{root}")
+    ds = S.load_dataset(f"folder:{root}", image_size=(8, 8))
     assert ds.input_shape == (8, 8, 3)
 
 
 def test_folder_errors(tmp_path):
     with pytest.raises(D.DataError, match="does not exist"):
-        D.load_dataset(f"folder:{tmp_path / 'nowhere'}")
+        S.load_dataset(f"folder:{tmp_path / 'nowhere'}")
     (tmp_path / "file.jpg").write_bytes(b"x")
     with pytest.raises(D.DataError, match="not a directory"):
-        D.load_dataset(f"folder:{tmp_path / 'file.jpg'}")
+        S.load_dataset(f"folder:{tmp_path / 'file.jpg'}")
     with pytest.raises(D.DataError, match=r"no images in class folders.*directly in the folder"):
-        D.load_dataset(f"folder:{tmp_path}")
+        S.load_dataset(f"folder:{tmp_path}")
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     (tmp_path / "empty" / "cls" / "readme.txt").write_text("x")
     with pytest.raises(D.DataError, match=r"no images.*\.jpg, \.jpeg, \.png, \.bmp, \.gif"):
-        D.load_dataset(f"folder:{tmp_path / 'empty'}")
+        S.load_dataset(f"folder:{tmp_path / 'empty'}")
     only_test = tmp_path / "only_test" / "test" / "cls"
     only_test.mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(only_test / "x.png")
     with pytest.raises(D.DataError, match="no train split"):
-        D.load_dataset(f"folder:{tmp_path / 'only_test'}")
+        S.load_dataset(f"folder:{tmp_path / 'only_test'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,15 +535,15 @@ def test_folder_errors(tmp_path):
 
 def test_tfds_mock_data(_online):
     with tfds.testing.mock_data(num_examples=24):
-        ds = D.load_dataset("tfds:mnist", data_dir="/nonexistent/tfds")
-        limited = D.load_dataset("tfds:cifar10", max_examples={"test": 5}, image_size=16)
+        ds = S.load_dataset("tfds:mnist", data_dir="/nonexistent/tfds")
+        limited = S.load_dataset("tfds:cifar10", max_examples={"test": 5}, image_size=16)
     assert ds.input_shape == (28, 28, 1) and ds.num_classes == 10
     assert ds.class_names == tuple(str(i) for i in range(10))
     # Mocked data has every split; sizes are the mock's.
     assert ds.num_examples == {"train": 24, "validation": 24, "test": 24}
     assert ds.arrays("train")[0].dtype == np.uint8
     assert limited.input_shape == (16, 16, 3) and limited.num_examples["test"] == 5
-    x, y = next(iter(D.make_pipeline(ds, batch_size=8, augment=True)))
+    x, y = next(iter(P.make_pipeline(ds, batch_size=8, augment=True)))
     assert x.shape == (8, 28, 28, 1)
 
 
@@ -571,22 +575,22 @@ def test_tfds_prepared_data_and_carved_validation(tmp_path):
 
     TinyShapesForActsearchTest(data_dir=str(tmp_path)).download_and_prepare()
     source = "tfds:tiny_shapes_for_actsearch_test"
-    ds = D.load_dataset(source, data_dir=tmp_path, download=False)
+    ds = S.load_dataset(source, data_dir=tmp_path, download=False)
     assert ds.num_examples == {"train": 80, "validation": 10, "test": 30}
     assert ds.class_names == ("a", "b", "c") and ds.input_shape == (6, 6, 3)
     counts = np.bincount(ds.arrays("validation")[1], minlength=3)
     assert counts.max() - counts.min() <= 1  # stratified
-    limited = D.load_dataset(source, data_dir=tmp_path, max_examples=8)
+    limited = S.load_dataset(source, data_dir=tmp_path, max_examples=8)
     assert limited.num_examples == {"train": 8, "validation": 8, "test": 8}
 
 
 def test_tfds_errors(tmp_path, monkeypatch):
     with pytest.raises(D.DataError, match=r"unknown TFDS data set 'cifar1O'.*cifar10"):
-        D.load_dataset("tfds:cifar1O", data_dir=tmp_path)
+        S.load_dataset("tfds:cifar1O", data_dir=tmp_path)
     with pytest.raises(D.DataError, match="not an image-classification set"):
-        D.load_dataset("tfds:imdb_reviews", data_dir=tmp_path)
+        S.load_dataset("tfds:imdb_reviews", data_dir=tmp_path)
     with pytest.raises(D.DataError, match=r"not prepared in .*download=False"):
-        D.load_dataset("tfds:mnist", data_dir=tmp_path, download=False)
-    monkeypatch.setattr(D, "internet_reachable", lambda timeout=3.0: False)
+        S.load_dataset("tfds:mnist", data_dir=tmp_path, download=False)
+    monkeypatch.setattr(S, "internet_reachable", lambda timeout=3.0: False)
     with pytest.raises(D.DataError, match="internet is unreachable"):
-        D.load_dataset("tfds:mnist", data_dir=tmp_path)
+        S.load_dataset("tfds:mnist", data_dir=tmp_path)

@@ -15,9 +15,9 @@ import tensorflow as tf
 import activations
 from trainer import precision as precision_lib
 from trainer.callbacks import ActivationHistograms, ActivationImages, activation_parameter_stats
-from trainer.data import load_dataset
 from trainer.models import build_model
 from trainer.precision import PrecisionError, precision_scope, resolve_precision
+from trainer.sources import load_dataset
 from trainer.train import TrainConfig, TrainConfigError, TrainResult, train
 
 SMALL = {"train": 320, "validation": 100, "test": 100}

@@ -58,6 +58,7 @@ from trainer.callbacks import (
     StepLimit,
     activation_parameter_stats,
 )
+from trainer.input_pipeline import make_pipeline
 from trainer.models import (
     MODEL_NAMES,
     SHARING_MODES,
@@ -67,6 +68,7 @@ from trainer.models import (
     portable_model,
 )
 from trainer.precision import PRECISIONS, distribution_strategy, precision_scope
+from trainer.sources import load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +113,8 @@ class TrainConfig:
       seed: seeds the initial weights, the data split and order, dropout and augmentation.
       precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
       augment: False, True (pad-crop and flip), ``"crop_flip"``, ``"crop"`` or ``"flip"``.
-      normalize: ``per_channel``, ``unit`` or ``symmetric`` (see trainer.data.make_pipeline).
-      max_examples, image_size, data_dir, splits: passed to ``trainer.data.load_dataset``.
+      normalize: ``per_channel``, ``unit`` or ``symmetric`` (see trainer.input_pipeline.make_pipeline).
+      max_examples, image_size, data_dir, splits: passed to ``trainer.sources.load_dataset``.
       output_dir: where logs, backups and results go; None: nothing is written (no resume).
       resume: continue from a backup in ``output_dir`` when one exists.
       tensorboard: write TensorBoard logs (needs ``output_dir``).
@@ -545,7 +547,7 @@ def train(
     config.validate()
     started = time.perf_counter()
     if dataset is None:
-        dataset = data_lib.load_dataset(
+        dataset = load_dataset(
             config.data,
             data_dir=config.data_dir,
             splits=tuple(config.splits),
@@ -583,7 +585,7 @@ def train(
     num_classes = dataset.num_classes
 
     def pipeline(split: str, training: bool) -> tf.data.Dataset:
-        ds = data_lib.make_pipeline(
+        ds = make_pipeline(
             dataset,
             split=split,
             batch_size=batch_size,
