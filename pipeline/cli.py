@@ -30,7 +30,8 @@ from pipeline.local_runner import PipelineError
 COMMANDS = ("run", "compile", "runs", "show")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "demo", sorted(config_lib.PRESETS), "Complete configuration to start from.")
+flags.DEFINE_enum("preset", "demo", sorted(config_lib.PRESETS),
+                  "Complete configuration to start from (see pipeline/config.py); flags override its fields.")
 flags.DEFINE_enum("runner", "local", list(config_lib.RUNNERS), "local: in-process with cache; kfp-local: kfp.local.")
 flags.DEFINE_enum("target", "kubeflow", ["kubeflow"], "compile: the orchestrator to compile for.")
 flags.DEFINE_string("output", "pipeline.yaml", "compile: where to write the compiled pipeline.")
@@ -38,7 +39,7 @@ flags.DEFINE_string("run_id", None, "run: id of the new run (default: a timestam
 
 _FIELDS = {f.name: f for f in dataclasses.fields(config_lib.PipelineConfig)}
 for _name, _field in _FIELDS.items():
-    flags.DEFINE_string(_name, None, f"PipelineConfig.{_name} ({_field.type}); overrides the preset.")
+    flags.DEFINE_string(_name, None, f"{config_lib.FIELD_HELP[_name]} ({_field.type}).")
 
 
 class UsageError(ValueError):
@@ -316,7 +317,21 @@ def run_main() -> None:
     """Console-script entry point."""
     # TensorFlow's C++ start-up chatter drowns the progress lines; TF_CPP_MIN_LOG_LEVEL=0 shows it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _show_usage_in_help()
     app.run(main)
+
+
+def _show_usage_in_help() -> None:
+    """Make absl's `--help` print this module's usage and flags under the console script.
+
+    absl prints the docstring of `__main__` and the flags that module declares; for the
+    `actsearch` script `__main__` is a generated wrapper that has neither.
+    """
+    main_module = sys.modules["__main__"]
+    if main_module.__doc__ is None:
+        main_module.__doc__ = __doc__
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,54 @@ class PipelineConfig:
         return cls().with_overrides(dict(data))
 
 
+FIELD_HELP: dict[str, str] = {
+    "name": "name of the pipeline (run records, report title, Kubeflow pipeline name)",
+    "data": "data source: embedded:digits, tfds:<name> (e.g. tfds:cifar10) or folder:<path> "
+            "(<class>/<image> or <split>/<class>/<image>)",
+    "data_dir": "TFDS data directory (tfds: sources only; default: TFDS's own)",
+    "max_examples": "cap on the examples kept per split (a stratified subset; none: all)",
+    "validation_fraction": "share of the data held out for validation when the source has no such split, in (0, 0.5)",
+    "test_fraction": "share of the data held out for the test when the source has no such split, in (0, 0.5)",
+    "augment": "standard CIFAR augmentation (pad-and-crop, horizontal flip) while training",
+    "model": f"child network of the search trials: {', '.join(MODELS)}",
+    "sharing": f"parameters of a learned activation per layer or per channel: {', '.join(SHARING)}",
+    "optimizer": f"optimiser of every training run: {', '.join(OPTIMIZERS)}",
+    "learning_rate": "peak learning rate (cosine decay after the warm-up)",
+    "weight_decay": "weight decay of every training run",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
+    "batch_size": "batch size of every training run",
+    "precision": f"{', '.join(PRECISIONS)} (auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU "
+                 "with bfloat16 support, else float32)",
+    "space": f"search space: {', '.join(SPACES)} (pangaea: PANGAEA's operators and parametric "
+             "forms; swish: the Swish paper's unary-binary core units)",
+    "strategy": f"how trials are proposed: {', '.join(STRATEGIES)} (rl needs --space=swish)",
+    "num_candidates": "functions sampled from the space to join the seed functions in the first population",
+    "seed_functions": "comma-separated names or expressions the search starts from",
+    "max_trials": "number of search trials (each trains one child network)",
+    "population_size": "functions kept alive by regularized evolution",
+    "tournament_size": "functions drawn per tournament when choosing a parent (at most population_size)",
+    "trial_epochs": "training epochs of each search trial",
+    "trial_examples": "cap on the training examples of each search trial (none: the whole train split)",
+    "parallel_trials": "trials and final runs at once (Beam workers; one GPU each when there are GPUs)",
+    "top_k": "best functions of the search that go on to the final training",
+    "baselines": "comma-separated functions trained beside the winners; must include relu",
+    "final_model": "child network of the final training (none: the same as --model)",
+    "final_epochs": "training epochs of each final run",
+    "seeds": "final runs per function, each with its own seed (at least 3 for the statistical test)",
+    "threshold": "minimum mean gain over relu to recommend a function, in the metric's unit "
+                 "(0.005 = half a point of accuracy)",
+    "alpha": "significance level of the Holm-corrected Welch tests, in (0, 1)",
+    "seed": "seed of the data split, the candidate sampling and the search (final runs use seeds 0 to seeds-1)",
+    "pipeline_root": "directory of run records, artifacts, the report and TensorBoard logs",
+    "beam_options": "comma-separated Apache Beam pipeline options of the fan-out "
+                    "(e.g. --runner=DataflowRunner,--project=...)",
+    "image": "container image of the compiled Kubeflow pipeline's steps",
+    "resources": "JSON mapping component id to Kubeflow resource requests, e.g. "
+                 '{"trainer": {"cpu": "8", "memory": "32G"}} (replaces the preset\'s mapping)',
+}
+"""What each `PipelineConfig` field means and allows: the command line's flag help."""
+
+
 def _choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} {value!r} is not allowed; choose one of {list(allowed)}")

@@ -10,6 +10,7 @@ full size.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
+from pipeline import config as config_lib
 
 TINY = [
     "--data=embedded:digits", "--max_examples=600", "--model=mlp", "--batch_size=64",
@@ -238,6 +240,23 @@ def test_unknown_flags_and_commands_are_refused():
     assert done.returncode != 0 and "max_trails" in done.stderr
     done = actsearch("frobnicate", check=False, timeout=120)
     assert done.returncode != 0 and "expected a command" in done.stderr
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+def test_help_lists_the_commands_and_explains_every_setting(entry):
+    # The console script's __main__ is a generated wrapper without docstring or flags; this is
+    # the wrapper pip writes.
+    launcher = (["-c", "import sys; from pipeline.cli import run_main; sys.argv[0] = 'actsearch'; run_main()"]
+                if entry == "console script" else ["-m", "pipeline.cli"])
+    done = subprocess.run([sys.executable, *launcher, "--help"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]  # absl's --help exits with status 1
+    for command in ("actsearch run --preset=demo", "actsearch compile", "actsearch runs", "actsearch show RUN_ID"):
+        assert command in done.stdout
+    for field, text in config_lib.FIELD_HELP.items():
+        flag = re.search(rf"--{field}: (.*?)(?=\n  --|\Z)", done.stdout, re.S)
+        assert flag, f"--{field} missing from --help"
+        assert " ".join(flag.group(1).split()).startswith(" ".join(text.split())[:40])
 
 
 def test_compile_writes_a_kubeflow_pipeline_with_resources(tmp_path):
