@@ -47,6 +47,7 @@ def write_report(
     config: Mapping[str, Any],
     title: str = "Activation function search",
     top_trials: int = 10,
+    command: str = "",
 ) -> tuple[Path, Path]:
     """Writes `report.md`, `report.html` and their figures into `output_dir`.
 
@@ -67,6 +68,7 @@ def write_report(
         mappings are flattened into dotted keys.
       title: the report's heading.
       top_trials: how many trials the trials table shows.
+      command: the shell command that recreates the run, shown for copying (none: not shown).
 
     Returns:
       `(md_path, html_path)`.
@@ -111,7 +113,7 @@ def write_report(
         doc.table(*_history_table(history))
     if trials:
         _trials_section(doc, trials, top_trials)
-    _reproduce_section(doc, config, runs, evaluation)
+    _reproduce_section(doc, config, runs, evaluation, command)
     _runs_section(doc, runs, evaluation.metric)
 
     md_path = out / "report.md"
@@ -219,8 +221,11 @@ def _simplest_form(text: str) -> Any:
     return "—" if simplest == expression else _Code(simplest.infix())
 
 
-def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation) -> None:
+def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation, command: str) -> None:
     doc.heading("Reproducing this result")
+    if command:
+        doc.paragraph("The same run from the command line (from the project's directory):")
+        doc.code(command)
     doc.paragraph("The data, model, training budget and seeds of the run. Training every "
                   "function below with these settings reproduces the comparison.")
     rows = [[_Code(key), _Code(_format_value(value))] for key, value in _flatten(config)]
@@ -446,6 +451,9 @@ class _Document:
     def image(self, path: Path, alt: str):
         self.blocks.append(("img", (Path(path), alt)))
 
+    def code(self, text: str):
+        self.blocks.append(("pre", text))
+
     # -- Markdown --
 
     def markdown(self, relative_to: Path) -> str:
@@ -467,6 +475,8 @@ class _Document:
                 lines.append("|" + "|".join("---" for _ in header) + "|")
                 lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
                 lines.append("")
+            elif kind == "pre":
+                lines += ["```sh", value, "```", ""]
             elif kind == "img":
                 path, alt = value
                 rel = path.relative_to(relative_to).as_posix()
@@ -497,6 +507,8 @@ class _Document:
                                     + "</tr>" for row in rows)
                 body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
                             f"<tbody>{rows_html}</tbody></table></div>")
+            elif kind == "pre":
+                body.append(f"<pre><code>{html.escape(value)}</code></pre>")
             elif kind == "img":
                 path, alt = value
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -517,6 +529,8 @@ h2{font-size:1.3rem;margin-top:2rem;border-bottom:1px solid #eee}
 h3{font-size:1.05rem;margin-top:1.4rem}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;
 background:#f3f3f3;padding:0 .25em;border-radius:3px;word-break:break-all}
+pre{background:#f3f3f3;padding:.6rem .8rem;border-radius:4px;white-space:pre-wrap}
+pre code{padding:0;word-break:break-all}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
 th,td{border:1px solid #ddd;padding:.3rem .55rem;text-align:left;vertical-align:top}

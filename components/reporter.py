@@ -30,6 +30,7 @@ class ReporterSpec(ComponentSpec):
     PARAMETERS = {
         "config": Parameter(dict, default={}, doc="the run's configuration, shown for reproduction"),
         "title": Parameter(str, default="Activation function search"),
+        "command": Parameter(str, default="", doc="the shell command that recreates the run"),
     }
 
 
@@ -67,7 +68,8 @@ class ReporterExecutor(BaseExecutor):
             plots[stats.function] = path
         config = dict(exec_properties["config"])
         _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
-                                    function_plots=plots, config=config, title=exec_properties["title"])
+                                    function_plots=plots, config=config, title=exec_properties["title"],
+                                    command=exec_properties["command"])
         self.context.register_result("report", str(html_path))
         self.context.register_result("report_markdown", report.path("report.md"))
 

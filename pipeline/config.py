@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from typing import Any, Mapping
 
 MODELS = ("mlp", "small_cnn", "resnet20", "resnet56", "resnet56_v2", "wrn_10_4", "all_cnn_c")
@@ -219,7 +220,7 @@ def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
         if annotation.startswith("dict"):
             return json.loads(value)
         if annotation.startswith("list"):
-            return [item.strip() for item in value.split(",") if item.strip()] if value.strip() else []
+            return split_list(value)
         if annotation.startswith("bool"):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
@@ -232,6 +233,48 @@ def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
         raise ConfigError(f"{name} expects {annotation}"
                           + (" as JSON" if annotation.startswith("dict") else "") + f", got {value!r}") from None
     return value
+
+
+def split_list(text: str) -> list[str]:
+    """`relu,add(x,relu(x))` -> ["relu", "add(x,relu(x))"]: commas inside parentheses stay.
+
+    List fields hold expressions in the functional form, whose arguments are comma-separated.
+    """
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text + ","):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append(text[start:index].strip())
+            start = index + 1
+    return [item for item in items if item]
+
+
+def command_line(config: PipelineConfig) -> str:
+    """The `actsearch run` command that recreates `config`: one flag per field that differs from
+    the defaults (the demo preset), quoted for a POSIX shell."""
+    default = PipelineConfig()
+    words = ["actsearch", "run"]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value != getattr(default, field.name):
+            words.append(f"--{field.name}={_as_flag_text(value)}")
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def _as_flag_text(value: Any) -> str:
+    """A field's value as `_convert` reads it back."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -128,6 +128,7 @@ def create_pipeline(config) -> Pipeline:
     from components.reporter import Reporter
     from components.trainer import Trainer
     from components.tuner import Tuner
+    from pipeline.config import command_line
     from trainer.train import TrainConfig
 
     config.validate()
@@ -161,6 +162,7 @@ def create_pipeline(config) -> Pipeline:
         evaluation=evaluator.outputs["evaluation"], trained_models=trainer.outputs["trained_models"],
         search_results=tuner.outputs["search_results"], exported=exporter.outputs["exported"],
         config=config.to_dict(), title=f"{config.name}: activation functions for {config.model} on {config.data}",
+        command=command_line(config),
     )
     components = [example_gen, candidate_gen, tuner, trainer, evaluator, exporter, reporter]
     return Pipeline(config.name, components, config.pipeline_root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 
 import pytest
 
@@ -36,3 +37,31 @@ def test_text_values_convert_to_the_fields_type_or_fail_naming_it():
         config_lib.preset("demo", {"max_trials": "many"})
     with pytest.raises(config_lib.ConfigError, match="unknown configuration field"):
         config_lib.preset("demo", {"max_trails": "3"})
+
+
+def test_list_fields_keep_commas_inside_an_expressions_parentheses():
+    config = config_lib.preset("demo", {"seed_functions": "relu, add(x,relu(x)),max(x,min(x,1))",
+                                        "beam_options": "--runner=DirectRunner,--direct_num_workers=2"})
+    assert config.seed_functions == ["relu", "add(x,relu(x))", "max(x,min(x,1))"]
+    assert config.beam_options == ["--runner=DirectRunner", "--direct_num_workers=2"]
+    assert config_lib.split_list("") == [] and config_lib.split_list(" , relu ,") == ["relu"]
+
+
+def _flags_of(command: str) -> dict[str, str]:
+    words = shlex.split(command)
+    assert words[:2] == ["actsearch", "run"]
+    return dict(word[2:].split("=", 1) for word in words[2:])
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+def test_the_command_line_recreates_the_configuration(name):
+    config = config_lib.preset(name, {"seed_functions": ["relu", "add(x,relu(x))", "x*sigmoid(beta*x)"],
+                                      "name": "it's mine", "final_model": None, "threshold": 0.0025,
+                                      "beam_options": [], "augment": name == "demo"})
+    command = config_lib.command_line(config)
+    assert config_lib.preset("demo", _flags_of(command)).to_dict() == config.to_dict()
+
+
+def test_the_command_line_names_only_what_differs_from_the_defaults():
+    assert config_lib.command_line(config_lib.preset("demo")) == "actsearch run"
+    assert _flags_of(config_lib.command_line(config_lib.preset("demo", {"max_trials": 7}))) == {"max_trials": "7"}

@@ -10,8 +10,9 @@ full size.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -86,6 +87,12 @@ def test_a_run_produces_every_deliverable(finished):
     assert all(t["fitness"] is not None for t in trials)
     report = Path(results["report_markdown"]).read_text()
     assert discovered["function"] in report and "## Search progress" in report
+    # The report's command recreates the run's configuration.
+    command = re.search(r"```sh\n(actsearch run .*)\n```", report).group(1)
+    flags = dict(word[2:].split("=", 1) for word in shlex.split(command)[2:])
+    assert config_lib.preset("demo", flags).to_dict() == config_lib.preset("demo", {
+        flag[2:].split("=", 1)[0]: flag.split("=", 1)[1] for flag in TINY + ["--parallel_trials=2", f"--pipeline_root={root}"]
+    }).to_dict()
 
 
 def test_the_same_command_again_reuses_every_step(finished):

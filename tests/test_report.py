@@ -118,6 +118,15 @@ def test_trials_show_the_simplest_form_of_roundabout_expressions(tmp_path, input
     assert rows["`not an expression(`"].endswith("| — |")
 
 
+def test_the_command_that_recreates_the_run_is_shown_verbatim(tmp_path, inputs):
+    command = "actsearch run --seed_functions='relu,add(x,relu(x))' --name=\"a<b>&c\""
+    md_path, html_path = _write(tmp_path, inputs, command=command)
+    assert f"```sh\n{command}\n```" in md_path.read_text()
+    assert f"<pre><code>{html_lib.escape(command)}</code></pre>" in html_path.read_text()
+    md_path, html_path = _write(tmp_path, inputs)  # no command given: no empty block
+    assert "```sh" not in md_path.read_text() and "<pre>" not in html_path.read_text()
+
+
 def test_html_is_self_contained_with_embedded_pngs(tmp_path, inputs):
     _, html_path = _write(tmp_path, inputs)
     text = html_path.read_text()
