@@ -14,10 +14,11 @@ its own learnable parameters::
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable, Mapping
 
-from activations.expression import parse
+from activations.expression import is_number, parse
 from activations.layer import SHARING_MODES, ParametricActivation
 
 FORMAT_VERSION = 1
@@ -67,15 +68,20 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
         raise ActivationFileError(f"{path!r} is not valid JSON: {error}") from None
     if not isinstance(record, dict) or "expression" not in record:
         raise ActivationFileError(f"{path!r} has no 'expression' field; it is not an activation.json")
-    expression = parse(record["expression"])
+    version = record.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ActivationFileError(f"{path!r} has format_version {version!r}; this version of activations "
+                                  f"reads format_version 1 to {FORMAT_VERSION} (a newer actsearch wrote it?)")
+    try:
+        expression = parse(record["expression"])
+    except ValueError as error:
+        raise ActivationFileError(f"the expression in {path!r} does not parse: {error}") from None
+    if sharing is not None and sharing not in SHARING_MODES:
+        raise ValueError(f"sharing must be None (the file's) or one of {SHARING_MODES}, got {sharing!r}")
     mode = sharing or record.get("sharing", "layer")
     if mode not in SHARING_MODES:
         raise ActivationFileError(f"sharing {mode!r} in {path!r} is not one of {SHARING_MODES}")
-    values = None
-    if initial == "learned":
-        learned = record.get("learned_parameters") or {}
-        values = {name: float(learned[name]["mean"]) for name in expression.parameters
-                  if name in learned and learned[name].get("mean") is not None}
+    values = _learned_means(record, expression, path) if initial == "learned" else None
 
     def factory(**kwargs: Any) -> ParametricActivation:
         return ParametricActivation(expression, sharing=mode, initial=values or None, **kwargs)
@@ -83,3 +89,24 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
     factory.expression = expression  # type: ignore[attr-defined]
     factory.record = record  # type: ignore[attr-defined]
     return factory
+
+
+def _learned_means(record: Mapping[str, Any], expression, path: str) -> dict[str, float]:
+    """{parameter: learned mean} from `learned_parameters`, each checked to be a finite number."""
+    learned = record.get("learned_parameters") or {}
+    expected = '{"<parameter>": {"mean": <number>, ...}, ...}'
+    if not isinstance(learned, Mapping):
+        raise ActivationFileError(f"learned_parameters in {path!r} must be a mapping {expected}, got {learned!r}")
+    values = {}
+    for name in expression.parameters:
+        stats = learned.get(name)
+        if stats is None:
+            continue
+        mean = stats.get("mean") if isinstance(stats, Mapping) else stats
+        if mean is None:
+            continue
+        if not is_number(mean) or not math.isfinite(mean):
+            raise ActivationFileError(
+                f"learned_parameters[{name!r}] in {path!r} must be {{\"mean\": <finite number>, ...}}, got {stats!r}")
+        values[name] = float(mean)
+    return values

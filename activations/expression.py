@@ -17,16 +17,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import re
 import math
+import numbers
+import re
 from typing import Iterator, Mapping, Union
 
 from activations import operators
 
-MAX_TEXT_LENGTH = 2000
 MAX_NODES = 256
 MAX_DEPTH = 32
 MAX_NAME_LENGTH = 32
+MAX_TEXT_LENGTH = 16_000
+"""Longer text is refused before parsing. Generous on purpose: the canonical text of any
+expression within MAX_NODES (32-character names, 24-character numbers) stays below it, so
+`parse(str(e))` never meets this limit."""
+_MAX_NESTING = 2 * MAX_DEPTH + 2
+"""Syntactic nesting the parser follows (a tree level can cost two: `-(...)`); the tree's own
+depth is checked against MAX_DEPTH when it is built."""
 INPUT_NAME = "x"
 DEFAULT_INITIAL = 1.0
 """Value a learnable parameter starts from unless told otherwise."""
@@ -197,25 +204,36 @@ def _evaluate(node: Expression, x, params, vectorised: bool = False):
 
         # A tensor of x's dtype: operators applied to constants must not fall back to float32.
         return ops.convert_to_tensor(node.value, dtype=x.dtype)
-    if node.name == "pow" and _is_small_integer(node.args[1]):
-        return _integer_power(_evaluate(node.args[0], x, params, vectorised), int(node.args[1].value))
+    if node.name == "pow" and _is_integer(node.args[1]):
+        return _integer_power(_evaluate(node.args[0], x, params, vectorised), node.args[1].value)
     op = operators.REGISTRY[node.name]
     fn = op.vector_fn if vectorised and op.vector_fn is not None else op.fn
     return fn(*(_evaluate(arg, x, params, vectorised) for arg in node.args))
 
 
-def _is_small_integer(node: Expression) -> bool:
-    return node.kind == "constant" and node.value.is_integer() and abs(node.value) <= 8
+def _is_integer(node: Expression) -> bool:
+    return node.kind == "constant" and node.value.is_integer()
 
 
-def _integer_power(base, exponent: int):
-    """x ** n for a constant integer n: the true (signed) power, with the input bounded."""
+INTEGER_POWER_MAX = 1e36
+"""|x^n| for a constant integer n stays below this (the base is clipped), so float32 stays finite."""
+
+
+def _integer_power(base, exponent: float):
+    """x ** n for a constant integer n: the true (signed) power, with the input bounded.
+
+    `pow` is |x1|^x2 in general (the only real-valued power of a negative base), but `x^3` and
+    `x^9` written with an integer constant mean the signed polynomial. The base is clipped to
+    GROWTH_MAX and to INTEGER_POWER_MAX^(1/|n|), so no finite input overflows.
+    """
     from keras import ops
 
     if exponent == 0:
         return ops.ones_like(base)
-    clipped = ops.clip(base, -operators.GROWTH_MAX, operators.GROWTH_MAX)
-    result = clipped ** abs(exponent) if abs(exponent) != 1 else clipped
+    magnitude = abs(exponent)
+    bound = min(operators.GROWTH_MAX, INTEGER_POWER_MAX ** (1.0 / magnitude))
+    clipped = ops.clip(base, -bound, bound)
+    result = clipped ** magnitude if magnitude != 1 else clipped
     return result if exponent > 0 else operators.REGISTRY["reciprocal"].fn(result)
 
 
@@ -329,8 +347,8 @@ class _Parser:
 
     def nest(self, token: _Token) -> None:
         self.level += 1
-        if self.level > MAX_DEPTH:
-            raise self.error(f"expression is nested deeper than the limit of {MAX_DEPTH}", token)
+        if self.level > _MAX_NESTING:
+            raise self.error(f"expression is nested deeper than the limit of {MAX_DEPTH} levels", token)
 
     def parse(self) -> Expression:
         if not self.text.strip():
@@ -365,7 +383,7 @@ class _Parser:
             if following.kind == "number" and not (after.kind == "symbol" and after.text in ("^", "**")):
                 self.take()
                 self.level -= 1
-                return Expression.constant(-float(following.text))
+                return self.number(following, sign=-1.0)
             operand = self.unary()
             self.level -= 1
             return self.build(token, "negative", operand)
@@ -388,7 +406,7 @@ class _Parser:
     def atom(self) -> Expression:
         token = self.take()
         if token.kind == "number":
-            return Expression.constant(float(token.text))
+            return self.number(token)
         if token.kind == "symbol" and token.text == "(":
             self.nest(token)
             inner = self.sum()
@@ -399,6 +417,12 @@ class _Parser:
             return self.name(token)
         found = "the end of the text" if token.kind == "end" else repr(token.text)
         raise self.error(f"expected x, a parameter, a number, an operator call or '(' but found {found}", token)
+
+    def number(self, token: _Token, sign: float = 1.0) -> Expression:
+        try:
+            return Expression.constant(sign * float(token.text))
+        except ExpressionError as error:
+            raise self.error(f"number {token.text} overflows a float; constants must be finite", token) from None
 
     def name(self, token: _Token) -> Expression:
         is_call = self.peek().kind == "symbol" and self.peek().text == "("
@@ -448,7 +472,6 @@ def _unknown_operator_message(name: str) -> str:
     return f"unknown operator {name!r}{hint}"
 
 
-@functools.lru_cache(maxsize=4096)
 def parse(text: str) -> Expression:
     """Parse activation-function text into an `Expression`.
 
@@ -460,13 +483,23 @@ def parse(text: str) -> Expression:
         return text
     if not isinstance(text, str):
         raise ExpressionError(f"an expression must be given as text, got {type(text).__name__}")
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> Expression:
     if len(text) > MAX_TEXT_LENGTH:
         raise ExpressionError(f"expression text is {len(text)} characters; the limit is {MAX_TEXT_LENGTH}")
     return _Parser(text).parse()
 
 
+def is_number(value) -> bool:
+    """A real number, NumPy scalars included (trained weights are np.float32), booleans not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+
+
 def _check_number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return float(value)
 
@@ -489,7 +522,7 @@ def initial_values(expression: Expression, initial: Initial = None) -> dict[str,
         for name, value in initial.items():
             values[name] = _check_number(value, f"initial value of {name!r}")
         return values
-    if isinstance(initial, (int, float)) and not isinstance(initial, bool):
+    if is_number(initial):
         value = _check_number(initial, "initial")
         return {name: value for name in names}
     raise ValueError(

@@ -167,6 +167,8 @@ class ParametricActivation(keras.layers.Layer):
                     f"got input shape {tuple(input_shape)}"
                 )
             shape = (int(channels),)
+            # A later call with another channel count gets Keras' clear shape error.
+            self.input_spec = keras.InputSpec(min_ndim=1, axes={-1: int(channels)})
         else:
             shape = ()
         self._parameter_weights = [
@@ -181,6 +183,8 @@ class ParametricActivation(keras.layers.Layer):
         ]
 
     def call(self, inputs):
+        if not keras.backend.is_float_dtype(inputs.dtype):  # Keras autocasts float inputs only
+            inputs = ops.cast(inputs, self.compute_dtype)
         if self._use_fused():
             return _fused_call(str(self.expression), inputs, self._parameter_weights)
         return self._ops_call(inputs)

@@ -137,7 +137,7 @@ def _named_layer(key: str, sharing: str, initial: Initial) -> keras.layers.Layer
 
 def _unknown_name_message(text: str) -> str:
     unary = [op for op in operators.names(arity=1)]
-    close = difflib.get_close_matches(text.lower(), names() + unary, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(text.lower(), list(dict.fromkeys(names() + unary)), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     return (
         f"unknown activation name {text!r}; {hint}"

@@ -39,19 +39,37 @@ def plot(
 ) -> str:
     """Write a PNG of the function and its derivative on `x_range`; returns the path.
 
+    A path ending in `.svg` or `.pdf` gets that format instead (see `IMAGE_FORMATS`).
+
     `expr_or_layer`: expression text, an `Expression`, a `ParametricActivation` (its current
     parameter values, per channel if so shared) or another elementwise Keras layer (e.g. what
     `activations.get` returns). An expression is drawn with `parameters` (name -> value, e.g.
     the means a search's final runs learned); parameters not given take the layer's default
     initial value, 1.0.
     """
-    low, high = (float(v) for v in x_range)
+    try:
+        low, high = (float(v) for v in x_range)
+    except (TypeError, ValueError):
+        low = high = float("nan")
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(f"x_range must be two finite numbers (low, high) with low < high, got {x_range!r}")
+    image_format(path)  # a bad suffix fails before the work
     x = np.linspace(low, high, GRID_POINTS)
     title, values, slopes = curves(expr_or_layer, x, parameters=parameters)
     _render(x, values, slopes, title, path)
     return os.fspath(path)
+
+
+IMAGE_FORMATS = ("png", "svg", "pdf")
+
+
+def image_format(path: Union[str, os.PathLike]) -> str:
+    """The image format a path's suffix asks for: png (also without a suffix), svg or pdf."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if suffix and suffix not in IMAGE_FORMATS:
+        raise ValueError(f"cannot write a .{suffix} image ({os.fspath(path)!r}); use one of "
+                         f"{', '.join('.' + f for f in IMAGE_FORMATS)} or no suffix (png)")
+    return suffix or "png"
 
 
 def curves(
@@ -173,7 +191,7 @@ def _render(x: np.ndarray, values: np.ndarray, slopes: np.ndarray, title: str, p
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI)
+    figure.savefig(path, format=image_format(path), dpi=DPI)
 
 
 def _clip_view(ax, values: np.ndarray) -> None:

@@ -334,7 +334,8 @@ def test_operator_registry_covers_both_papers():
         ("x $ 2", "unexpected character '$'", 2),
         ("sin(x", "expected ')'", 5),
         ("x relu(x)", "unexpected 'relu'", 2),
-        ("(" * 40 + "x" + ")" * 40, "deeper than the limit", MAX_DEPTH),
+        ("(" * 70 + "x" + ")" * 70, "deeper than the limit", 2 * MAX_DEPTH + 2),  # syntax: 2 per level
+        ("-" * 40 + "x", "deeper than the limit", 40 - MAX_DEPTH),  # the tree: its 33rd level
         ("max_n(" + ",".join(["x"] * 9) + ")", "takes 2 to 8 arguments", 0),
     ],
 )
@@ -363,6 +364,45 @@ def test_limits_on_length_nodes_and_type():
         Expression.parameter("relu")
     with pytest.raises(ExpressionError, match="finite"):
         Expression.constant(float("nan"))
+
+
+def test_unhashable_and_overflowing_input_get_the_parsers_errors():
+    for bad in (["x"], {}, bytearray(b"x")):
+        with pytest.raises(ExpressionError, match=f"given as text, got {type(bad).__name__}"):
+            parse(bad)
+    with pytest.raises(ExpressionError, match="1e400 overflows") as info:
+        parse("x * 1e400")
+    assert info.value.position == 4
+
+
+def _long_leaves(count):
+    """A sum of `count` leaves whose canonical text is as long as leaves get."""
+    leaves = [f"{'p' * 32}{i}"[-32:] if i % 2 else "-1.2345678901234567e-300" for i in range(count)]
+    while len(leaves) > 1:
+        leaves = [f"({a} + {b})" for a, b in zip(leaves[::2], leaves[1::2])] + ([leaves[-1]] if len(leaves) % 2 else [])
+    return leaves[0]
+
+
+def test_canonical_text_of_the_largest_expressions_parses_back():
+    expression = parse(f"x * {_long_leaves(127)}")
+    assert expression.nodes <= MAX_NODES
+    for text in (str(expression), expression.infix()):
+        assert len(text) <= MAX_TEXT_LENGTH and parse(text) == expression
+    deep = parse("x")
+    for _ in range(MAX_DEPTH - 1):
+        deep = Expression.call("negative", deep)
+    assert parse(deep.infix()) == deep and parse(str(deep)) == deep  # '-(...)': two levels of syntax
+
+
+@pytest.mark.parametrize("exponent", [3, 7, 8, 9, 10, 101, -9])
+def test_integer_powers_are_signed_and_finite_for_every_exponent(exponent):
+    x = np.array([-2.0, -0.5, 0.5, 2.0, 1e5, -1e5, 3e38], np.float32)
+    y = parse(f"x^{exponent}").evaluate(x).numpy()
+    assert np.all(np.isfinite(y))
+    small = np.abs(x) <= 2
+    np.testing.assert_allclose(y[small], np.power(x[small].astype(np.float64), exponent), rtol=1e-5)
+    assert np.all(np.sign(y[small]) == np.sign(x[small]) ** (exponent % 2))
+    np.testing.assert_allclose(evaluate_numpy(f"x^{exponent}", np.array([-2.0])), [(-2.0) ** exponent], rtol=1e-6)
 
 
 def test_parse_never_executes_code():

@@ -415,3 +415,27 @@ def test_one_expression_shared_by_layers_of_different_shapes_and_sharing(dtype):
         np.testing.assert_allclose(np.float32(y_fused), np.float32(y_ops), rtol=tolerance, atol=tolerance)
         for g_fused, g_ops in zip(grads_fused, grads_ops):
             np.testing.assert_allclose(np.float32(g_fused), np.float32(g_ops), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "ops"])
+def test_integer_input_is_computed_in_the_compute_dtype(implementation):
+    layer = ParametricActivation("x*sigmoid(beta*x)", implementation=implementation)
+    y = layer(np.arange(-3, 4))
+    assert keras.backend.standardize_dtype(y.dtype) == "float32"
+    x = np.arange(-3, 4, dtype=np.float64)
+    np.testing.assert_allclose(np.asarray(y), x / (1 + np.exp(-x)), rtol=1e-6)
+
+
+def test_a_channel_shared_layer_refuses_another_channel_count_clearly():
+    layer = ParametricActivation("x*sigmoid(beta*x)", sharing="channel")
+    layer(np.ones((2, 4), "float32"))
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 4"):
+        layer(np.ones((2, 5), "float32"))
+
+
+def test_numpy_scalars_are_accepted_as_initial_values():
+    layer = ParametricActivation("alpha*x + beta", initial={"alpha": np.float32(0.5), "beta": np.int64(2)})
+    assert layer.initial_values == {"alpha": 0.5, "beta": 2.0}
+    assert ParametricActivation("alpha*x", initial=np.float32(3)).initial_values == {"alpha": 3.0}
+    with pytest.raises(ValueError, match="finite number"):
+        ParametricActivation("alpha*x", initial=np.bool_(True))

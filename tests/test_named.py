@@ -115,6 +115,10 @@ def test_unknown_name_lists_close_names():
         activations.get("swissh")
     with pytest.raises(ExpressionError, match="known names: .*gelu"):
         activations.get("qqqqqq")
+    with pytest.raises(ExpressionError) as info:  # a name that is also an operator is named once
+        activations.get("swsh")
+    suggested = str(info.value).split("did you mean ")[1].split("?")[0].split(", ")
+    assert "swish" in suggested and len(suggested) == len(set(suggested))
 
 
 def test_bad_expression_text_propagates_expression_error():

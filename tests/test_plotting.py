@@ -87,3 +87,15 @@ def test_unbuilt_layer_plots_at_its_initial_values():
     np.testing.assert_allclose(values[:, 0], [-1.0, 1.0])
     np.testing.assert_allclose(slopes, 0.5, rtol=1e-6)
     assert "alpha=0.5" in title
+
+
+def test_the_suffix_picks_the_image_format_and_bad_arguments_are_named(tmp_path):
+    svg = activations.plot("x*sigmoid(beta*x)", tmp_path / "f.svg", parameters={"beta": np.float32(0.5)})
+    assert open(svg, "rb").read(5) == b"<?xml"
+    assert open(activations.plot("x", tmp_path / "f"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"cannot write a \.jpg image"):
+        activations.plot("x", tmp_path / "f.jpg")
+    for x_range in [(0, 1, 2), (1, 0), "ab", 3]:
+        with pytest.raises(ValueError, match="x_range must be two finite numbers"):
+            activations.plot("x", tmp_path / "g.png", x_range=x_range)
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "f.jpg").exists()

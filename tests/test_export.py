@@ -1,0 +1,56 @@
+"""`activations.load`: activation.json in, fresh layers out; a damaged file is named, never half-read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import activations
+from activations.export import ActivationFileError, activation_record
+
+
+def _write(tmp_path, record) -> str:
+    path = tmp_path / "activation.json"
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_load_starts_every_new_layer_from_the_learned_means(tmp_path):
+    record = activation_record("x*sigmoid(beta*x)", "channel", learned={"beta": {"mean": 1.7, "std": 0.1}})
+    make = activations.load(_write(tmp_path, record))
+    first, second = make(), make()
+    assert first is not second and first.sharing == "channel"
+    assert first.initial_values == {"beta": 1.7}
+    assert activations.load(tmp_path, initial="default")().initial_values == {"beta": 1.0}
+    assert activations.load(tmp_path, sharing="layer")().sharing == "layer"
+    x = np.linspace(-3, 3, 7).astype("float32")
+    np.testing.assert_allclose(np.asarray(first(x[None])), (x / (1 + np.exp(-1.7 * x)))[None], rtol=1e-5)
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"expression": "x*sigmoid(beta*x)", "format_version": 99}, "format_version 99"),
+    ({"expression": "x*sigmod(beta*x)"}, "does not parse: .*unknown operator 'sigmod'"),
+    ({"expression": "x*sigmoid(beta*x)", "learned_parameters": [1]}, "learned_parameters in .* must be a mapping"),
+    ({"expression": "x*sigmoid(beta*x)", "learned_parameters": {"beta": {"mean": "abc"}}}, r"learned_parameters\['beta'\]"),
+    ({"expression": "x*sigmoid(beta*x)", "learned_parameters": {"beta": {"mean": float("nan")}}}, "finite number"),
+    ({"expression": "x", "sharing": "pixel"}, "sharing 'pixel' in"),
+    ({"function": "x"}, "no 'expression' field"),
+])
+def test_a_damaged_file_is_refused_naming_the_file_and_the_field(tmp_path, record, message):
+    path = _write(tmp_path, record)
+    with pytest.raises(ActivationFileError, match=message) as info:
+        activations.load(path)
+    assert path in str(info.value)
+
+
+def test_bad_arguments_are_blamed_on_the_arguments_not_the_file(tmp_path):
+    path = _write(tmp_path, activation_record("x", "layer"))
+    with pytest.raises(ValueError, match="sharing must be None") as info:
+        activations.load(path, sharing="bogus")
+    assert not isinstance(info.value, ActivationFileError)
+    with pytest.raises(ValueError, match="initial must be one of"):
+        activations.load(path, initial="random")
+    with pytest.raises(ActivationFileError, match="no activation file"):
+        activations.load(tmp_path / "missing.json")
