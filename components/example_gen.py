@@ -34,6 +34,8 @@ class ExampleGenSpec(ComponentSpec):
         "validation_fraction": Parameter(float, default=0.1),
         "test_fraction": Parameter(float, default=0.2),
         "max_examples": Parameter(int, default=None, doc="cap on the examples kept (stratified)"),
+        "image_size": Parameter(int, default=None, doc="resize images to this square size"),
+        "skip_corrupt": Parameter(bool, default=False, doc="skip undecodable images of a folder"),
         "seed": Parameter(int, default=0, doc="seed of the split"),
         "num_shards": Parameter(int, default=2),
         "beam_options": Parameter(list, default=[], in_cache_key=False),
@@ -79,7 +81,8 @@ class ExampleGenExecutor(BaseExecutor):
         self.context.progress(f"reading {p['source']}")
         dataset = load_dataset(
             p["source"], data_dir=p["data_dir"], splits=fractions, seed=p["seed"],
-            max_examples=_split_caps(p["max_examples"], fractions),
+            max_examples=_split_caps(p["max_examples"], fractions), image_size=p["image_size"],
+            skip_corrupt=p["skip_corrupt"],
         )
         self.context.progress(f"writing TFRecords with Beam: {dataset.num_examples}")
         _write_splits(dataset, out.uri, p["num_shards"], p["beam_options"])

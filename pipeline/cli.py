@@ -39,7 +39,10 @@ flags.DEFINE_string("run_id", None, "run: id of the new run (default: a timestam
 
 _FIELDS = {f.name: f for f in dataclasses.fields(config_lib.PipelineConfig)}
 for _name, _field in _FIELDS.items():
-    flags.DEFINE_string(_name, None, f"{config_lib.FIELD_HELP[_name]} ({_field.type}).")
+    if _field.type == "bool":  # --augment, --noaugment and --augment=true all work
+        flags.DEFINE_bool(_name, None, f"{config_lib.FIELD_HELP[_name]}.")
+    else:
+        flags.DEFINE_string(_name, None, f"{config_lib.FIELD_HELP[_name]} ({_field.type}).")
 
 
 class UsageError(ValueError):
@@ -198,7 +201,10 @@ def command_compile() -> int:
 
     config = build_config()
     pipeline = create_pipeline(config)
-    path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=config.resources)
+    try:
+        path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=config.resources)
+    except OSError as error:
+        raise UsageError(f"cannot write {FLAGS.output!r}: {error.strerror or error}") from None
     print(f"wrote the Kubeflow pipeline {config.name!r} ({len(pipeline.components)} steps, image {config.image}) to {path}")
     return 0
 
@@ -294,6 +300,11 @@ def main(argv: list[str]) -> int:
         # absl logs at INFO under app.run, which lets every library's start-up notes through
         # (Beam's among them); progress has its own lines. --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
+        # Every trial builds a new model, so TensorFlow's retracing warning fires on schedule.
+        import logging as std_logging
+
+        std_logging.getLogger("tensorflow").addFilter(
+            lambda record: "triggered tf.function retracing" not in record.getMessage())
     try:
         if command == "show":
             if len(rest) != 1:
@@ -305,6 +316,10 @@ def main(argv: list[str]) -> int:
     except (UsageError, config_lib.ConfigError, ValueError) as error:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nactsearch {command}: interrupted. Finished steps and trials are kept: run the same command "
+              "again to continue where it stopped.", file=sys.stderr)
+        return 130
     except PipelineError as error:  # a step failed: what ran is recorded, a re-run continues
         if FLAGS["verbosity"].present:
             traceback.print_exc()

@@ -55,6 +55,8 @@ class PipelineConfig:
     data: str = "embedded:digits"
     data_dir: str | None = None
     max_examples: int | None = None
+    image_size: int | None = None
+    skip_corrupt: bool = False
     validation_fraction: float = 0.1
     test_fraction: float = 0.2
     augment: bool = False
@@ -115,6 +117,14 @@ class PipelineConfig:
                      "seeds", "top_k", "batch_size", "parallel_trials"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, minimum in (("max_examples", 3), ("trial_examples", 1), ("image_size", 1)):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum} or none (no limit), got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
+        _check_functions("seed_functions", self.seed_functions)
+        _check_functions("baselines", self.baselines)
         if self.num_candidates < 0:
             raise ConfigError(f"num_candidates must be >= 0, got {self.num_candidates}")
         if self.tournament_size > self.population_size:
@@ -162,7 +172,11 @@ FIELD_HELP: dict[str, str] = {
     "data": "data source: embedded:digits, tfds:<name> (e.g. tfds:cifar10) or folder:<path> "
             "(<class>/<image> or <split>/<class>/<image>)",
     "data_dir": "TFDS data directory (tfds: sources only; default: TFDS's own)",
-    "max_examples": "cap on the examples kept per split (a stratified subset; none: all)",
+    "max_examples": "cap on the examples kept in all, divided among the splits by their fractions "
+                    "(a stratified subset; none: all)",
+    "image_size": "resize every image to this square size in pixels (needed when a folder's images "
+                  "differ in size; none: keep the source's size)",
+    "skip_corrupt": "skip image files that cannot be decoded (listed in a warning) instead of failing",
     "validation_fraction": "share of the data held out for validation when the source has no such split, in (0, 0.5)",
     "test_fraction": "share of the data held out for the test when the source has no such split, in (0, 0.5)",
     "augment": "standard CIFAR augmentation (pad-and-crop, horizontal flip) while training",
@@ -205,6 +219,17 @@ FIELD_HELP: dict[str, str] = {
 """What each `PipelineConfig` field means and allows: the command line's flag help."""
 
 
+def _check_functions(name: str, functions: list[str]) -> None:
+    """Every name or expression must be one `activations.get` accepts, so a typo fails now."""
+    from activations.named import expression_for
+
+    for text in functions:
+        try:
+            expression_for(text)
+        except ValueError as error:
+            raise ConfigError(f"{name}: {text!r} is not a known name or a valid expression: {error}") from None
+
+
 def _choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} {value!r} is not allowed; choose one of {list(allowed)}")
@@ -220,7 +245,10 @@ def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
         if annotation.startswith("dict"):
             return json.loads(value)
         if annotation.startswith("list"):
-            return split_list(value)
+            try:
+                return split_list(value)
+            except ValueError as error:
+                raise ConfigError(f"{name}: {error}") from None
         if annotation.startswith("bool"):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
@@ -229,6 +257,8 @@ def _convert(name: str, value: Any, current: Any, annotation: str) -> Any:
             return int(value)
         if annotation.startswith("float"):
             return float(value)
+    except ConfigError:
+        raise
     except ValueError:  # json.JSONDecodeError included
         raise ConfigError(f"{name} expects {annotation}"
                           + (" as JSON" if annotation.startswith("dict") else "") + f", got {value!r}") from None
@@ -241,15 +271,20 @@ def split_list(text: str) -> list[str]:
     List fields hold expressions in the functional form, whose arguments are comma-separated.
     """
     items, depth, start = [], 0, 0
-    for index, char in enumerate(text + ","):
+    for index, char in enumerate(text):
         if char in "([":
             depth += 1
         elif char in ")]":
-            depth = max(depth - 1, 0)
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced parentheses: the ')' at position {index} of {text!r} closes nothing")
         elif char == "," and depth == 0:
-            items.append(text[start:index].strip())
+            items.append(text[start:index])
             start = index + 1
-    return [item for item in items if item]
+    if depth:
+        raise ValueError(f"unbalanced parentheses: {depth} '(' not closed in {text[start:].strip()!r}")
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
 
 
 def command_line(config: PipelineConfig) -> str:
@@ -321,7 +356,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "population_size": 50,
         "tournament_size": 5,
         "trial_epochs": 25,
-        "parallel_trials": 8,
+        "parallel_trials": 4,
         "top_k": 3,
         "final_model": "resnet56",
         "final_epochs": 200,

@@ -65,3 +65,31 @@ def test_the_command_line_recreates_the_configuration(name):
 def test_the_command_line_names_only_what_differs_from_the_defaults():
     assert config_lib.command_line(config_lib.preset("demo")) == "actsearch run"
     assert _flags_of(config_lib.command_line(config_lib.preset("demo", {"max_trials": 7}))) == {"max_trials": "7"}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("relu,add(x,", "1 '\\(' not closed in 'add\\(x,'"),
+    ("swish,add(x,relu(x),tanh", "not closed in 'add\\(x,relu\\(x\\),tanh'"),
+    ("relu)", "closes nothing"),
+])
+def test_unbalanced_parentheses_in_a_list_flag_are_refused_not_dropped(text, message):
+    with pytest.raises(config_lib.ConfigError, match=f"seed_functions: unbalanced parentheses: .*{message}"):
+        config_lib.preset("demo", {"seed_functions": text})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"baselines": "relu,nosuch"}, "baselines: 'nosuch' is not a known name or a valid expression.*did you mean"),
+    ({"seed_functions": "relu,foo(x)"}, "seed_functions: 'foo\\(x\\)'.*unknown operator 'foo'"),
+    ({"seed": "-1"}, "seed must be a non-negative integer"),
+    ({"trial_examples": "0"}, "trial_examples must be at least 1"),
+    ({"max_examples": "-5"}, "max_examples must be at least 3"),
+    ({"image_size": "0"}, "image_size must be at least 1"),
+])
+def test_settings_that_would_fail_hours_in_are_refused_at_once(overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.preset("demo", overrides)
+
+
+def test_the_paper_preset_runs_one_trial_per_gpu_it_asks_for():
+    paper = config_lib.preset("paper")
+    assert {step["accelerator_count"] for step in paper.resources.values()} == {paper.parallel_trials}

@@ -284,6 +284,33 @@ def test_pipeline_eval_keeps_order_and_other_normalisations(digits):
     np.testing.assert_allclose(x, images / 127.5 - 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("normalize", D.NORMALIZATIONS)
+def test_normalisation_layers_compute_the_pipelines_normalisation_bit_for_bit(normalize, tmp_path):
+    import keras
+
+    rng = np.random.default_rng(0)
+    arrays = {split: (rng.integers(0, 256, (40, 6, 5, 3), dtype=np.uint8), rng.integers(0, 2, 40))
+              for split in D.SPLITS}
+    arrays["train"][0][..., 2] //= 8  # channels with different statistics
+    data = D.Dataset("test:rgb", arrays, ["a", "b"])
+    expected, _ = _collect(P.make_pipeline(data, split="test", batch_size=16, normalize=normalize))
+    record = P.input_normalization(normalize, data)
+    assert json.loads(json.dumps(record)) == record
+    if normalize == "per_channel":
+        mean, std = data.channel_stats()
+        assert record["mean"] == mean.tolist() and record["std"] == std.tolist()
+    inputs = keras.Input((6, 5, 3))
+    x = inputs
+    for layer in P.normalization_layers(record):
+        x = layer(x)
+    model = keras.Model(inputs, x)
+    model.save(tmp_path / "normalise.keras")
+    loaded = keras.saving.load_model(tmp_path / "normalise.keras", safe_mode=True)
+    raw = data.arrays("test")[0]
+    for images in (raw, raw.astype(np.float32)):
+        np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
 def test_pipeline_is_deterministic_given_seed(digits):
     def epochs(seed):
         pipe = P.make_pipeline(digits, batch_size=256, augment=True, seed=seed)
@@ -522,11 +549,18 @@ def test_folder_errors(tmp_path):
     (tmp_path / "empty" / "cls" / "readme.txt").write_text("x")
     with pytest.raises(D.DataError, match=r"no images.*\.jpg, \.jpeg, \.png, \.bmp, \.gif"):
         S.load_dataset(f"folder:{tmp_path / 'empty'}")
-    only_test = tmp_path / "only_test" / "test" / "cls"
-    only_test.mkdir(parents=True)
-    Image.new("RGB", (4, 4)).save(only_test / "x.png")
+    for cls in ("cat", "dog"):
+        only_test = tmp_path / "only_test" / "test" / cls
+        only_test.mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(only_test / "x.png")
     with pytest.raises(D.DataError, match="no train split"):
         S.load_dataset(f"folder:{tmp_path / 'only_test'}")
+    one_class = tmp_path / "one_class" / "cat"
+    one_class.mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (4, 4)).save(one_class / f"{i}.png")
+    with pytest.raises(D.DataError, match="single class 'cat': classification needs at least 2"):
+        S.load_dataset(f"folder:{tmp_path / 'one_class'}")
 
 
 # ---------------------------------------------------------------------------------------------

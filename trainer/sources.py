@@ -236,7 +236,8 @@ def _tfds_pools(
     shape = tuple(builder.info.features[image_key].shape)
     if size is None and any(d is None for d in shape[:2]):
         raise DataError(
-            f"TFDS data set {name!r} has images of varying size {shape}: pass image_size=(h, w)"
+            f"TFDS data set {name!r} has images of varying size {shape}: pass image_size=(h, w) "
+            "(--image_size=N on the command line)"
         )
     if not builder.is_prepared():
         where = builder.data_dir
@@ -379,7 +380,10 @@ def _load_folder(
             "image folder %s: %d image(s) outside any class folder are ignored", root, loose
         )
     if len(class_names) < 2:
-        logger.warning("image folder %s has a single class %r", root, class_names[0])
+        raise DataError(
+            f"image folder {root} has a single class {class_names[0]!r}: classification needs at least "
+            "2 class folders (<class>/<image>)"
+        )
     index = {c: i for i, c in enumerate(class_names)}
     paths: dict[str, list[str]] = {}
     pools: dict[str, _Pool] = {}
@@ -412,7 +416,7 @@ def _load_folder(
         more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         message = f"{len(bad)} corrupt or unreadable image(s) in {root}: {listed}{more}"
         if not skip_corrupt:
-            raise CorruptImagesError(message + " (pass skip_corrupt=True to skip them)", bad)
+            raise CorruptImagesError(message + " (pass skip_corrupt=True, --skip_corrupt on the command line, to skip them)", bad)
         logger.warning("skipping %s", message)
     good = [image for image in decoded.values() if image is not None]
     if not good:
@@ -421,7 +425,8 @@ def _load_folder(
     if len(shapes) > 1:
         common = ", ".join(f"{h}x{w} ({n})" for (h, w), n in shapes.most_common(5))
         raise DataError(
-            f"images in {root} differ in size ({common}): pass image_size=(height, width)"
+            f"images in {root} differ in size ({common}): pass image_size=(height, width) "
+            "(--image_size=N on the command line)"
         )
     channels = max(image.shape[2] for image in good)
     height, width = next(iter(shapes))
