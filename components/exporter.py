@@ -4,6 +4,14 @@ Writes `activation.json` (expression, sharing mode, statistics of the learned pa
 evaluation summary; read by `activations.load`) and `model.keras` (the winner's best trained
 model, loadable with `keras.saving.load_model` in safe mode after `import activations`).
 
+`model.keras` takes raw images, exactly as the data source stores them: pixel values 0..255 (uint8
+or float), in the shape the network was trained on. Its first layers apply the normalisation the
+training pipeline applied (`trainer.input_pipeline.normalization_layers`: Keras' own
+`Normalization` / `Rescaling` layers holding the run's own per-channel statistics, recorded in its
+result.json), then the trained network; so its predictions on raw images equal the trained
+network's on the normalised ones. `activation.json`'s `"input"` entry says so (shape, dtype,
+value range, the normalisation and its statistics).
+
 The winner is the blessed function of the search with the largest gain over the baseline (a
 blessed baseline such as Swish only when no function of the search was blessed). When nothing was
 blessed the best function of the search is still exported, marked `"blessed": false`, so the user
@@ -15,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
@@ -45,6 +52,42 @@ def choose_function(evaluation: Evaluation, runs: list[dict[str, Any]]) -> tuple
     discovered = [f for f in ranked if kinds.get(f.function) != "baseline"]
     pick = (discovered or ranked or list(evaluation.functions))[0]
     return pick.function, False
+
+
+def run_normalization(trained_uri: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The normalisation a run's training pipeline applied, from its result.json (the statistics
+    are the ones that run used: its own train split's)."""
+    path = os.path.join(trained_uri, run["run_dir"], "result.json")
+    with open(path) as f:
+        result = json.load(f)
+    normalization = (result.get("data") or {}).get("normalization")
+    if not normalization:
+        raise ValueError(f"{path} does not record the input normalisation of the run (written by an older "
+                         "trainer?): run the Trainer again to export a model that takes raw images")
+    return normalization
+
+
+def export_raw_input_model(trained_uri: str, run: dict[str, Any], path: str) -> dict[str, Any]:
+    """Saves the run's trained model behind its input normalisation at `path` (a model of raw
+    0..255 images); returns the `"input"` entry of activation.json describing what it takes."""
+    import keras
+
+    import activations  # noqa: F401  (registers the activation layers the model holds)
+    from trainer.input_pipeline import raw_input_model
+
+    normalization = run_normalization(trained_uri, run)
+    trained = keras.saving.load_model(os.path.join(trained_uri, run["model_path"]), safe_mode=True)
+    model = raw_input_model(trained, normalization)
+    model.save(path)
+    return {
+        "shape": [int(d) for d in model.input_shape[1:]],
+        "dtype": "uint8 or float32",
+        "value_range": [0, 255],
+        "normalized_internally": True,
+        "normalization": normalization,
+        "note": ("feed raw images as the data source stores them (pixel values 0..255, this shape); "
+                 "the model's first layers apply the training pipeline's normalisation"),
+    }
 
 
 class ExporterExecutor(BaseExecutor):
@@ -84,7 +127,7 @@ class ExporterExecutor(BaseExecutor):
         finished = [r for r in own_runs if r.get("model_path") and r.get("val_accuracy") is not None]
         if finished:
             best = max(finished, key=lambda r: r["val_accuracy"])
-            shutil.copy(os.path.join(trained.uri, best["model_path"]), out.path("model.keras"))
+            record["input"] = export_raw_input_model(trained.uri, best, out.path("model.keras"))
             record["model_seed"] = best["seed"]
         with open(out.path("activation.json"), "w") as f:
             json.dump(record, f, indent=2)

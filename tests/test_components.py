@@ -96,7 +96,78 @@ def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):
     json.dumps(exported.properties, allow_nan=False)
 
 
-def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, **settings):
+def test_the_exported_model_takes_raw_images_and_normalises_them_as_training_did(tmp_path):
+    """The user feeds `export/model.keras` images as the data source stores them (0..255): its
+    predictions are the trained network's on the training pipeline's normalised images."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import keras
+    import numpy as np
+
+    from components.base import Artifact
+    from components.evaluator import EvaluatorExecutor
+    from components.exporter import ExporterExecutor
+    from conftest import PROJECT_ROOT
+    from trainer.input_pipeline import make_pipeline
+    from trainer.sources import load_dataset
+    from trainer.train import TrainConfig, train
+
+    data = load_dataset("embedded:digits", max_examples={"train": 200, "validation": 50, "test": 64}, seed=0)
+    trained = Artifact("TrainedModels", str(tmp_path / "trained"))
+    run_dir = os.path.join("runs", "elu-seed0")
+    config = TrainConfig(model="small_cnn", activation="elu(x)", epochs=1, batch_size=32, precision="float32",
+                         quiet=True, tensorboard=False, save_model=True, output_dir=trained.path(run_dir))
+    result = train(config, data)
+    assert result.data["normalization"]["normalize"] == "per_channel"
+    with open(trained.path("runs.jsonl"), "w") as f:
+        for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", 0.90, "discovered")):
+            for seed in range(4):
+                real = name == "elu(x)" and seed == 0
+                f.write(json.dumps({"function": name, "seed": seed, "kind": kind, "origin": kind,
+                                    "test_accuracy": mean + 0.002 * seed, "val_accuracy": mean,
+                                    "learned_parameters": {}, "run_dir": run_dir if real else None,
+                                    "model_path": os.path.join(run_dir, "model.keras") if real else None}) + "\n")
+    evaluation = Artifact("Evaluation", str(tmp_path / "evaluation"))
+    os.makedirs(evaluation.uri)
+    EvaluatorExecutor().Do({"trained_models": [trained]}, {"evaluation": [evaluation]},
+                           {"baseline": "relu", "threshold": 0.0, "alpha": 0.05, "min_seeds": 3})
+    exported = Artifact("ExportedActivation", str(tmp_path / "exported"))
+    os.makedirs(exported.uri)
+    ExporterExecutor().Do({"evaluation": [evaluation], "trained_models": [trained]}, {"exported": [exported]},
+                          {"sharing": "channel"})
+
+    record = json.load(open(exported.path("activation.json")))
+    mean, std = data.channel_stats()
+    assert record["model_seed"] == 0 and record["input"]["normalized_internally"] is True
+    assert record["input"]["shape"] == [8, 8, 1] and record["input"]["value_range"] == [0, 255]
+    assert record["input"]["normalization"] == {"normalize": "per_channel", "mean": mean.tolist(),
+                                                "std": std.tolist()}
+    raw, _ = data.arrays("test")  # uint8, as the source stores them
+    normalised = np.concatenate([x for x, _ in make_pipeline(data, split="test", batch_size=16).as_numpy_iterator()])
+    expected = keras.ops.convert_to_numpy(result.model(normalised, training=False))
+    # Raw images are not what the trained network itself takes (the bug this guards against):
+    assert np.abs(keras.ops.convert_to_numpy(result.model(raw.astype("float32"), training=False)) - expected).max() > 1e-2
+
+    np.save(tmp_path / "raw.npy", raw)
+    code = (
+        "import sys, numpy as np, keras, activations\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"  # safe mode, the default
+        "raw = np.load(sys.argv[2])\n"
+        "np.save(sys.argv[3], np.stack([model.predict(raw, verbose=0), model.predict(raw.astype('float32'), verbose=0)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, exported.path("model.keras"), str(tmp_path / "raw.npy"),
+                           str(tmp_path / "predicted.npy")], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode == 0, done.stderr[-3000:]
+    from_uint8, from_float = np.load(tmp_path / "predicted.npy")
+    np.testing.assert_allclose(from_uint8, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(from_uint8, from_float)
+
+
+def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, progress=None, **settings):
     import os
 
     from components import training_job
@@ -105,7 +176,7 @@ def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, **settings):
 
     monkeypatch.setattr(training_job, "train_job", job)
     candidates = Artifact("Candidates", str(tmp_path / "candidates"))
-    os.makedirs(candidates.uri)
+    os.makedirs(candidates.uri, exist_ok=True)
     with open(candidates.path("candidates.jsonl"), "w") as f:
         f.write('{"expression": "relu(x)"}\n{"expression": "tanh(x)"}\n')
     out = Artifact("SearchResults", str(tmp_path / "search"))
@@ -113,7 +184,8 @@ def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, **settings):
     parameters = {"train_config": {}, "space": "pangaea", "strategy": "evolution", "max_trials": max_trials,
                   "population_size": 4, "tournament_size": 2, "train_examples": None, "parallel_trials": 1,
                   "beam_options": [], "top_k": 3, "seed": 0, **settings}
-    executor = TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume")))
+    executor = TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume"),
+                                             on_progress=progress))
     executor.Do({"examples": [Artifact("Examples", str(tmp_path / "examples"))], "candidates": [candidates]},
                 {"search_results": [out]}, parameters)
     return out
@@ -122,13 +194,40 @@ def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, **settings):
 def test_a_search_goes_on_through_any_number_of_diverging_candidates(tmp_path, monkeypatch):
     import json
 
-    def diverges(config, examples_uri, train_examples=None):
+    calls = []
+
+    def diverges_but_the_last(config, examples_uri, train_examples=None):
+        calls.append(config["activation"])
+        if len(calls) == 12:
+            return {"best_val_accuracy": 0.5}
         return {"diverged": True, "divergence_reason": "non-finite loss", "best_val_accuracy": None}
 
-    out = _run_tuner(tmp_path, monkeypatch, diverges)  # 12 failures, beyond KerasTuner's limit of 10
+    out = _run_tuner(tmp_path, monkeypatch, diverges_but_the_last)  # 11 failures in a row, beyond KerasTuner's 10
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
-    assert len(trials) == 12 and all(t["fitness"] is None for t in trials)
-    assert all(t["error"] == "diverged: non-finite loss" for t in trials)
+    assert len(trials) == 12 and [t["fitness"] for t in trials] == [None] * 11 + [0.5]
+    assert all(t["error"] == "diverged: non-finite loss" for t in trials[:11])
+
+
+def test_the_progress_lines_name_each_trial_by_the_id_the_results_use(tmp_path, monkeypatch):
+    import json
+    import re
+
+    events = []
+
+    def likes_tanh(config, examples_uri, train_examples=None):
+        return {"best_val_accuracy": 0.5 + 0.1 * config["activation"].count("tanh")}
+
+    out = _run_tuner(tmp_path, monkeypatch, likes_tanh, max_trials=10, progress=events.append)
+    trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
+    lines = [str(event) for event in events if event.total]
+    assert lines[1].startswith("[tuner] trial 01 (2 of 10) [seed] tanh(x): val_accuracy 0.6000; best so far 0.6000")
+    shown = [re.match(r"\[tuner\] trial (\S+) \((\d+) of 10\) \[[^]]+\] (.+): val_accuracy", line).groups()
+             for line in lines]
+    # Ids as in trials.jsonl (and the report, `actsearch show`), from 00; the count from 1.
+    assert [(trial_id, expression) for trial_id, _, expression in shown] == [
+        (t["trial_id"], t["expression"]) for t in trials]
+    assert [int(done) for _, done, _ in shown] == list(range(1, 11))
+    assert shown[0][0] == "00"
 
 
 def test_the_tuner_runs_the_rl_controller_and_the_trainer_names_its_proposals(tmp_path, monkeypatch):
@@ -167,6 +266,54 @@ def test_trials_that_keep_raising_stop_the_search_with_the_reason(tmp_path, monk
     assert len(state["evolution"]["ingested"]) == MAX_ERRORS_IN_A_ROW
 
 
+def test_a_short_search_whose_every_trial_fails_fails_with_the_reason(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import pytest
+
+    from components.tuner import MAX_ERRORS_IN_A_ROW, TrialsFailingError
+
+    def one_class(config, examples_uri, train_examples=None):
+        raise ValueError("the training data has only one class")
+
+    # Fewer trials than the guard against errors in a row: the search still does not "succeed".
+    assert 4 < MAX_ERRORS_IN_A_ROW
+    with pytest.raises(TrialsFailingError, match="none of the 4 search trials produced a result; all of them "
+                                                 "failed with: ValueError: the training data has only one class"):
+        _run_tuner(tmp_path, monkeypatch, one_class, max_trials=4)
+    assert not os.listdir(tmp_path / "search")  # nothing written for the steps downstream
+
+    calls = []
+
+    def mostly_failing(config, examples_uri, train_examples=None):  # the seeds are relu(x) and tanh(x)
+        calls.append(config["activation"])
+        if config["activation"] == "relu(x)":
+            return {"diverged": True, "divergence_reason": "non-finite loss", "best_val_accuracy": None}
+        if config["activation"] == "tanh(x)":
+            return {"best_val_accuracy": 0.7}
+        raise RuntimeError("model cannot be built")
+
+    # Nothing of the failed search is kept (a resumed search would not train its trials again):
+    # with the cause fixed, the same step starts over and completes, however many trials fail.
+    out = _run_tuner(tmp_path, monkeypatch, mostly_failing, max_trials=4)
+    assert calls[:2] == ["relu(x)", "tanh(x)"]
+    trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
+    assert [t["fitness"] for t in trials] == [None, 0.7, None, None]
+    assert out.properties["best_fitness"] == 0.7
+
+    # When the reasons differ the most common is named; diverging counts as no result too.
+    def diverges_or_raises(config, examples_uri, train_examples=None):
+        if config["activation"] == "relu(x)":
+            return {"diverged": True, "divergence_reason": "non-finite loss", "best_val_accuracy": None}
+        raise RuntimeError("model cannot be built")
+
+    with pytest.raises(TrialsFailingError, match=r"none of the 4 search trials produced a result; 3 of them "
+                                                 r"\(the most common reason\) failed with: RuntimeError: model "
+                                                 r"cannot be built"):
+        _run_tuner(tmp_path / "another", monkeypatch, diverges_or_raises, max_trials=4)
+
+
 def test_the_code_version_covers_all_the_code_a_step_runs(monkeypatch):
     from components import base
     from components.evaluator import EvaluatorExecutor
@@ -203,3 +350,42 @@ def test_how_a_step_runs_is_not_part_of_what_it_computes():
     # Final runs do not depend on how many run at once; trials do (a generation at a time).
     assert not TrainerSpec.PARAMETERS["parallelism"].in_cache_key
     assert TunerSpec.PARAMETERS["parallel_trials"].in_cache_key
+
+
+def test_example_gen_resizes_and_skips_corrupt_images_when_asked(tmp_path):
+    import json
+    import os
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from components.base import Artifact
+    from components.example_gen import ExampleGenExecutor, read_examples
+    from trainer.data import CorruptImagesError, DataError
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        os.makedirs(tmp_path / "images" / cls)
+        for i in range(10):
+            size = (12, 12) if i % 2 else (9, 14)  # two sizes: the folder needs image_size
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+    (tmp_path / "images" / "cat" / "broken.png").write_bytes(b"not a png")
+    parameters = {"source": f"folder:{tmp_path / 'images'}", "data_dir": None, "validation_fraction": 0.2,
+                  "test_fraction": 0.2, "max_examples": None, "seed": 0, "num_shards": 1, "beam_options": [],
+                  "image_size": None, "skip_corrupt": False}
+
+    def run(**overrides):
+        examples = Artifact("Examples", str(tmp_path / f"examples{len(os.listdir(tmp_path))}"))
+        os.makedirs(examples.uri)
+        ExampleGenExecutor().Do({}, {"examples": [examples]}, {**parameters, **overrides})
+        return examples
+
+    with pytest.raises(CorruptImagesError, match="broken.png.*--skip_corrupt"):
+        run()
+    with pytest.raises(DataError, match="differ in size.*--image_size"):
+        run(skip_corrupt=True)
+    examples = run(image_size=8, skip_corrupt=True)
+    stats = json.load(open(examples.path("statistics.json")))
+    assert stats["input_shape"] == [8, 8, 3] and sum(stats["num_examples"].values()) == 20
+    assert read_examples(examples).arrays("train")[0].shape[1:] == (8, 8, 3)

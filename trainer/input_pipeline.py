@@ -147,6 +147,67 @@ def make_pipeline(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+# --------------------------------------------------------------------------------------------
+# The same normalisation inside a model
+
+
+def input_normalization(normalize: str, data: Dataset) -> dict:
+    """JSON record of the normalisation :func:`make_pipeline` applies for ``normalize`` on ``data``:
+    ``{"normalize": ...}`` plus, for ``per_channel``, the train split's ``mean`` and ``std`` per
+    channel on the [0, 1] scale (the float32 values the pipeline uses)."""
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"unknown normalize {normalize!r}: allowed are {', '.join(NORMALIZATIONS)}")
+    record: dict = {"normalize": normalize}
+    if normalize == "per_channel":
+        mean, std = data.channel_stats()
+        record["mean"] = [float(v) for v in np.asarray(mean, np.float32)]
+        record["std"] = [float(v) for v in np.asarray(std, np.float32)]
+    return record
+
+
+def normalization_layers(normalization: dict) -> list:
+    """Keras layers computing, on raw 0..255 pixels, exactly what :func:`make_pipeline`'s
+    normalisation computes (bit for bit in float32), from an :func:`input_normalization` record.
+
+    Only Keras' own serialisable layers, so a model holding them loads in safe mode. The division
+    by 255 (127.5) is a ``Normalization`` with mean 0 and standard deviation 255 (127.5) rather
+    than ``Rescaling(1 / 255)``: it divides, as the pipeline does, where ``Rescaling`` multiplies
+    by the rounded reciprocal and can differ in the last bit.
+    """
+    import keras
+
+    normalize = normalization.get("normalize")
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"unknown normalize {normalize!r}: allowed are {', '.join(NORMALIZATIONS)}")
+    divisor = 127.5 if normalize == "symmetric" else 255.0
+    layers = [keras.layers.Normalization(axis=None, mean=0.0, variance=divisor**2, dtype="float32",
+                                         name=f"divide_by_{divisor:g}".replace(".", "_"))]
+    if normalize == "symmetric":
+        layers.append(keras.layers.Rescaling(1.0, offset=-1.0, dtype="float32", name="minus_one"))
+    elif normalize == "per_channel":
+        mean = np.asarray(normalization["mean"], np.float32)
+        std = np.asarray(normalization["std"], np.float32)
+        if mean.ndim != 1 or mean.shape != std.shape or np.any(std <= 0):
+            raise DataError(f"per_channel normalisation needs mean and std per channel, std > 0; got {normalization!r}")
+        # sqrt(float32(std ** 2)) == std exactly, so the layer divides by the pipeline's std.
+        layers.append(keras.layers.Normalization(axis=-1, mean=mean, variance=np.square(std), dtype="float32",
+                                                 name="per_channel_standardize"))
+    return layers
+
+
+def raw_input_model(model, normalization: dict, input_shape: Sequence[int] | None = None):
+    """``model`` (trained on :func:`make_pipeline`'s normalised images) behind
+    :func:`normalization_layers`: a model of raw images, uint8 or float 0..255."""
+    import keras
+
+    shape = tuple(int(d) for d in (input_shape or model.input_shape[1:]))
+    inputs = keras.Input(shape, dtype="float32", name="raw_image")
+    x = inputs
+    for layer in normalization_layers(normalization):
+        x = layer(x)
+    return keras.Model(inputs, model(x), name=f"{model.name}_on_raw_images")
+
+
 def _augment(images: tf.Tensor, key: tf.Tensor, mode: str, pad: int) -> tf.Tensor:
     """Pad-and-crop and/or horizontal flip of a batch, per image, from a stateless seed."""
     batch = tf.shape(images)[0]

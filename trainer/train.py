@@ -58,7 +58,7 @@ from trainer.callbacks import (
     StepLimit,
     activation_parameter_stats,
 )
-from trainer.input_pipeline import make_pipeline
+from trainer.input_pipeline import input_normalization, make_pipeline
 from trainer.models import (
     MODEL_NAMES,
     SHARING_MODES,
@@ -667,7 +667,8 @@ def train(
         activation_stats=activation_parameter_stats(model),
         history=history,
         data={"source": dataset.source, "input_shape": list(dataset.input_shape),
-              "num_classes": num_classes, "num_examples": dataset.num_examples},
+              "num_classes": num_classes, "num_examples": dataset.num_examples,
+              "normalization": input_normalization(config.normalize, dataset)},
         output_dir=paths.root,
         log_dir=paths.logs if paths.root and config.tensorboard else None,
         history_path=paths.history if paths.root else None,
