@@ -59,9 +59,10 @@ def write_report(
         `{layer name: {parameter name: value or list of per-channel values}}` that is plotted
         per layer for each function.
       history: evolution progress, one dict per generation with `generation`, `best`, `median`
-        and optionally `distinct`, `rejected`, `duplicates`.
-      trials: search trials, dicts with `expression`, `fitness`, `generation`, `parents`; the
-        `top_trials` best by fitness are tabulated.
+        and optionally `distinct` (distinct functions proposed so far: cumulative), `rejected`
+        and `duplicates` (of that generation).
+      trials: search trials, dicts with `expression`, `fitness`, `generation`, `parents` (trial
+        ids) and `trial_id`; the `top_trials` best by fitness are tabulated.
       function_plots: function name -> PNG path (or list of PNG paths) showing its shape and
         derivative; embedded as given.
       config: what is needed to reproduce the run (data, model, budget, seeds, ...); nested
@@ -106,9 +107,10 @@ def write_report(
     if history:
         doc.heading("Search progress")
         doc.paragraph("Best and median fitness of each generation of trials (a population's worth of "
-                      "proposals, whatever the strategy), and how "
-                      "many candidates were new, rejected before training, or duplicates of "
-                      "functions already trained.")
+                      "proposals, whatever the strategy); how many distinct functions the search "
+                      "had proposed by the end of the generation (a running total); and how many "
+                      "of the generation's candidates were rejected before training, or were "
+                      "duplicates of functions already proposed (neither is trained).")
         doc.image(figures["evolution"], "Best and median fitness per generation")
         doc.table(*_history_table(history))
     if trials:
@@ -192,21 +194,26 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
 
     best = sorted(trials, key=key)[:top]
     doc.heading(f"Top {len(best)} of {len(trials)} search trials")
-    doc.paragraph("Expressions as the search wrote them; where that spelling carries dead terms, "
+    doc.paragraph("Trial is the trial's id (the order in which the search proposed it, from 0, as "
+                  "in the Origin column above and the progress lines); Parents are the ids of the "
+                  "trials it was bred from: earlier trials, not necessarily among those listed here. "
+                  "Expressions as the search wrote them; where that spelling carries dead terms, "
                   "the last column gives the same function in its simplest form (the form the "
                   "final runs train).")
     rows = []
     for rank, trial in enumerate(best, 1):
         parents = trial.get("parents") or []
         if isinstance(parents, str):
-            parents = [parents]
+            parents = [p for p in parents.split(",") if p]
         fitness = _finite(trial.get("fitness"))
-        rows.append([str(rank), _Code(str(trial["expression"])),
+        trial_id = trial.get("trial_id")
+        rows.append([str(rank), "—" if trial_id is None else _Code(str(trial_id)),
+                     _Code(str(trial["expression"])),
                      "—" if fitness is None else f"{fitness:.4f}",
                      str(trial.get("generation", "—")),
                      _CodeList([str(p) for p in parents]) if parents else "—",
                      _simplest_form(str(trial["expression"]))])
-    doc.table(["Rank", "Expression", "Fitness", "Generation", "Parents", "Simplest form"], rows)
+    doc.table(["Rank", "Trial", "Expression", "Fitness", "Generation", "Parents", "Simplest form"], rows)
 
 
 def _simplest_form(text: str) -> Any:
@@ -246,9 +253,13 @@ def _runs_section(doc: "_Document", runs, metric: str) -> None:
     doc.table(["Function", "Seed", metric, "val_accuracy", "Diverged"], rows)
 
 
+_COUNT_LABELS = {"distinct": "distinct so far", "rejected": "rejected", "duplicates": "duplicates"}
+"""The history's candidate counts: `distinct` is a running total, the others are per generation."""
+
+
 def _history_table(history) -> tuple[list[str], list[list[Any]]]:
-    extra = [k for k in ("distinct", "rejected", "duplicates") if any(k in h for h in history)]
-    header = ["Generation", "Best", "Median"] + [k.capitalize() for k in extra]
+    extra = [k for k in _COUNT_LABELS if any(k in h for h in history)]
+    header = ["Generation", "Best", "Median"] + [_COUNT_LABELS[k].capitalize() for k in extra]
     rows = []
     for h in history:
         rows.append([str(h["generation"]), _fmt_num(h["best"]), _fmt_num(h["median"])]
@@ -291,7 +302,7 @@ def _accuracy_figure(ev: Evaluation, runs, path: Path) -> Path:
 
 def _evolution_figure(history, path: Path) -> Path:
     gens = [h["generation"] for h in history]
-    counts = [k for k in ("distinct", "rejected", "duplicates") if any(k in h for h in history)]
+    counts = [k for k in _COUNT_LABELS if any(k in h for h in history)]
     fig = Figure(figsize=(8, 5.5 if counts else 3.5), dpi=100, layout="constrained")
     axes = fig.subplots(2 if counts else 1, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
@@ -305,7 +316,7 @@ def _evolution_figure(history, path: Path) -> Path:
         width = 0.8 / len(counts)
         for i, key in enumerate(counts):
             ax2.bar(np.array(gens) + (i - (len(counts) - 1) / 2) * width,
-                    [h.get(key, 0) for h in history], width=width, label=key)
+                    [h.get(key, 0) for h in history], width=width, label=_COUNT_LABELS[key])
         ax2.set_ylabel("candidates")
         top = max((h.get(k, 0) or 0) for h in history for k in counts)
         ax2.set_ylim(0, max(1, top) * 1.35)  # headroom for the legend

@@ -9,7 +9,8 @@ that was interrupted or crashed continues where it stopped: no finished trial is
 Artifact layout::
 
     <uri>/trials.jsonl      every trial: id, expression, fingerprint, fitness, status, lineage, time
-    <uri>/history.json      per generation: best, median, distinct, duplicates, rejected
+    <uri>/history.json      per generation: best, median, distinct functions proposed so far (cumulative),
+                            duplicates, rejected
     <uri>/top_k.json        the best distinct functions, best first
     <uri>/counts.json       proposals, duplicates and rejected offspring, completed, failed
     <uri>/tensorboard/      HParams dashboard (activation x fitness) and evolution curves
@@ -20,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+from collections import Counter
 from typing import Any
 
 from activations.oracle import GENOME, OPERATOR
@@ -28,11 +31,13 @@ from components.fanout import load_result, run_jobs
 
 OBJECTIVE = "val_accuracy"
 MAX_ERRORS_IN_A_ROW = 8
-"""Trials in a row whose training raised an error (not diverged) before the search gives up."""
+"""Trials in a row whose training raised an error (not diverged) before the search gives up. A search
+with fewer trials than that still fails, at its end, when no trial produced a result."""
 
 
 class TrialsFailingError(RuntimeError):
-    """Trial after trial raises instead of training: a systematic problem, not a bad candidate."""
+    """Trial after trial raises instead of training, or no trial of the search produced a result:
+    a systematic problem, not a bad candidate."""
 
 
 class TunerSpec(ComponentSpec):
@@ -141,7 +146,16 @@ class TunerExecutor(BaseExecutor):
         if ended < p["max_trials"]:
             self.context.progress(f"the search ended after {ended} of {p['max_trials']} trials: "
                                   f"the {p['strategy']} strategy has no new function left to propose")
-        self._write(output_dict["search_results"][0], oracle, os.path.join(work, "results"), p["top_k"])
+        trials = _trial_records(oracle, os.path.join(work, "results"))
+        try:
+            _check_some_result(trials)  # also on a resumed search whose trials all ended before
+        except TrialsFailingError:
+            # Nothing worth keeping, and a resumed search would not train its ended trials again:
+            # the next attempt (after the cause is fixed) starts the search over.
+            for name in ("oracle", "results", "trials"):
+                shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+            raise
+        self._write(output_dict["search_results"][0], oracle, trials, p["top_k"])
 
     def _progress(self, oracle, trial, fitness: float | None, error: str | None) -> None:
         counts = oracle.counts()
@@ -149,37 +163,16 @@ class TunerExecutor(BaseExecutor):
         best = max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)
         outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
         best_text = f"{best:.4f}" if best is not None else "n/a"
+        # Named by its id (as in trials.jsonl, the report and `actsearch show`, counting from 0),
+        # then how many trials have finished.
         self.context.progress(
-            f"trial {done} of {oracle.max_trials} [{trial.hyperparameters.get(OPERATOR)}] "
+            f"trial {trial.trial_id} ({done} of {oracle.max_trials}) [{trial.hyperparameters.get(OPERATOR)}] "
             f"{trial.hyperparameters.get(GENOME)}: {outcome}; best so far {best_text}",
             done=done, total=oracle.max_trials)
 
-    def _write(self, out: Artifact, oracle, results_dir: str, top_k: int) -> None:
-        import activations
+    def _write(self, out: Artifact, oracle, trials: list[dict[str, Any]], top_k: int) -> None:
         from components import tb_summaries
 
-        trials = []
-        for trial_id in sorted(oracle.trials):
-            try:
-                info = oracle.lineage(trial_id)
-            except KeyError:  # a trial the oracle dropped while repairing an interrupted save
-                continue
-            expression = info["expression"]
-            fingerprint = info.get("fingerprint") or activations.fingerprint(expression)
-            result = load_result(results_dir, _job_id(trial_id, fingerprint)) or {}
-            trials.append({
-                "trial_id": trial_id,
-                "expression": expression,
-                "fingerprint": fingerprint,
-                "fitness": info.get("fitness"),
-                "status": info.get("status"),
-                "generation": info.get("generation"),
-                "operator": info.get("operator"),
-                "parents": info.get("parents"),
-                "seconds": result.get("job_seconds"),
-                "images_per_sec": result.get("images_per_sec"),
-                "error": _fitness(result)[1] if result else None,
-            })
         ranked = sorted((t for t in trials if t["fitness"] is not None), key=lambda t: -t["fitness"])
         top, seen = [], set()
         for trial in ranked:
@@ -202,6 +195,55 @@ class TunerExecutor(BaseExecutor):
             tb_summaries.write_evolution(logdir, rows)
         out.properties.update({"num_trials": len(trials), "best": top[0]["expression"] if top else None,
                                "best_fitness": top[0]["fitness"] if top else None})
+
+
+def _trial_records(oracle, results_dir: str) -> list[dict[str, Any]]:
+    """One record per trial of the search (the lines of trials.jsonl), by trial id."""
+    import activations
+
+    trials = []
+    for trial_id in sorted(oracle.trials):
+        try:
+            info = oracle.lineage(trial_id)
+        except KeyError:  # a trial the oracle dropped while repairing an interrupted save
+            continue
+        expression = info["expression"]
+        fingerprint = info.get("fingerprint") or activations.fingerprint(expression)
+        result = load_result(results_dir, _job_id(trial_id, fingerprint)) or {}
+        error = _fitness(result)[1] if result else None
+        if error is None and info.get("fitness") is None:
+            error = getattr(oracle.trials[trial_id], "message", None)
+        trials.append({
+            "trial_id": trial_id,
+            "expression": expression,
+            "fingerprint": fingerprint,
+            "fitness": info.get("fitness"),
+            "status": info.get("status"),
+            "generation": info.get("generation"),
+            "operator": info.get("operator"),
+            "parents": info.get("parents"),
+            "seconds": result.get("job_seconds"),
+            "images_per_sec": result.get("images_per_sec"),
+            "error": error,
+        })
+    return trials
+
+
+def _check_some_result(trials: list[dict[str, Any]]) -> None:
+    """Raises `TrialsFailingError` when no trial of the search has a fitness (every one raised an
+    error or diverged): the steps after the search would have nothing to work with. However few
+    trials the search has, so also below the `MAX_ERRORS_IN_A_ROW` guard."""
+    if any(trial["fitness"] is not None for trial in trials):
+        return
+    if not trials:
+        raise TrialsFailingError("the search ran no trial, so it has no result to hand on")
+    errors = Counter(trial["error"] or "no validation accuracy" for trial in trials)
+    error, count = errors.most_common(1)[0]
+    which = "all of them" if count == len(trials) else f"{count} of them (the most common reason)"
+    raise TrialsFailingError(
+        f"none of the {len(trials)} search trials produced a result; {which} failed with: {error}. "
+        "This points at the data, the settings or a bug, not at the candidates: fix the cause and run "
+        "again (the search then starts over).")
 
 
 class Tuner(Component):

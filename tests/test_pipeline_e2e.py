@@ -70,7 +70,12 @@ def test_a_run_produces_every_deliverable(finished):
     # The CLI tells the user where everything is, and how to open TensorBoard.
     assert f"report:       {root / 'report' / 'report.html'}" in first.stdout
     assert f"tensorboard --logdir {root / 'tensorboard'}" in first.stdout
-    assert "trial 4 of 4" in first.stdout and "run 4 of 4" in first.stdout
+    # One progress line per trial, naming the trial by its id (as trials.jsonl and the report do),
+    # then how many of the 4 have finished.
+    progress = re.findall(r"\[tuner\] trial (\S+) \((\d) of 4\) \[[^]]+\] (.+?): (?:val_accuracy|failed)",
+                          first.stdout)
+    assert sorted(done for _, done, _ in progress) == ["1", "2", "3", "4"]
+    assert "run 4 of 4" in first.stdout
     assert "--seeds=2 is below the 3 runs per function a statistical test needs" in first.stdout
 
     evaluation = read_json(results["evaluation"])
@@ -85,7 +90,10 @@ def test_a_run_produces_every_deliverable(finished):
     trials = [json.loads(line) for line in open(root / "tuner" / "search_results" / "3" / "trials.jsonl")]
     assert len(trials) == 4 and len({t["fingerprint"] for t in trials}) == 4
     assert all(t["fitness"] is not None for t in trials)
+    assert sorted((trial_id, expression) for trial_id, _, expression in progress) == [
+        (t["trial_id"], t["expression"]) for t in trials]
     report = Path(results["report_markdown"]).read_text()
+    assert "| Rank | Trial | Expression |" in report
     assert discovered["function"] in report and "## Search progress" in report
     # The report's command recreates the run's configuration.
     command = re.search(r"```sh\n(actsearch run .*)\n```", report).group(1)
@@ -122,19 +130,37 @@ def test_the_exported_function_drops_into_a_new_model(finished):
     assert first is not second and first.expression == second.expression
 
 
-def test_the_exported_model_loads_in_a_fresh_process_in_safe_mode(finished):
+def test_the_exported_model_loads_in_a_fresh_process_in_safe_mode(finished, tmp_path):
+    import numpy as np
+
+    from components.example_gen import read_examples
+
     root, _, _ = finished
+    # It takes the test images as the Examples store them (uint8, 0..255) and normalises them
+    # itself: its accuracy on them is the test accuracy its run reported.
+    outputs = {cid: c.get("outputs", {}) for cid, c in read_json(root / "run.json")["components"].items()}
+    images, labels = read_examples(outputs["example_gen"]["examples"][0]).arrays("test")
+    np.save(tmp_path / "images.npy", images)
+    record = read_json(root / "export" / "activation.json")
+    assert record["input"]["normalized_internally"] is True and record["input"]["value_range"] == [0, 255]
+    assert record["input"]["shape"] == list(images.shape[1:])
     code = (
         "import sys, numpy as np, keras, activations\n"
         "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
         "x = np.zeros((3,) + model.input_shape[1:], 'float32')\n"
         "print(model.predict(x, verbose=0).shape)\n"
+        "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0).argmax(-1))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(root / "export" / "model.keras")],
+    done = subprocess.run([sys.executable, "-c", code, str(root / "export" / "model.keras"),
+                           str(tmp_path / "images.npy"), str(tmp_path / "predicted.npy")],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "(3, 10)"
+    accuracy = float(np.mean(np.load(tmp_path / "predicted.npy") == labels))
+    runs = [json.loads(line) for line in open(Path(outputs["trainer"]["trained_models"][0]) / "runs.jsonl")]
+    (run,) = [r for r in runs if r["function"] == record["evaluation"]["function"] and r["seed"] == record["model_seed"]]
+    assert abs(accuracy - run["test_accuracy"]) <= 1 / len(labels) and accuracy > 0.2  # chance is 0.1
 
 
 def test_tensorboard_serves_the_runs_logs(finished, tmp_path):
@@ -223,6 +249,9 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path):
     (["--pipeline_root=/proc/actsearch"], "is not writable"),
     (["--baselines=swish"], "baselines must include relu"),
     (["--strategy=rl"], "strategy 'rl' trains a controller over the Swish paper's core units: add --space=swish"),
+    (["--baselines=relu,nosuch"], "baselines: 'nosuch' is not a known name or a valid expression"),
+    (["--seed_functions=relu,add(x,"], "seed_functions: unbalanced parentheses"),
+    (["--augment", "--max_examples=0"], "max_examples must be at least 3"),  # a bare bool flag takes no value
 ])
 def test_bad_settings_fail_before_any_work(args, message, tmp_path):
     extra = [] if any(a.startswith("--pipeline_root") for a in args) else [f"--pipeline_root={tmp_path / 'r'}"]
@@ -230,6 +259,24 @@ def test_bad_settings_fail_before_any_work(args, message, tmp_path):
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "r" / "metadata.sqlite").exists()
+
+
+def test_ctrl_c_stops_with_a_short_message_and_records_the_run_as_interrupted(tmp_path):
+    root = tmp_path / "root"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "pipeline.cli", "run", *TINY, f"--pipeline_root={root}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((root / "tuner" / ".resume").glob("*/results/*.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr
+    assert read_json(root / "run.json")["status"] == "interrupted"
 
 
 def test_a_failing_step_is_reported_without_a_traceback(tmp_path):
@@ -261,9 +308,15 @@ def test_help_lists_the_commands_and_explains_every_setting(entry):
     for command in ("actsearch run --preset=demo", "actsearch compile", "actsearch runs", "actsearch show RUN_ID"):
         assert command in done.stdout
     for field, text in config_lib.FIELD_HELP.items():
-        flag = re.search(rf"--{field}: (.*?)(?=\n  --|\Z)", done.stdout, re.S)
+        flag = re.search(rf"--(?:\[no\])?{field}: (.*?)(?=\n  --|\Z)", done.stdout, re.S)
         assert flag, f"--{field} missing from --help"
         assert " ".join(flag.group(1).split()).startswith(" ".join(text.split())[:40])
+
+
+def test_compile_names_an_output_path_it_cannot_write(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    done = actsearch("compile", f"--output={tmp_path / 'a_file' / 'p.yaml'}", check=False, timeout=120)
+    assert done.returncode == 2 and "cannot write" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_compile_writes_a_kubeflow_pipeline_with_resources(tmp_path):

@@ -54,11 +54,12 @@ def inputs(tmp_path):
     runs = _runs(rng)
     plots = {"relu": _png(tmp_path / "relu.png"),
              "swish": [_png(tmp_path / "swish.png", "swish"), _png(tmp_path / "swish_d.png")]}
-    history = [dict(generation=g, best=0.5 + 0.04 * g, median=0.4 + 0.03 * g, distinct=8,
+    history = [dict(generation=g, best=0.5 + 0.04 * g, median=0.4 + 0.03 * g, distinct=4 * (g + 1),
                     rejected=g % 3, duplicates=1) for g in range(5)]
-    trials = [dict(expression=f"tanh(x)*{i}", fitness=0.5 + i / 100, generation=i // 4,
-                   parents=[f"p{i}"]) for i in range(12)]
-    trials.append(dict(expression="bad(x)", fitness=float("nan"), generation=3, parents=[]))
+    # As the Tuner writes them: ids from "00" in proposal order, parents are earlier trials' ids.
+    trials = [dict(trial_id=f"{i:02d}", expression=f"tanh(x)*{i}", fitness=0.5 + i / 100, generation=i // 4,
+                   parents=[f"{i - 4:02d}", f"{i - 3:02d}"] if i >= 4 else []) for i in range(12)]
+    trials.append(dict(trial_id="12", expression="bad(x)", fitness=float("nan"), generation=3, parents=["00"]))
     config = {"data": {"name": "digits", "train_examples": 1200}, "model": {"name": "mlp",
               "width": 64}, "budget": {"epochs": 3, "batch_size": 32}, "seeds": [0, 1, 2, 3]}
     return dict(evaluation=st.evaluate(runs), runs=runs, history=history, trials=trials,
@@ -102,17 +103,33 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     for text in ("data.name", "digits", "budget.epochs", "model.width", "seeds (final runs)"):
         assert text in md
     assert "Top 10 of 13 search trials" in md
-    ranks = re.findall(r"^\| (\d+) \| `tanh\(x\)\*(\d+)` \| ([\d.]+) ", md, re.M)
-    assert [int(r[1]) for r in ranks] == list(range(11, 1, -1))  # best fitness first
+    assert "| Rank | Trial | Expression | Fitness | Generation | Parents | Simplest form |" in md
+    rows = re.findall(r"^\| (\d+) \| `(\d+)` \| `tanh\(x\)\*(\d+)` \| ([\d.]+) \| \d+ \| ([^|]+) \|", md, re.M)
+    assert [int(r[2]) for r in rows] == list(range(11, 1, -1))  # best fitness first
+    assert [r[0] for r in rows] == [str(rank) for rank in range(1, 11)]
+    # The Trial column shows the trial's id (not its rank), and Parents name trial ids: ones in
+    # the table or earlier trials, never ranks.
+    assert [r[1] for r in rows] == [f"{i:02d}" for i in range(11, 1, -1)]
+    shown = {r[1] for r in rows}
+    for _, trial_id, _, _, parents in rows:
+        for parent in re.findall(r"`([^`]+)`", parents):
+            assert parent in shown or parent < trial_id, (trial_id, parent)
+    assert "| 1 | `11` | `tanh(x)*11` | 0.6100 | 2 | `07`, `08` |" in md
     assert "bad(x)" not in md  # NaN fitness sorts last, outside the top 10
+    # The distinct count is a running total, and the table says so.
+    assert "| Generation | Best | Median | Distinct so far | Rejected | Duplicates |" in md
+    assert "distinct functions the search had proposed by the end of the generation" in md
+    assert "| 4 | 0.66 | 0.52 | 20 | 1 | 1 |" in md
 
 
 def test_trials_show_the_simplest_form_of_roundabout_expressions(tmp_path, inputs):
-    trials = [dict(expression="mish(x - beta*zero(x))", fitness=0.9, generation=3, parents=["07"]),
-              dict(expression="x * sigmoid(beta * x)", fitness=0.8, generation=0, parents=[]),
+    trials = [dict(trial_id="12", expression="mish(x - beta*zero(x))", fitness=0.9, generation=3, parents=["07"]),
+              dict(trial_id="01", expression="x * sigmoid(beta * x)", fitness=0.8, generation=0, parents=[]),
               dict(expression="not an expression(", fitness=0.1, generation=0, parents=[])]
     md = _write(tmp_path, inputs, trials=trials)[0].read_text()
-    rows = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| ") and " | `" in line}
+    rows = {line.split(" | ")[2]: line for line in md.splitlines() if line.startswith("| ") and line.count(" | ") >= 6}
+    assert rows["`mish(x - beta*zero(x))`"].startswith("| 1 | `12` |")
+    assert rows["`not an expression(`"].startswith("| 3 | — |")  # no id given: none shown
     assert rows["`mish(x - beta*zero(x))`"].endswith("| `mish(x)` |")
     assert rows["`x * sigmoid(beta * x)`"].endswith("| — |")
     assert rows["`not an expression(`"].endswith("| — |")
