@@ -537,6 +537,18 @@ def test_folder_formats_grey_and_sizes(tmp_path):
     assert ds.input_shape == (8, 8, 3)
 
 
+def test_folder_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "deep" / cls).mkdir(parents=True)
+        for i in range(3):
+            values = (np.arange(64).reshape(8, 8) * 1000 + i).astype(np.uint16)
+            Image.fromarray(values).save(tmp_path / "deep" / cls / f"{i}.png")
+    images = S.load_dataset(f"folder:{tmp_path / 'deep'}", splits=(0.34, 0.33, 0.33)).arrays("train")[0]
+    expected = np.round(np.arange(64).reshape(8, 8) * 1000 * 255 / 65535)
+    assert np.abs(images[0, ..., 0].astype(float) - expected).max() <= 1  # 63,000 -> 245, not 255
+    assert len(np.unique(images)) > 50
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(D.DataError, match="does not exist"):
         S.load_dataset(f"folder:{tmp_path / 'nowhere'}")

@@ -169,6 +169,40 @@ def test_a_killed_run_resumes_from_its_last_epoch(digits, tmp_path, reference_ru
     assert resumed.history["val_accuracy"] == reference_run.history["val_accuracy"]
 
 
+def test_a_backup_of_another_configuration_is_refused_not_resumed(digits, tmp_path):
+    config = tiny(epochs=4, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+    other = tiny(epochs=4, seed=7, learning_rate=0.01, output_dir=str(tmp_path / "run"))
+    with pytest.raises(TrainConfigError, match="unfinished run of another configuration \\(learning_rate, seed differ\\)"):
+        train(other, digits)
+    assert os.path.exists(tmp_path / "run" / "backup" / "training_metadata.json")  # nothing thrown away
+    fresh = train(TrainConfig(**{**other.to_dict(), "resume": False}), digits)
+    assert fresh.initial_epoch == 0 and fresh.epochs_run == 4
+
+
+def test_an_unreadable_backup_starts_the_run_afresh(digits, tmp_path, caplog):
+    config = tiny(epochs=3, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):  # as if killed while both were written
+        path = tmp_path / "run" / "backup" / name
+        if path.exists():
+            path.write_bytes(path.read_bytes()[:96])
+    seen = _SeenEpochs()
+    result = train(config, digits, callbacks=[seen])
+    assert seen.epochs == [0, 1, 2] and result.epochs_run == 3
+    assert "cannot be read" in caplog.text
+
+
+def test_output_dir_folders_the_trainer_did_not_make_are_never_deleted(digits, tmp_path):
+    (tmp_path / "mine" / "logs").mkdir(parents=True)
+    (tmp_path / "mine" / "logs" / "notes.txt").write_text("keep me")
+    with pytest.raises(TrainConfigError, match="no run of this trainer wrote"):
+        train(tiny(epochs=1, output_dir=str(tmp_path / "mine")), digits)
+    assert (tmp_path / "mine" / "logs" / "notes.txt").read_text() == "keep me"
+
+
 def test_same_seed_same_run_and_other_seed_other_run(digits, reference_run):
     again = train(tiny(epochs=4, augment=True), digits)  # no output dir, no backup to share
     assert _weights_equal(again.model, reference_run.model)
@@ -236,6 +270,30 @@ def test_config_round_trips_and_rejects_bad_values():
         tiny(precision="half")
     with pytest.raises(TrainConfigError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"model": "mlp", "learning_rates": 0.1})
+    for field, value, message in [("warmup_epochs", math.inf, "number >= 0"), ("learning_rate", math.inf, "positive"),
+                                  ("seed", -1, r"\[0, 2\*\*32\)"), ("seed", 2**40, r"\[0, 2\*\*32\)"),
+                                  ("activation", "x**", "is invalid: not a known name or a valid expression"),
+                                  ("resume", "no", "True or False"), ("quiet", "false", "True or False"),
+                                  ("output_dir", "", "a directory path"), ("splits", None, "three fractions")]:
+        with pytest.raises(TrainConfigError, match=f"TrainConfig.{field}=.*{message}"):
+            tiny(**{field: value})
+
+
+def test_adamw_without_weight_decay_builds(digits):
+    from trainer.train import make_optimizer
+
+    assert isinstance(make_optimizer(tiny(optimizer="adamw", weight_decay=0.0), 0.01), keras.optimizers.AdamW)
+
+
+def test_a_callers_op_determinism_is_left_as_found(digits):
+    from tensorflow.python.framework import config as tf_config
+
+    tf.config.experimental.enable_op_determinism()
+    try:
+        train(tiny(epochs=1, deterministic=True), digits)
+        assert tf_config.is_op_determinism_enabled()
+    finally:
+        tf_config.disable_op_determinism()
 
 
 def test_adamw_with_label_smoothing_and_augmentation_trains(digits):

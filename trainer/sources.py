@@ -493,6 +493,8 @@ def _decode_file(path: str, size: tuple[int, int] | None) -> np.ndarray | None:
             if image.mode in ("P", "PA"):  # palette images (GIF, some PNG): grey or colour?
                 rgb = np.asarray(image.convert("RGB"))
                 grey = bool(np.all(rgb == rgb[..., :1]))
+            if image.mode.startswith("I") or image.mode == "F":
+                image = _to_8_bit(image)  # convert("L") would clip 16-bit values at 255
             image = image.convert("L" if grey else "RGB")
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -501,6 +503,22 @@ def _decode_file(path: str, size: tuple[int, int] | None) -> np.ndarray | None:
         logger.debug("cannot decode %s: %s", path, err)
         return None
     return array[..., None] if array.ndim == 2 else array
+
+
+def _to_8_bit(image):
+    """A 16/32-bit integer or float grey image as 8-bit grey, its range scaled, not clipped.
+
+    16-bit modes span 0..65535; a 32-bit integer image whose values fit 8 bits keeps them; a float
+    image in [0, 1] is scaled to 0..255 and any other is clipped to it.
+    """
+    from PIL import Image
+
+    values = np.asarray(image, np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.size and values.max() > 255):
+        values = values * (255.0 / 65535.0)
+    elif image.mode == "F" and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
 
 
 def _decode_files(

@@ -48,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from activations.named import expression_for
 from trainer import data as data_lib
 from trainer.callbacks import (
     ActivationHistograms,
@@ -171,8 +172,9 @@ class TrainConfig:
         def is_int(value) -> bool:
             return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
-        def is_number(value) -> bool:
-            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        def is_number(value) -> bool:  # finite: an infinite rate or warm-up fails hours later
+            return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+                    and math.isfinite(value))
 
         if self.model not in MODEL_NAMES:
             fail("model", f"allowed are {', '.join(MODEL_NAMES)}")
@@ -180,6 +182,10 @@ class TrainConfig:
             fail("data", "expected a source string such as 'embedded:digits' or 'tfds:cifar10'")
         if not isinstance(self.activation, str) or not self.activation.strip():
             fail("activation", "expected a name or expression text such as 'relu' or 'x*sigmoid(beta*x)'")
+        try:
+            expression_for(self.activation)
+        except ValueError as error:
+            fail("activation", f"not a known name or a valid expression: {error}")
         if self.sharing not in SHARING_MODES:
             fail("sharing", f"allowed are {', '.join(SHARING_MODES)}")
         if not is_int(self.epochs) or self.epochs < 1:
@@ -204,16 +210,22 @@ class TrainConfig:
             fail("label_smoothing", "expected a number in [0, 1)")
         if self.clipnorm is not None and (not is_number(self.clipnorm) or not self.clipnorm > 0):
             fail("clipnorm", "expected None or a positive number")
-        if not is_int(self.seed):
-            fail("seed", "expected an integer")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
+            fail("seed", "expected an integer in [0, 2**32)")
         if self.precision not in PRECISIONS:
             fail("precision", f"allowed are {', '.join(PRECISIONS)}")
         if self.augment not in (False, True, *data_lib.AUGMENTATIONS):
             fail("augment", f"allowed are False, True, {', '.join(data_lib.AUGMENTATIONS)}")
         if self.normalize not in data_lib.NORMALIZATIONS:
             fail("normalize", f"allowed are {', '.join(data_lib.NORMALIZATIONS)}")
-        if len(self.splits) != 3:
+        if not isinstance(self.splits, (list, tuple)) or len(self.splits) != 3:
             fail("splits", "expected three fractions (train, validation, test)")
+        for name in ("nesterov", "resume", "tensorboard", "save_model", "evaluate_test", "deterministic", "quiet"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                fail(name, "expected True or False")
+        if self.output_dir is not None and (not isinstance(self.output_dir, (str, os.PathLike))
+                                            or not os.fspath(self.output_dir).strip()):
+            fail("output_dir", "expected None or a directory path")
         return self
 
     # --- derived values -----------------------------------------------------------------------
@@ -370,7 +382,9 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int, total_step
 
 def make_optimizer(config: TrainConfig, schedule) -> keras.optimizers.Optimizer:
     """The optimizer of ``config`` (weight-decay exclusions are applied in :func:`train`)."""
-    common: dict[str, Any] = {"learning_rate": schedule, "weight_decay": config.decay or None}
+    common: dict[str, Any] = {"learning_rate": schedule}
+    if config.decay:  # AdamW refuses weight_decay=None; 0 means none
+        common["weight_decay"] = config.decay
     if config.clipnorm is not None:
         common["clipnorm"] = float(config.clipnorm)
     if config.optimizer == "sgd":
@@ -383,6 +397,11 @@ def make_optimizer(config: TrainConfig, schedule) -> keras.optimizers.Optimizer:
 @contextlib.contextmanager
 def _op_determinism(enabled: bool):
     if not enabled:
+        yield
+        return
+    from tensorflow.python.framework import config as tf_config
+
+    if tf_config.is_op_determinism_enabled():  # the caller's setting: leave it as found
         yield
         return
     tf.config.experimental.enable_op_determinism()
@@ -487,7 +506,8 @@ class _RunCallbacks:
             self.callbacks.append(self.images)
         if self.backup:
             # After the other built-in callbacks, so that an epoch is backed up once fully logged.
-            self.callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=paths.backup))
+            # Two checkpoint copies: a kill while one is written leaves the other to resume from.
+            self.callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=paths.backup, double_checkpoint=True))
 
 
 class _History(keras.callbacks.Callback):
@@ -563,7 +583,7 @@ def train(
     factory = activation_factory(config.activation, config.sharing)  # fails early on bad text
 
     paths = _Paths(config.output_dir)
-    paths.prepare(resume=config.resume)
+    paths.prepare(resume=config.resume, config=config)
     if paths.root:
         with open(paths.config, "w", encoding="utf-8") as f:
             f.write(config.to_json())
@@ -686,6 +706,21 @@ def train(
     return result
 
 
+_NOT_TRAINING = ("output_dir", "resume", "tensorboard", "save_model", "evaluate_test", "quiet")
+"""TrainConfig fields that do not change what a run trains: a backup resumes across them."""
+
+
+def _changed_fields(stored_path: str, config: "TrainConfig") -> list[str]:
+    """Training fields whose stored value (config.json of the run in the directory) differs."""
+    try:
+        with open(stored_path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return []  # a backup without its config: nothing to compare, as before config.json existed
+    current = config.to_dict()
+    return sorted(name for name in current if name not in _NOT_TRAINING and stored.get(name) != current[name])
+
+
 class _Paths:
     """The files of a run inside ``output_dir`` (all None-safe when there is no output_dir)."""
 
@@ -713,17 +748,50 @@ class _Paths:
         except (OSError, ValueError, TypeError):
             return 0
 
-    def prepare(self, resume: bool) -> None:
-        """Creates the directory; a fresh (not resumed) run clears the previous run's files."""
+    def prepare(self, resume: bool, config: "TrainConfig") -> None:
+        """Creates the directory; a fresh (not resumed) run clears the previous run's files.
+
+        A backup is resumed only when it belongs to the same configuration and can be read: a
+        different configuration is refused (its unfinished run is not thrown away unasked), an
+        unreadable one (a kill while both checkpoint copies were written) starts afresh with a
+        warning. Folders this module did not make are never deleted: a directory that has
+        `logs/`, `backup/` or `activations/` but no `config.json` is refused.
+        """
         if not self.root:
             return
         os.makedirs(self.root, exist_ok=True)
+        ours = os.path.exists(self.config)
+        if not ours and any(os.path.exists(p) for p in (self.logs, self.backup, self.images)):
+            raise TrainConfigError(
+                f"TrainConfig.output_dir={self.root!r} already holds logs/, backup/ or activations/ folders "
+                "that no run of this trainer wrote (no config.json): use a new or empty directory")
         if resume and self.has_backup():
-            logger.info("resuming from the backup in %s", self.backup)
-            return
+            changed = _changed_fields(self.config, config)
+            if changed:
+                raise TrainConfigError(
+                    f"TrainConfig.output_dir={self.root!r} holds an unfinished run of another configuration "
+                    f"({', '.join(changed)} differ): use another output_dir, or resume=False to start afresh there")
+            if self._backup_readable():
+                logger.info("resuming from the backup in %s", self.backup)
+                return
+            logger.warning("the backup in %s cannot be read (interrupted while it was saved?): starting afresh",
+                           self.backup)
         for path in (self.history, self.result):
             if os.path.exists(path):
                 os.remove(path)
         for path in (self.logs, self.backup, self.images):
             if os.path.isdir(path):
                 shutil.rmtree(path)
+
+    def _backup_readable(self) -> bool:
+        """Whether Keras' BackupAndRestore can restore: the latest weights or their previous copy open."""
+        import h5py
+
+        latest = os.path.join(self.backup, "latest.weights.h5")
+        for path in (latest, latest + ".bkp"):
+            try:
+                with h5py.File(path, "r"):
+                    return True
+            except OSError:
+                continue
+        return False
