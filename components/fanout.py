@@ -17,8 +17,11 @@ failure result (`{"failed": true, "error": ...}`), so one bad candidate never si
 
 Each start of a job is counted (`<job_id>.attempts`). A job that raised is run once more (a
 transient error such as a full disk should not decide a comparison); a job that took its process
-down (killed, out of memory) and was started `MAX_ATTEMPTS` times is recorded as failed instead of
-being started on every resume for ever. A run that *diverged* is a result, never retried.
+down (killed, out of memory) and was started `MAX_STARTS_WITHOUT_RESULT` times is recorded as failed
+instead of being started on every resume for ever. A Ctrl-C (KeyboardInterrupt) does not count as a
+start: the user stopped the run, the job did not crash. A killed driver is indistinguishable from a
+job that took its process down, hence three starts, not two: a user who kills a run twice while the
+same job runs does not turn it into a failure. A run that *diverged* is a result, never retried.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from absl import logging
 ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
 MAX_ATTEMPTS = 2
-"""Starts of a job at most: once, and once more after an error or a crash."""
+"""Starts of a job that raised: once, and once more (a transient error should not decide)."""
+MAX_STARTS_WITHOUT_RESULT = 3
+"""Starts of a job that never wrote a result (its process died) before it is recorded as failed."""
 
 
 class FanoutError(RuntimeError):
@@ -122,7 +127,8 @@ def _share_machine(parallelism: int, slot: int) -> None:
 
 def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> dict[str, Any]:
     """Runs one job and writes its result file (atomically); returns the result."""
-    _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), attempts(work_dir, job["id"]) + 1)
+    started = attempts(work_dir, job["id"])
+    _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started + 1)
     slot = None
     if parallelism > 1:
         slot = claim_worker_slot(work_dir, parallelism)
@@ -130,6 +136,9 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     start = time.time()
     try:
         result = dict(_resolve(job["fn"])(**job.get("args", {})))
+    except KeyboardInterrupt:  # the user stopped the run: not one of the job's starts
+        _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started)
+        raise
     except Exception as error:  # noqa: BLE001 - a job failure is data, not a crash
         logging.warning("job %s failed: %s", job["id"], error)
         result = {"failed": True, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
@@ -194,7 +203,7 @@ def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int
 def _needs_run(work_dir: str, job_id: str) -> bool:
     """Whether a job must (still) run; records a job that keeps killing its process as failed."""
     result, started = load_result(work_dir, job_id), attempts(work_dir, job_id)
-    if result is None and started >= MAX_ATTEMPTS:
+    if result is None and started >= MAX_STARTS_WITHOUT_RESULT:
         _write_json(_result_path(work_dir, job_id), {
             "failed": True, "job_id": job_id,
             "error": f"started {started} times and never finished: its process was killed or crashed "

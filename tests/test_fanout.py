@@ -27,11 +27,27 @@ def test_in_process_results_come_back_in_order_with_failures_recorded(tmp_path):
 
 
 def test_a_job_that_keeps_killing_its_process_is_recorded_as_failed(tmp_path):
-    # Two starts left no result (as after an out-of-memory kill): it is not started a third time.
+    # Two starts without a result (two kills of the run, or of its process) still get a third...
     (tmp_path / "job0.attempts").write_text("2")
     (result,) = run_jobs(_jobs([5]), str(tmp_path))
-    assert result["failed"] and "started 2 times and never finished" in result["error"]
-    assert attempts(str(tmp_path), "job0") == 2
+    assert result["value"] == 25 and attempts(str(tmp_path), "job0") == 3
+    # ...but three (as after out-of-memory kills) are the end: it is not started a fourth time.
+    (tmp_path / "job1.attempts").write_text("3")
+    (_, result) = run_jobs(_jobs([5, 6]), str(tmp_path))
+    assert result["failed"] and "started 3 times and never finished" in result["error"]
+    assert attempts(str(tmp_path), "job1") == 3
+
+
+def test_ctrl_c_in_a_job_is_not_counted_as_one_of_its_starts(tmp_path, monkeypatch):
+    import tests.fanout_toy_jobs as toy
+
+    def interrupted(value, sleep=0.0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "square", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(_jobs([5]), str(tmp_path))
+    assert attempts(str(tmp_path), "job0") == 0 and not (tmp_path / "job0.json").exists()
 
 
 def test_interrupted_fan_out_reruns_only_missing_jobs(tmp_path):
