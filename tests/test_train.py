@@ -192,7 +192,23 @@ def test_an_unreadable_backup_starts_the_run_afresh(digits, tmp_path, caplog):
     seen = _SeenEpochs()
     result = train(config, digits, callbacks=[seen])
     assert seen.epochs == [0, 1, 2] and result.epochs_run == 3
-    assert "cannot be read" in caplog.text
+    assert "starting afresh" in caplog.text
+
+
+def test_a_backup_that_opens_but_does_not_load_falls_back_to_the_previous_copy(digits, tmp_path, caplog):
+    import h5py
+
+    config = tiny(epochs=4, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+    backup = tmp_path / "run" / "backup"
+    assert (backup / "latest.weights.h5.bkp").exists()  # two copies are kept
+    with h5py.File(backup / "latest.weights.h5", "w") as f:  # as after a Ctrl-C mid-save: no layers
+        f.create_group("vars")
+    seen = _SeenEpochs()
+    result = train(config, digits, callbacks=[seen])
+    assert seen.epochs[0] >= 1 and seen.epochs[-1] == 3 and result.epochs_run == 4
+    assert "resuming from the previous one" in caplog.text
 
 
 def test_output_dir_folders_the_trainer_did_not_make_are_never_deleted(digits, tmp_path):

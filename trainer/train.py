@@ -632,6 +632,8 @@ def train(
         with strategy.scope():
             model = build_model(config.model, dataset.input_shape, num_classes, factory)
             _compile(model, config, learning_rate_schedule(config, steps_per_epoch, total_steps), one_hot)
+        if config.resume and paths.has_backup():
+            paths.keep_a_loadable_backup(model)
         run = _RunCallbacks(config, paths, epochs, batch_size, print_fn)
         if run.backup:
             _align_data_order(train_ds, paths.backed_up_epoch(), steps_per_epoch, batches_per_epoch)
@@ -751,10 +753,9 @@ class _Paths:
     def prepare(self, resume: bool, config: "TrainConfig") -> None:
         """Creates the directory; a fresh (not resumed) run clears the previous run's files.
 
-        A backup is resumed only when it belongs to the same configuration and can be read: a
-        different configuration is refused (its unfinished run is not thrown away unasked), an
-        unreadable one (a kill while both checkpoint copies were written) starts afresh with a
-        warning. Folders this module did not make are never deleted: a directory that has
+        A backup is resumed only when it belongs to the same configuration: a different
+        configuration is refused (its unfinished run is not thrown away unasked); whether it loads
+        is checked once the model exists (`keep_a_loadable_backup`). Folders this module did not make are never deleted: a directory that has
         `logs/`, `backup/` or `activations/` but no `config.json` is refused.
         """
         if not self.root:
@@ -771,11 +772,8 @@ class _Paths:
                 raise TrainConfigError(
                     f"TrainConfig.output_dir={self.root!r} holds an unfinished run of another configuration "
                     f"({', '.join(changed)} differ): use another output_dir, or resume=False to start afresh there")
-            if self._backup_readable():
-                logger.info("resuming from the backup in %s", self.backup)
-                return
-            logger.warning("the backup in %s cannot be read (interrupted while it was saved?): starting afresh",
-                           self.backup)
+            logger.info("resuming from the backup in %s", self.backup)
+            return
         for path in (self.history, self.result):
             if os.path.exists(path):
                 os.remove(path)
@@ -783,15 +781,46 @@ class _Paths:
             if os.path.isdir(path):
                 shutil.rmtree(path)
 
-    def _backup_readable(self) -> bool:
-        """Whether Keras' BackupAndRestore can restore: the latest weights or their previous copy open."""
-        import h5py
+    def keep_a_loadable_backup(self, model: keras.Model) -> None:
+        """Makes sure the backup BackupAndRestore will restore loads into `model`.
+
+        An interruption while the checkpoint was written can leave a file that opens but lacks
+        layers (seen after a Ctrl-C): restoring it would fail in every later attempt. The
+        previous copy (`.bkp`) replaces a broken latest one; when neither loads, the backup is
+        dropped and the run starts afresh, with a warning. `model` keeps its initial weights.
+        """
+        import warnings
 
         latest = os.path.join(self.backup, "latest.weights.h5")
-        for path in (latest, latest + ".bkp"):
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # as fit does before restoring
+        variables = list(model.variables) + (list(model.optimizer.variables) if model.optimizer else [])
+        initial = [v.numpy() for v in variables]
+        previous = os.path.join(self.backup, "previous.weights.h5")  # load_weights wants this suffix
+        if os.path.exists(latest + ".bkp"):
+            shutil.copy(latest + ".bkp", previous)
+        for candidate in (latest, previous):
             try:
-                with h5py.File(path, "r"):
-                    return True
-            except OSError:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("error", message="Skipping")  # Keras only warns about missing parts
+                    model.load_weights(candidate)
+            except Exception as error:  # noqa: BLE001 - any failure means: not this copy
+                logger.info("backup %s does not load: %s", candidate, error)
                 continue
-        return False
+            finally:
+                for variable, value in zip(variables, initial):
+                    variable.assign(value)
+            if candidate != latest:
+                # A new file, not a copy into the old one: a failed load may still hold it open.
+                os.replace(previous, latest)
+                metadata = os.path.join(self.backup, "training_metadata.json")
+                if os.path.exists(metadata + ".bkp"):
+                    shutil.copy(metadata + ".bkp", metadata)
+                logger.warning("the latest backup in %s does not load; resuming from the previous one", self.backup)
+            break
+        else:
+            logger.warning("no backup in %s loads (interrupted while it was saved?): starting afresh", self.backup)
+            shutil.rmtree(self.backup)
+            return
+        if os.path.exists(previous):
+            os.remove(previous)
