@@ -317,8 +317,12 @@ def main(argv: list[str]) -> int:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nactsearch {command}: interrupted. Finished steps and trials are kept: run the same command "
-              "again to continue where it stopped.", file=sys.stderr)
+        if FLAGS.runner == "kfp-local":  # kfp.local keeps no state between runs
+            print(f"\nactsearch {command}: interrupted. kfp.local runs cannot be resumed: start again with "
+                  "another --run_id (or use the local runner, which continues where it stopped).", file=sys.stderr)
+        else:
+            print(f"\nactsearch {command}: interrupted. Finished steps and trials are kept: run the same command "
+                  "again to continue where it stopped.", file=sys.stderr)
         return 130
     except PipelineError as error:  # a step failed: what ran is recorded, a re-run continues
         if FLAGS["verbosity"].present:
