@@ -324,11 +324,16 @@ def main(argv: list[str]) -> int:
             print(f"\nactsearch {command}: interrupted. Finished steps and trials are kept: run the same command "
                   "again to continue where it stopped.", file=sys.stderr)
         return 130
-    except PipelineError as error:  # a step failed: what ran is recorded, a re-run continues
+    except PipelineError as error:  # a step failed (what ran is recorded), or the run could not start
         if FLAGS["verbosity"].present:
             traceback.print_exc()
-        print(f"actsearch {command}: {error}\nFix the cause and run the same command again: finished steps "
-              "are reused and interrupted ones continue (--verbosity=0 shows the traceback).", file=sys.stderr)
+        hint = ""
+        if getattr(error, "component_id", None) and FLAGS.runner == "local":
+            hint = ("\nFix the cause and run the same command again: finished steps are reused and "
+                    "interrupted ones continue (--verbosity=0 shows the traceback).")
+        elif getattr(error, "component_id", None):  # kfp.local keeps nothing between runs
+            hint = "\nFix the cause and run again with another --run_id (--verbosity=0 shows the traceback)."
+        print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1
 
 

@@ -279,6 +279,18 @@ def test_ctrl_c_stops_with_a_short_message_and_records_the_run_as_interrupted(tm
     assert read_json(root / "run.json")["status"] == "interrupted"
 
 
+def test_a_root_in_use_is_refused_without_promising_a_resume(tmp_path):
+    import fcntl
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / ".lock", "w") as lock:  # what a running `actsearch run` holds
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = actsearch("run", *TINY, f"--pipeline_root={root}", check=False, timeout=120)
+    assert done.returncode == 1 and "another run is using pipeline_root" in done.stderr
+    assert "run the same command again" not in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_failing_step_is_reported_without_a_traceback(tmp_path):
     empty = tmp_path / "no-images"
     (empty / "cat").mkdir(parents=True)
