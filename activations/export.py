@@ -14,11 +14,10 @@ its own learnable parameters::
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Callable, Mapping
 
-from activations.expression import is_number, parse
+from activations.expression import is_finite_number, parse
 from activations.layer import SHARING_MODES, ParametricActivation
 
 FORMAT_VERSION = 1
@@ -105,7 +104,7 @@ def _learned_means(record: Mapping[str, Any], expression, path: str) -> dict[str
         mean = stats.get("mean") if isinstance(stats, Mapping) else stats
         if mean is None:
             continue
-        if not is_number(mean) or not math.isfinite(mean):
+        if not is_finite_number(mean):
             raise ActivationFileError(
                 f"learned_parameters[{name!r}] in {path!r} must be {{\"mean\": <finite number>, ...}}, got {stats!r}")
         values[name] = float(mean)

@@ -421,7 +421,7 @@ class _Parser:
     def number(self, token: _Token, sign: float = 1.0) -> Expression:
         try:
             return Expression.constant(sign * float(token.text))
-        except ExpressionError as error:
+        except ExpressionError:
             raise self.error(f"number {token.text} overflows a float; constants must be finite", token) from None
 
     def name(self, token: _Token) -> Expression:
@@ -495,11 +495,15 @@ def _parse_text(text: str) -> Expression:
 
 def is_number(value) -> bool:
     """A real number, NumPy scalars included (trained weights are np.float32), booleans not."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    return is_number(value) and math.isfinite(value)
 
 
 def _check_number(value, what: str) -> float:
-    if not is_number(value) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return float(value)
 

@@ -328,11 +328,10 @@ def main(argv: list[str]) -> int:
         if FLAGS["verbosity"].present:
             traceback.print_exc()
         hint = ""
-        if getattr(error, "component_id", None) and FLAGS.runner == "local":
-            hint = ("\nFix the cause and run the same command again: finished steps are reused and "
-                    "interrupted ones continue (--verbosity=0 shows the traceback).")
-        elif getattr(error, "component_id", None):  # kfp.local keeps nothing between runs
-            hint = "\nFix the cause and run again with another --run_id (--verbosity=0 shows the traceback)."
+        if error.component_id:  # a step failed; kfp.local keeps nothing between runs
+            hint = ("\nFix the cause and run the same command again: finished steps are reused and interrupted "
+                    "ones continue" if FLAGS.runner == "local" else "\nFix the cause and run again with another "
+                    "--run_id") + " (--verbosity=0 shows the traceback)."
         print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1
 

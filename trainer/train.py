@@ -48,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from activations.expression import is_finite_number
 from activations.named import expression_for
 from trainer import data as data_lib
 from trainer.callbacks import (
@@ -172,9 +173,7 @@ class TrainConfig:
         def is_int(value) -> bool:
             return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
-        def is_number(value) -> bool:  # finite: an infinite rate or warm-up fails hours later
-            return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-                    and math.isfinite(value))
+        is_number = is_finite_number  # an infinite rate or warm-up would fail hours later
 
         if self.model not in MODEL_NAMES:
             fail("model", f"allowed are {', '.join(MODEL_NAMES)}")
