@@ -26,6 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["activations*", "trainer*", "components*", "pipeline*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "hypothesis>=6"]},
+    # jax: the layer is tested on a second Keras backend (tests/test_backends.py).
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "jax[cpu]>=0.6,<0.11"]},
     entry_points={"console_scripts": ["actsearch=pipeline.cli:run_main"]},
 )

@@ -7,7 +7,10 @@ whether a function is worth training at all: candidates with non-finite outputs 
 constant outputs or no gradient almost everywhere are rejected before any compute is spent.
 
 Fingerprints are computed in float64 and rounded to `SIGNIFICANT_DIGITS` significant digits so
-floating-point noise between equivalent formulations does not split them.
+floating-point noise between equivalent formulations does not split them. Only the TensorFlow
+backend computes every operator in float64: Keras computes float64 as float32 in many ops on its
+other backends (its type promotion follows JAX's 32-bit default), so there a fingerprint is stable
+but may differ from TensorFlow's for the same function. The pipeline runs on TensorFlow.
 
 Decision: parametric functions are probed twice, at the parameters' initial values and at a second,
 deterministic setting that depends on the parameters' name order. The first probe alone would make
@@ -20,8 +23,9 @@ fingerprint; renaming its parameters may, when it has several.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -56,6 +60,21 @@ def _shifted_values(values: dict[str, float]) -> dict[str, float]:
     return {name: values[name] + 0.5 + 0.25 * k for k, name in enumerate(sorted(values))}
 
 
+@contextlib.contextmanager
+def _float64() -> Iterator[None]:
+    """Lets the backend compute in float64. JAX truncates float64 to float32 unless x64 is
+    enabled, which would give every function other fingerprints under JAX than elsewhere."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+
+    with jax.enable_x64(True):
+        yield
+
+
 def evaluate_numpy(expr: Expression | str, x: np.ndarray, params: Mapping[str, float] | None = None) -> np.ndarray:
     """The function on a NumPy array, computed in float64, as a NumPy array of x's shape."""
     from keras import ops
@@ -63,9 +82,10 @@ def evaluate_numpy(expr: Expression | str, x: np.ndarray, params: Mapping[str, f
     expr = parse(expr)
     params = initial_values(expr) if params is None else dict(params)
     x = np.asarray(x, dtype=np.float64)
-    tensor = ops.convert_to_tensor(x, dtype="float64")
-    tensors = {name: ops.convert_to_tensor(value, dtype="float64") for name, value in params.items()}
-    out = ops.convert_to_numpy(expr.evaluate(tensor, tensors))
+    with _float64():
+        tensor = ops.convert_to_tensor(x, dtype="float64")
+        tensors = {name: ops.convert_to_tensor(value, dtype="float64") for name, value in params.items()}
+        out = ops.convert_to_numpy(expr.evaluate(tensor, tensors))
     return np.broadcast_to(np.asarray(out, dtype=np.float64), x.shape)
 
 
