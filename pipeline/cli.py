@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Callable
 
 from absl import app, flags, logging
 
@@ -102,6 +103,8 @@ def command_run() -> int:
     prefer_wide_vectors()
 
     config = build_config()
+    global _RUN_ROOT
+    _RUN_ROOT = os.path.abspath(config.pipeline_root)
     check_writable(config.pipeline_root)
     check_data_source(config)
     pipeline = create_pipeline(config)
@@ -166,9 +169,38 @@ def publish(run_json: str) -> None:
     evaluation = results.get("evaluation")
     if evaluation and os.path.isdir(evaluation):
         results["evaluation"] = os.path.join(evaluation, "evaluation.json")
-    with open(run_json + ".tmp", "w") as f:
-        json.dump(run, f, indent=2)
-    os.replace(run_json + ".tmp", run_json)
+    _write_json(run_json, run)
+    _write_json(os.path.join(root, PUBLISHED), {
+        "run_id": run["run_id"], "published": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "deliverables": sorted(name for name in ("export", "report", "tensorboard")
+                               if os.path.lexists(os.path.join(root, name)))})
+
+
+_RUN_ROOT: str | None = None  # the pipeline root of this process's `run`, for its error messages
+
+PUBLISHED = "published.json"
+"""Names the run whose deliverables `export/`, `report/` and `tensorboard` are: a later run that
+fails or is stopped leaves them in place, and the CLI says whose they are."""
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _previous_deliverables(root: str | None, run_id: str | None) -> str:
+    """A note for a run that did not complete: whose deliverables the root still holds."""
+    try:
+        with open(os.path.join(root or "", PUBLISHED)) as f:
+            published = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    if published.get("run_id") == run_id or not published.get("deliverables"):
+        return ""
+    names = ", ".join(f"{name}/" if name != "tensorboard" else name for name in published["deliverables"])
+    return (f"\nNote: {names} under {root} still hold the results of run {published['run_id']} "
+            f"(completed {published['published']}), not of this run.")
 
 
 def _print_summary(run_json: str) -> None:
@@ -222,14 +254,25 @@ def command_runs() -> int:
     root = build_config().pipeline_root
     with MetadataStore(_metadata_path(root)) as store:
         runs = store.list_runs()
+        live = _live_status(root)
         print(f"{'run id':<28} {'status':<12} {'started':<20} {'took':>8}  components (complete/cached/failed)")
         for run in runs:
             states = [e.state for e in store.executions(run.run_id)]
             took = f"{run.end_time - run.start_time:7.0f}s" if run.end_time else "       -"
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time))
-            print(f"{run.run_id:<28} {run.status:<12} {started:<20} {took}  "
+            print(f"{run.run_id:<28} {live(run.status):<12} {started:<20} {took}  "
                   f"{states.count('COMPLETE')}/{states.count('CACHED')}/{states.count('FAILED')}")
     return 0
+
+
+def _live_status(root: str) -> Callable[[str], str]:
+    """Maps a recorded status to what is true now: RUNNING is INTERRUPTED when no process holds
+    the root's run lock (the metadata says so only from the next run on this root)."""
+    from pipeline import metadata
+    from pipeline.local_runner import root_in_use
+
+    running = root_in_use(root)
+    return lambda status: metadata.INTERRUPTED if status == metadata.RUNNING and not running else status
 
 
 def command_show(run_id: str) -> int:
@@ -241,12 +284,13 @@ def command_show(run_id: str) -> int:
         if run is None:
             known = [r.run_id for r in store.list_runs()][:10]
             raise UsageError(f"no run {run_id!r} under {root!r}; recent runs: {known}")
-        print(f"run {run.run_id} ({run.pipeline_name}): {run.status}" + (f" - {run.error}" if run.error else ""))
+        live = _live_status(root)
+        print(f"run {run.run_id} ({run.pipeline_name}): {live(run.status)}" + (f" - {run.error}" if run.error else ""))
         search_uri = None
         for execution in store.executions(run_id):
             took = f"{execution.end_time - execution.start_time:.1f} s" if execution.end_time else "-"
             origin = f" (reused execution {execution.cached_from})" if execution.cached_from else ""
-            print(f"  {execution.component_id:<14} {execution.state:<9} {took:>9}{origin}")
+            print(f"  {execution.component_id:<14} {live(execution.state):<11} {took:>9}{origin}")
             for name, artifacts in store.outputs_of(execution.cached_from or execution.id).items():
                 for artifact in artifacts:
                     print(f"      {name}: {artifact.uri}")
@@ -322,7 +366,8 @@ def main(argv: list[str]) -> int:
                   "another --run_id (or use the local runner, which continues where it stopped).", file=sys.stderr)
         else:
             print(f"\nactsearch {command}: interrupted. Finished steps and trials are kept: run the same command "
-                  "again to continue where it stopped.", file=sys.stderr)
+                  f"again to continue where it stopped.{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
+                  file=sys.stderr)
         return 130
     except PipelineError as error:  # a step failed (what ran is recorded), or the run could not start
         if FLAGS["verbosity"].present:
@@ -332,6 +377,8 @@ def main(argv: list[str]) -> int:
             hint = ("\nFix the cause and run the same command again: finished steps are reused and interrupted "
                     "ones continue" if FLAGS.runner == "local" else "\nFix the cause and run again with another "
                     "--run_id") + " (--verbosity=0 shows the traceback)."
+            if FLAGS.runner == "local":
+                hint += _previous_deliverables(_RUN_ROOT, error.run_id)
         print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1
 

@@ -339,6 +339,22 @@ def _check_writable(root: str) -> None:
         raise PipelineError(f"pipeline_root {root!r} is not writable")
 
 
+def root_in_use(root: str) -> bool:
+    """Whether a run holds pipeline_root's lock right now. A run recorded as RUNNING while no
+    process holds the lock was stopped (killed, or its machine went down); the next run on the
+    root records it as INTERRUPTED, and `actsearch runs` shows it so before then."""
+    try:
+        lock = open(os.path.join(root, ".lock"))
+    except FileNotFoundError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
 @contextlib.contextmanager
 def _exclusive(root: str) -> Iterator[None]:
     """Only one run at a time may use a pipeline_root (stale RUNNING records are then safe to

@@ -476,3 +476,13 @@ def test_artifact_json_roundtrip_and_executor_without_orchestrator(tmp_path, mon
     assert _read(out) == [2.0] and os.path.isdir(executor.context.resume_dir)
     assert ScaleExecutor.code_version() == "version:1"
     assert SourceExecutor.code_version().startswith("source:")
+
+
+def test_root_in_use_follows_the_run_lock(tmp_path):
+    from pipeline.local_runner import _exclusive, root_in_use
+
+    root = str(tmp_path)
+    assert not root_in_use(root)  # no lock file yet
+    with _exclusive(root):
+        assert root_in_use(root)
+    assert not root_in_use(root)  # released: a RUNNING record here was stopped

@@ -108,6 +108,8 @@ def test_the_same_command_again_reuses_every_step(finished):
     run = read_json(root / "run.json")
     assert run["run_id"] == "second"
     assert {cid: c["state"] for cid, c in run["components"].items()} == dict.fromkeys(COMPONENTS, "cached")
+    published = read_json(root / "published.json")  # whose export/, report/ and tensorboard these are
+    assert published["run_id"] == "second" and published["deliverables"] == ["export", "report", "tensorboard"]
     listing = actsearch("runs", f"--pipeline_root={root}").stdout
     assert "second" in listing and "0/7/0" in listing and "7/0/0" in listing
     shown = actsearch("show", "second", f"--pipeline_root={root}").stdout
@@ -224,6 +226,9 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path):
         result = read_json(path)
         done_before[result["job_id"]] = result["job_seconds"]
     assert 2 <= len(done_before) < 4
+    # No process holds the root any more: the killed run is listed as interrupted at once.
+    (killed,) = [line for line in actsearch("runs", f"--pipeline_root={root}").stdout.splitlines()[1:]]
+    assert killed.split()[1] == "INTERRUPTED"
 
     actsearch("run", *TINY, f"--pipeline_root={root}", "--run_id=again")
     run = read_json(root / "run.json")
@@ -294,11 +299,17 @@ def test_a_root_in_use_is_refused_without_promising_a_resume(tmp_path):
 def test_a_failing_step_is_reported_without_a_traceback(tmp_path):
     empty = tmp_path / "no-images"
     (empty / "cat").mkdir(parents=True)
-    done = actsearch("run", *TINY, f"--data=folder:{empty}", f"--pipeline_root={tmp_path / 'r'}", check=False)
+    root = tmp_path / "r"
+    (root / "report").mkdir(parents=True)  # deliverables an earlier run on this root published
+    (root / "published.json").write_text(json.dumps(
+        {"run_id": "earlier", "published": "2026-01-02 03:04:05", "deliverables": ["report"]}))
+    done = actsearch("run", *TINY, f"--data=folder:{empty}", f"--pipeline_root={root}", check=False)
     assert done.returncode == 1
     assert "component 'example_gen' failed" in done.stderr and "no images" in done.stderr
     assert "Traceback" not in done.stderr and "run the same command again" in done.stderr
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "failed"
+    assert json.loads((root / "run.json").read_text())["status"] == "failed"
+    assert (f"report/ under {root} still hold the results of run earlier (completed 2026-01-02 03:04:05), "
+            "not of this run") in done.stderr
 
 
 def test_unknown_flags_and_commands_are_refused():
