@@ -169,6 +169,54 @@ def test_a_killed_run_resumes_from_its_last_epoch(digits, tmp_path, reference_ru
     assert resumed.history["val_accuracy"] == reference_run.history["val_accuracy"]
 
 
+def test_a_killed_run_with_dropout_resumes_exactly(digits, tmp_path):
+    # all_cnn_c has three Dropout layers: their masks must continue as in the uninterrupted run.
+    config = tiny(model="all_cnn_c", epochs=3, batch_size=64, augment=True, tensorboard=False, evaluate_test=False,
+                  output_dir=str(tmp_path / "run"))
+    reference = train(config.replace(output_dir=str(tmp_path / "reference")), digits)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+
+    seen = _SeenEpochs()
+    resumed = train(config, digits, callbacks=[seen])
+    assert seen.epochs == [2] and resumed.initial_epoch == 2
+    assert _weights_equal(resumed.model, reference.model)
+    assert resumed.history["loss"] == reference.history["loss"]
+    assert resumed.history["val_accuracy"] == reference.history["val_accuracy"]
+
+
+def test_dropout_is_reseeded_per_layer_and_epoch_from_the_run_seed():
+    from trainer.callbacks import EpochSeeds, seed_generators
+
+    model = build_model("all_cnn_c", (8, 8, 1), 10, "relu")
+    seeds = EpochSeeds(seed=3)
+    seeds.set_model(model)
+
+    def states(epoch):
+        seeds.on_epoch_begin(epoch)
+        return [tuple(keras.ops.convert_to_numpy(g.state.value)) for g in seed_generators(model)]
+
+    first = states(0)
+    assert len(first) == 3  # input_dropout, dropout1, dropout2
+    assert len(set(first + states(1))) == 6  # a new mask stream for every layer and epoch
+    assert states(0) == first  # what a resumed run recomputes
+
+
+def test_a_backup_written_before_dropout_reseeding_still_resumes(digits, tmp_path, monkeypatch):
+    # Such a backup has the same files (nothing was added to it): it loads, and the epochs still
+    # to run draw their dropout masks by (seed, layer, epoch) as any run of this version does.
+    import trainer.train as train_module
+
+    config = tiny(model="all_cnn_c", epochs=3, batch_size=64, tensorboard=False, evaluate_test=False,
+                  output_dir=str(tmp_path / "run"))
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "EpochSeeds", lambda seed: keras.callbacks.Callback())  # the old trainer
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+    resumed = train(config, digits)
+    assert resumed.initial_epoch == 2 and resumed.epochs_run == 3 and not resumed.diverged
+
+
 def test_a_backup_of_another_configuration_is_refused_not_resumed(digits, tmp_path):
     config = tiny(epochs=4, output_dir=str(tmp_path / "run"))
     with pytest.raises(RuntimeError, match="simulated kill"):

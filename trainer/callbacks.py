@@ -131,6 +131,48 @@ class StepLimit(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """The random-number generators of ``model``'s layers (one per Dropout layer), in network order."""
+    found: list[keras.random.SeedGenerator] = []
+    seen: set[int] = set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", ()):
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                found.append(generator)
+    return found
+
+
+def epoch_seed(seed: int, index: int, epoch: int) -> int:
+    """The seed of generator ``index`` during ``epoch`` of a run seeded ``seed``.
+
+    Mixed by NumPy's SeedSequence, so neighbouring runs, layers and epochs get unrelated masks;
+    31 bits because TensorFlow's stateless random ops take int32 seeds (Keras folds larger ones).
+    """
+    return int(np.random.SeedSequence([seed, index, epoch]).generate_state(1)[0] >> 1)
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Re-seeds every random layer (Dropout) at the start of each epoch from (run seed, layer, epoch).
+
+    Why: a layer's SeedGenerator state advances with every draw, and the backup does not hold it
+    (``save_weights`` stores weights and optimizer variables only), so a resumed run restarted
+    dropout from the initial state and drew other masks than the uninterrupted run. Deriving
+    each epoch's state from numbers a resumed run knows makes both draw the same masks with
+    nothing saved: the backup format is unchanged (older backups load as before), and whichever
+    of the two backup copies is restored, its epoch number brings the matching seeds.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for index, generator in enumerate(seed_generators(self.model)):
+            state = np.array([epoch_seed(self.seed, index, epoch), 0], dtype=generator.state.dtype)
+            generator.state.assign(state)
+
+
 class EpochStats(keras.callbacks.Callback):
     """Adds ``epoch_time``, ``images_per_sec``, ``steps`` and ``learning_rate`` to the epoch logs.
 

@@ -13,8 +13,12 @@ processes) and summarised by a :class:`TrainResult` (JSON-able too). What a run 
   ``deterministic=True`` also asks TensorFlow for deterministic kernels.
 * **Resumable** - with an ``output_dir``, the state is backed up after every epoch
   (``keras.callbacks.BackupAndRestore`` in ``<output_dir>/backup``); calling :func:`train`
-  again with the same config after a crash continues from the last finished epoch. The backup
-  is removed when a run completes, so a later call starts afresh.
+  again with the same config after a crash continues from the last finished epoch, as the
+  uninterrupted run would have (bit for bit on the CPU): the data order is realigned, and
+  dropout is re-seeded at each epoch from (seed, layer, epoch) by
+  ``trainer.callbacks.EpochSeeds``. (A ``steps`` run whose epochs are shorter than a pass over
+  the data resumes with another data order.) The backup is removed when a run completes, so a
+  later call starts afresh.
 * **Divergence is a result, not an exception** - a NaN or infinite loss stops the run at once
   and the result says ``diverged=True`` with the reason; its :attr:`TrainResult.score` is NaN.
 * **Fast** - precision per :mod:`trainer.precision` (``auto`` = mixed bfloat16 on CPUs that
@@ -56,6 +60,7 @@ from trainer.callbacks import (
     ActivationImages,
     DivergenceMonitor,
     EpochLogger,
+    EpochSeeds,
     EpochStats,
     StepLimit,
     activation_parameter_stats,
@@ -486,7 +491,9 @@ class _RunCallbacks:
         self.history = _History()
         self.images: ActivationImages | None = None
         self.backup = bool(paths.root and config.resume)
-        self.callbacks: list[keras.callbacks.Callback] = [self.monitor, EpochStats(batch_size)]
+        # EpochSeeds in every run, not only resumable ones: a run's dropout masks depend on its seed only.
+        seeds = EpochSeeds(config.seed)
+        self.callbacks: list[keras.callbacks.Callback] = [self.monitor, seeds, EpochStats(batch_size)]
         if config.steps is not None:
             self.callbacks.append(StepLimit(config.steps))
         self.callbacks.append(self.history)
