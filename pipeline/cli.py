@@ -118,8 +118,8 @@ def command_run() -> int:
         from pipeline.kubeflow import run_kfp_local
 
         result = run_kfp_local(pipeline, pipeline_root=config.pipeline_root, run_id=FLAGS.run_id,
-                               image=config.image, resources=config.resources)
-        publish(result.run_json)
+                               image=config.image, resources=config.resources,
+                               on_complete=lambda done: publish(done.run_json))
     else:
         from pipeline.local_runner import LocalRunner
 
@@ -255,12 +255,13 @@ def command_runs() -> int:
     with MetadataStore(_metadata_path(root)) as store:
         runs = store.list_runs()
         live = _live_status(root)
-        print(f"{'run id':<28} {'status':<12} {'started':<20} {'took':>8}  components (complete/cached/failed)")
+        print(f"{'run id':<28} {'status':<12} {'runner':<10} {'started':<20} {'took':>8}  "
+              "components (complete/cached/failed)")
         for run in runs:
             states = [e.state for e in store.executions(run.run_id)]
             took = f"{run.end_time - run.start_time:7.0f}s" if run.end_time else "       -"
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time))
-            print(f"{run.run_id:<28} {live(run.status):<12} {started:<20} {took}  "
+            print(f"{run.run_id:<28} {live(run.status):<12} {run.runner:<10} {started:<20} {took}  "
                   f"{states.count('COMPLETE')}/{states.count('CACHED')}/{states.count('FAILED')}")
     return 0
 
@@ -285,7 +286,8 @@ def command_show(run_id: str) -> int:
             known = [r.run_id for r in store.list_runs()][:10]
             raise UsageError(f"no run {run_id!r} under {root!r}; recent runs: {known}")
         live = _live_status(root)
-        print(f"run {run.run_id} ({run.pipeline_name}): {live(run.status)}" + (f" - {run.error}" if run.error else ""))
+        print(f"run {run.run_id} ({run.pipeline_name}, runner {run.runner}): {live(run.status)}"
+              + (f" - {run.error}" if run.error else ""))
         search_uri = None
         for execution in store.executions(run_id):
             took = f"{execution.end_time - execution.start_time:.1f} s" if execution.end_time else "-"
@@ -361,24 +363,27 @@ def main(argv: list[str]) -> int:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if FLAGS.runner == "kfp-local":  # kfp.local keeps no state between runs
-            print(f"\nactsearch {command}: interrupted. kfp.local runs cannot be resumed: start again with "
-                  "another --run_id (or use the local runner, which continues where it stopped).", file=sys.stderr)
+        if FLAGS.runner == "kfp-local":  # kfp.local has no cache; the stopped step keeps its resume state
+            again = ("Run the same command again (with a new --run_id, if you gave one): kfp.local runs the "
+                     "finished steps again (it has no cache), and the interrupted step continues where it stopped.")
         else:
-            print(f"\nactsearch {command}: interrupted. Finished steps and trials are kept: run the same command "
-                  f"again to continue where it stopped.{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
+            again = "Finished steps and trials are kept: run the same command again to continue where it stopped."
+        if command == "run":
+            print(f"\nactsearch {command}: interrupted. {again}{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
                   file=sys.stderr)
+        else:
+            print(f"\nactsearch {command}: interrupted.", file=sys.stderr)
         return 130
     except PipelineError as error:  # a step failed (what ran is recorded), or the run could not start
         if FLAGS["verbosity"].present:
             traceback.print_exc()
         hint = ""
-        if error.component_id:  # a step failed; kfp.local keeps nothing between runs
+        if error.component_id:  # a step failed: what ran is recorded, the failed step keeps its resume state
             hint = ("\nFix the cause and run the same command again: finished steps are reused and interrupted "
-                    "ones continue" if FLAGS.runner == "local" else "\nFix the cause and run again with another "
-                    "--run_id") + " (--verbosity=0 shows the traceback)."
-            if FLAGS.runner == "local":
-                hint += _previous_deliverables(_RUN_ROOT, error.run_id)
+                    "ones continue" if FLAGS.runner == "local" else "\nFix the cause and run the same command "
+                    "again (with a new --run_id, if you gave one): finished steps run again (kfp.local has no "
+                    "cache) and the failed step continues where it stopped") + " (--verbosity=0 shows the traceback)."
+            hint += _previous_deliverables(_RUN_ROOT, error.run_id)
         print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1
 

@@ -11,8 +11,18 @@ back what the next steps and the run record need into each output artifact's KFP
   would turn every int into a float; a string round-trips exactly);
 * ``actsearch_results``: the run results (``publish_as`` outputs and paths the executor
   registered) that live in that output, as a JSON string of ``{name: uri}``;
+* ``actsearch_fingerprint``: the output's fingerprint, derived from the step's cache key as the
+  local runner derives it, so the next step can compute its own key;
 * for ``Metrics`` outputs, the numeric properties again as plain entries, which the KFP UI
   shows as metrics.
+
+Resume: given a resume root (a directory every attempt of the step sees: the pipeline root
+under kfp.local, a shared volume or a ``/gcs/...`` path on a cluster), a step keeps its resume
+state in ``<resume_root>/<component_id>/.resume/<cache_key[:16]>/``, the local runner's layout
+and key (component, executor code version, parameters, input fingerprints): a retried or re-run
+step with the same settings continues where it stopped, changed settings start afresh. The
+directory is removed when the step succeeds. Without a resume root (or when an input carries no
+fingerprint, so the key cannot be known) the resume directory is temporary, as before.
 
 This module imports neither KFP nor the compiler, so a step starts quickly. It can also be run
 by hand (or from a container component) with our own artifact JSON::
@@ -35,11 +45,13 @@ import sys
 import tempfile
 from typing import Any, Mapping, Sequence
 
-from components.base import Artifact, BaseExecutor, ExecutorContext, ProgressEvent
+from components.base import Artifact, BaseExecutor, ComponentSpec, ExecutorContext, ProgressEvent
+from pipeline.local_runner import cache_key, output_fingerprint, resume_dir_for
 
 TYPE_KEY = "actsearch_type"
 PROPERTIES_KEY = "actsearch_properties"
 RESULTS_KEY = "actsearch_results"
+FINGERPRINT_KEY = "actsearch_fingerprint"
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -50,8 +62,18 @@ class StepError(RuntimeError):
 
 def load_executor_class(path: str) -> type[BaseExecutor]:
     """Imports `module.Class` (as produced by `components.base.executor_path`)."""
+    return _load_class(path, BaseExecutor, "executor")
+
+
+def load_spec_class(path: str) -> type[ComponentSpec]:
+    """Imports a component's spec class `module.Class` (its parameters say which enter the
+    cache key)."""
+    return _load_class(path, ComponentSpec, "spec")
+
+
+def _load_class(path: str, base: type, what: str) -> Any:
     if not isinstance(path, str) or not _DOTTED.match(path):
-        raise StepError(f"executor path {path!r} must be a dotted 'module.Class' path")
+        raise StepError(f"{what} path {path!r} must be a dotted 'module.Class' path")
     parts = path.split(".")
     for split in range(len(parts) - 1, 0, -1):      # longest importable module prefix
         module_name = ".".join(parts[:split])
@@ -65,36 +87,44 @@ def load_executor_class(path: str) -> type[BaseExecutor]:
             for attr in parts[split:]:
                 obj = getattr(obj, attr)
         except AttributeError:
-            raise StepError(f"executor {path!r}: module {module_name!r} has no "
+            raise StepError(f"{what} {path!r}: module {module_name!r} has no "
                             f"{'.'.join(parts[split:])!r}") from None
-        if not (isinstance(obj, type) and issubclass(obj, BaseExecutor)):
-            raise StepError(f"executor {path!r} is not a BaseExecutor subclass")
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise StepError(f"{what} {path!r} is not a {base.__name__} subclass")
         return obj
-    raise StepError(f"executor {path!r}: no module of it can be imported (is the project on "
+    raise StepError(f"{what} {path!r}: no module of it can be imported (is the project on "
                     f"PYTHONPATH / installed in the image?)")
 
 
 def execute(executor: str, component_id: str, input_dict: dict[str, list[Artifact]],
             output_dict: dict[str, list[Artifact]], exec_properties: dict[str, Any],
-            publish: Mapping[str, str] | None = None) -> dict[str, str]:
+            publish: Mapping[str, str] | None = None,
+            resume_dir: str | None = None) -> dict[str, str]:
     """Runs the executor on ready-made artifacts; returns the run results {name: path}.
 
     Output directories are created (empty) when missing. `publish` maps output names to
-    result names (the specs' `publish_as`). The executor gets a context with a temporary
-    resume directory (removed afterwards) whose progress lines go to stdout.
+    result names (the specs' `publish_as`). `resume_dir`: where the executor keeps work that
+    a later attempt with the same settings continues from; kept when the executor fails or is
+    stopped, removed when it succeeds. None: a temporary directory, removed in any case.
+    Progress lines go to stdout.
     """
     executor_class = load_executor_class(executor)
     for arts in output_dict.values():
         for art in arts:
             os.makedirs(art.uri, exist_ok=True)
     uris = {name: [a.uri for a in arts] for name, arts in output_dict.items()}
-    resume_dir = tempfile.mkdtemp(prefix=f"resume-{component_id}-")
+    stable = resume_dir is not None
+    if not stable:
+        resume_dir = tempfile.mkdtemp(prefix=f"resume-{component_id}-")
+    elif os.path.isdir(resume_dir):   # created on first use by the context, as in the local runner
+        print(f"[{component_id}] continuing from {resume_dir}", flush=True)
     context = ExecutorContext(component_id=component_id, resume_dir=resume_dir,
                               on_progress=_print_progress)
     try:
         executor_class(context=context).Do(input_dict, output_dict, exec_properties)
     finally:
-        shutil.rmtree(resume_dir, ignore_errors=True)
+        if not stable:
+            shutil.rmtree(resume_dir, ignore_errors=True)
     for name, expected in uris.items():
         arts = output_dict.get(name)
         if not arts or [a.uri for a in arts] != expected:
@@ -109,6 +139,8 @@ def execute(executor: str, component_id: str, input_dict: dict[str, list[Artifac
     results = dict(context.results)
     for name, result_name in (publish or {}).items():
         results[result_name] = os.path.abspath(output_dict[name][0].uri)
+    if stable:                                      # done: the next run starts afresh
+        shutil.rmtree(resume_dir, ignore_errors=True)
     return results
 
 
@@ -118,27 +150,24 @@ def _print_progress(event: ProgressEvent) -> None:
 
 # ---- KFP side ---------------------------------------------------------------------------------
 
-def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str) -> None:
+def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str,
+             resume_root: str = "") -> None:
     """Body of every generated KFP component.
 
     `plan_json` is written by the compiler from the component's spec::
 
-        {"component_id": "...", "executor": "module.Class",
+        {"component_id": "...", "component_type": "module.Class", "executor": "module.Class",
+         "spec": "module.Class",
          "inputs": {name: {"type_name": T, "args": [kfp_arg, ...]}},
          "outputs": {name: {"type_name": T, "arg": kfp_arg, "publish_as": str|None,
                             "kfp_type": "Dataset"|...}}}
 
-    `artifacts` maps the KFP argument names to the KFP artifacts of the step.
+    `artifacts` maps the KFP argument names to the KFP artifacts of the step. `resume_root`:
+    where resume state survives a stopped or failed attempt ("" for none; see the module).
     """
     plan = json.loads(plan_json)
     cid = plan["component_id"]
-    try:
-        properties = json.loads(exec_properties)
-    except json.JSONDecodeError as e:
-        raise StepError(f"component {cid!r}: exec_properties is not valid JSON: {e}") from None
-    if not isinstance(properties, dict):
-        raise StepError(f"component {cid!r}: exec_properties must be a JSON object")
-
+    properties = _parse_properties(cid, exec_properties)
     input_dict = {}
     for name, entry in plan["inputs"].items():
         input_dict[name] = [_from_kfp(entry["type_name"], artifacts[arg]) for arg in entry["args"]]
@@ -149,10 +178,48 @@ def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str)
         output_dict[name] = [Artifact(entry["type_name"], kfp_art.path)]
         if entry.get("publish_as"):
             publish[name] = entry["publish_as"]
+    # The key hashes the source of every project module the executor imports (importing
+    # their packages): worth it only when there is a resume directory to name.
+    key = step_cache_key(plan, input_dict, properties) if resume_root else None
+    if key is not None:
+        for name, arts in output_dict.items():
+            arts[0].fingerprint = output_fingerprint(key, name)
+    resume_dir = resume_dir_for(resume_root, cid, key) if key else None
 
     print(f"[{cid}] running {plan['executor']}", flush=True)
-    results = execute(plan["executor"], cid, input_dict, output_dict, properties, publish)
+    results = execute(plan["executor"], cid, input_dict, output_dict, properties, publish,
+                      resume_dir)
+    _write_metadata(plan, kfp_outputs, output_dict, results)
+    if results and not plan["outputs"]:
+        print(f"[{cid}] warning: results {sorted(results)} are not recorded (the component "
+              f"has no output artifact to carry them)", flush=True)
+    print(f"[{cid}] complete", flush=True)
 
+
+def step_cache_key(plan: Mapping[str, Any], input_dict: Mapping[str, list[Artifact]],
+                   exec_properties: Mapping[str, Any]) -> str | None:
+    """The local runner's cache key of this step, or None when an input carries no
+    fingerprint (it was not made by one of these steps), so its key cannot be known."""
+    if any(a.fingerprint is None for arts in input_dict.values() for a in arts):
+        return None
+    return cache_key(plan["component_id"], plan["component_type"],
+                     load_spec_class(plan["spec"]), load_executor_class(plan["executor"]),
+                     exec_properties, input_dict)
+
+
+def _parse_properties(cid: str, exec_properties: str) -> dict[str, Any]:
+    try:
+        properties = json.loads(exec_properties)
+    except json.JSONDecodeError as e:
+        raise StepError(f"component {cid!r}: exec_properties is not valid JSON: {e}") from None
+    if not isinstance(properties, dict):
+        raise StepError(f"component {cid!r}: exec_properties must be a JSON object")
+    return properties
+
+
+def _write_metadata(plan: Mapping[str, Any], kfp_outputs: Mapping[str, Any],
+                    output_dict: Mapping[str, list[Artifact]], results: dict[str, str]) -> None:
+    """What the next steps and the run record read from each output's KFP metadata."""
     owned = _assign_results(results, {n: a[0].uri for n, a in output_dict.items()},
                             list(plan["outputs"]))
     for name, entry in plan["outputs"].items():
@@ -162,22 +229,22 @@ def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str)
         kfp_art.metadata[RESULTS_KEY] = json.dumps(
             {r: _to_uri(path, ours.uri, kfp_art.uri) for r, path in owned[name].items()},
             sort_keys=True)
+        if ours.fingerprint is not None:
+            kfp_art.metadata[FINGERPRINT_KEY] = ours.fingerprint
         if entry.get("kfp_type") == "Metrics":
             for key, value in ours.properties.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                        and key not in (TYPE_KEY, PROPERTIES_KEY, RESULTS_KEY):
+                        and key not in (TYPE_KEY, PROPERTIES_KEY, RESULTS_KEY, FINGERPRINT_KEY):
                     kfp_art.metadata[key] = value
-    if results and not plan["outputs"]:
-        print(f"[{cid}] warning: results {sorted(results)} are not recorded (the component "
-              f"has no output artifact to carry them)", flush=True)
-    print(f"[{cid}] complete", flush=True)
 
 
 def _from_kfp(type_name: str, kfp_artifact: Any) -> Artifact:
     meta = dict(getattr(kfp_artifact, "metadata", None) or {})
     raw = meta.get(PROPERTIES_KEY)
     properties = json.loads(raw) if isinstance(raw, str) else {}
-    return Artifact(type_name, kfp_artifact.path, properties)
+    fingerprint = meta.get(FINGERPRINT_KEY)
+    return Artifact(type_name, kfp_artifact.path, properties,
+                    fingerprint=fingerprint if isinstance(fingerprint, str) else None)
 
 
 def _assign_results(results: dict[str, str], output_dirs: dict[str, str],

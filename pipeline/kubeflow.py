@@ -5,6 +5,10 @@ Each of our components becomes one lightweight KFP Python component, generated f
 * its wired inputs become typed ``Input[...]`` artifacts, its outputs typed ``Output[...]``
   artifacts (see `KFP_ARTIFACT_TYPES`), and its execution parameters one JSON string
   parameter ``exec_properties`` (passed as a constant by the pipeline);
+* one more string parameter ``resume_root``, fed by the pipeline parameter of that name: a
+  directory every attempt of a step sees (a shared volume, a ``/gcs/...`` path), where a step
+  keeps its resume state keyed by its cache key, so a preempted or re-run step continues
+  (see `pipeline.kfp_entry`); empty (the default) keeps it in a temporary directory;
 * its body is a single call to `pipeline.kfp_entry.run_step`, which rebuilds our `Artifact`s
   from the KFP artifacts' paths, runs the executor's ``Do`` and records artifact properties
   and run results in the KFP artifact metadata.
@@ -43,8 +47,10 @@ from absl import logging
 
 from components.base import Artifact, Component, executor_path
 from pipeline import kfp_entry
+from pipeline import metadata as md
 from pipeline.dag import Pipeline
-from pipeline.local_runner import PipelineError
+from pipeline.local_runner import (PipelineError, compute_cache_key, locked_store,
+                                   output_fingerprint)
 
 #: Our artifact type -> KFP artifact class name (any other type maps to ``Artifact``). Our
 #: artifacts are directories, so `HTML`/`Markdown` (single files the UI renders) do not fit
@@ -72,6 +78,7 @@ RESOURCE_KEYS: dict[str, str] = {
 }
 
 EXEC_PROPERTIES_PARAM = "exec_properties"
+RESUME_ROOT_PARAM = "resume_root"
 _ENTRY_ALIAS = "_actsearch_entry"
 _CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
 _MEMORY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
@@ -107,7 +114,7 @@ def compile_pipeline(pipeline: Pipeline, output_path: str, *, image: str = "acts
                      packages_to_install: list[str] | None = None,
                      resources: Mapping[str, Mapping[str, Any]] | None = None,
                      enable_caching: bool | None = None, install_kfp_package: bool = False,
-                     kfp_pipeline_root: str | None = None) -> str:
+                     kfp_pipeline_root: str | None = None, resume_root: str | None = None) -> str:
     """Writes a KFP v2 pipeline YAML for `pipeline` to `output_path`; returns its path.
 
     One KFP component per component, in the DAG's order, connected by typed artifacts.
@@ -117,14 +124,16 @@ def compile_pipeline(pipeline: Pipeline, output_path: str, *, image: str = "acts
     "accelerator": "NVIDIA_TESLA_T4", "accelerator_count": 1}}``. `enable_caching`: KFP
     caching for every step (default: the pipeline's `enable_cache`). `kfp_pipeline_root`: the
     pipeline's default root in the cluster (e.g. ``gs://bucket/root``); our local
-    `pipeline.pipeline_root` is not used there.
+    `pipeline.pipeline_root` is not used there. `resume_root`: the default of the pipeline
+    parameter ``resume_root``, an absolute path every step sees (e.g. a mounted volume or
+    ``/gcs/bucket/resume``); a run can set it too. Unset, steps resume nothing.
     """
     from kfp import compiler
 
     pipeline_func = build_kfp_pipeline(
         pipeline, image=image, packages_to_install=packages_to_install, resources=resources,
         enable_caching=enable_caching, install_kfp_package=install_kfp_package,
-        kfp_pipeline_root=kfp_pipeline_root)
+        kfp_pipeline_root=kfp_pipeline_root, resume_root=resume_root)
     output_path = os.path.abspath(os.fspath(output_path))
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
     compiler.Compiler().compile(pipeline_func, output_path)
@@ -135,7 +144,7 @@ def build_kfp_pipeline(pipeline: Pipeline, *, image: str = "actsearch:latest",
                        packages_to_install: list[str] | None = None,
                        resources: Mapping[str, Mapping[str, Any]] | None = None,
                        enable_caching: bool | None = None, install_kfp_package: bool = False,
-                       kfp_pipeline_root: str | None = None):
+                       kfp_pipeline_root: str | None = None, resume_root: str | None = None):
     """The KFP pipeline (a `GraphComponent`) for `pipeline`; see `compile_pipeline`."""
     from kfp import dsl
 
@@ -154,17 +163,18 @@ def build_kfp_pipeline(pipeline: Pipeline, *, image: str = "actsearch:latest",
         raise KubeflowError(f"pipeline name {pipeline.name!r} gives the Kubeflow name {name!r}, "
                             f"which must match [a-z0-9][a-z0-9-]{{0,127}}")
     checked = validate_resources(pipeline, resources)
+    default_resume_root = _check_resume_root(resume_root)
     caching = pipeline.enable_cache if enable_caching is None else bool(enable_caching)
     _check_names(pipeline)
 
     factories = {c.id: _make_kfp_component(c, image, packages_to_install, install_kfp_package)
                  for c in pipeline.components}
 
-    def build():  # no annotations: KFP reads the signature (this module postpones them)
+    def build(resume_root=default_resume_root):
         tasks: dict[str, Any] = {}
         for component in pipeline.components:
             args: dict[str, Any] = {EXEC_PROPERTIES_PARAM: json.dumps(
-                component.exec_properties, sort_keys=True)}
+                component.exec_properties, sort_keys=True), RESUME_ROOT_PARAM: resume_root}
             for arg, channel in _input_args(component):
                 args[arg] = tasks[channel.producer_id].outputs[channel.output_name]
             task = factories[component.id](**args)
@@ -172,10 +182,24 @@ def build_kfp_pipeline(pipeline: Pipeline, *, image: str = "actsearch:latest",
             _apply_resources(task, component.id, checked.get(component.id, {}), caching)
             tasks[component.id] = task
 
+    # KFP reads the signature's annotations; this module's are postponed (strings).
+    build.__annotations__ = {RESUME_ROOT_PARAM: str}
     build.__name__ = name.replace("-", "_")
     build.__doc__ = (f"actsearch pipeline {pipeline.name!r}: "
                      f"{' -> '.join(c.id for c in pipeline.components)}.")
     return dsl.pipeline(name=name, pipeline_root=kfp_pipeline_root)(build)
+
+
+def _check_resume_root(resume_root: str | None) -> str:
+    """A resume root is a path inside the step's container, the same for every attempt."""
+    if resume_root is None or resume_root == "":
+        return ""
+    if not isinstance(resume_root, str) or not resume_root.startswith("/") \
+            or "://" in resume_root:
+        raise KubeflowError(f"resume_root must be an absolute path every step sees (a mounted "
+                            f"volume, or /gcs/<bucket>/... for gs://<bucket>/...), got "
+                            f"{resume_root!r}")
+    return resume_root
 
 
 def _check_names(pipeline: Pipeline) -> None:
@@ -212,12 +236,17 @@ def _make_kfp_component(component: Component, image: str, packages: list[str] | 
     if not _DOTTED.match(executor) or "<locals>" in executor:
         raise KubeflowError(f"component {cid!r}: executor {executor!r} is not importable by "
                             f"path; define executor classes at module level")
+    spec_path = f"{spec.__module__}.{spec.__qualname__}"
+    if not _DOTTED.match(spec_path) or "<locals>" in spec_path:
+        raise KubeflowError(f"component {cid!r}: spec {spec_path!r} is not importable by path; "
+                            f"define spec classes at module level")
     function_name = re.sub(r"[^0-9A-Za-z_]", "_", cid)
     if keyword.iskeyword(function_name) or function_name in (_ENTRY_ALIAS, "Input", "Output"):
         function_name += "_"
 
     params, artifact_args = [], []
-    plan: dict[str, Any] = {"component_id": cid, "executor": executor, "inputs": {},
+    plan: dict[str, Any] = {"component_id": cid, "component_type": component.type_name,
+                            "executor": executor, "spec": spec_path, "inputs": {},
                             "outputs": {}}
     for arg, channel in _input_args(component):
         params.append(f"{arg}: Input[{kfp_type_name(channel.type_name)}]")
@@ -231,12 +260,12 @@ def _make_kfp_component(component: Component, image: str, packages: list[str] | 
         artifact_args.append(name)
         plan["outputs"][name] = {"type_name": ospec.type_name, "arg": name, "kfp_type": kfp_type,
                                  "publish_as": ospec.publish_as}
-    names = artifact_args + [EXEC_PROPERTIES_PARAM]
+    names = artifact_args + [EXEC_PROPERTIES_PARAM, RESUME_ROOT_PARAM]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise KubeflowError(f"component {cid!r}: Kubeflow argument name(s) {duplicates} are used "
                             f"twice (inputs fanning in get _0, _1, ...; {EXEC_PROPERTIES_PARAM!r}"
-                            f" is reserved)")
+                            f" and {RESUME_ROOT_PARAM!r} are reserved)")
     for n in names:
         if not _IDENT.match(n) or keyword.iskeyword(n) or n == _ENTRY_ALIAS:
             raise KubeflowError(f"component {cid!r}: {n!r} cannot be a Kubeflow argument name")
@@ -245,7 +274,7 @@ def _make_kfp_component(component: Component, image: str, packages: list[str] | 
               [o.type_name for o in spec.OUTPUTS.values()]}:
         if t not in _KFP_CLASSES:
             raise KubeflowError(f"KFP_ARTIFACT_TYPES maps to {t!r}; allowed: {_KFP_CLASSES}")
-    params.append(f"{EXEC_PROPERTIES_PARAM}: str")
+    params.extend([f"{EXEC_PROPERTIES_PARAM}: str", f"{RESUME_ROOT_PARAM}: str"])
 
     artifact_map = ", ".join(f"{a!r}: {a}" for a in artifact_args)
     source = (
@@ -253,7 +282,7 @@ def _make_kfp_component(component: Component, image: str, packages: list[str] | 
         f"    {repr(f'Runs component {cid} of the actsearch pipeline with {executor}.')}\n"
         f"    import pipeline.kfp_entry as {_ENTRY_ALIAS}\n"
         f"    {_ENTRY_ALIAS}.run_step({json.dumps(plan, sort_keys=True)!r}, {{{artifact_map}}}, "
-        f"{EXEC_PROPERTIES_PARAM})\n")
+        f"{EXEC_PROPERTIES_PARAM}, {RESUME_ROOT_PARAM})\n")
     filename = f"<actsearch-kfp-{next(_generated)}-{function_name}>"
     namespace = {"__name__": "actsearch_kfp_generated", "Input": dsl.Input,
                  "Output": dsl.Output, **{t: getattr(dsl, t) for t in _KFP_CLASSES}}
@@ -392,50 +421,130 @@ class KfpLocalRunResult:
 def run_kfp_local(pipeline: Pipeline, *, pipeline_root: str | None = None,
                   run_id: str | None = None, image: str = "actsearch:latest",
                   resources: Mapping[str, Mapping[str, Any]] | None = None,
-                  write_run_json: bool = True) -> KfpLocalRunResult:
+                  write_run_json: bool = True,
+                  on_complete: Callable[[KfpLocalRunResult], None] | None = None
+                  ) -> KfpLocalRunResult:
     """Compiles `pipeline` and runs the compiled YAML with `kfp.local`'s SubprocessRunner
     (each step a subprocess of this Python, no container, nothing installed).
 
-    Everything goes under ``<pipeline_root>/kfp-local/<run_id>/``: ``pipeline.yaml`` and
+    Like the local runner, it holds the pipeline root's run lock for the whole run (a second
+    run on the root fails with the same "another run is using pipeline_root" error) and
+    records the run in ``<pipeline_root>/metadata.sqlite`` (runner "kfp-local"): its status
+    and one execution per step kfp.local started, with times, state and output artifacts.
+    Everything else goes under ``<pipeline_root>/kfp-local/<run_id>/``: ``pipeline.yaml`` and
     kfp.local's ``<pipeline-name>-<timestamp>/<task>/<output>`` directories.
     ``<pipeline_root>/run.json`` records the run like the local runner's (``runner:
     "kfp-local"``) unless `write_run_json` is False. The steps see this process's import path
-    (PYTHONPATH). There is no cross-run caching or resume here. A failed step raises
-    `PipelineError` naming the component.
+    (PYTHONPATH). kfp.local has no cache: every run executes every step, but a step that was
+    stopped or failed continues from its resume directory under the pipeline root when run
+    again with the same settings. A failed step raises `PipelineError` naming the component;
+    Ctrl-C is recorded as INTERRUPTED and propagates. `on_complete` runs after a successful
+    run while the root is still locked (the CLI publishes the deliverables there).
     """
-    from kfp import components as kfp_components
-    from kfp import local
-    from kfp.local import config as local_config
-
     root = os.path.abspath(os.fspath(pipeline_root or pipeline.pipeline_root))
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     if not _RUN_ID.match(run_id):
         raise PipelineError(f"run id {run_id!r} may contain only letters, digits, '_', '-', '.'",
                             run_id=run_id)
-    kfp_root = os.path.join(root, "kfp-local", run_id)
     try:
-        os.makedirs(os.path.dirname(kfp_root), exist_ok=True)
-        os.mkdir(kfp_root)
-    except FileExistsError:
-        raise PipelineError(f"run {run_id!r} already exists in {kfp_root}", run_id=run_id) from None
+        os.makedirs(root, exist_ok=True)
     except OSError as e:
         raise PipelineError(f"cannot create pipeline_root {root!r}: {e.strerror}",
                             run_id=run_id) from None
-    yaml_path = compile_pipeline(pipeline, os.path.join(kfp_root, "pipeline.yaml"), image=image,
-                                 resources=resources)
-    task_of = _task_directories(yaml_path)
-    run_json = os.path.join(root, "run.json") if write_run_json else None
-    doc: dict[str, Any] = {
-        "run_id": run_id, "pipeline": pipeline.name, "pipeline_root": root,
-        "runner": "kfp-local", "kfp_root": kfp_root, "pipeline_yaml": yaml_path,
-        "status": "running", "start_time": _now(), "end_time": None, "error": None,
-        "components": {c.id: {"state": "pending"} for c in pipeline.components}, "results": {},
-    }
-    _write_json(run_json, doc)
+    with locked_store(root) as store:
+        result = _KfpLocalRun(pipeline, root, run_id, store, write_run_json).execute(
+            image, resources)
+        if on_complete is not None:   # still holding the root: no other run can interleave
+            on_complete(result)
+        return result
+
+
+class _KfpLocalRun:
+    """One kfp.local run: its directory, its run.json and its record in the metadata store."""
+
+    def __init__(self, pipeline: Pipeline, root: str, run_id: str, store: md.MetadataStore,
+                 write_run_json: bool) -> None:
+        self.pipeline, self.root, self.run_id, self.store = pipeline, root, run_id, store
+        self.kfp_root = os.path.join(root, "kfp-local", run_id)
+        self.run_json = os.path.join(root, "run.json") if write_run_json else None
+
+    def execute(self, image: str, resources: Mapping[str, Mapping[str, Any]] | None
+                ) -> KfpLocalRunResult:
+        yaml_path = self._prepare(image, resources)
+        task_of = _task_directories(yaml_path)
+        recorder = _Recorder(self.store, self.run_id, self.pipeline, self.kfp_root, task_of)
+        doc: dict[str, Any] = {
+            "run_id": self.run_id, "pipeline": self.pipeline.name, "pipeline_root": self.root,
+            "runner": "kfp-local", "kfp_root": self.kfp_root, "pipeline_yaml": yaml_path,
+            "metadata": self.store.path, "status": "running", "start_time": _now(),
+            "end_time": None, "error": None,
+            "components": {c.id: {"state": "pending"} for c in self.pipeline.components},
+            "results": {},
+        }
+        _write_json(self.run_json, doc)
+        tail = _Tail(sys.stdout, on_line=recorder.line)   # kfp.local prints the steps' output
+        try:
+            error = _run_compiled(yaml_path, self.kfp_root, self.root, tail)
+        except BaseException as e:              # Ctrl-C (recorded, resumable) or kfp.local broke
+            interrupted = not isinstance(e, Exception)
+            self._record(doc, recorder, task_of, md.INTERRUPTED if interrupted else md.FAILED,
+                         "interrupted: the run was stopped before it finished" if interrupted
+                         else f"kfp.local run failed: {type(e).__name__}: {e}", None)
+            raise
+        if error is None:
+            outputs, results = self._record(doc, recorder, task_of, md.COMPLETE, None, None)
+            return KfpLocalRunResult(self.run_id, md.COMPLETE, self.root, self.run_json,
+                                     self.kfp_root, yaml_path, outputs, results)
+        failed = _failed_component(self.pipeline, error, task_of, recorder)
+        reason = tail.last_exception()
+        text = (f"component {failed!r} failed under kfp.local: {reason or 'see its log above'}"
+                if failed else f"kfp.local run failed: {_ANSI.sub('', str(error))}")
+        self._record(doc, recorder, task_of, md.FAILED, text, failed)
+        raise PipelineError(f"{text} (run {self.run_id}; outputs under {self.kfp_root})",
+                            component_id=failed, run_id=self.run_id) from error
+
+    def _prepare(self, image: str, resources: Mapping[str, Mapping[str, Any]] | None) -> str:
+        """Creates the run's directory and metadata record; returns the compiled YAML."""
+        if self.store.get_run(self.run_id) is not None or os.path.exists(self.kfp_root):
+            raise PipelineError(f"run {self.run_id!r} already exists under {self.root}; "
+                                f"choose another run id or let the runner generate one",
+                                run_id=self.run_id)
+        os.makedirs(self.kfp_root)
+        yaml_path = compile_pipeline(self.pipeline, os.path.join(self.kfp_root, "pipeline.yaml"),
+                                     image=image, resources=resources)
+        self.store.create_run(self.run_id, self.pipeline.name, self.root, runner="kfp-local")
+        return yaml_path
+
+    def _record(self, doc: dict[str, Any], recorder: "_Recorder", task_of: dict[str, str],
+                status: str, error: str | None, failed: str | None
+                ) -> tuple[dict[str, dict[str, Artifact]], dict[str, str]]:
+        """Writes the end of the run to run.json and the metadata store."""
+        outputs, results, states = _collect(self.pipeline, self.kfp_root, task_of)
+        unfinished = [*recorder.running] + ([failed] if failed else [])
+        states.update(dict.fromkeys(unfinished,
+                                    "interrupted" if status == md.INTERRUPTED else "failed"))
+        for c in self.pipeline.components:
+            entry: dict[str, Any] = {"state": states[c.id], "kfp_task": task_of[c.id],
+                                     **recorder.summary(c.id)}
+            if c.id in outputs:
+                entry["outputs"] = {n: [a.uri] for n, a in outputs[c.id].items()}
+            doc["components"][c.id] = entry
+        doc.update(status=status.lower(), error=error, results=results, end_time=_now())
+        _write_json(self.run_json, doc)
+        recorder.finish(error or "the run ended before this step finished")
+        self.store.finish_run(self.run_id, status, error, results)
+        return outputs, results
+
+
+def _run_compiled(yaml_path: str, kfp_root: str, resume_root: str, tail: "_Tail"
+                  ) -> RuntimeError | None:
+    """Runs the compiled pipeline with kfp.local; returns its error if a step failed.
+    kfp.local's global configuration is restored afterwards."""
+    from kfp import components as kfp_components
+    from kfp import local
+    from kfp.local import config as local_config
 
     previous = local_config.LocalExecutionConfig.instance
-    tail = _Tail(sys.stdout)                       # kfp.local prints the steps' output
-    error: Exception | None = None
     try:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=kfp_root,
                    raise_on_error=True)
@@ -443,43 +552,108 @@ def run_kfp_local(pipeline: Pipeline, *, pipeline_root: str | None = None,
         with _import_path_for_steps(), warnings.catch_warnings(), \
                 contextlib.redirect_stdout(tail):
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            compiled()
+            compiled(**{RESUME_ROOT_PARAM: resume_root})
     except RuntimeError as e:
-        error = e
+        return e
     finally:
         local_config.LocalExecutionConfig.instance = previous
+    return None
 
-    outputs, results, states = _collect(pipeline, kfp_root, task_of)
-    failed = None
-    if error is not None:
-        message = _ANSI.sub("", str(error))
-        match = re.search(r"Inner task failed: '([^']+)'", message) or re.search(
-            r"Task '([^']+)' finished with status FAILURE", message)
-        by_task = {t: cid for cid, t in task_of.items()}
-        failed = by_task.get(match.group(1)) if match else None
-        if failed is None:                          # first component without outputs
-            failed = next((c.id for c in pipeline.components if states[c.id] != "complete"),
-                          None)
-        if failed is not None:
-            states[failed] = "failed"
+
+def _failed_component(pipeline: Pipeline, error: Exception, task_of: dict[str, str],
+                      recorder: "_Recorder") -> str | None:
+    """The component whose step failed, from kfp.local's error or the step still running."""
+    message = _ANSI.sub("", str(error))
+    match = re.search(r"Inner task failed: '([^']+)'", message) or re.search(
+        r"Task '([^']+)' finished with status FAILURE", message)
+    by_task = {t: cid for cid, t in task_of.items()}
+    if match and match.group(1) in by_task:
+        return by_task[match.group(1)]
+    return next(iter(recorder.running), None)
+
+
+def _cache_keys(pipeline: Pipeline) -> dict[str, str]:
+    """Each component's cache key as its step computes it from its inputs' fingerprints (and
+    as the local runner would): it names the step's resume directory."""
+    keys: dict[str, str] = {}
     for c in pipeline.components:
-        entry: dict[str, Any] = {"state": states[c.id], "kfp_task": task_of[c.id]}
-        if c.id in outputs:
-            entry["outputs"] = {n: [a.uri] for n, a in outputs[c.id].items()}
-        doc["components"][c.id] = entry
-    doc.update(results=results, end_time=_now())
-    if error is not None:
-        reason = tail.last_exception()
-        text = (f"component {failed!r} failed under kfp.local: {reason or 'see its log above'}"
-                if failed else f"kfp.local run failed: {_ANSI.sub('', str(error))}")
-        doc.update(status="failed", error=text)
-        _write_json(run_json, doc)
-        raise PipelineError(f"{text} (run {run_id}; outputs under {kfp_root})",
-                            component_id=failed, run_id=run_id) from error
-    doc["status"] = "complete"
-    _write_json(run_json, doc)
-    return KfpLocalRunResult(run_id, "COMPLETE", root, run_json, kfp_root, yaml_path, outputs,
-                             results)
+        inputs = {name: [Artifact(ch.type_name, "", fingerprint=output_fingerprint(
+            keys[ch.producer_id], ch.output_name)) for ch in channels]
+            for name, channels in c.inputs.items()}
+        keys[c.id] = compute_cache_key(c, inputs)
+    return keys
+
+
+class _Recorder:
+    """Records a kfp.local run's steps in the metadata store as they run, from what kfp.local
+    itself logs ("Executing task 'x'" when a step starts, "Task 'x' finished with status
+    SUCCESS" when it succeeded): one execution per step, with its start and end times, state,
+    inputs and output artifacts (so lineage works as for local runs). kfp.local has no cache,
+    so nothing is recorded CACHED; cache keys are stored as ``kfp-local:<key>`` so that the
+    local runner's cache lookups never match them."""
+
+    _START = re.compile(r"^[0-9:.]+ - INFO - Executing task '([^']+)'$")
+    _SUCCESS = re.compile(r"^[0-9:.]+ - INFO - Task '([^']+)' finished with status SUCCESS$")
+
+    def __init__(self, store: md.MetadataStore, run_id: str, pipeline: Pipeline,
+                 kfp_root: str, task_of: dict[str, str]) -> None:
+        self.store, self.run_id, self.pipeline, self.kfp_root = store, run_id, pipeline, kfp_root
+        self.component_of = {task: cid for cid, task in task_of.items()}
+        self.task_of, self.keys = task_of, _cache_keys(pipeline)
+        self.running: dict[str, int] = {}              # component id -> execution id
+        self.executions: dict[str, int] = {}
+        self.durations: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+        self.produced: dict[tuple[str, str], list[Artifact]] = {}
+
+    def line(self, text: str) -> None:
+        """Called with every line kfp.local prints (step output is indented, so never
+        matches)."""
+        text = _ANSI.sub("", text).rstrip()
+        for pattern, action in ((self._START, self._start), (self._SUCCESS, self._complete)):
+            match = pattern.match(text)
+            if match and match.group(1) in self.component_of:
+                action(self.component_of[match.group(1)])
+
+    def summary(self, cid: str) -> dict[str, Any]:
+        """run.json fields of a step: its execution id and duration, when it started."""
+        out: dict[str, Any] = {}
+        if cid in self.executions:
+            out["execution_id"] = self.executions[cid]
+        if cid in self.durations:
+            out["duration_s"] = round(self.durations[cid], 3)
+        return out
+
+    def finish(self, error: str) -> None:
+        """Steps still running when the run ended failed or were stopped."""
+        for cid, eid in self.running.items():
+            self.durations[cid] = time.monotonic() - self._started[cid]
+            self.store.fail_execution(eid, error)
+        self.running.clear()
+
+    def _start(self, cid: str) -> None:
+        component = self.pipeline.component(cid)
+        inputs = {name: [a for ch in channels
+                         for a in self.produced.get((ch.producer_id, ch.output_name), [])]
+                  for name, channels in component.inputs.items()}
+        eid = self.store.start_execution(self.run_id, cid, component.type_name,
+                                         "kfp-local:" + self.keys[cid],
+                                         component.exec_properties, inputs)
+        self.running[cid] = self.executions[cid] = eid
+        self._started[cid] = time.monotonic()
+
+    def _complete(self, cid: str) -> None:
+        eid = self.running.pop(cid, None)
+        read = _read_outputs(self.pipeline.component(cid), _task_root(self.kfp_root,
+                                                                      self.task_of[cid]))
+        if eid is None or read is None:
+            return
+        outputs, results = read
+        listed = {name: [a] for name, a in outputs.items()}
+        self.store.complete_execution(eid, listed, results)
+        self.durations[cid] = time.monotonic() - self._started[cid]
+        for name, arts in listed.items():
+            self.produced[(cid, name)] = arts
 
 
 def _task_directories(yaml_path: str) -> dict[str, str]:
@@ -493,33 +667,51 @@ def _task_directories(yaml_path: str) -> dict[str, str]:
             for t in tasks.values()}
 
 
-def _collect(pipeline: Pipeline, kfp_root: str, task_of: dict[str, str]
-             ) -> tuple[dict[str, dict[str, Artifact]], dict[str, str], dict[str, str]]:
-    """Reads each task's executor_output.json: output artifacts, their properties, results."""
+def _task_root(kfp_root: str, task: str) -> str | None:
+    """The directory of a task in the (only) pipeline run kfp.local made under `kfp_root`."""
     runs = [os.path.join(kfp_root, d) for d in sorted(os.listdir(kfp_root))
             if os.path.isdir(os.path.join(kfp_root, d))]
+    return os.path.join(runs[-1], task) if runs else None
+
+
+def _read_outputs(component: Component, task_root: str | None
+                  ) -> tuple[dict[str, Artifact], dict[str, str]] | None:
+    """A finished task's output artifacts (properties and fingerprints as the step wrote
+    them) and the run results they carry, from its executor_output.json; None if unfinished."""
+    executor_output = os.path.join(task_root, "executor_output.json") if task_root else ""
+    if not os.path.isfile(executor_output):
+        return None
+    with open(executor_output) as f:
+        written = json.load(f).get("artifacts", {})
+    outputs, results = {}, {}
+    for name, ospec in component.SPEC_CLASS.OUTPUTS.items():
+        kfp_art = written[name]["artifacts"][0]
+        meta = kfp_art.get("metadata", {})
+        outputs[name] = Artifact(meta.get(kfp_entry.TYPE_KEY, ospec.type_name), kfp_art["uri"],
+                                 json.loads(meta.get(kfp_entry.PROPERTIES_KEY, "{}")),
+                                 fingerprint=meta.get(kfp_entry.FINGERPRINT_KEY))
+        results.update(json.loads(meta.get(kfp_entry.RESULTS_KEY, "{}")))
+    return outputs, results
+
+
+def _collect(pipeline: Pipeline, kfp_root: str, task_of: dict[str, str]
+             ) -> tuple[dict[str, dict[str, Artifact]], dict[str, str], dict[str, str]]:
+    """Every task's outputs, the run results and each component's state (complete, started:
+    its directory exists but it did not finish, not run)."""
     outputs: dict[str, dict[str, Artifact]] = {}
     results: dict[str, str] = {}
     states: dict[str, str] = {}
     for c in pipeline.components:
-        task_root = os.path.join(runs[-1], task_of[c.id]) if runs else None
-        executor_output = os.path.join(task_root, "executor_output.json") if task_root else ""
-        if not os.path.isfile(executor_output):
+        task_root = _task_root(kfp_root, task_of[c.id])
+        read = _read_outputs(c, task_root)
+        if read is None:
             states[c.id] = "started" if task_root and os.path.isdir(task_root) else "not run"
             continue
-        with open(executor_output) as f:
-            written = json.load(f).get("artifacts", {})
-        outs = {}
-        for name, ospec in c.SPEC_CLASS.OUTPUTS.items():
-            kfp_art = written[name]["artifacts"][0]
-            meta = kfp_art.get("metadata", {})
-            outs[name] = Artifact(meta.get(kfp_entry.TYPE_KEY, ospec.type_name), kfp_art["uri"],
-                                  json.loads(meta.get(kfp_entry.PROPERTIES_KEY, "{}")))
-            for rname, path in json.loads(meta.get(kfp_entry.RESULTS_KEY, "{}")).items():
-                if rname in results and results[rname] != path:
-                    logging.warning("result %r from %r replaces %s", rname, c.id, results[rname])
-                results[rname] = path
-        outputs[c.id] = outs
+        outputs[c.id], produced = read
+        for rname, path in produced.items():
+            if rname in results and results[rname] != path:
+                logging.warning("result %r from %r replaces %s", rname, c.id, results[rname])
+            results[rname] = path
         states[c.id] = "complete"
     return outputs, results, states
 
@@ -529,14 +721,18 @@ class _Tail(io.TextIOBase):
 
     _EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?)$")
 
-    def __init__(self, stream: Any, keep: int = 200) -> None:
+    def __init__(self, stream: Any, keep: int = 200,
+                 on_line: Callable[[str], None] | None = None) -> None:
         self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
+        self.on_line = on_line
 
     def write(self, text: str) -> int:
         self.stream.write(text)
         self._partial += text
         *done, self._partial = self._partial.split("\n")
         self.lines.extend(done)
+        for line in done if self.on_line is not None else ():
+            self.on_line(line)
         return len(text)
 
     def flush(self) -> None:

@@ -31,12 +31,12 @@ import re
 import secrets
 import shutil
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from absl import logging
 
-from components.base import (Artifact, Component, ExecutorContext, ProgressEvent,
-                             executor_path)
+from components.base import (Artifact, BaseExecutor, Component, ComponentSpec,
+                             ExecutorContext, ProgressEvent, executor_path)
 from pipeline import metadata as md
 from pipeline.dag import Pipeline
 
@@ -80,20 +80,39 @@ class RunResult:
 
 def compute_cache_key(component: Component, input_dict: dict[str, list[Artifact]]) -> str:
     """Hash of component identity, executor code version, parameters and input fingerprints."""
-    executor = component.EXECUTOR_CLASS
-    spec = component.SPEC_CLASS
+    return cache_key(component.id, component.type_name, component.SPEC_CLASS,
+                     component.EXECUTOR_CLASS, component.exec_properties, input_dict)
+
+
+def cache_key(component_id: str, component_type: str, spec: type[ComponentSpec],
+              executor: type[BaseExecutor], exec_properties: Mapping[str, Any],
+              input_dict: Mapping[str, list[Artifact]]) -> str:
+    """`compute_cache_key` from its parts, for a Kubeflow step, which has no `Component` but
+    must name its resume directory exactly as this runner does."""
     payload = {
-        "component_id": component.id,
-        "component_type": component.type_name,
+        "component_id": component_id,
+        "component_type": component_type,
         "spec": f"{spec.__module__}.{spec.__qualname__}",
         "executor": executor_path(executor),
         "executor_version": executor.code_version(),
-        "exec_properties": {name: value for name, value in component.exec_properties.items()
-                            if component.SPEC_CLASS.PARAMETERS[name].in_cache_key},
-        "external": executor.external_fingerprint(component.exec_properties),
+        "exec_properties": {name: value for name, value in exec_properties.items()
+                            if spec.PARAMETERS[name].in_cache_key},
+        "external": executor.external_fingerprint(exec_properties),
         "inputs": {name: [a.fingerprint for a in arts] for name, arts in input_dict.items()},
     }
     return _sha256(json.dumps(payload, sort_keys=True))
+
+
+def output_fingerprint(key: str, output_name: str) -> str:
+    """An output's fingerprint derives from its producer's cache key, so a consumer's key
+    changes exactly when something upstream changed."""
+    return _sha256(f"{key}:{output_name}")
+
+
+def resume_dir_for(root: str, component_id: str, key: str) -> str:
+    """Where an execution with cache key `key` keeps its resume state under `root`: the same
+    settings find the same directory again, changed settings a fresh one."""
+    return os.path.join(root, component_id, ".resume", key[:16])
 
 
 def _sha256(text: str) -> str:
@@ -128,11 +147,7 @@ class LocalRunner:
         if not _RUN_ID.match(run_id):
             raise PipelineError(f"run id {run_id!r} may contain only letters, digits, '_', "
                                 f"'-', '.'", run_id=run_id)
-        with _exclusive(root), md.MetadataStore(
-                self.metadata_path or os.path.join(root, "metadata.sqlite")) as store:
-            for stale in store.mark_interrupted(
-                    "interrupted: the process running it stopped before it finished"):
-                _remove_partial_outputs(root, stale)
+        with locked_store(root, self.metadata_path) as store:
             try:
                 store.create_run(run_id, pipeline.name, root)
             except ValueError as e:
@@ -234,8 +249,8 @@ class _Run:
         for name, (tmp, _) in staged.items():
             os.makedirs(tmp)
             output_dict[name] = [Artifact(spec.OUTPUTS[name].type_name, tmp,
-                                          fingerprint=_sha256(f"{key}:{name}"))]
-        resume_dir = os.path.join(self.root, cid, ".resume", key[:16])
+                                          fingerprint=output_fingerprint(key, name))]
+        resume_dir = resume_dir_for(self.root, cid, key)
         context = ExecutorContext(component_id=cid, run_id=self.run_id, execution_id=eid,
                                   resume_dir=resume_dir, on_progress=self.emit)
         start = time.monotonic()
@@ -366,3 +381,16 @@ def _exclusive(root: str) -> Iterator[None]:
             raise PipelineError(f"another run is using pipeline_root {root!r}; wait for it "
                                 f"or choose another pipeline_root") from None
         yield
+
+
+@contextlib.contextmanager
+def locked_store(root: str, metadata_path: str | None = None) -> Iterator[md.MetadataStore]:
+    """Holds pipeline_root's run lock and opens its metadata store for one run. Both runners
+    (local and kfp-local) run inside it, so they exclude each other; holding the lock, runs a
+    stopped process left RUNNING are known to be dead and are recorded as INTERRUPTED."""
+    with _exclusive(root), md.MetadataStore(
+            metadata_path or os.path.join(root, "metadata.sqlite")) as store:
+        for stale in store.mark_interrupted(
+                "interrupted: the process running it stopped before it finished"):
+            _remove_partial_outputs(root, stale)
+        yield store

@@ -24,7 +24,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, pipeline_name TEXT NOT NULL, pipeline_root TEXT NOT NULL,
     status TEXT NOT NULL, start_time REAL NOT NULL, end_time REAL, error TEXT,
-    results TEXT NOT NULL DEFAULT '{}');
+    results TEXT NOT NULL DEFAULT '{}', runner TEXT NOT NULL DEFAULT 'local');
 CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL REFERENCES runs(run_id),
     component_id TEXT NOT NULL, component_type TEXT NOT NULL, cache_key TEXT NOT NULL,
@@ -56,6 +56,7 @@ class RunRecord:
     end_time: float | None
     error: str | None
     results: dict[str, str]
+    runner: str = "local"
 
 
 @dataclasses.dataclass
@@ -88,6 +89,7 @@ class MetadataStore:
         self._conn.execute("PRAGMA journal_mode = WAL")    # crash-safe, fewer fsyncs
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._add_runner_column()
 
     def close(self) -> None:
         self._conn.close()
@@ -100,15 +102,17 @@ class MetadataStore:
 
     # ---- runs ---------------------------------------------------------------------------
 
-    def create_run(self, run_id: str, pipeline_name: str, pipeline_root: str) -> None:
+    def create_run(self, run_id: str, pipeline_name: str, pipeline_root: str,
+                   runner: str = "local") -> None:
+        """Records a RUNNING run; `runner` says what ran it ("local", "kfp-local")."""
         if self.get_run(run_id) is not None:
             raise ValueError(f"run id {run_id!r} already exists in {self.path}; "
                              f"choose another or let the runner generate one")
         with self._conn:
             self._conn.execute(
-                "INSERT INTO runs (run_id, pipeline_name, pipeline_root, status, start_time) "
-                "VALUES (?, ?, ?, ?, ?)", (run_id, pipeline_name, pipeline_root, RUNNING,
-                                           time.time()))
+                "INSERT INTO runs (run_id, pipeline_name, pipeline_root, status, start_time, "
+                "runner) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, pipeline_name, pipeline_root, RUNNING, time.time(), runner))
 
     def finish_run(self, run_id: str, status: str, error: str | None = None,
                    results: Mapping[str, str] | None = None) -> None:
@@ -241,6 +245,20 @@ class MetadataStore:
 
     # ---- helpers -------------------------------------------------------------------------
 
+    def _add_runner_column(self) -> None:
+        """Stores written before runs knew their runner were all the local runner's."""
+        columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(runs)")}
+        if "runner" in columns:
+            return
+        try:
+            with self._conn:
+                self._conn.execute(
+                    "ALTER TABLE runs ADD COLUMN runner TEXT NOT NULL DEFAULT 'local'")
+        except sqlite3.OperationalError:
+            if "runner" not in {row["name"] for row in
+                                self._conn.execute("PRAGMA table_info(runs)")}:
+                raise                         # not another process adding it at the same time
+
     def _insert_execution(self, run_id: str, component_id: str, component_type: str,
                           cache_key: str, state: str, exec_properties: Mapping[str, Any],
                           cached_from: int | None = None, results: Mapping[str, str] = (),
@@ -281,7 +299,8 @@ class MetadataStore:
 
 def _run(row: sqlite3.Row) -> RunRecord:
     return RunRecord(row["run_id"], row["pipeline_name"], row["pipeline_root"], row["status"],
-                     row["start_time"], row["end_time"], row["error"], json.loads(row["results"]))
+                     row["start_time"], row["end_time"], row["error"], json.loads(row["results"]),
+                     row["runner"])
 
 
 def _execution(row: sqlite3.Row) -> ExecutionRecord:

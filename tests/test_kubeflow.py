@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -14,7 +15,8 @@ from pipeline import kfp_entry
 from pipeline.dag import Pipeline
 from pipeline.kubeflow import (KubeflowError, ResourceSpecError, compile_pipeline, kfp_name,
                                run_kfp_local)
-from pipeline.local_runner import LocalRunner, PipelineError
+from pipeline.local_runner import LocalRunner, PipelineError, root_in_use
+from pipeline.metadata import MetadataStore
 
 GPU_STEP = {"cpu": "8", "memory": "32G", "accelerator": "NVIDIA_TESLA_T4",
             "accelerator_count": 1, "retries": 2}
@@ -48,7 +50,8 @@ def test_compiled_yaml_has_one_typed_component_per_component(tmp_path):
     assert set(comps) == {"comp-source", "comp-train-a", "comp-train-b", "comp-evaluate"}
     for comp in comps.values():
         assert comp["inputDefinitions"]["parameters"] == {
-            "exec_properties": {"parameterType": "STRING"}}
+            "exec_properties": {"parameterType": "STRING"},
+            "resume_root": {"parameterType": "STRING"}}
     source, train, evaluate = comps["comp-source"], comps["comp-train-a"], comps["comp-evaluate"]
     assert artifact_types(source["inputDefinitions"]) == {}
     assert artifact_types(source["outputDefinitions"]) == {"examples": "system.Dataset"}
@@ -84,7 +87,13 @@ def test_compiled_dag_follows_the_pipeline_edges(tmp_path):
         assert task["taskInfo"]["name"] == component.id         # our id as display name
         constant = task["inputs"]["parameters"]["exec_properties"]["runtimeValue"]["constant"]
         assert json.loads(constant) == component.exec_properties
+        assert task["inputs"]["parameters"]["resume_root"] == {
+            "componentInputParameter": "resume_root"}         # the pipeline's parameter
         assert task["cachingOptions"] == {"enableCache": True}
+    assert doc["root"]["inputDefinitions"]["parameters"]["resume_root"]["defaultValue"] == ""
+    shared = compile_to_dict(pipeline, tmp_path / "q.yaml", resume_root="/gcs/bucket/resume")
+    assert shared["root"]["inputDefinitions"]["parameters"]["resume_root"][
+        "defaultValue"] == "/gcs/bucket/resume"
 
 
 def test_compiled_executors_image_command_and_resources(tmp_path):
@@ -168,6 +177,9 @@ def test_numbers_are_accepted_for_cpu_and_memory(tmp_path):
 def test_other_compile_errors(tmp_path):
     with pytest.raises(KubeflowError, match="image must be"):
         compile_pipeline(toy.build(tmp_path), str(tmp_path / "p.yaml"), image="my image")
+    for bad in ("gs://bucket/resume", "relative/resume"):
+        with pytest.raises(KubeflowError, match="resume_root must be an absolute path"):
+            compile_pipeline(toy.build(tmp_path), str(tmp_path / "p.yaml"), resume_root=bad)
     with pytest.raises(KubeflowError, match="packages_to_install must be a list"):
         compile_pipeline(toy.build(tmp_path), str(tmp_path / "p.yaml"),
                          packages_to_install="numpy")
@@ -227,7 +239,15 @@ def test_run_kfp_local_runs_the_compiled_pipeline(tmp_path):
     from kfp.local import config as local_config
 
     pipeline = toy.build(tmp_path / "root", n=4)
-    result = run_kfp_local(pipeline, run_id="k1", resources={"train_a": GPU_STEP})
+    locked_when_done = []
+
+    def on_complete(done):
+        locked_when_done.append(root_in_use(done.pipeline_root))
+
+    result = run_kfp_local(pipeline, run_id="k1", resources={"train_a": GPU_STEP},
+                           on_complete=on_complete)
+    assert locked_when_done == [True]           # the CLI publishes while the root is still locked
+    assert not root_in_use(result.pipeline_root)
     assert local_config.LocalExecutionConfig.instance is None    # global kfp.local state restored
     assert result.status == "COMPLETE" and result.run_id == "k1"
     assert result.kfp_root == str(tmp_path / "root" / "kfp-local" / "k1")
@@ -257,6 +277,27 @@ def test_run_kfp_local_runs_the_compiled_pipeline(tmp_path):
     assert {cid: c["state"] for cid, c in doc["components"].items()} == dict.fromkeys(
         paths, "complete")
     assert doc["components"]["evaluate"]["outputs"] == {"evaluation": [evaluation.uri]}
+    assert doc["metadata"] == str(tmp_path / "root" / "metadata.sqlite")
+
+    # Recorded in the root's metadata like a local run: 4 executions, none cached, lineage.
+    with MetadataStore(doc["metadata"]) as store:
+        (run,) = store.list_runs()
+        assert (run.run_id, run.status, run.runner) == ("k1", "COMPLETE", "kfp-local")
+        assert run.results == result.results
+        executions = {e.component_id: e for e in store.executions("k1")}
+        assert set(executions) == set(paths)
+        for cid, e in executions.items():
+            assert e.state == "COMPLETE" and e.start_time <= e.end_time and e.cached_from is None
+            assert e.cache_key.startswith("kfp-local:")   # never a cache hit for the local runner
+            assert doc["components"][cid]["execution_id"] == e.id
+            assert {n: [a.uri for a in arts] for n, arts in store.outputs_of(e.id).items()} == {
+                n: [p] for n, p in paths[cid].items()}
+        assert executions["evaluate"].exec_properties == {"label": "toy run"}
+        (evaluated,) = store.outputs_of(executions["evaluate"].id)["evaluation"]
+        assert evaluated.properties == evaluation.properties and evaluated.fingerprint
+        lineage = store.lineage(evaluated.id)
+        assert [p["execution"]["component_id"] for p in lineage["inputs"]["models"]] == [
+            "train_a", "train_b"]
 
     # The same executors under the local runner give the same evaluation.
     local = LocalRunner(on_progress=lambda e: None).run(toy.build(tmp_path / "local", n=4))
@@ -277,3 +318,74 @@ def test_run_kfp_local_failure_names_the_component(tmp_path):
     states = {cid: c["state"] for cid, c in doc["components"].items()}
     assert states["source"] == "complete" and states["train_b"] == "failed"
     assert states["evaluate"] == "not run"
+    with MetadataStore(str(tmp_path / "metadata.sqlite")) as store:
+        run = store.get_run("bad")
+        assert run.status == "FAILED" and run.runner == "kfp-local" and "train_b" in run.error
+        executions = {e.component_id: e for e in store.executions("bad")}
+        assert executions["source"].state == "COMPLETE" and "evaluate" not in executions
+        assert executions["train_b"].state == "FAILED" and executions["train_b"].end_time
+        assert "training failed on purpose" in executions["train_b"].error
+
+
+def test_run_kfp_local_holds_the_root_lock(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / ".lock", "w") as lock:            # as a local run holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(PipelineError, match="another run is using pipeline_root"):
+            run_kfp_local(toy.build(root), run_id="k")
+    assert not (root / "kfp-local" / "k").exists() and not (root / "run.json").exists()
+
+
+def test_kfp_local_step_resumes_in_a_stable_directory(tmp_path, monkeypatch):
+    root, log = tmp_path / "root", tmp_path / "log"
+    monkeypatch.setenv("TOY_LOG", str(log))
+    monkeypatch.setenv("TOY_STOP_AT", "3")
+    monkeypatch.setenv("TOY_INTERRUPT_PID", str(os.getpid()))   # Ctrl-C in step 3
+    with pytest.raises(KeyboardInterrupt):
+        run_kfp_local(toy.build_search(root, steps=4), run_id="first")
+    ((work, _), *_) = toy.read_log(log)
+    assert toy.read_log(log) == [(work, 1), (work, 2), (work, 3)]
+    assert os.path.dirname(work) == str(root / "search" / ".resume")   # the local runner's layout
+    assert json.load(open(root / "run.json"))["status"] == "interrupted"
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        assert store.get_run("first").status == "INTERRUPTED"
+        search = store.executions("first")[-1]
+        assert search.component_id == "search" and search.state == "FAILED"
+        key = search.cache_key.removeprefix("kfp-local:")
+        assert os.path.basename(work) == key[:16]       # the step's key is the runner's
+
+    monkeypatch.delenv("TOY_STOP_AT")
+    changed = run_kfp_local(toy.build_search(root, steps=5), run_id="changed")
+    fresh = toy.read_log(log)[3:]
+    assert [step for _, step in fresh] == [1, 2, 3, 4, 5] and fresh[0][0] != work
+    assert not os.path.exists(fresh[0][0]) and os.path.isdir(work)  # done: removed; other kept
+    assert toy.read_values(changed.output("search", "models")) == [5.0]
+
+    resumed = run_kfp_local(toy.build_search(root, steps=4), run_id="again")
+    assert toy.read_log(log)[8:] == [(work, 3), (work, 4)]         # steps 1-2 were reused
+    assert toy.read_values(resumed.output("search", "models")) == [4.0]
+    assert not os.path.exists(work)
+
+    # The local runner names the same directory, and finds no cache hits in kfp.local's runs.
+    local = LocalRunner(on_progress=lambda e: None).run(toy.build_search(root, steps=4))
+    assert {r.state for r in local.components.values()} == {"COMPLETE"}
+    assert toy.read_log(log)[10:] == [(work, step) for step in (1, 2, 3, 4)]
+
+
+def test_a_store_from_before_runners_were_recorded_reads_as_local_runs(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "metadata.sqlite")
+    old = sqlite3.connect(path)                       # the runs table without 'runner'
+    with old:
+        old.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, pipeline_name TEXT NOT NULL, "
+                    "pipeline_root TEXT NOT NULL, status TEXT NOT NULL, start_time REAL NOT NULL, "
+                    "end_time REAL, error TEXT, results TEXT NOT NULL DEFAULT '{}')")
+        old.execute("INSERT INTO runs (run_id, pipeline_name, pipeline_root, status, start_time) "
+                    "VALUES ('old', 'p', '/r', 'COMPLETE', 1.0)")
+    old.close()
+    with MetadataStore(path) as store:
+        store.create_run("new", "p", "/r", runner="kfp-local")
+        assert [(r.run_id, r.runner) for r in store.list_runs()] == [("new", "kfp-local"),
+                                                                     ("old", "local")]

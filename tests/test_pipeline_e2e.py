@@ -392,6 +392,11 @@ def test_the_same_dag_runs_through_kfp_local(tmp_path):
     exported = read_json(run["results"]["exported_activation"])
     assert exported["evaluation"]["baseline"] == "relu"
     assert os.path.exists(run["results"]["report"])
+    assert read_json(root / "published.json")["run_id"] == "k1"  # published while the root was locked
+    (listed,) = actsearch("runs", f"--pipeline_root={root}").stdout.splitlines()[1:]
+    assert listed.split()[:3] == ["k1", "COMPLETE", "kfp-local"] and listed.endswith("7/0/0")
+    shown = actsearch("show", "k1", f"--pipeline_root={root}").stdout
+    assert shown.startswith("run k1 (") and "runner kfp-local): COMPLETE" in shown and "tuner" in shown
 
 
 def test_show_finds_the_lineage_of_a_function_exported_in_its_simplified_form(tmp_path, capsys):
