@@ -22,6 +22,12 @@ instead of being started on every resume for ever. A Ctrl-C (KeyboardInterrupt) 
 start: the user stopped the run, the job did not crash. A killed driver is indistinguishable from a
 job that took its process down, hence three starts, not two: a user who kills a run twice while the
 same job runs does not turn it into a failure. A run that *diverged* is a result, never retried.
+
+Without a `--runner` option the worker processes are ours (Beam's FnApiRunner): `parallelism`
+alone sets how many there are, so `beam_options` that would change it are refused
+(`check_beam_options`). They ignore Ctrl-C, which reaches the whole process group, so that only
+the driver reports it: the driver then stops them, waits until none is left, and takes back the
+starts of the jobs they were running (`_stop_local_workers`, `_take_back_starts`).
 """
 
 from __future__ import annotations
@@ -29,10 +35,15 @@ from __future__ import annotations
 import fcntl
 import importlib
 import json
+import logging as std_logging
 import os
+import shlex
+import signal
+import sys
 import threading
 import time
 import traceback
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -43,6 +54,24 @@ MAX_ATTEMPTS = 2
 """Starts of a job that raised: once, and once more (a transient error should not decide)."""
 MAX_STARTS_WITHOUT_RESULT = 3
 """Starts of a job that never wrote a result (its process died) before it is recorded as failed."""
+
+
+LOCAL_RUNNER_SETTINGS = {
+    "--direct_num_workers": "it sets the number of the local runner's worker processes, which --parallel_trials "
+                            "decides: use --parallel_trials instead",
+    "--direct_running_mode": "it sets how the local runner's workers run, which --parallel_trials decides (above 1: "
+                             "one worker process per job at once): use --parallel_trials instead",
+    "--direct_runner_bundle_repeat": "it makes the local runner run every job more than once: leave it out "
+                                     "(--parallel_trials sets how many jobs run at once)",
+}
+"""Beam `DirectOptions` that change how many jobs the local runner runs at once, or how often
+(the messages name the command line's --parallel_trials, which is `run_jobs`' `parallelism`).
+Each job takes cores // parallelism threads (and its own GPU), so more workers than
+`parallelism` would run jobs side by side with full thread pools and change their results. The
+other `DirectOptions` do not touch the FnApiRunner's workers (tests/test_fanout.py lists them)."""
+
+WORKERS_DIR = ".workers"
+"""Where local worker processes register under a fan-out's `work_dir` (see `local_worker_main`)."""
 
 
 class FanoutError(RuntimeError):
@@ -158,9 +187,32 @@ def load_result(work_dir: str, job_id: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1):
+def _option_name(item: str) -> str:
+    """`--name=value` -> `--name`."""
+    return item.split("=", 1)[0].strip()
+
+
+def names_runner(beam_options: Sequence[str]) -> bool:
+    """Whether `beam_options` choose a Beam runner; if not, the fan-out runs Beam's local runner."""
+    return any(_option_name(item) == "--runner" for item in beam_options)
+
+
+def check_beam_options(beam_options: Sequence[str]) -> None:
+    """Raises ValueError for a setting of the local runner's workers when no `--runner` is named:
+    `parallelism` alone decides them there (see `LOCAL_RUNNER_SETTINGS`). `beam_options` are
+    outside the cache key, so one that changed results would make cached results disagree."""
+    if names_runner(beam_options):
+        return
+    for item in beam_options:
+        reason = LOCAL_RUNNER_SETTINGS.get(_option_name(item))
+        if reason:
+            raise ValueError(f"beam_options: {item!r} is not allowed without a --runner option: {reason}")
+
+
+def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1, work_dir: str | None = None):
     """A `beam.Pipeline` for `beam_options`; without a `--runner` option, Beam's local
-    FnApiRunner, in multi-processing mode with `parallelism` worker processes when above 1.
+    FnApiRunner, with `parallelism` worker processes of `local_worker_main` when above 1, which
+    register under `work_dir` (required then) so that the driver can stop them.
 
     The local runner is named directly because Beam's `DirectRunner` first tries its Prism
     runner, which downloads a binary from GitHub on first use: on a machine without internet
@@ -169,29 +221,157 @@ def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    check_beam_options(beam_options)
     options = list(beam_options)
-    if any(opt.startswith("--runner") for opt in options):
+    if names_runner(options):
         return beam.Pipeline(options=PipelineOptions(options))
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+    environment = None
     if parallelism > 1:
+        if work_dir is None:
+            raise ValueError("beam_pipeline needs a work_dir for worker processes (parallelism above 1)")
+        environment = SubprocessSDKEnvironment.from_command_string(_local_worker_command(work_dir))
         # Worker processes log every gRPC hand-shake at INFO; their warnings and errors still show.
-        options += ["--direct_running_mode=multi_processing", f"--direct_num_workers={parallelism}",
-                    "--default_sdk_harness_log_level=WARNING"]
+        options += [f"--direct_num_workers={parallelism}", "--default_sdk_harness_log_level=WARNING"]
+        std_logging.getLogger(fn_runner.__name__).addFilter(_no_running_mode_warning)
     options = PipelineOptions(options)
     # The worker processes read their options from the provision info (as under DirectRunner).
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return beam.Pipeline(runner=FnApiRunner(provision_info=provision), options=options)
+    return beam.Pipeline(runner=FnApiRunner(default_environment=environment, provision_info=provision),
+                         options=options)
+
+
+def _no_running_mode_warning(record: std_logging.LogRecord) -> bool:
+    """FnApiRunner warns that `direct_num_workers` wants `direct_running_mode`, which would replace
+    our worker command with Beam's own; the workers are processes all the same."""
+    return not record.getMessage().startswith("If direct_num_workers is not equal to 1")
+
+
+def _local_worker_command(work_dir: str) -> str:
+    """The shell command a local worker process starts with. `trap '' INT` before `exec`: Ctrl-C
+    is ignored from the first instruction on (Python then installs no KeyboardInterrupt handler),
+    so the worker prints no traceback; the driver reports the Ctrl-C and stops the workers."""
+    code = "from components.fanout import local_worker_main; local_worker_main()"
+    return f"trap '' INT; exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(work_dir)}"
+
+
+_WORKER_LOCK: Any = None
+"""This worker process's registration (an open, locked file), held for the life of the process."""
+
+
+def local_worker_main() -> None:
+    """A local Beam worker process: registers, then runs Beam's SDK harness until the driver is done.
+
+    Registration is an exclusive `flock` on `<work_dir>/.workers/<pid>`, released by the kernel
+    however the process ends, so the driver sees which workers live. A worker that registers
+    after the driver began stopping them (the `stop` file) leaves at once. SIGTERM (the driver's
+    stop) exits with status 0: Beam's thread that waits for the process would report any other
+    status as a failure, with a traceback, in the driver.
+    """
+    global _WORKER_LOCK
+    registry = os.path.join(sys.argv[1], WORKERS_DIR)
+    os.makedirs(registry, exist_ok=True)
+    _WORKER_LOCK = open(os.path.join(registry, str(os.getpid())), "w")
+    fcntl.flock(_WORKER_LOCK, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(registry, "stop")):
+        os._exit(0)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main(sys.argv)
+
+
+def _live_workers(registry: str) -> list[int]:
+    """Process ids of the registered workers still alive; forgets the others."""
+    live = []
+    for name in os.listdir(registry) if os.path.isdir(registry) else ():
+        if not name.isdigit():
+            continue
+        with open(os.path.join(registry, name)) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live.append(int(name))
+                continue
+            os.remove(os.path.join(registry, name))
+    return live
+
+
+_ABANDONED: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+"""Threads of Beam pipelines the driver stopped (see `_abandon`)."""
+_previous_excepthook = threading.excepthook
+
+
+def _abandon(threads: set[threading.Thread]) -> None:
+    """Silences `threads`, those of a Beam pipeline the driver is stopping: Beam's threads in the
+    driver report the end of each worker's connection with a traceback (gRPC errors), which would
+    follow the driver's own message about the Ctrl-C. Their errors say nothing new."""
+    global _previous_excepthook
+    _ABANDONED.update(threads)
+    if threading.excepthook is not _quiet_abandoned:
+        _previous_excepthook, threading.excepthook = threading.excepthook, _quiet_abandoned
+    std_logging.getLogger("apache_beam.runners.worker.data_plane").addFilter(_not_from_abandoned)
+
+
+def _quiet_abandoned(args: Any) -> None:
+    if args.thread not in _ABANDONED:
+        _previous_excepthook(args)
+
+
+def _not_from_abandoned(record: std_logging.LogRecord) -> bool:
+    return threading.current_thread() not in _ABANDONED
+
+
+def _clear_workers(work_dir: str) -> None:
+    """A new fan-out: forget the `stop` of an earlier one (and its ended workers)."""
+    registry = os.path.join(work_dir, WORKERS_DIR)
+    os.makedirs(registry, exist_ok=True)
+    if os.path.exists(os.path.join(registry, "stop")):
+        os.remove(os.path.join(registry, "stop"))
+    _live_workers(registry)
+
+
+def _stop_local_workers(work_dir: str, grace_seconds: float = 5.0) -> None:
+    """Stops every local worker process of the fan-out in `work_dir` and returns once none is left:
+    SIGTERM first (a worker exits at once, quietly), SIGKILL for one still there after the grace."""
+    registry = os.path.join(work_dir, WORKERS_DIR)
+    os.makedirs(registry, exist_ok=True)
+    open(os.path.join(registry, "stop"), "w").close()  # before the first look: no late worker is missed
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        live = _live_workers(registry)
+        for pid in live:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_seconds
+        while live and time.time() < deadline:
+            time.sleep(0.05)
+            live = _live_workers(registry)
+        if not live:
+            return
+
+
+def _shielded(action: Callable[[], None]) -> None:
+    """Runs `action` to its end even if Ctrl-C is pressed again meanwhile (it starts over):
+    stopping the workers half-way would leave them running after the driver."""
+    while True:
+        try:
+            return action()
+        except KeyboardInterrupt:
+            continue
 
 
 def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int, beam_options: Sequence[str]) -> None:
     import apache_beam as beam
 
     payload = [json.dumps(job) for job in jobs]
-    with beam_pipeline(beam_options, parallelism) as pipeline:
+    with beam_pipeline(beam_options, parallelism, work_dir) as pipeline:
         _ = (
             pipeline
             | "Jobs" >> beam.Create(payload)
@@ -225,6 +405,7 @@ def run_jobs(
     returns all results in job order."""
     if parallelism < 1:
         raise ValueError(f"parallelism must be at least 1, got {parallelism}")
+    check_beam_options(beam_options)
     ids = [job["id"] for job in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError("job ids must be unique")
@@ -255,6 +436,11 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
         return
     errors: list[BaseException] = []
     before = {job["id"]: load_result(work_dir, job["id"]) for job in pending}  # a failure being retried
+    starts = {job["id"]: attempts(work_dir, job["id"]) for job in pending}
+    local = not names_runner(beam_options)  # Beam's FnApiRunner in this process
+    workers = local and parallelism > 1  # ... with worker processes of ours
+    if workers:
+        _clear_workers(work_dir)
 
     def target():
         try:
@@ -263,7 +449,24 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
             errors.append(error)
 
     thread = threading.Thread(target=target, name="beam-fanout", daemon=True)
-    thread.start()
+    earlier = set(threading.enumerate())
+    try:
+        thread.start()
+        _follow(thread, pending, work_dir, before, done, total, progress, poll_seconds)
+    except BaseException:  # Ctrl-C above all: the driver stops what it started, then reports
+        if workers:
+            _abandon(set(threading.enumerate()) - earlier)
+            _shielded(lambda: _stop_local_workers(work_dir))
+        if local:
+            _shielded(lambda: _take_back_starts(work_dir, pending, before, starts))
+        raise
+    if errors:
+        raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]
+
+
+def _follow(thread: threading.Thread, pending, work_dir: str, before: Mapping[str, Any], done: int, total: int,
+            progress: ProgressFn | None, poll_seconds: float) -> None:
+    """Reports each job's new result as it appears, until the Beam pipeline's thread ends."""
     seen: set[str] = set()
     while True:
         thread.join(timeout=poll_seconds)
@@ -274,6 +477,13 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
                 if progress:
                     progress(done + len(seen), total, result)
         if not thread.is_alive():
-            break
-    if errors:
-        raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]
+            return
+
+
+def _take_back_starts(work_dir: str, pending, before: Mapping[str, Any], starts: Mapping[str, int]) -> None:
+    """The jobs the driver stopped (no new result) get back the start they were counted: they did
+    not take their process down, the user stopped the run (as `execute_job` does in-process).
+    Called once no worker process is left, so none can start a job behind it."""
+    for job in pending:
+        if load_result(work_dir, job["id"]) == before[job["id"]] and attempts(work_dir, job["id"]) != starts[job["id"]]:
+            _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), starts[job["id"]])

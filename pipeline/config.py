@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 from typing import Any, Mapping
 
@@ -145,6 +146,7 @@ class PipelineConfig:
                 f"; got {self.resources!r}")
         if "relu" not in self.baselines:
             raise ConfigError(f"baselines must include relu (the reference of the comparison), got {self.baselines}")
+        _check_beam_options(self.beam_options)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,6 +230,24 @@ def _check_functions(name: str, functions: list[str]) -> None:
             expression_for(text)
         except ValueError as error:
             raise ConfigError(f"{name}: {text!r} is not a known name or a valid expression: {error}") from None
+
+
+_BEAM_OPTION = re.compile(r"--[A-Za-z_][A-Za-z0-9_-]*(=.*)?", re.DOTALL)
+
+
+def _check_beam_options(options: list[str]) -> None:
+    """Each item must be one option (a stray value would be dropped by Beam without a word), and
+    without a --runner none may set the local runner's workers, which parallel_trials sets."""
+    from components.fanout import check_beam_options
+
+    for item in options:
+        if not isinstance(item, str) or not _BEAM_OPTION.fullmatch(item):
+            raise ConfigError(f"beam_options: {item!r} is not a Beam option; each item must be --name or "
+                              "--name=value (e.g. --runner=DataflowRunner,--project=my-project)")
+    try:
+        check_beam_options(options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

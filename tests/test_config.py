@@ -93,3 +93,21 @@ def test_settings_that_would_fail_hours_in_are_refused_at_once(overrides, messag
 def test_the_paper_preset_runs_one_trial_per_gpu_it_asks_for():
     paper = config_lib.preset("paper")
     assert {step["accelerator_count"] for step in paper.resources.values()} == {paper.parallel_trials}
+
+
+@pytest.mark.parametrize("options,message", [
+    ("--direct_num_workers=2", "beam_options: '--direct_num_workers=2' is not allowed without a --runner option: "
+                               "it sets the number of the local runner's worker processes, .*use --parallel_trials"),
+    ("--direct_running_mode=multi_processing",
+     "'--direct_running_mode=multi_processing' is not allowed.*--parallel_trials"),
+    ("--runner=DirectRunner,direct_num_workers=2", "beam_options: 'direct_num_workers=2' is not a Beam option; "
+                                                   "each item must be --name or --name=value"),
+    ("--project,my-project", "'my-project' is not a Beam option"),
+    ("-p=1", "'-p=1' is not a Beam option"),
+])
+def test_beam_options_that_would_change_results_or_be_dropped_are_refused(options, message):
+    # beam_options are outside the cache key: the local runner's workers follow parallel_trials alone.
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.preset("demo", {"beam_options": options, "parallel_trials": "1"})
+    with pytest.raises(config_lib.ConfigError, match=message):
+        dataclasses.replace(config_lib.preset("demo"), beam_options=config_lib.split_list(options)).validate()

@@ -1,11 +1,16 @@
 """Beam fan-out: results in order, failures recorded, resume, real worker processes."""
 
+import argparse
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from components.fanout import attempts, run_jobs
+from components.fanout import LOCAL_RUNNER_SETTINGS, WORKERS_DIR, attempts, beam_pipeline, check_beam_options, run_jobs
 
 JOB = "tests.fanout_toy_jobs:square"
 
@@ -84,3 +89,82 @@ def test_bad_arguments(tmp_path):
         run_jobs(_jobs([1]) * 2, str(tmp_path))
     results = run_jobs([{"id": "bad", "fn": "nocolon", "args": {}}], str(tmp_path))
     assert results[0]["failed"] and "module:function" in results[0]["error"]
+
+
+@pytest.mark.parametrize("options", [["--direct_num_workers=2"], ["--direct_running_mode=multi_threading"],
+                                     ["--direct_runner_bundle_repeat=1"], ["--direct_num_workers", "2"]])
+def test_the_local_runners_worker_settings_are_refused_naming_parallel_trials(tmp_path, options):
+    # Outside the cache key, they would run jobs side by side with full thread pools (other results).
+    with pytest.raises(ValueError, match=f"beam_options: '{options[0]}.*--parallel_trials"):
+        run_jobs(_jobs([1]), str(tmp_path), beam_options=options)
+    with pytest.raises(ValueError, match=f"'{options[0]}.*--parallel_trials"):
+        beam_pipeline(options)
+    assert not list(tmp_path.iterdir())  # refused before any job started
+    check_beam_options(["--runner=DirectRunner", *options])  # another runner's business
+
+
+def test_the_refused_settings_are_beams_and_the_others_leave_the_workers_alone():
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    parser = argparse.ArgumentParser()
+    DirectOptions._add_argparse_args(parser)
+    direct = {option for action in parser._actions for option in action.option_strings} - {"-h", "--help"}
+    # Read in apache_beam's fn_runner.py: these only concern the old DirectRunner, docker
+    # environments or split tests. A new DirectOptions option needs the same look.
+    harmless = {"--no_direct_runner_use_stacked_bundle", "--direct_embed_docker_python", "--direct_test_splits"}
+    assert direct == set(LOCAL_RUNNER_SETTINGS) | harmless
+
+
+def _live_processes_in_group(group: int) -> list[str]:
+    """Processes of a process group that are not zombies (a zombie has ended; its parent is gone)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(pid)
+    return found
+
+
+DRIVER = """
+import sys
+from components.fanout import run_jobs
+jobs = [{"id": f"job{i}", "fn": "tests.fanout_toy_jobs:square", "args": {"value": i, "sleep": 60.0}} for i in range(3)]
+try:
+    run_jobs(jobs, sys.argv[1], parallelism=2, poll_seconds=0.1)
+except KeyboardInterrupt:
+    print("driver: interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists processes through /proc")
+def test_ctrl_c_stops_the_worker_processes_quietly_and_loses_nothing(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run_jobs(_jobs([0]), str(tmp_path))  # job0 finished in an earlier run
+    finished = (tmp_path / "job0.json").read_text()
+    # Ctrl-C in a terminal reaches the whole foreground process group: driver and workers.
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], cwd=root, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while attempts(str(tmp_path), "job1") + attempts(str(tmp_path), "job2") < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert time.time() < deadline, "the two workers never started their jobs"
+    workers = [int(name) for name in os.listdir(tmp_path / WORKERS_DIR) if name.isdigit()]
+    os.killpg(driver.pid, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130
+    for noise in ("Traceback", "RpcError", "Exception in thread", "KeyboardInterrupt"):
+        assert noise not in stderr
+    assert stderr.rstrip().endswith("driver: interrupted")
+    assert len(workers) == 2 and not _live_processes_in_group(driver.pid)
+    # The jobs that were stopped did not use up one of their starts; what finished stays.
+    assert attempts(str(tmp_path), "job1") == attempts(str(tmp_path), "job2") == 0
+    assert not (tmp_path / "job1.json").exists() and (tmp_path / "job0.json").read_text() == finished
+    # Running again continues: the same jobs (quick this time), job0 not run again.
+    results = run_jobs(_jobs([0, 1, 2]), str(tmp_path))
+    assert [r["value"] for r in results] == [0, 1, 4] and (tmp_path / "job0.json").read_text() == finished
+    assert [attempts(str(tmp_path), f"job{i}") for i in range(3)] == [1, 1, 1]
