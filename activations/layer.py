@@ -54,8 +54,15 @@ per operator: XLA's CPU code calls the C library once per element for `sin`, `co
 `log1p`, and keeps intermediates in memory when differentiating the Bessel fits, which made such
 operators 5-25x relu's cost in the kernel. Float32 kernels therefore evaluate each operator's
 arithmetic-only form where it has one (`Operator.vector_fn`), and the Bessel functions carry
-their analytic derivatives (`bench/operator_cost.py` measures every operator). Higher-order
-gradients are not supported through the packed bfloat16 kernel.
+their analytic derivatives (`bench/operator_cost.py` measures every operator).
+
+Gradients of gradients (a gradient penalty, nested `GradientTape`s) work on every path. The
+packed words carry no gradient, so the packed backward pass is itself a custom gradient whose
+gradient is that of the plain-layout kernels, which compute the same function: first-order
+training runs the packed kernels unchanged, and only a second differentiation pays for the plain
+ones. Forward-mode autodiff (`tf.autodiff.ForwardAccumulator`) came back as None or zeros through
+the fused kernels' custom gradient, so the fused layer raises when an accumulator follows its
+input and names `implementation="ops"`, which supports it.
 """
 
 from __future__ import annotations
@@ -367,15 +374,70 @@ def _fused_kernel(text: str, vectorised: bool = True):
                 odd = reduce_to(contributions.pop(0), half)
                 yield tf.reshape(tf.stack([even, odd], axis=-1), [-1])  # channel order again
 
+    def split_run(run, n_params):
+        """(dx, contributions) from a backward kernel `run(part=...)`."""
+        if n_params == 1:
+            # Two kernels, each one loop over memory, beat one kernel with two outputs, for
+            # which XLA stores the intermediates both need (0.55-0.8x the time). With more
+            # parameters the second kernel has several outputs anyway and splitting lost.
+            (dx,), contributions = run(part="input"), run(part="params")
+            return dx, contributions
+        dx, *contributions = run()
+        return dx, contributions
+
+    def plain_gradients(x, dy, params):
+        """(dx, *parameter gradients) from the plain-layout kernels; differentiable again."""
+        dx, contributions = split_run(functools.partial(backward, x, dy, *params), len(params))
+        return (dx, *(reduce_to(c, p) for c, p in zip(contributions, params)))
+
+    def packed_gradients(words, halves, x, dy, params):
+        """(dx, *parameter gradients) from the packed kernels (`words` and `halves` of `kernel`)."""
+        shared = tuple(p.shape.rank == 0 for p in params)
+        run = functools.partial(backward_packed, words, _to_words(dy), *halves, shared=shared)
+        dx, contributions = split_run(run, len(params))
+        return (_from_words(dx, tf.shape(x)), *_reduce_packed(contributions, params))
+
+    def differentiated_as_plain(first_order, x, dy, params):
+        """`first_order(x, dy, params)` (the packed kernels), differentiable as `plain_gradients`.
+
+        The packed kernels see x and dy as uint32 words, which carry no gradient: an outer tape
+        (a gradient penalty, nested GradientTapes) missed every path through them and returned
+        None or a wrong sum. Both compute the same function (unpacking is exact, packing rounds
+        like a cast), so the gradient of the gradient is taken through the plain-layout kernels,
+        as for float32. Only a second differentiation runs `second_order`; first-order training
+        runs the packed kernels as before.
+        """
+
+        @tf.custom_gradient
+        def gradients(x, dy, *params):
+            grads = first_order(x, dy, params)
+
+            def second_order(*upstream):
+                sources = [x, dy, *params]
+                # A None upstream gradient would mean "ones" to tape.gradient; it means zeros.
+                upstream = [tf.zeros_like(g) if u is None else u for u, g in zip(upstream, grads)]
+                with tf.GradientTape() as tape:
+                    tape.watch(sources)
+                    again = plain_gradients(x, dy, params)
+                zero = tf.UnconnectedGradients.ZERO  # e.g. an expression linear in x
+                return tape.gradient(again, sources, output_gradients=upstream, unconnected_gradients=zero)
+
+            return grads, second_order
+
+        return gradients(x, dy, *params)
+
     @tf.custom_gradient
     def kernel(x, *params):
+        _refuse_forward_mode(x, *params)
         packed = x.dtype == tf.bfloat16 and x.shape.rank and x.shape[-1] is not None and x.shape[-1] % 2 == 0
         if packed:
             words = _to_words(x)
-            halves = [p if p.shape.rank == 0 else p[0::2] for p in params] + [
-                p if p.shape.rank == 0 else p[1::2] for p in params
+            # stop_gradient, as in the plain branch, also for the backward kernels: under the tape of a
+            # second differentiation they would otherwise run their variant that keeps intermediates.
+            halves = [tf.stop_gradient(p if p.shape.rank == 0 else p[0::2]) for p in params] + [
+                tf.stop_gradient(p if p.shape.rank == 0 else p[1::2]) for p in params
             ]
-            y = _from_words(forward_packed(words, *map(tf.stop_gradient, halves)), tf.shape(x))
+            y = _from_words(forward_packed(words, *halves), tf.shape(x))
         else:
             # stop_gradient: under an eager GradientTape, TensorFlow would otherwise run a variant of
             # the forward kernel that also writes out every intermediate (for a gradient the custom
@@ -383,28 +445,35 @@ def _fused_kernel(text: str, vectorised: bool = True):
             y = forward(tf.stop_gradient(x), *map(tf.stop_gradient, params))
 
         def grad(dy):
+            _refuse_forward_mode(dy)
             if packed:
-                shared = tuple(p.shape.rank == 0 for p in params)
-                run = functools.partial(
-                    backward_packed, words, _to_words(tf.cast(dy, x.dtype)), *halves, shared=shared
-                )
-            else:
-                run = functools.partial(backward, x, dy, *params)
-            if len(params) == 1:
-                # Two kernels, each one loop over memory, beat one kernel with two outputs, for
-                # which XLA stores the intermediates both need (0.55-0.8x the time). With more
-                # parameters the second kernel has several outputs anyway and splitting lost.
-                (dx,), contributions = run(part="input"), run(part="params")
-            else:
-                dx, *contributions = run()
-            if packed:
-                dx = _from_words(dx, tf.shape(x))
-                return (dx, *_reduce_packed(contributions, params))
-            return (dx, *(reduce_to(c, p) for c, p in zip(contributions, params)))
+                first_order = functools.partial(packed_gradients, words, halves)
+                return differentiated_as_plain(first_order, x, tf.cast(dy, x.dtype), params)
+            return plain_gradients(x, dy, params)
 
         return y, grad
 
     return kernel
+
+
+def _refuse_forward_mode(*tensors):
+    """Raise if a forward-mode accumulator (`tf.autodiff.ForwardAccumulator`) follows `tensors`.
+
+    TensorFlow computes forward-mode derivatives of a custom gradient by differentiating its
+    backward function, and did not record the XLA kernels' function calls while doing so: the
+    tangents came back as None, or as zeros inside a `tf.function`. An accumulator around a
+    `tf.function` that calls the layer is not visible here: there TensorFlow differentiates the
+    function's graph, which gave float32 correct tangents and bfloat16 None (now TensorFlow
+    raises an internal error).
+    """
+    from tensorflow.python.eager import forwardprop_util
+
+    if forwardprop_util.pack_tangents(list(tensors)).tangents:
+        raise NotImplementedError(
+            "forward-mode autodiff (tf.autodiff.ForwardAccumulator, e.g. a Hessian-vector product "
+            "by forward-over-reverse) is not supported by ParametricActivation's fused kernel; "
+            "use implementation='ops' for this layer, or reverse-over-reverse (nested GradientTapes)"
+        )
 
 
 def _tf_internal_dtype(dtype):

@@ -439,3 +439,78 @@ def test_numpy_scalars_are_accepted_as_initial_values():
     assert ParametricActivation("alpha*x", initial=np.float32(3)).initial_values == {"alpha": 3.0}
     with pytest.raises(ValueError, match="finite number"):
         ParametricActivation("alpha*x", initial=np.bool_(True))
+
+
+# --- gradients of gradients ----------------------------------------------------------------------
+
+
+def _second_order(layer, x, dtype, graph=False):
+    """Gradients w.r.t. x and the weights of a penalty on the layer's first-order gradients.
+
+    The penalty squares both the input gradient (as a WGAN-GP gradient penalty does) and the
+    parameter gradients, so every output of the backward pass is differentiated again.
+    """
+    weights = layer.trainable_weights
+
+    def run(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                loss = tf.reduce_sum(tf.cast(layer(x), "float32") * tf.sin(tf.cast(x, "float32")))
+            dx, *dparams = inner.gradient(loss, [x] + weights)
+            penalty = tf.reduce_sum(tf.square(tf.cast(dx, "float32")))
+            penalty += sum(tf.reduce_sum(g * g) for g in dparams)
+        return outer.gradient(penalty, [x] + weights)
+
+    return (tf.function(run) if graph else run)(tf.constant(x, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    "expression, sharing, shape, graph",
+    [
+        ("max(relu(x), cosh(elu(x)))", "layer", (3, 5, 4), False),  # no parameters
+        ("x * sigmoid(beta * x)", "channel", (3, 5, 4), False),  # one parameter: split backward kernels
+        ("alpha * x * sigmoid(beta * x) + gamma", "layer", (3, 5, 4), False),
+        ("alpha * x * sigmoid(beta * x) + gamma", "channel", (4, 4, 6), False),  # packed and tiled rows
+        ("alpha * x * sigmoid(beta * x) + gamma", "channel", (4, 4, 6), True),  # inside a tf.function
+        ("x * sigmoid(beta * x)", "channel", (3, 5), False),  # odd channel count: the plain layout
+    ],
+)
+def test_second_order_gradients_under_bfloat16_match_float32_and_portable(expression, sharing, shape, graph):
+    """Even channel counts take the packed kernel, whose uint32 words carry no gradient of their own."""
+    x = np.float32(tf.cast(_inputs(shape), tf.bfloat16))  # the same values in both precisions
+    layers = {
+        (kind, policy): ParametricActivation(expression, sharing=sharing, implementation=kind, dtype=policy)
+        for kind, policy in [("fused", "mixed_bfloat16"), ("fused", "float32"), ("ops", "mixed_bfloat16")]
+    }
+    for layer in layers.values():
+        layer.build(x.shape)
+    packed = layers["fused", "mixed_bfloat16"]
+    _set_parameters(packed)
+    for layer in layers.values():
+        layer.set_weights(packed.get_weights())
+    got = _second_order(packed, x, "bfloat16", graph)
+    assert len(got) == 1 + len(packed.expression.parameters) and all(g is not None for g in got)
+    assert got[0].dtype == "bfloat16" and all(g.dtype == "float32" for g in got[1:])
+    for reference in (_second_order(layers["fused", "float32"], x, "float32"),
+                      _second_order(layers["ops", "mixed_bfloat16"], x, "bfloat16")):
+        for g, expected in zip(got, reference):
+            scale = float(np.max(np.abs(np.float32(expected))))
+            np.testing.assert_allclose(np.float32(g), np.float32(expected), rtol=2e-2, atol=2e-2 * scale)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_forward_mode_autodiff_through_the_fused_kernel_is_refused_and_the_portable_path_gives_it(policy):
+    x = tf.cast(_inputs((3, 4)), policy.split("_")[-1])
+    fused, portable = (
+        ParametricActivation("x * sigmoid(x)", implementation=kind, dtype=policy) for kind in ("fused", "ops")
+    )
+    with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)) as accumulator:
+        with pytest.raises(NotImplementedError, match="forward-mode autodiff.*implementation='ops'"):
+            fused(x)
+        y = portable(x)
+    x = np.float32(x)
+    sigmoid = 1 / (1 + np.exp(-x))
+    derivative = sigmoid * (1 + x * (1 - sigmoid))
+    np.testing.assert_allclose(np.float32(accumulator.jvp(y)), derivative, rtol=2e-2, atol=2e-2)
