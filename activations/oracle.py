@@ -82,6 +82,7 @@ from activations import space as space_module
 from activations.controller import CoreUnitController
 from activations.equivalence import check, fingerprint
 from activations.expression import Expression, ExpressionError, parse
+from activations.stopping import QuantileStopping
 
 GENOME = "activation"
 PARENTS = "evolution/parents"
@@ -127,6 +128,22 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None
 def _check_rate(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _stopping_rule(stopping) -> QuantileStopping | None:
+    if stopping is None or isinstance(stopping, QuantileStopping):
+        return stopping
+    if isinstance(stopping, bool) or not isinstance(stopping, (int, float)):
+        raise ValueError(f"stopping must be a QuantileStopping, a quantile in (0, 1) or None, got {stopping!r}")
+    return QuantileStopping(quantile=float(stopping))
+
+
+def _finite_or_none(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _rng_state_to_json(state) -> list:
@@ -179,6 +196,9 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             fingerprint probe points, as in AQuaSurF) ranks best is proposed.
         max_attempts: offspring tried per proposal before the oracle gives up for now.
         idle_sleep: seconds to sleep when answering IDLE (KerasTuner's loop does not sleep).
+        stopping: a `QuantileStopping` rule (or a quantile, for the rule with its defaults) that
+            stops hopeless trials after an epoch (`observe`, `EvolutionaryTuner`; a batch driver
+            hands `stopping_thresholds()` to its trainings); None: every trial runs in full.
         seed: random seed; same seed and same results give the same proposals.
         hyperparameters, allow_new_entries, tune_new_entries, max_retries_per_trial,
         max_consecutive_failed_trials: as for `keras_tuner.Oracle`. Other hyper-parameters a
@@ -203,6 +223,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         offspring_candidates: int = 1,
         max_attempts: int = 50,
         idle_sleep: float = 0.1,
+        stopping: QuantileStopping | float | None = None,
         seed: int | None = None,
         hyperparameters=None,
         allow_new_entries: bool = True,
@@ -255,6 +276,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self.offspring_candidates = int(offspring_candidates)
         self.max_attempts = int(max_attempts)
         self.idle_sleep = float(idle_sleep)
+        self.stopping = _stopping_rule(stopping)
         if seed_functions is None:
             seed_functions = () if strategy == "exhaustive" else DEFAULT_SEEDS
         if isinstance(seed_functions, (str, Expression)):
@@ -747,10 +769,15 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             trials.append(trial)
         return trials
 
-    def report(self, trial_id: str, value: float | Mapping[str, float] | None = None, error: str | None = None):
+    def report(self, trial_id: str, value: float | Mapping[str, float] | None = None, error: str | None = None,
+               *, curve: Sequence[float | None] | None = None, stopped_at: int | None = None):
         """Finish a trial from a batch executor: its objective value (or metrics dict), or an
         `error` message. An error or a NaN value makes the trial INVALID, so KerasTuner's
-        retries (`max_retries_per_trial`) apply before it is FAILED with the worst fitness."""
+        retries (`max_retries_per_trial`) apply before it is FAILED with the worst fitness.
+
+        `curve` (the objective after each epoch) feeds the stopping rule's thresholds for later
+        trials; `stopped_at` is the epoch (from 1) after which the rule stopped this trial.
+        """
         if trial_id not in self.trials:
             raise KeyError(f"unknown trial id {trial_id!r}")
         trial = self.trials[trial_id]
@@ -761,6 +788,13 @@ class EvolutionaryOracle(keras_tuner.Oracle):
                 f"trial {trial_id!r} is {trial.status}, not RUNNING: report each trial once, after "
                 "create_trial / propose_batch handed it out"
             )
+        if stopped_at is not None:
+            _check_int("stopped_at", stopped_at, 1)
+        info = self._individuals.get(trial_id)
+        if info is not None:
+            if curve is not None:
+                info["curve"] = [_finite_or_none(v) for v in curve]
+            info["stopped_at"] = stopped_at
         if error is None:
             metrics = dict(value) if isinstance(value, Mapping) else {self.objective.name: float(value)}
             self.update_trial(trial_id, metrics)
@@ -770,6 +804,34 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             trial.message = str(error)
         self.end_trial(trial)
         return self.trials[trial_id]
+
+    # --- early stopping ------------------------------------------------------------------------
+
+    def stopping_thresholds(self) -> list[float | None]:
+        """Per epoch index i (after epoch i + 1): the objective value a running trial's best so
+        far must reach to go on, from the curves of the trials that have ended (None: no bar
+        there). Empty without a stopping rule. A batch driver hands this to its trainings."""
+        if self.stopping is None:
+            return []
+        ended = [self._individuals[tid] for tid in self._ingested if self._individuals[tid].get("curve")]
+        return self.stopping.thresholds([info["curve"] for info in ended], self.objective.direction,
+                                        [info.get("stopped_at") is not None for info in ended])
+
+    def observe(self, trial_id: str, epoch: int, value: float | None) -> bool:
+        """Record a running trial's objective after `epoch` (from 0); True when the stopping rule
+        says to stop it now (the trial then ends with its best value so far)."""
+        info = self._individuals.get(trial_id)
+        if info is None or info["status"] != _RUNNING:
+            return False
+        curve = info.setdefault("curve", [])
+        del curve[epoch:]  # a trial started again (a retry) records its curve afresh
+        curve.extend([None] * (epoch - len(curve)) + [_finite_or_none(value)])
+        info["stopped_at"] = None
+        if self.stopping is None or not self.stopping.should_stop(curve, self.stopping_thresholds(),
+                                                                   self.objective.direction):
+            return False
+        info["stopped_at"] = epoch + 1
+        return True
 
     def is_finished(self) -> bool:
         """True when nothing is in flight and the budget is spent or the strategy has nothing
@@ -802,11 +864,13 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         totals["completed"] = statuses.count(_COMPLETED)
         totals["failed"] = statuses.count(_FAILED)
         totals["running"] = statuses.count(_RUNNING)
+        totals["stopped_early"] = sum(1 for info in self._individuals.values() if info.get("stopped_at"))
         return totals
 
     def history(self) -> list[dict]:
         """Per generation: best, median and best-so-far fitness of its evaluated trials, the
-        number of distinct functions proposed so far, and its duplicate and rejected offspring."""
+        number of distinct functions proposed so far, its duplicate and rejected offspring, and
+        its trials the stopping rule cut short."""
         better = max if self.objective.direction == "max" else min
         rows, best_so_far, distinct = [], None, 0
         for generation, counts in enumerate(self._generations):
@@ -823,6 +887,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
                     "completed": len(scores),
                     "failed": sum(1 for info in members if info["status"] == _FAILED),
                     "running": sum(1 for info in members if info["status"] == _RUNNING),
+                    "stopped_early": sum(1 for info in members if info.get("stopped_at")),
                     "best": best,
                     "median": statistics.median(scores) if scores else None,
                     "best_so_far": best_so_far,
@@ -860,3 +925,18 @@ class EvolutionaryTuner(keras_tuner.Tuner):
     def __init__(self, hypermodel=None, **kwargs):
         oracle_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _ORACLE_ARGUMENTS}
         super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)
+
+    def on_epoch_end(self, trial, model, epoch, logs=None):
+        """With a stopping rule, stops a hopeless trial's `fit` after this epoch.
+
+        Applies when the oracle is in this process and has one objective; a worker of
+        KerasTuner's distributed mode talks to the chief's oracle over gRPC, which carries no
+        per-epoch values, and runs every trial in full.
+        """
+        super().on_epoch_end(trial, model, epoch, logs)
+        oracle = self.oracle
+        name = getattr(getattr(oracle, "objective", None), "name", None)
+        if getattr(oracle, "stopping", None) is None or not logs or name not in logs:
+            return
+        if oracle.observe(trial.trial_id, epoch, float(logs[name])):
+            model.stop_training = True

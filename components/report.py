@@ -110,7 +110,9 @@ def write_report(
                       "proposals, whatever the strategy); how many distinct functions the search "
                       "had proposed by the end of the generation (a running total); and how many "
                       "of the generation's candidates were rejected before training, or were "
-                      "duplicates of functions already proposed (neither is trained).")
+                      "duplicates of functions already proposed (neither is trained), and how many of "
+                      "its trials were stopped early, after an epoch below most earlier trials "
+                      "(their fitness is their best until then).")
         doc.image(figures["evolution"], "Best and median fitness per generation")
         doc.table(*_history_table(history))
     if trials:
@@ -207,9 +209,11 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
             parents = [p for p in parents.split(",") if p]
         fitness = _finite(trial.get("fitness"))
         trial_id = trial.get("trial_id")
+        stopped = trial.get("stopped_at")
         rows.append([str(rank), "—" if trial_id is None else _Code(str(trial_id)),
                      _Code(str(trial["expression"])),
-                     "—" if fitness is None else f"{fitness:.4f}",
+                     ("—" if fitness is None else f"{fitness:.4f}")
+                     + (f" (stopped after epoch {stopped})" if stopped else ""),
                      str(trial.get("generation", "—")),
                      _CodeList([str(p) for p in parents]) if parents else "—",
                      _simplest_form(str(trial["expression"]))])
@@ -253,7 +257,8 @@ def _runs_section(doc: "_Document", runs, metric: str) -> None:
     doc.table(["Function", "Seed", metric, "val_accuracy", "Diverged"], rows)
 
 
-_COUNT_LABELS = {"distinct": "distinct so far", "rejected": "rejected", "duplicates": "duplicates"}
+_COUNT_LABELS = {"distinct": "distinct so far", "rejected": "rejected", "duplicates": "duplicates",
+                 "stopped_early": "stopped early"}
 """The history's candidate counts: `distinct` is a running total, the others are per generation."""
 
 

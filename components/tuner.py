@@ -2,7 +2,10 @@
 
 The `EvolutionaryOracle` is driven as a batch executor: it proposes a generation of trials
 (`propose_batch`), the trials are trained in parallel through Beam (`parallel_trials` workers),
-and their validation accuracies go back to the oracle (`report`). The oracle keeps its state in
+and their validation accuracies go back to the oracle (`report`). With `stop_quantile`, each trial gets the
+oracle's stopping bars (`activations.stopping`) computed from the trials that ended before it, and
+stops after an epoch below them; its learning curve goes back to the oracle for the next bars.
+The oracle keeps its state in
 the component's resume directory and every finished trial's result is kept there too, so a search
 that was interrupted or crashed continues where it stopped: no finished trial is trained again.
 
@@ -56,7 +59,23 @@ class TunerSpec(ComponentSpec):
         "beam_options": Parameter(list, default=[], in_cache_key=False),
         "top_k": Parameter(int, default=3),
         "seed": Parameter(int, default=0),
+        "stop_quantile": Parameter(float, default=None,
+                                   doc="stop a trial after an epoch below this quantile of earlier trials "
+                                       "(activations.stopping.QuantileStopping); None: every trial runs in full"),
     }
+
+
+def stopping_rule(quantile: float | None, epochs: int, population_size: int):
+    """The rule of a search whose trials run `epochs` epochs: none without a quantile; otherwise
+    a grace of a quarter of the epochs (at least one), and bars only once a generation (at least
+    five trials) has ended, so the first bars do not come from the seed functions alone (all
+    strong ones, which would cut most random newcomers)."""
+    from activations.stopping import QuantileStopping
+
+    if not quantile:
+        return None
+    return QuantileStopping(quantile=float(quantile), grace_epochs=max(1, int(epochs) // 4),
+                            min_trials=max(5, int(population_size)))
 
 
 def _job_id(trial_id: str, fingerprint: str) -> str:
@@ -64,7 +83,8 @@ def _job_id(trial_id: str, fingerprint: str) -> str:
     return f"trial_{trial_id}_{fingerprint}"
 
 
-def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str) -> dict[str, Any]:
+def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str,
+         stop_below: list[float | None]) -> dict[str, Any]:
     import activations
 
     expression = trial.hyperparameters.get(GENOME)
@@ -72,6 +92,7 @@ def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str
     config = {
         **train_config,
         "activation": expression,
+        "stop_below": stop_below if any(bar is not None for bar in stop_below) else None,
         "output_dir": os.path.join(work, "trials", job_id),
         "tensorboard": False,
         "save_model": False,
@@ -120,6 +141,7 @@ class TunerExecutor(BaseExecutor):
             # raise errors are watched below instead (KerasTuner's own limit would also fire again
             # on every resume, since it counts over the whole saved history).
             max_consecutive_failed_trials=None,
+            stopping=stopping_rule(p.get("stop_quantile"), p["train_config"].get("epochs", 1), p["population_size"]),
         )
         oracle.verbose = 0  # one progress line per trial below replaces KerasTuner's tables
         oracle.set_project_dir(work, "oracle")
@@ -128,13 +150,16 @@ class TunerExecutor(BaseExecutor):
             batch = oracle.propose_batch(None if p["parallel_trials"] > 1 else 1)
             if not batch:
                 break
-            jobs = {trial.trial_id: _job(trial, examples.uri, p["train_config"], p["train_examples"], work) for trial in batch}
+            bars = oracle.stopping_thresholds()  # from the trials that ended before this batch
+            jobs = {trial.trial_id: _job(trial, examples.uri, p["train_config"], p["train_examples"], work, bars)
+                    for trial in batch}
             results = run_jobs(list(jobs.values()), os.path.join(work, "results"),
                                parallelism=p["parallel_trials"], beam_options=p["beam_options"])
             for trial, result in zip(batch, results):
                 fitness, error = _fitness(result)
-                oracle.report(trial.trial_id, value=fitness, error=error)
-                self._progress(oracle, trial, fitness, error)
+                oracle.report(trial.trial_id, value=fitness, error=error,
+                              curve=(result.get("history") or {}).get(OBJECTIVE), stopped_at=result.get("stopped_at"))
+                self._progress(oracle, trial, fitness, error, result.get("stopped_at"))
                 errors_in_a_row = errors_in_a_row + 1 if result.get("failed") else 0
                 if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                     raise TrialsFailingError(
@@ -157,11 +182,13 @@ class TunerExecutor(BaseExecutor):
             raise
         self._write(output_dict["search_results"][0], oracle, trials, p["top_k"])
 
-    def _progress(self, oracle, trial, fitness: float | None, error: str | None) -> None:
+    def _progress(self, oracle, trial, fitness: float | None, error: str | None, stopped_at: int | None) -> None:
         counts = oracle.counts()
         done = counts["completed"] + counts["failed"]
         best = max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)
         outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
+        if stopped_at:
+            outcome += f" (stopped after epoch {stopped_at}: below most earlier trials)"
         best_text = f"{best:.4f}" if best is not None else "n/a"
         # Named by its id (as in trials.jsonl, the report and `actsearch show`, counting from 0),
         # then how many trials have finished.
@@ -222,6 +249,7 @@ def _trial_records(oracle, results_dir: str) -> list[dict[str, Any]]:
             "generation": info.get("generation"),
             "operator": info.get("operator"),
             "parents": info.get("parents"),
+            "stopped_at": info.get("stopped_at"),
             "seconds": result.get("job_seconds"),
             "images_per_sec": result.get("images_per_sec"),
             "error": error,

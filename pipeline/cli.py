@@ -234,7 +234,8 @@ def command_compile() -> int:
     config = build_config()
     pipeline = create_pipeline(config)
     try:
-        path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=config.resources)
+        path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=config.resources,
+                                resume_root=config.resume_root or None)
     except OSError as error:
         raise UsageError(f"cannot write {FLAGS.output!r}: {error.strerror or error}") from None
     print(f"wrote the Kubeflow pipeline {config.name!r} ({len(pipeline.components)} steps, image {config.image}) to {path}")

@@ -83,6 +83,7 @@ class PipelineConfig:
     trial_epochs: int = 3
     trial_examples: int | None = None
     parallel_trials: int = 1
+    stop_quantile: float = 0.25
     top_k: int = 3
     # Final training and evaluation.
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["relu", "swish", "gelu"])
@@ -96,6 +97,7 @@ class PipelineConfig:
     pipeline_root: str = "runs/demo"
     beam_options: list[str] = dataclasses.field(default_factory=list)
     image: str = "actsearch:latest"
+    resume_root: str = ""
     resources: dict[str, dict] = dataclasses.field(default_factory=lambda: {
         step: {"cpu": "4", "memory": "16G"} for step in TRAINING_STEPS})
 
@@ -135,6 +137,8 @@ class PipelineConfig:
         for name in ("validation_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"{name} must lie in (0, 0.5), got {getattr(self, name)}")
+        if not 0.0 <= self.stop_quantile < 1.0:
+            raise ConfigError(f"stop_quantile must lie in [0, 1) (0: no early stopping), got {self.stop_quantile}")
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"alpha must lie in (0, 1), got {self.alpha}")
         if self.learning_rate <= 0:
@@ -147,6 +151,9 @@ class PipelineConfig:
         if "relu" not in self.baselines:
             raise ConfigError(f"baselines must include relu (the reference of the comparison), got {self.baselines}")
         _check_beam_options(self.beam_options)
+        if self.resume_root and (not self.resume_root.startswith("/") or "://" in self.resume_root):
+            raise ConfigError(f"resume_root must be empty or an absolute path every Kubeflow step sees (a mounted "
+                              f"volume, or /gcs/<bucket>/... for gs://<bucket>/...), got {self.resume_root!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +209,10 @@ FIELD_HELP: dict[str, str] = {
     "trial_epochs": "training epochs of each search trial",
     "trial_examples": "cap on the training examples of each search trial (none: the whole train split)",
     "parallel_trials": "trials and final runs at once (Beam workers; one GPU each when there are GPUs)",
+    "stop_quantile": "a search trial stops early when, after an epoch, its best validation accuracy so far is "
+                     "below this quantile of the earlier trials' at that epoch (checked from a quarter of "
+                     "trial_epochs on, once population_size trials, at least 5, have ended), in [0, 1) "
+                     "(0: every trial runs in full)",
     "top_k": "best functions of the search that go on to the final training",
     "baselines": "comma-separated functions trained beside the winners; must include relu",
     "final_model": "child network of the final training (none: the same as --model)",
@@ -215,6 +226,9 @@ FIELD_HELP: dict[str, str] = {
     "beam_options": "comma-separated Apache Beam pipeline options of the fan-out "
                     "(e.g. --runner=DataflowRunner,--project=...)",
     "image": "container image of the compiled Kubeflow pipeline's steps",
+    "resume_root": "compiled Kubeflow pipeline: an absolute path every step sees (a shared volume, or "
+                   "/gcs/<bucket>/... for gs://<bucket>/...) where a step keeps its resume state, so a "
+                   "preempted or failed step continues (empty: it starts over)",
     "resources": "JSON mapping component id to Kubeflow resource requests, e.g. "
                  '{"trainer": {"cpu": "8", "memory": "32G"}} (replaces the preset\'s mapping)',
 }

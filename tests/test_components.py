@@ -249,6 +249,47 @@ def test_the_tuner_runs_the_rl_controller_and_the_trainer_names_its_proposals(tm
     assert chosen["origin"].startswith(f"search RL controller proposal, trial {controller_item['trial_id']}")
 
 
+def test_trials_below_most_earlier_ones_stop_early_with_bars_from_the_trials_before(tmp_path, monkeypatch):
+    import json
+
+    from activations.stopping import is_below
+
+    bars_seen = []
+
+    def curve_by_tanh(config, examples_uri, train_examples=None):
+        # Functions with tanh learn (0.6, 0.7, 0.8 after epochs 1-3); the others start lower.
+        bars = config.get("stop_below") or []
+        bars_seen.append(bars)
+        text = config["activation"]
+        start = 0.6 if "tanh" in text else 0.1 + 0.05 * (len(text) % 7)
+        curve, stopped_at = [], None
+        for epoch in range(3):
+            curve.append(start + 0.1 * epoch)
+            if epoch < 2 and epoch < len(bars) and is_below(max(curve), bars[epoch]):
+                stopped_at = epoch + 1
+                break
+        return {"best_val_accuracy": max(curve), "history": {"val_accuracy": curve}, "stopped_at": stopped_at}
+
+    events = []
+    out = _run_tuner(tmp_path, monkeypatch, curve_by_tanh, max_trials=12, progress=events.append,
+                     train_config={"epochs": 3}, stop_quantile=0.25)
+    trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
+    assert all(not bars for bars in bars_seen[:5])  # no bar before five trials have ended
+    assert all(bars for bars in bars_seen[5:])
+    stopped = [t for t in trials if t["stopped_at"]]
+    assert stopped and all("tanh" not in t["expression"] for t in stopped)
+    assert all(t["stopped_at"] is None for t in trials if "tanh" in t["expression"])
+    assert all(t["stopped_at"] is None for t in trials[:5])
+    counts = json.load(open(out.path("counts.json")))
+    assert counts["stopped_early"] == len(stopped)
+    lines = [str(event) for event in events if event.total]
+    assert sum("(stopped after epoch 1: below most earlier trials)" in line for line in lines) == len(stopped)
+    # Without a quantile no trial gets bars.
+    bars_seen.clear()
+    _run_tuner(tmp_path / "off", monkeypatch, curve_by_tanh, max_trials=8, train_config={"epochs": 3})
+    assert bars_seen and not any(bars_seen)
+
+
 def test_trials_that_keep_raising_stop_the_search_with_the_reason(tmp_path, monkeypatch):
     import json
 

@@ -111,3 +111,25 @@ def test_beam_options_that_would_change_results_or_be_dropped_are_refused(option
         config_lib.preset("demo", {"beam_options": options, "parallel_trials": "1"})
     with pytest.raises(config_lib.ConfigError, match=message):
         dataclasses.replace(config_lib.preset("demo"), beam_options=config_lib.split_list(options)).validate()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("stop_quantile", "1", "stop_quantile must lie in \\[0, 1\\) \\(0: no early stopping\\), got 1.0"),
+    ("stop_quantile", "-0.1", "stop_quantile must lie in"),
+    ("resume_root", "gs://bucket/resume", "resume_root must be empty or an absolute path"),
+    ("resume_root", "relative/dir", "resume_root must be empty or an absolute path"),
+])
+def test_early_stopping_and_resume_root_values_are_checked(field, value, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.preset("demo", {field: value})
+
+
+def test_early_stopping_reaches_the_tuner_and_zero_switches_it_off():
+    from pipeline.dag import create_pipeline
+
+    def tuner_quantile(**overrides):
+        return create_pipeline(config_lib.preset("demo", overrides)).component("tuner").exec_properties["stop_quantile"]
+
+    assert tuner_quantile() == 0.25 and tuner_quantile(stop_quantile="0.5") == 0.5
+    assert tuner_quantile(stop_quantile="0") is None
+    assert config_lib.preset("demo", {"resume_root": "/gcs/b/r"}).resume_root == "/gcs/b/r"

@@ -135,6 +135,17 @@ def test_trials_show_the_simplest_form_of_roundabout_expressions(tmp_path, input
     assert rows["`not an expression(`"].endswith("| — |")
 
 
+def test_trials_the_search_stopped_early_are_marked_and_counted(tmp_path, inputs):
+    trials = [dict(trial_id="03", expression="tanh(x)", fitness=0.9, generation=0, parents=[], stopped_at=None),
+              dict(trial_id="07", expression="sin(x)", fitness=0.2, generation=1, parents=["03"], stopped_at=1)]
+    history = [dict(row, stopped_early=row["generation"] % 2) for row in inputs["history"]]
+    md = _write(tmp_path, inputs, trials=trials, history=history)[0].read_text()
+    assert "| 2 | `07` | `sin(x)` | 0.2000 (stopped after epoch 1) | 1 |" in md
+    assert "| 1 | `03` | `tanh(x)` | 0.9000 | 0 |" in md
+    assert "| Generation | Best | Median | Distinct so far | Rejected | Duplicates | Stopped early |" in md
+    assert "| 1 | 0.54 | 0.43 | 8 | 1 | 1 | 1 |" in md
+
+
 def test_the_command_that_recreates_the_run_is_shown_verbatim(tmp_path, inputs):
     command = "actsearch run --seed_functions='relu,add(x,relu(x))' --name=\"a<b>&c\""
     md_path, html_path = _write(tmp_path, inputs, command=command)

@@ -127,6 +127,31 @@ def test_an_exploding_activation_diverges(digits):
     assert math.isnan(result.score) and result.epochs_run == 1
 
 
+def test_a_run_below_the_bar_of_an_epoch_stops_early(digits):
+    # Bars a search hands its trials: an impossible one after epoch 2 of 4 stops the run there.
+    stopped = train(tiny(epochs=4, stop_below=[None, 1.01, None]), digits)
+    assert stopped.stopped_at == 2 and stopped.epochs_run == 2 and not stopped.diverged
+    assert stopped.best_val_accuracy == max(stopped.history["val_accuracy"])
+    full = train(tiny(epochs=4, stop_below=[0.0, 0.0, None, 1.01]), digits)  # bars met; the last epoch never stops
+    assert full.stopped_at is None and full.epochs_run == 4
+    assert full.history["val_accuracy"][:2] == stopped.history["val_accuracy"]  # same run until the stop
+
+
+def test_the_bar_compares_the_best_so_far_including_epochs_before_a_resume():
+    from trainer.callbacks import StopBelow
+
+    bar = StopBelow([0.5, 0.7, 0.7], epochs=4)
+    bar.set_model(keras.Sequential())
+    bar.seen([0.8])  # epoch 1, run before the interruption
+    bar.on_epoch_end(1, {"val_accuracy": 0.6})
+    assert bar.stopped_at is None and bar.best == 0.8
+    fresh = StopBelow([0.5, 0.7, 0.7], epochs=4)
+    fresh.set_model(keras.Sequential())
+    fresh.on_epoch_end(0, {"val_accuracy": 0.55})
+    fresh.on_epoch_end(1, {"val_accuracy": math.nan})  # a non-finite value keeps the best so far
+    assert fresh.stopped_at == 2 and fresh.model.stop_training
+
+
 # --------------------------------------------------------------------------------------------
 # Resume and reproducibility
 
@@ -338,7 +363,9 @@ def test_config_round_trips_and_rejects_bad_values():
                                   ("seed", -1, r"\[0, 2\*\*32\)"), ("seed", 2**40, r"\[0, 2\*\*32\)"),
                                   ("activation", "x**", "is invalid: not a known name or a valid expression"),
                                   ("resume", "no", "True or False"), ("quiet", "false", "True or False"),
-                                  ("output_dir", "", "a directory path"), ("splits", None, "three fractions")]:
+                                  ("output_dir", "", "a directory path"), ("splits", None, "three fractions"),
+                                  ("stop_below", 0.5, "a list of numbers"), ("stop_below", [0.5, "x"], "a list of numbers"),
+                                  ("stop_below", [math.nan], "a list of numbers")]:
         with pytest.raises(TrainConfigError, match=f"TrainConfig.{field}=.*{message}"):
             tiny(**{field: value})
 

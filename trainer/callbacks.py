@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 import activations
+from activations.stopping import is_below
 from trainer.models import activation_layers
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,38 @@ class StepLimit(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._iterations() >= self.steps:
             self.model.stop_training = True
+
+
+class StopBelow(keras.callbacks.Callback):
+    """Stops a run whose best validation accuracy so far misses the bar of its epoch.
+
+    ``bars[i]`` applies after epoch i + 1 (None: no bar). The last epoch never stops (the run
+    ends anyway), so ``stopped_at`` (the epoch, from 1, after which the run stopped) marks runs
+    that were really cut short. A resumed run first hands the epochs it already ran to `seen`.
+    """
+
+    def __init__(self, bars, epochs: int):
+        super().__init__()
+        self.bars = list(bars)
+        self.epochs = int(epochs)
+        self.best: float | None = None
+        self.stopped_at: int | None = None
+
+    def seen(self, values) -> None:
+        for value in values:
+            self._update(value)
+
+    def _update(self, value) -> None:
+        if value is not None and math.isfinite(float(value)):
+            self.best = float(value) if self.best is None else max(self.best, float(value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._update((logs or {}).get("val_accuracy"))
+        bar = self.bars[epoch] if epoch < len(self.bars) else None
+        if epoch + 1 < self.epochs and is_below(self.best, bar):
+            self.model.stop_training = True
+            self.stopped_at = epoch + 1
+            logger.info("stopped after epoch %d: best val_accuracy %s is below %.4f", epoch + 1, self.best, bar)
 
 
 def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:

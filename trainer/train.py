@@ -63,6 +63,7 @@ from trainer.callbacks import (
     EpochSeeds,
     EpochStats,
     StepLimit,
+    StopBelow,
     activation_parameter_stats,
 )
 from trainer.input_pipeline import input_normalization, make_pipeline
@@ -130,6 +131,10 @@ class TrainConfig:
       evaluate_test: evaluate the test split at the end.
       deterministic: deterministic TensorFlow kernels (slower; for exact repeatability).
       quiet: no per-epoch progress lines.
+      stop_below: per epoch, the validation accuracy the run's best so far must reach to go on:
+        after epoch i + 1 a run whose best is below ``stop_below[i]`` stops early (None entries,
+        epochs past the list and the last epoch never stop). A search's trials get these bars
+        from the trials before them (``activations.stopping``) to drop hopeless candidates.
     """
 
     model: str = "small_cnn"
@@ -163,6 +168,7 @@ class TrainConfig:
     evaluate_test: bool = True
     deterministic: bool = False
     quiet: bool = False
+    stop_below: list[float | None] | None = None
 
     def __post_init__(self):
         self.validate()
@@ -227,6 +233,9 @@ class TrainConfig:
         for name in ("nesterov", "resume", "tensorboard", "save_model", "evaluate_test", "deterministic", "quiet"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 fail(name, "expected True or False")
+        if self.stop_below is not None and (not isinstance(self.stop_below, (list, tuple)) or not all(
+                bar is None or is_number(bar) for bar in self.stop_below)):
+            fail("stop_below", "expected None or a list of numbers (or None) per epoch")
         if self.output_dir is not None and (not isinstance(self.output_dir, (str, os.PathLike))
                                             or not os.fspath(self.output_dir).strip()):
             fail("output_dir", "expected None or a directory path")
@@ -294,6 +303,7 @@ class TrainResult:
     test_accuracy: float | None = None
     test_loss: float | None = None
     epochs_run: int = 0
+    stopped_at: int | None = None
     steps_run: int = 0
     initial_epoch: int = 0
     train_time: float = 0.0
@@ -496,6 +506,9 @@ class _RunCallbacks:
         self.callbacks: list[keras.callbacks.Callback] = [self.monitor, seeds, EpochStats(batch_size)]
         if config.steps is not None:
             self.callbacks.append(StepLimit(config.steps))
+        self.bar = StopBelow(config.stop_below, epochs) if config.stop_below else None
+        if self.bar is not None:
+            self.callbacks.append(self.bar)
         self.callbacks.append(self.history)
         summaries = os.path.join(paths.logs, "activations") if paths.root and config.tensorboard else None
         if paths.root:
@@ -643,6 +656,8 @@ def train(
         run = _RunCallbacks(config, paths, epochs, batch_size, print_fn)
         if run.backup:
             _align_data_order(train_ds, paths.backed_up_epoch(), steps_per_epoch, batches_per_epoch)
+            if run.bar is not None:  # the best of the epochs before the interruption still counts
+                run.bar.seen(_read_history(paths.history).get("val_accuracy", [])[: paths.backed_up_epoch()])
         monitor = run.monitor
 
         model.fit(
@@ -686,6 +701,7 @@ def train(
         test_accuracy=_finite(test_accuracy),
         test_loss=_finite(test_loss),
         epochs_run=epochs_run,
+        stopped_at=run.bar.stopped_at if run.bar is not None else None,
         steps_run=int(keras.ops.convert_to_numpy(model.optimizer.iterations.value)),
         initial_epoch=initial_epoch,
         train_time=float(sum(times)),
@@ -714,8 +730,9 @@ def train(
     return result
 
 
-_NOT_TRAINING = ("output_dir", "resume", "tensorboard", "save_model", "evaluate_test", "quiet")
-"""TrainConfig fields that do not change what a run trains: a backup resumes across them."""
+_NOT_TRAINING = ("output_dir", "resume", "tensorboard", "save_model", "evaluate_test", "quiet", "stop_below")
+"""TrainConfig fields that do not change what a run trains (`stop_below` only where it may end):
+a backup resumes across them."""
 
 
 def _changed_fields(stored_path: str, config: "TrainConfig") -> list[str]:

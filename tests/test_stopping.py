@@ -1,0 +1,137 @@
+"""Early stopping of hopeless trials: the quantile rule, and the oracle and tuner that apply it."""
+
+import json
+import types
+
+import keras_tuner
+import numpy as np
+import pytest
+
+from activations.oracle import DEFAULT_SEEDS, EvolutionaryOracle, EvolutionaryTuner
+from activations.stopping import QuantileStopping, is_below
+
+ACCURACY = keras_tuner.Objective("val_accuracy", direction="max")
+
+
+def test_thresholds_are_the_quantile_of_earlier_bests_per_epoch():
+    rule = QuantileStopping(quantile=0.25, grace_epochs=1, min_trials=3)
+    curves = [[0.5, 0.4, 0.9], [0.2, 0.6, 0.7], [0.3, 0.35], [0.8, 0.9, 0.95]]
+    # Bests so far: [0.5, 0.5, 0.9], [0.2, 0.6, 0.7], [0.3, 0.35], [0.8, 0.9, 0.95].
+    expected = [np.quantile([0.5, 0.2, 0.3, 0.8], 0.25), np.quantile([0.5, 0.6, 0.35, 0.9], 0.25),
+                np.quantile([0.9, 0.7, 0.95], 0.25)]
+    assert rule.thresholds(curves) == pytest.approx(expected)
+
+
+def test_no_threshold_in_the_grace_epochs_or_with_too_few_earlier_trials():
+    curves = [[0.1, 0.2, 0.3, 0.4]] * 4 + [[0.1, 0.2]]
+    assert QuantileStopping(grace_epochs=2, min_trials=5).thresholds(curves)[:3] == [None, 0.2, None]
+    assert QuantileStopping(min_trials=6).thresholds(curves) == [None] * 4
+    assert QuantileStopping().thresholds([]) == []
+
+
+def test_a_stopped_trial_carries_its_best_forward_so_the_bar_does_not_rise():
+    rule = QuantileStopping(quantile=0.5, min_trials=3)
+    curves = [[0.9, 0.95], [0.8, 0.85], [0.1]]
+    assert rule.thresholds(curves)[1] is None  # only two trials reached epoch 2
+    assert rule.thresholds(curves, stopped=[False, False, True])[1] == pytest.approx(0.85)
+
+
+def test_non_finite_points_count_as_the_worst_and_minimising_objectives_work():
+    rule = QuantileStopping(quantile=0.5, min_trials=3)
+    assert rule.thresholds([[None], [0.5], [0.7]]) == [pytest.approx(0.5)]
+    losses = [[1.0], [2.0], [3.0], [4.0]]
+    bar = rule.thresholds(losses, direction="min")[0]
+    assert bar == pytest.approx(2.5)
+    assert rule.should_stop([3.0], [bar], "min") and not rule.should_stop([2.0], [bar], "min")
+
+
+def test_should_stop_compares_the_best_so_far_with_the_bar_of_its_epoch():
+    rule = QuantileStopping()
+    bars = [None, 0.6, 0.7]
+    assert not rule.should_stop([0.1], bars)           # no bar after epoch 1
+    assert rule.should_stop([0.1, 0.5], bars)          # best 0.5 < 0.6
+    assert not rule.should_stop([0.65, 0.5], bars)     # best so far 0.65 >= 0.6
+    assert not rule.should_stop([0.1, 0.5, 0.6, 0.1], bars)  # past the known epochs: no bar
+    assert rule.should_stop([None, None], bars)       # nothing finite: worse than any bar
+    assert not is_below(0.1, None) and is_below(None, 0.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(quantile=0.0), "quantile must lie in \\(0, 1\\)"),
+    (dict(quantile=True), "quantile must lie in"),
+    (dict(grace_epochs=0), "grace_epochs must be an integer >= 1"),
+    (dict(min_trials=2.5), "min_trials must be an integer >= 1"),
+])
+def test_bad_rule_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantileStopping(**kwargs)
+    with pytest.raises(ValueError, match="direction must be 'max' or 'min'"):
+        QuantileStopping().thresholds([[0.1]], direction="up")
+
+
+def _oracle(**kwargs) -> EvolutionaryOracle:
+    settings = dict(objective=ACCURACY, max_trials=20, population_size=6, tournament_size=2, seed=3,
+                    idle_sleep=0.0, seed_functions=DEFAULT_SEEDS[:6], stopping=QuantileStopping(min_trials=3))
+    settings.update(kwargs)
+    oracle = EvolutionaryOracle(**settings)
+    oracle.verbose = 0
+    return oracle
+
+
+def _finish_generation(oracle, curves):
+    trials = oracle.propose_batch()
+    for trial, curve in zip(trials, curves):
+        oracle.report(trial.trial_id, value=max(curve), curve=curve)
+    return trials
+
+
+def test_the_oracle_stops_a_hopeless_trial_from_the_curves_of_ended_ones():
+    oracle = _oracle()
+    assert oracle.stopping_thresholds() == []  # nothing ended yet
+    _finish_generation(oracle, [[0.6, 0.8], [0.5, 0.7], [0.7, 0.9], [0.4, 0.6], [0.65, 0.85], [0.55, 0.75]])
+    bars = oracle.stopping_thresholds()
+    assert bars == pytest.approx([np.quantile([0.6, 0.5, 0.7, 0.4, 0.65, 0.55], 0.25),
+                                  np.quantile([0.8, 0.7, 0.9, 0.6, 0.85, 0.75], 0.25)])
+    hopeless, promising = oracle.propose_batch(2)
+    assert oracle.observe(hopeless.trial_id, 0, 0.1)  # below the bar after epoch 1: stop
+    assert not oracle.observe(promising.trial_id, 0, 0.6)
+    oracle.report(hopeless.trial_id, value=0.1, curve=[0.1], stopped_at=1)
+    oracle.report(promising.trial_id, value=0.9, curve=[0.6, 0.9])
+    assert oracle.lineage(hopeless.trial_id)["stopped_at"] == 1
+    assert oracle.lineage(promising.trial_id)["stopped_at"] is None
+    assert oracle.counts()["stopped_early"] == 1
+    assert sum(row["stopped_early"] for row in oracle.history()) == 1
+    # The stopped trial's best carries forward into the bar of epoch 2 (it lowers, not raises, it).
+    assert oracle.stopping_thresholds()[1] < np.quantile([0.8, 0.7, 0.9, 0.6, 0.85, 0.75, 0.9], 0.25)
+
+    state = json.loads(json.dumps(oracle.get_state()))  # plain JSON, curves included
+    again = _oracle()
+    again.set_state(state)
+    assert again.stopping_thresholds() == oracle.stopping_thresholds()
+
+
+def test_without_a_rule_nothing_is_stopped_and_bad_settings_are_named():
+    oracle = _oracle(stopping=None)
+    _finish_generation(oracle, [[0.9]] * 6)
+    (trial,) = oracle.propose_batch(1)
+    assert oracle.stopping_thresholds() == [] and not oracle.observe(trial.trial_id, 0, 0.0)
+    assert _oracle(stopping=0.5).stopping == QuantileStopping(quantile=0.5)
+    with pytest.raises(ValueError, match="stopping must be a QuantileStopping, a quantile in \\(0, 1\\) or None"):
+        _oracle(stopping="median")
+    with pytest.raises(ValueError, match="stopped_at must be an integer >= 1"):
+        oracle.report(trial.trial_id, value=0.5, stopped_at=0)
+
+
+def test_the_tuner_stops_fit_after_an_epoch_below_the_bar(tmp_path):
+    tuner = EvolutionaryTuner(lambda hp: None, objective=ACCURACY, max_trials=20, population_size=6,
+                              tournament_size=2, seed=3, seed_functions=DEFAULT_SEEDS[:6],
+                              stopping=QuantileStopping(min_trials=3), directory=str(tmp_path), project_name="p")
+    oracle = tuner.oracle
+    _finish_generation(oracle, [[0.6, 0.8], [0.5, 0.7], [0.7, 0.9], [0.4, 0.6], [0.65, 0.85], [0.55, 0.75]])
+    hopeless, promising = oracle.propose_batch(2)
+    models = {trial.trial_id: types.SimpleNamespace(stop_training=False) for trial in (hopeless, promising)}
+    tuner.on_epoch_end(hopeless, models[hopeless.trial_id], 0, logs={"val_accuracy": 0.2, "loss": 2.0})
+    tuner.on_epoch_end(promising, models[promising.trial_id], 0, logs={"val_accuracy": 0.62})
+    tuner.on_epoch_end(promising, models[promising.trial_id], 1, logs={"loss": 0.3})  # no objective: no decision
+    assert models[hopeless.trial_id].stop_training and not models[promising.trial_id].stop_training
+    assert oracle.lineage(hopeless.trial_id)["curve"] == [0.2]
