@@ -49,6 +49,8 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
                                          "3000", "--trials", "4", "--epochs", "2", "--rounds", "2"],
                               ["--quick", "--model", "resnet20", "--data", f"folder:{CIFAR_FOLDER}",
                                "--max_examples", "1000", "--epochs", "1"]),
+    "early_stopping": ("early_stopping", "Early stopping: what stopping hopeless search trials saves, and the best "
+                       "accuracy the search finds with and without it", [], ["--quick"]),
     "search_efficiency": ("search_efficiency", "Search efficiency: evolution and the RL controller against random "
                           "search and a fixed list at the same trial budget; offspring the fingerprint cache and "
                           "the sanity check saved from training", [], ["--seeds", "3", "--trials", "40"]),
