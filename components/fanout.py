@@ -23,30 +23,32 @@ start: the user stopped the run, the job did not crash. A killed driver is indis
 job that took its process down, hence three starts, not two: a user who kills a run twice while the
 same job runs does not turn it into a failure. A run that *diverged* is a result, never retried.
 
-Without a `--runner` option the worker processes are ours (Beam's FnApiRunner): `parallelism`
-alone sets how many there are, so `beam_options` that would change it are refused
-(`check_beam_options`). They ignore Ctrl-C, which reaches the whole process group, so that only
-the driver reports it: the driver then stops them, waits until none is left, and takes back the
-starts of the jobs they were running (`_stop_local_workers`, `_take_back_starts`).
+Without a `--runner` option the worker processes are ours (Beam's FnApiRunner running
+`components.local_workers`): `parallelism` alone sets how many there are, so `beam_options` that
+would change it are refused (`check_beam_options`). On Ctrl-C only the driver reports; it stops
+the workers, waits until none is left and takes back the starts of the jobs they were running
+(`_take_back_starts`). A worker that dies while the pipeline runs (killed, out of memory, a
+segfault in TensorFlow) would leave FnApiRunner waiting for ever: the driver sees the death and
+whose job it was, stops the pipeline as on Ctrl-C, keeps the start of the job that died (it took
+its process down), takes back the others' and runs the jobs left in a new pipeline
+(`_run_to_the_end`). A job that always takes its process down is thus recorded as failed after
+`MAX_STARTS_WITHOUT_RESULT` starts, and the search goes on.
 """
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import json
 import logging as std_logging
 import os
-import shlex
-import signal
-import sys
 import threading
 import time
 import traceback
-import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
+
+from components import local_workers
 
 ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
@@ -69,10 +71,6 @@ LOCAL_RUNNER_SETTINGS = {
 Each job takes cores // parallelism threads (and its own GPU), so more workers than
 `parallelism` would run jobs side by side with full thread pools and change their results. The
 other `DirectOptions` do not touch the FnApiRunner's workers (tests/test_fanout.py lists them)."""
-
-WORKERS_DIR = ".workers"
-"""Where local worker processes register under a fan-out's `work_dir` (see `local_worker_main`)."""
-
 
 class FanoutError(RuntimeError):
     """The Beam pipeline itself failed (not a single job, which is recorded as a failure)."""
@@ -104,64 +102,15 @@ def attempts(work_dir: str, job_id: str) -> int:
         return 0
 
 
-_WORKER_SLOT: tuple[int, Any] | None = None
-"""(slot, open lock file) of this worker process, held for the life of the process."""
-
-
-def claim_worker_slot(work_dir: str, parallelism: int) -> int:
-    """A worker index in [0, parallelism) that no other live worker of this fan-out holds.
-
-    Each slot is an exclusive `flock` on `<work_dir>/.worker-slot-<k>`, kept until the process
-    exits (the kernel releases it even after a crash), so Beam's worker processes number
-    themselves 0..parallelism-1 without talking to each other.
-    """
-    global _WORKER_SLOT
-    if _WORKER_SLOT is None:
-        for slot in range(parallelism):
-            handle = open(os.path.join(work_dir, f".worker-slot-{slot}"), "w")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            _WORKER_SLOT = (slot, handle)
-            break
-        else:  # more workers than slots (a runner that ignores direct_num_workers)
-            return os.getpid() % parallelism
-    return _WORKER_SLOT[0]
-
-
-def _share_machine(parallelism: int, slot: int) -> None:
-    """Give one of `parallelism` workers its share of the machine: cores // parallelism
-    threads, and on a machine with GPUs GPU number `slot` (round robin) when there are several,
-    with memory growth so workers sharing one GPU do not each reserve all of its memory."""
-    cores = os.cpu_count() or 1
-    per_worker = max(1, cores // max(1, parallelism))
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(per_worker)
-        tf.config.threading.set_inter_op_parallelism_threads(per_worker)
-        gpus = tf.config.list_physical_devices("GPU")
-        if len(gpus) > 1:
-            tf.config.set_visible_devices(gpus[slot % len(gpus)], "GPU")
-            gpus = [gpus[slot % len(gpus)]]
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:  # TensorFlow already initialised in this process: keep its setting
-        pass
-
-
 def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> dict[str, Any]:
     """Runs one job and writes its result file (atomically); returns the result."""
+    local_workers.set_worker_entry({"job": job["id"]})  # before the start is counted: a death is charged to this job
     started = attempts(work_dir, job["id"])
     _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started + 1)
     slot = None
     if parallelism > 1:
-        slot = claim_worker_slot(work_dir, parallelism)
-        _share_machine(parallelism, slot)
+        slot = local_workers.claim_worker_slot(work_dir, parallelism)
+        local_workers.share_machine(parallelism, slot)
     start = time.time()
     try:
         result = dict(_resolve(job["fn"])(**job.get("args", {})))
@@ -175,6 +124,7 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     result.setdefault("worker_slot", slot)
     result.setdefault("job_seconds", time.time() - start)
     _write_json(_result_path(work_dir, job["id"]), result)
+    local_workers.set_worker_entry({"job": None})
     return result
 
 
@@ -234,7 +184,7 @@ def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1, work_d
     if parallelism > 1:
         if work_dir is None:
             raise ValueError("beam_pipeline needs a work_dir for worker processes (parallelism above 1)")
-        environment = SubprocessSDKEnvironment.from_command_string(_local_worker_command(work_dir))
+        environment = SubprocessSDKEnvironment.from_command_string(local_workers.worker_command(work_dir))
         # Worker processes log every gRPC hand-shake at INFO; their warnings and errors still show.
         options += [f"--direct_num_workers={parallelism}", "--default_sdk_harness_log_level=WARNING"]
         std_logging.getLogger(fn_runner.__name__).addFilter(_no_running_mode_warning)
@@ -250,121 +200,6 @@ def _no_running_mode_warning(record: std_logging.LogRecord) -> bool:
     """FnApiRunner warns that `direct_num_workers` wants `direct_running_mode`, which would replace
     our worker command with Beam's own; the workers are processes all the same."""
     return not record.getMessage().startswith("If direct_num_workers is not equal to 1")
-
-
-def _local_worker_command(work_dir: str) -> str:
-    """The shell command a local worker process starts with. `trap '' INT` before `exec`: Ctrl-C
-    is ignored from the first instruction on (Python then installs no KeyboardInterrupt handler),
-    so the worker prints no traceback; the driver reports the Ctrl-C and stops the workers."""
-    code = "from components.fanout import local_worker_main; local_worker_main()"
-    return f"trap '' INT; exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(work_dir)}"
-
-
-_WORKER_LOCK: Any = None
-"""This worker process's registration (an open, locked file), held for the life of the process."""
-
-
-def local_worker_main() -> None:
-    """A local Beam worker process: registers, then runs Beam's SDK harness until the driver is done.
-
-    Registration is an exclusive `flock` on `<work_dir>/.workers/<pid>`, released by the kernel
-    however the process ends, so the driver sees which workers live. A worker that registers
-    after the driver began stopping them (the `stop` file) leaves at once. SIGTERM (the driver's
-    stop) exits with status 0: Beam's thread that waits for the process would report any other
-    status as a failure, with a traceback, in the driver.
-    """
-    global _WORKER_LOCK
-    registry = os.path.join(sys.argv[1], WORKERS_DIR)
-    os.makedirs(registry, exist_ok=True)
-    _WORKER_LOCK = open(os.path.join(registry, str(os.getpid())), "w")
-    fcntl.flock(_WORKER_LOCK, fcntl.LOCK_EX)
-    if os.path.exists(os.path.join(registry, "stop")):
-        os._exit(0)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    from apache_beam.runners.worker import sdk_worker_main
-
-    sdk_worker_main.main(sys.argv)
-
-
-def _live_workers(registry: str) -> list[int]:
-    """Process ids of the registered workers still alive; forgets the others."""
-    live = []
-    for name in os.listdir(registry) if os.path.isdir(registry) else ():
-        if not name.isdigit():
-            continue
-        with open(os.path.join(registry, name)) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                live.append(int(name))
-                continue
-            os.remove(os.path.join(registry, name))
-    return live
-
-
-_ABANDONED: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
-"""Threads of Beam pipelines the driver stopped (see `_abandon`)."""
-_previous_excepthook = threading.excepthook
-
-
-def _abandon(threads: set[threading.Thread]) -> None:
-    """Silences `threads`, those of a Beam pipeline the driver is stopping: Beam's threads in the
-    driver report the end of each worker's connection with a traceback (gRPC errors), which would
-    follow the driver's own message about the Ctrl-C. Their errors say nothing new."""
-    global _previous_excepthook
-    _ABANDONED.update(threads)
-    if threading.excepthook is not _quiet_abandoned:
-        _previous_excepthook, threading.excepthook = threading.excepthook, _quiet_abandoned
-    std_logging.getLogger("apache_beam.runners.worker.data_plane").addFilter(_not_from_abandoned)
-
-
-def _quiet_abandoned(args: Any) -> None:
-    if args.thread not in _ABANDONED:
-        _previous_excepthook(args)
-
-
-def _not_from_abandoned(record: std_logging.LogRecord) -> bool:
-    return threading.current_thread() not in _ABANDONED
-
-
-def _clear_workers(work_dir: str) -> None:
-    """A new fan-out: forget the `stop` of an earlier one (and its ended workers)."""
-    registry = os.path.join(work_dir, WORKERS_DIR)
-    os.makedirs(registry, exist_ok=True)
-    if os.path.exists(os.path.join(registry, "stop")):
-        os.remove(os.path.join(registry, "stop"))
-    _live_workers(registry)
-
-
-def _stop_local_workers(work_dir: str, grace_seconds: float = 5.0) -> None:
-    """Stops every local worker process of the fan-out in `work_dir` and returns once none is left:
-    SIGTERM first (a worker exits at once, quietly), SIGKILL for one still there after the grace."""
-    registry = os.path.join(work_dir, WORKERS_DIR)
-    os.makedirs(registry, exist_ok=True)
-    open(os.path.join(registry, "stop"), "w").close()  # before the first look: no late worker is missed
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        live = _live_workers(registry)
-        for pid in live:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + grace_seconds
-        while live and time.time() < deadline:
-            time.sleep(0.05)
-            live = _live_workers(registry)
-        if not live:
-            return
-
-
-def _shielded(action: Callable[[], None]) -> None:
-    """Runs `action` to its end even if Ctrl-C is pressed again meanwhile (it starts over):
-    stopping the workers half-way would leave them running after the driver."""
-    while True:
-        try:
-            return action()
-        except KeyboardInterrupt:
-            continue
 
 
 def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int, beam_options: Sequence[str]) -> None:
@@ -384,12 +219,18 @@ def _needs_run(work_dir: str, job_id: str) -> bool:
     """Whether a job must (still) run; records a job that keeps killing its process as failed."""
     result, started = load_result(work_dir, job_id), attempts(work_dir, job_id)
     if result is None and started >= MAX_STARTS_WITHOUT_RESULT:
+        logging.warning("job %s is recorded as failed: started %d times, it never finished (its process died)",
+                        job_id, started)
         _write_json(_result_path(work_dir, job_id), {
             "failed": True, "job_id": job_id,
-            "error": f"started {started} times and never finished: its process was killed or crashed "
-                     "(out of memory?)"})
+            "error": f"started {started} times and never finished: its process died (killed, out of memory "
+                     "or crashed)"})
         return False
     return result is None or (bool(result.get("failed")) and started < MAX_ATTEMPTS)
+
+
+def _pending(jobs: Sequence[Mapping[str, Any]], work_dir: str) -> list[Mapping[str, Any]]:
+    return [job for job in jobs if _needs_run(work_dir, job["id"])]
 
 
 def run_jobs(
@@ -411,12 +252,12 @@ def run_jobs(
         raise ValueError("job ids must be unique")
     os.makedirs(work_dir, exist_ok=True)
     for attempt in range(MAX_ATTEMPTS):
-        pending = [job for job in jobs if _needs_run(work_dir, job["id"])]
+        pending = _pending(jobs, work_dir)
         if not pending:
             break
         if progress and attempt == 0 and len(pending) < len(jobs):
             progress(len(jobs) - len(pending), len(jobs), None)  # what an earlier run finished
-        _run_pending(jobs, pending, work_dir, parallelism, beam_options, progress, poll_seconds)
+        _run_to_the_end(jobs, pending, work_dir, parallelism, beam_options, progress, poll_seconds)
     results = [load_result(work_dir, job_id) for job_id in ids]
     missing = [job_id for job_id, result in zip(ids, results) if result is None]
     if missing:
@@ -424,8 +265,40 @@ def run_jobs(
     return results
 
 
+def _run_to_the_end(jobs, pending, work_dir: str, parallelism: int, beam_options: Sequence[str],
+                    progress: ProgressFn | None, poll_seconds: float) -> None:
+    """Runs `pending`, and after a worker process died (which stops the pipeline) the jobs left in a
+    new pipeline. The loop ends: each death either uses up a start of the job that died, recorded as
+    failed after MAX_STARTS_WITHOUT_RESULT (`_needs_run`), or counts as a death with no job running
+    (an idle worker killed), of which that many end the fan-out."""
+    deaths_without_job = 0
+    while pending:
+        died = _run_pending(jobs, pending, work_dir, parallelism, beam_options, progress, poll_seconds)
+        if not died:
+            return
+        deaths_without_job += died.count(None)
+        if deaths_without_job >= MAX_STARTS_WITHOUT_RESULT:
+            raise FanoutError(f"{deaths_without_job} worker processes died while running no job: is the machine "
+                              "out of memory, or are they killed from outside?")
+        pending = _pending(jobs, work_dir)
+        _report_recorded_failures(jobs, pending, [job_id for job_id in died if job_id], work_dir, progress)
+
+
+def _report_recorded_failures(jobs, pending, died: Sequence[str], work_dir: str, progress: ProgressFn | None) -> None:
+    """Reports the jobs that died and are now recorded as failed (no pipeline reports them)."""
+    if not progress:
+        return
+    left = {job["id"] for job in pending}
+    recorded = [job_id for job_id in dict.fromkeys(died) if job_id not in left]
+    done = len(jobs) - len(pending) - len(recorded)
+    for count, job_id in enumerate(recorded, 1):
+        progress(done + count, len(jobs), load_result(work_dir, job_id))
+
+
 def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: Sequence[str],
-                 progress: ProgressFn | None, poll_seconds: float) -> None:
+                 progress: ProgressFn | None, poll_seconds: float) -> list[str | None]:
+    """Runs `pending` once (in one Beam pipeline unless in this process, one after another);
+    returns the jobs (None: none) whose worker process died and stopped the pipeline, else []."""
     total, done = len(jobs), len(jobs) - len(pending)
     if parallelism == 1 and not beam_options:
         for job in pending:
@@ -433,14 +306,15 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
             done += 1
             if progress:
                 progress(done, total, result)
-        return
+        return []
     errors: list[BaseException] = []
     before = {job["id"]: load_result(work_dir, job["id"]) for job in pending}  # a failure being retried
     starts = {job["id"]: attempts(work_dir, job["id"]) for job in pending}
     local = not names_runner(beam_options)  # Beam's FnApiRunner in this process
     workers = local and parallelism > 1  # ... with worker processes of ours
     if workers:
-        _clear_workers(work_dir)
+        local_workers.clear_workers(work_dir)
+        local_workers.REPORTS.start()
 
     def target():
         try:
@@ -449,24 +323,55 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
             errors.append(error)
 
     thread = threading.Thread(target=target, name="beam-fanout", daemon=True)
-    earlier = set(threading.enumerate())
+    registry = os.path.join(work_dir, local_workers.WORKERS_DIR) if workers else None
     try:
         thread.start()
-        _follow(thread, pending, work_dir, before, done, total, progress, poll_seconds)
-    except BaseException:  # Ctrl-C above all: the driver stops what it started, then reports
-        if workers:
-            _abandon(set(threading.enumerate()) - earlier)
-            _shielded(lambda: _stop_local_workers(work_dir))
-        if local:
-            _shielded(lambda: _take_back_starts(work_dir, pending, before, starts))
-        raise
+        _follow(thread, pending, work_dir, before, done, total, progress, poll_seconds, registry)
+    except BaseException as error:  # Ctrl-C above all, or a dead worker: stop what was started
+        died = _died_jobs(error, work_dir, before)
+        stopped = [job for job in pending if job["id"] not in died]  # the job that died keeps its start
+        threads = local_workers.REPORTS.abandon() if workers else set()
+
+        def clean_up():
+            if workers:
+                local_workers.stop_pipeline(work_dir, threads)
+            if local:
+                _take_back_starts(work_dir, stopped, before, starts)
+
+        local_workers.shielded(clean_up)
+        if not isinstance(error, local_workers.WorkerDied):
+            raise
+        return died
+    if workers:
+        local_workers.REPORTS.release()
     if errors:
         raise FanoutError(f"the Beam fan-out failed: {errors[0]}") from errors[0]
+    return []
+
+
+def _died_jobs(error: BaseException, work_dir: str, before: Mapping[str, Any]) -> list[str | None]:
+    """For a `local_workers.WorkerDied`: the pending jobs (None: none) that died with their worker
+    process; a job that had written its new result was over. Logs the deaths."""
+    if not isinstance(error, local_workers.WorkerDied):
+        return []
+    died = [job_id if job_id in before and load_result(work_dir, job_id) == before[job_id] else None
+            for job_id in error.jobs]
+    for job_id in died:
+        if job_id is None:
+            logging.warning("a Beam worker process died while running no job: stopping its Beam pipeline, "
+                            "the jobs left run in a new one")
+        else:
+            logging.warning("job %s took its Beam worker process down (killed, out of memory or crashed) at its "
+                            "start %d of at most %d: stopping its Beam pipeline, the jobs left run in a new one",
+                            job_id, attempts(work_dir, job_id), MAX_STARTS_WITHOUT_RESULT)
+    return died
 
 
 def _follow(thread: threading.Thread, pending, work_dir: str, before: Mapping[str, Any], done: int, total: int,
-            progress: ProgressFn | None, poll_seconds: float) -> None:
-    """Reports each job's new result as it appears, until the Beam pipeline's thread ends."""
+            progress: ProgressFn | None, poll_seconds: float, registry: str | None = None) -> None:
+    """Reports each job's new result as it appears, until the Beam pipeline's thread ends. Raises
+    `local_workers.WorkerDied` when one of our worker processes (registered in `registry`) died
+    while the pipeline runs: FnApiRunner would wait for its answer for ever."""
     seen: set[str] = set()
     while True:
         thread.join(timeout=poll_seconds)
@@ -478,12 +383,16 @@ def _follow(thread: threading.Thread, pending, work_dir: str, before: Mapping[st
                     progress(done + len(seen), total, result)
         if not thread.is_alive():
             return
+        died = local_workers.died_workers(registry) if registry else []
+        if died:
+            raise local_workers.WorkerDied(died)
 
 
 def _take_back_starts(work_dir: str, pending, before: Mapping[str, Any], starts: Mapping[str, int]) -> None:
     """The jobs the driver stopped (no new result) get back the start they were counted: they did
-    not take their process down, the user stopped the run (as `execute_job` does in-process).
-    Called once no worker process is left, so none can start a job behind it."""
+    not take their process down, the user stopped the run or another job's process died (as
+    `execute_job` does in-process on Ctrl-C). Called once no worker process is left, so none can
+    start a job behind it."""
     for job in pending:
         if load_result(work_dir, job["id"]) == before[job["id"]] and attempts(work_dir, job["id"]) != starts[job["id"]]:
             _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), starts[job["id"]])

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from components.fanout import LOCAL_RUNNER_SETTINGS, WORKERS_DIR, attempts, beam_pipeline, check_beam_options, run_jobs
+from components.fanout import LOCAL_RUNNER_SETTINGS, attempts, beam_pipeline, check_beam_options, run_jobs
+from components.local_workers import WORKERS_DIR
 
 JOB = "tests.fanout_toy_jobs:square"
 
@@ -168,3 +169,55 @@ def test_ctrl_c_stops_the_worker_processes_quietly_and_loses_nothing(tmp_path):
     results = run_jobs(_jobs([0, 1, 2]), str(tmp_path))
     assert [r["value"] for r in results] == [0, 1, 4] and (tmp_path / "job0.json").read_text() == finished
     assert [attempts(str(tmp_path), f"job{i}") for i in range(3)] == [1, 1, 1]
+
+
+
+CRASH_DRIVER = """
+import json, sys
+from components.fanout import run_jobs
+work = sys.argv[1]
+jobs = [{"id": "crash", "fn": "tests.fanout_toy_jobs:crash", "args": {}},
+        {"id": "waits", "fn": "tests.fanout_toy_jobs:square", "args": {"value": 3, "wait_for": work + "/crash.json"}},
+        {"id": "quick", "fn": "tests.fanout_toy_jobs:square", "args": {"value": 2}}]
+reports = []
+results = run_jobs(jobs, work, parallelism=2, poll_seconds=0.1, progress=lambda d, t, r: reports.append([d, t, r]))
+print(json.dumps({"results": results, "progress": reports}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists processes through /proc")
+def test_a_job_that_takes_its_worker_process_down_is_recorded_as_failed_and_the_others_finish(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The workers of each of the four pipelines would start TensorFlow (`_share_machine`): a stub
+    # that fails to import spares that (about 8 s in all instead of 27); the fan-out does not need it.
+    stub = tmp_path / "no_tensorflow" / "tensorflow"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('not in this test')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "no_tensorflow"), os.environ.get("PYTHONPATH")]))
+    work = tmp_path / "work"
+    driver = subprocess.Popen([sys.executable, "-c", CRASH_DRIVER, str(work)], cwd=root,
+                              env=dict(os.environ, PYTHONPATH=path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        stdout, stderr = driver.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.communicate()
+        pytest.fail("the driver hangs once a worker process died")
+    assert driver.returncode == 0, stderr
+    assert not _live_processes_in_group(driver.pid)  # no worker process left behind
+    out = json.loads(stdout.splitlines()[-1])
+    crash, waits, quick = out["results"]
+    # The crash took its process down at each of its three starts, then it was recorded as failed.
+    assert crash["failed"] and "started 3 times and never finished: its process died" in crash["error"]
+    assert attempts(str(work), "crash") == 3
+    assert stderr.count("job crash took its Beam worker process down") == 3
+    for noise in ("Traceback", "RpcError", "Exception in thread"):
+        assert noise not in stderr
+    # The others finished. The one that waits for the crash's result was stopped each time a
+    # pipeline it had started in ended with the crash: those starts were given back.
+    assert (waits["value"], quick["value"]) == (9, 4)
+    assert attempts(str(work), "waits") == attempts(str(work), "quick") == 1
+    assert [(done, total) for done, total, _ in out["progress"]] == [(1, 3), (2, 3), (3, 3)]
+    order = [result["job_id"] for _, _, result in out["progress"]]
+    assert sorted(order) == ["crash", "quick", "waits"] and order.index("crash") < order.index("waits")
