@@ -51,6 +51,11 @@ BENCHMARKS: dict[str, tuple[str, str, list[str], list[str]]] = {
                                "--max_examples", "1000", "--epochs", "1"]),
     "early_stopping": ("early_stopping", "Early stopping: what stopping hopeless search trials saves, and the best "
                        "accuracy the search finds with and without it", [], ["--quick"]),
+    "early_stopping_cifar": ("early_stopping", "Early stopping, CIFAR-sized: ResNet-20 trials on CIFAR-10 images",
+                             ["--preset", "cifar10", "--data", f"folder:{CIFAR_FOLDER}", "--max_examples", "3000",
+                              "--trials", "16", "--epochs", "4", "--seeds", "1"],
+                             ["--quick", "--preset", "cifar10", "--data", f"folder:{CIFAR_FOLDER}",
+                              "--max_examples", "1000", "--epochs", "2"]),
     "search_efficiency": ("search_efficiency", "Search efficiency: evolution and the RL controller against random "
                           "search and a fixed list at the same trial budget; offspring the fingerprint cache and "
                           "the sanity check saved from training", [], ["--seeds", "3", "--trials", "40"]),
