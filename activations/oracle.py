@@ -81,7 +81,7 @@ from keras_tuner.src.engine import metrics_tracking
 from activations import space as space_module
 from activations.controller import CoreUnitController
 from activations.equivalence import check, fingerprint
-from activations.expression import Expression, ExpressionError, parse
+from activations.expression import Expression, ExpressionError, is_finite_number, parse
 from activations.stopping import QuantileStopping
 
 GENOME = "activation"
@@ -139,11 +139,7 @@ def _stopping_rule(stopping) -> QuantileStopping | None:
 
 
 def _finite_or_none(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    return float(value) if is_finite_number(value) else None
 
 
 def _rng_state_to_json(state) -> list:

@@ -85,7 +85,7 @@ class QuantileStopping:
         _check_direction(direction)
         if not curve:
             return False
-        return is_below(_running_best(curve, direction)[-1], _at(thresholds, len(curve) - 1), direction)
+        return is_below(best_so_far(curve, direction), _at(thresholds, len(curve) - 1), direction)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,6 +102,11 @@ def is_below(best: float | None, threshold: float | None, direction: str = "max"
     if best is None:  # not a finite number: worse than any threshold
         return True
     return best < threshold if direction == "max" else best > threshold
+
+
+def best_so_far(curve: Curve, direction: str = "max") -> float | None:
+    """The best finite value of `curve` (None when it has none)."""
+    return _running_best(curve, direction)[-1] if curve else None
 
 
 def _at(values: Sequence[float | None], index: int) -> float | None:

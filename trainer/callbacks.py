@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 import activations
-from activations.stopping import is_below
+from activations.stopping import best_so_far, is_below
 from trainer.models import activation_layers
 
 logger = logging.getLogger(__name__)
@@ -144,19 +144,18 @@ class StopBelow(keras.callbacks.Callback):
         super().__init__()
         self.bars = list(bars)
         self.epochs = int(epochs)
-        self.best: float | None = None
+        self.curve: list[float | None] = []  # val_accuracy after each epoch
         self.stopped_at: int | None = None
 
-    def seen(self, values) -> None:
-        for value in values:
-            self._update(value)
+    @property
+    def best(self) -> float | None:
+        return best_so_far(self.curve)
 
-    def _update(self, value) -> None:
-        if value is not None and math.isfinite(float(value)):
-            self.best = float(value) if self.best is None else max(self.best, float(value))
+    def seen(self, values) -> None:
+        self.curve.extend(values)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._update((logs or {}).get("val_accuracy"))
+        self.curve.append((logs or {}).get("val_accuracy"))
         bar = self.bars[epoch] if epoch < len(self.bars) else None
         if epoch + 1 < self.epochs and is_below(self.best, bar):
             self.model.stop_training = True
