@@ -147,16 +147,46 @@ def names_runner(beam_options: Sequence[str]) -> bool:
     return any(_option_name(item) == "--runner" for item in beam_options)
 
 
+LOCAL_RUNNER_CLASSES = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
+"""Beam's in-process runners, which read `DirectOptions` (Prism, the default `DirectRunner`'s
+first choice, falls back to the FnApiRunner on a machine that cannot start it)."""
+
+
+def _named_runner(beam_options: Sequence[str]) -> str | None:
+    """The value of the last `--runner` option (as Beam's parser keeps it), None without one."""
+    named = None
+    for i, item in enumerate(beam_options):
+        if _option_name(item) == "--runner":
+            if "=" in item:
+                named = item.split("=", 1)[1].strip()
+            elif i + 1 < len(beam_options):  # `--runner DirectRunner` as two items
+                named = beam_options[i + 1].strip()
+    return named
+
+
+def names_local_runner(beam_options: Sequence[str]) -> bool:
+    """Whether `beam_options` name one of Beam's in-process runners (`LOCAL_RUNNER_CLASSES`), spelt
+    as Beam accepts it: any case, with or without "Runner", or the class's full dotted path."""
+    name = _named_runner(beam_options)
+    if name is None:
+        return False
+    short = name.rsplit(".", 1)[-1].lower()
+    return any(short in (cls.lower(), cls.lower()[: -len("runner")]) for cls in LOCAL_RUNNER_CLASSES)
+
+
 def check_beam_options(beam_options: Sequence[str]) -> None:
-    """Raises ValueError for a setting of the local runner's workers when no `--runner` is named:
-    `parallelism` alone decides them there (see `LOCAL_RUNNER_SETTINGS`). `beam_options` are
-    outside the cache key, so one that changed results would make cached results disagree."""
-    if names_runner(beam_options):
+    """Raises ValueError for a setting of the local runner's workers: without a `--runner` option
+    `parallelism` alone decides them (see `LOCAL_RUNNER_SETTINGS`), and with a named local runner
+    they would run jobs side by side with the thread pools `parallelism` gives one job.
+    `beam_options` are outside the cache key, so one that changed results would make cached
+    results disagree."""
+    if names_runner(beam_options) and not names_local_runner(beam_options):
         return
+    where = f"with --runner={_named_runner(beam_options)}" if names_runner(beam_options) else "without a --runner option"
     for item in beam_options:
         reason = LOCAL_RUNNER_SETTINGS.get(_option_name(item))
         if reason:
-            raise ValueError(f"beam_options: {item!r} is not allowed without a --runner option: {reason}")
+            raise ValueError(f"beam_options: {item!r} is not allowed {where}: {reason}")
 
 
 def beam_pipeline(beam_options: Sequence[str] = (), parallelism: int = 1, work_dir: str | None = None):

@@ -41,9 +41,9 @@ def test_text_values_convert_to_the_fields_type_or_fail_naming_it():
 
 def test_list_fields_keep_commas_inside_an_expressions_parentheses():
     config = config_lib.preset("demo", {"seed_functions": "relu, add(x,relu(x)),max(x,min(x,1))",
-                                        "beam_options": "--runner=DirectRunner,--direct_num_workers=2"})
+                                        "beam_options": "--runner=DataflowRunner,--num_workers=2"})
     assert config.seed_functions == ["relu", "add(x,relu(x))", "max(x,min(x,1))"]
-    assert config.beam_options == ["--runner=DirectRunner", "--direct_num_workers=2"]
+    assert config.beam_options == ["--runner=DataflowRunner", "--num_workers=2"]
     assert config_lib.split_list("") == [] and config_lib.split_list(" , relu ,") == ["relu"]
 
 
@@ -100,6 +100,8 @@ def test_the_paper_preset_runs_one_trial_per_gpu_it_asks_for():
                                "it sets the number of the local runner's worker processes, .*use --parallel_trials"),
     ("--direct_running_mode=multi_processing",
      "'--direct_running_mode=multi_processing' is not allowed.*--parallel_trials"),
+    ("--runner=DirectRunner,--direct_num_workers=2",
+     "'--direct_num_workers=2' is not allowed with --runner=DirectRunner: .*use --parallel_trials"),
     ("--runner=DirectRunner,direct_num_workers=2", "beam_options: 'direct_num_workers=2' is not a Beam option; "
                                                    "each item must be --name or --name=value"),
     ("--project,my-project", "'my-project' is not a Beam option"),

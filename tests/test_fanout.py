@@ -101,7 +101,23 @@ def test_the_local_runners_worker_settings_are_refused_naming_parallel_trials(tm
     with pytest.raises(ValueError, match=f"'{options[0]}.*--parallel_trials"):
         beam_pipeline(options)
     assert not list(tmp_path.iterdir())  # refused before any job started
-    check_beam_options(["--runner=DirectRunner", *options])  # another runner's business
+    check_beam_options(["--runner=DataflowRunner", *options])  # another runner's business
+
+
+@pytest.mark.parametrize("runner", [["--runner=DirectRunner"], ["--runner=direct"], ["--runner", "DirectRunner"],
+                                    ["--runner=SwitchingDirectRunner"], ["--runner=BundleBasedDirectRunner"],
+                                    ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"],
+                                    ["--runner=DataflowRunner", "--runner=directrunner"]])
+def test_a_named_local_runner_gets_the_same_refusal(tmp_path, runner):
+    # Named, Beam's local runner reads the same DirectOptions: two full-thread jobs side by side.
+    with pytest.raises(ValueError, match=f"'--direct_num_workers=2' is not allowed with --runner=.*--parallel_trials"):
+        run_jobs(_jobs([1]), str(tmp_path), beam_options=[*runner, "--direct_num_workers=2"])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("runner", [["--runner=PrismRunner"], ["--runner=FlinkRunner"], ["--runner=DirectRunner", "--runner=FlinkRunner"]])
+def test_other_runners_keep_their_own_worker_settings(runner):
+    check_beam_options([*runner, "--direct_num_workers=2"])  # not read by these runners
 
 
 def test_the_refused_settings_are_beams_and_the_others_leave_the_workers_alone():
