@@ -164,13 +164,10 @@ def _named_runner(beam_options: Sequence[str]) -> str | None:
     return named
 
 
-def names_local_runner(beam_options: Sequence[str]) -> bool:
-    """Whether `beam_options` name one of Beam's in-process runners (`LOCAL_RUNNER_CLASSES`), spelt
-    as Beam accepts it: any case, with or without "Runner", or the class's full dotted path."""
-    name = _named_runner(beam_options)
-    if name is None:
-        return False
-    short = name.rsplit(".", 1)[-1].lower()
+def _is_local_runner(name: str | None) -> bool:
+    """Whether a `--runner` value names one of `LOCAL_RUNNER_CLASSES`, spelt as Beam accepts it:
+    any case, with or without "Runner", or the class's full dotted path."""
+    short = (name or "").rsplit(".", 1)[-1].lower()
     return any(short in (cls.lower(), cls.lower()[: -len("runner")]) for cls in LOCAL_RUNNER_CLASSES)
 
 
@@ -180,9 +177,10 @@ def check_beam_options(beam_options: Sequence[str]) -> None:
     they would run jobs side by side with the thread pools `parallelism` gives one job.
     `beam_options` are outside the cache key, so one that changed results would make cached
     results disagree."""
-    if names_runner(beam_options) and not names_local_runner(beam_options):
+    runner = _named_runner(beam_options)
+    if names_runner(beam_options) and not _is_local_runner(runner):
         return
-    where = f"with --runner={_named_runner(beam_options)}" if names_runner(beam_options) else "without a --runner option"
+    where = f"with --runner={runner}" if runner else "without a --runner option"
     for item in beam_options:
         reason = LOCAL_RUNNER_SETTINGS.get(_option_name(item))
         if reason:
