@@ -294,7 +294,7 @@ def command_show(run_id: str) -> int:
             took = f"{execution.end_time - execution.start_time:.1f} s" if execution.end_time else "-"
             origin = f" (reused execution {execution.cached_from})" if execution.cached_from else ""
             print(f"  {execution.component_id:<14} {live(execution.state):<11} {took:>9}{origin}")
-            for name, artifacts in store.outputs_of(execution.cached_from or execution.id).items():
+            for name, artifacts in store.outputs_of(execution.id).items():
                 for artifact in artifacts:
                     print(f"      {name}: {artifact.uri}")
                     if artifact.type_name == "SearchResults":
@@ -364,11 +364,9 @@ def main(argv: list[str]) -> int:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if FLAGS.runner == "kfp-local":  # kfp.local has no cache; the stopped step keeps its resume state
-            again = ("Run the same command again (with a new --run_id, if you gave one): kfp.local runs the "
-                     "finished steps again (it has no cache), and the interrupted step continues where it stopped.")
-        else:
-            again = "Finished steps and trials are kept: run the same command again to continue where it stopped."
+        again = "Finished steps and trials are kept: run the same command again to continue where it stopped."
+        if FLAGS.runner == "kfp-local":  # a new run each time: its steps reuse the root's step cache
+            again = again.replace("again", "again (with a new --run_id, if you gave one)", 1)
         if command == "run":
             print(f"\nactsearch {command}: interrupted. {again}{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
                   file=sys.stderr)
@@ -380,10 +378,10 @@ def main(argv: list[str]) -> int:
             traceback.print_exc()
         hint = ""
         if error.component_id:  # a step failed: what ran is recorded, the failed step keeps its resume state
-            hint = ("\nFix the cause and run the same command again: finished steps are reused and interrupted "
-                    "ones continue" if FLAGS.runner == "local" else "\nFix the cause and run the same command "
-                    "again (with a new --run_id, if you gave one): finished steps run again (kfp.local has no "
-                    "cache) and the failed step continues where it stopped") + " (--verbosity=0 shows the traceback)."
+            hint = ("\nFix the cause and run the same command again" + (
+                " (with a new --run_id, if you gave one)" if FLAGS.runner == "kfp-local" else "") +
+                ": finished steps are reused and the failed one continues where it stopped"
+                " (--verbosity=0 shows the traceback).")
             hint += _previous_deliverables(_RUN_ROOT, error.run_id)
         print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1

@@ -24,6 +24,10 @@ step with the same settings continues where it stopped, changed settings start a
 directory is removed when the step succeeds. Without a resume root (or when an input carries no
 fingerprint, so the key cannot be known) the resume directory is temporary, as before.
 
+Cache: with a resume root, a step compiled with caching on records its finished outputs under
+the same key (`pipeline.step_cache`); a later run of the step with the same key copies them into
+its own outputs instead of running the executor, and prints ``[<component_id>] cached: ...``.
+
 This module imports neither KFP nor the compiler, so a step starts quickly. It can also be run
 by hand (or from a container component) with our own artifact JSON::
 
@@ -46,12 +50,16 @@ import tempfile
 from typing import Any, Mapping, Sequence
 
 from components.base import Artifact, BaseExecutor, ComponentSpec, ExecutorContext, ProgressEvent
+from pipeline import step_cache
 from pipeline.local_runner import cache_key, output_fingerprint, resume_dir_for
 
 TYPE_KEY = "actsearch_type"
 PROPERTIES_KEY = "actsearch_properties"
 RESULTS_KEY = "actsearch_results"
 FINGERPRINT_KEY = "actsearch_fingerprint"
+CACHED_MARK = "cached:"
+"""What a step prints after its name when it reused an earlier run's outputs (the kfp.local
+runner records such a step as cached)."""
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -157,13 +165,14 @@ def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str,
     `plan_json` is written by the compiler from the component's spec::
 
         {"component_id": "...", "component_type": "module.Class", "executor": "module.Class",
-         "spec": "module.Class",
+         "spec": "module.Class", "cache": bool,
          "inputs": {name: {"type_name": T, "args": [kfp_arg, ...]}},
          "outputs": {name: {"type_name": T, "arg": kfp_arg, "publish_as": str|None,
                             "kfp_type": "Dataset"|...}}}
 
     `artifacts` maps the KFP argument names to the KFP artifacts of the step. `resume_root`:
-    where resume state survives a stopped or failed attempt ("" for none; see the module).
+    where resume state and, when the plan's ``cache`` is true, finished outputs survive the
+    attempt ("" for none; see the module).
     """
     plan = json.loads(plan_json)
     cid = plan["component_id"]
@@ -185,15 +194,33 @@ def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str,
         for name, arts in output_dict.items():
             arts[0].fingerprint = output_fingerprint(key, name)
     resume_dir = resume_dir_for(resume_root, cid, key) if key else None
+    cached = step_cache.entry_path(resume_root, cid, key) if key and plan.get("cache") else None
 
-    print(f"[{cid}] running {plan['executor']}", flush=True)
-    results = execute(plan["executor"], cid, input_dict, output_dict, properties, publish,
-                      resume_dir)
+    reused = _reuse(cached, output_dict) if cached else None
+    if reused is not None:
+        results, source = reused
+        print(f"[{cid}] {CACHED_MARK} reusing the outputs of an earlier run with the same "
+              f"settings ({source})", flush=True)
+    else:
+        print(f"[{cid}] running {plan['executor']}", flush=True)
+        results = execute(plan["executor"], cid, input_dict, output_dict, properties, publish,
+                          resume_dir)
+        if cached:
+            step_cache.remember(cached, {n: a[0] for n, a in output_dict.items()}, results)
     _write_metadata(plan, kfp_outputs, output_dict, results)
     if results and not plan["outputs"]:
         print(f"[{cid}] warning: results {sorted(results)} are not recorded (the component "
               f"has no output artifact to carry them)", flush=True)
     print(f"[{cid}] complete", flush=True)
+
+
+def _reuse(cached: str, output_dict: Mapping[str, list[Artifact]]
+           ) -> tuple[dict[str, str], str] | None:
+    """A finished earlier run's outputs copied into this step's (see `pipeline.step_cache`)."""
+    outputs = {name: arts[0] for name, arts in output_dict.items()}
+    for art in outputs.values():
+        os.makedirs(art.uri, exist_ok=True)
+    return step_cache.restore(cached, outputs)
 
 
 def step_cache_key(plan: Mapping[str, Any], input_dict: Mapping[str, list[Artifact]],

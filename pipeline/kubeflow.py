@@ -167,7 +167,8 @@ def build_kfp_pipeline(pipeline: Pipeline, *, image: str = "actsearch:latest",
     caching = pipeline.enable_cache if enable_caching is None else bool(enable_caching)
     _check_names(pipeline)
 
-    factories = {c.id: _make_kfp_component(c, image, packages_to_install, install_kfp_package)
+    factories = {c.id: _make_kfp_component(c, image, packages_to_install, install_kfp_package,
+                                           checked.get(c.id, {}).get("caching", caching))
                  for c in pipeline.components}
 
     def build(resume_root=default_resume_root):
@@ -227,8 +228,9 @@ def _input_args(component: Component) -> list[tuple[str, Any]]:
 
 
 def _make_kfp_component(component: Component, image: str, packages: list[str] | None,
-                        install_kfp_package: bool) -> Callable[..., Any]:
-    """Generates the lightweight KFP component of one of our components."""
+                        install_kfp_package: bool, caching: bool) -> Callable[..., Any]:
+    """Generates the lightweight KFP component of one of our components; `caching` also turns
+    the step's own cache on or off (`pipeline.step_cache`)."""
     from kfp import dsl
 
     cid, spec = component.id, component.SPEC_CLASS
@@ -247,7 +249,7 @@ def _make_kfp_component(component: Component, image: str, packages: list[str] | 
     params, artifact_args = [], []
     plan: dict[str, Any] = {"component_id": cid, "component_type": component.type_name,
                             "executor": executor, "spec": spec_path, "inputs": {},
-                            "outputs": {}}
+                            "outputs": {}, "cache": bool(caching)}
     for arg, channel in _input_args(component):
         params.append(f"{arg}: Input[{kfp_type_name(channel.type_name)}]")
         artifact_args.append(arg)
@@ -435,9 +437,11 @@ def run_kfp_local(pipeline: Pipeline, *, pipeline_root: str | None = None,
     kfp.local's ``<pipeline-name>-<timestamp>/<task>/<output>`` directories.
     ``<pipeline_root>/run.json`` records the run like the local runner's (``runner:
     "kfp-local"``) unless `write_run_json` is False. The steps see this process's import path
-    (PYTHONPATH). kfp.local has no cache: every run executes every step, but a step that was
-    stopped or failed continues from its resume directory under the pipeline root when run
-    again with the same settings. A failed step raises `PipelineError` naming the component;
+    (PYTHONPATH). kfp.local has no cache, so the steps keep their own under the pipeline root
+    (`pipeline.step_cache`, unless the pipeline's caching is off): a step whose settings and
+    inputs a finished earlier run had copies that run's outputs (recorded CACHED), and a step
+    that was stopped or failed continues from its resume directory when run again with the
+    same settings. A failed step raises `PipelineError` naming the component;
     Ctrl-C is recorded as INTERRUPTED and propagates. `on_complete` runs after a successful
     run while the root is still locked (the CLI publishes the deliverables there).
     """
@@ -521,6 +525,7 @@ class _KfpLocalRun:
         """Writes the end of the run to run.json and the metadata store."""
         outputs, results, states = _collect(self.pipeline, self.kfp_root, task_of)
         unfinished = [*recorder.running] + ([failed] if failed else [])
+        states.update({cid: "cached" for cid in recorder.cached if states[cid] == "complete"})
         states.update(dict.fromkeys(unfinished,
                                     "interrupted" if status == md.INTERRUPTED else "failed"))
         for c in self.pipeline.components:
@@ -588,12 +593,15 @@ class _Recorder:
     """Records a kfp.local run's steps in the metadata store as they run, from what kfp.local
     itself logs ("Executing task 'x'" when a step starts, "Task 'x' finished with status
     SUCCESS" when it succeeded): one execution per step, with its start and end times, state,
-    inputs and output artifacts (so lineage works as for local runs). kfp.local has no cache,
-    so nothing is recorded CACHED; cache keys are stored as ``kfp-local:<key>`` so that the
-    local runner's cache lookups never match them."""
+    inputs and output artifacts (so lineage works as for local runs). A step that reused an
+    earlier run's outputs (it says so: ``[<component_id>] cached: ...``) is recorded CACHED,
+    from the latest COMPLETE execution with its key. Cache keys are stored as
+    ``kfp-local:<key>`` so that the local runner's cache lookups never match them: its outputs
+    live elsewhere."""
 
     _START = re.compile(r"^[0-9:.]+ - INFO - Executing task '([^']+)'$")
     _SUCCESS = re.compile(r"^[0-9:.]+ - INFO - Task '([^']+)' finished with status SUCCESS$")
+    _CACHED = re.compile(r"^\s*\[([^\]]+)\] " + re.escape(kfp_entry.CACHED_MARK) + " ")
 
     def __init__(self, store: md.MetadataStore, run_id: str, pipeline: Pipeline,
                  kfp_root: str, task_of: dict[str, str]) -> None:
@@ -601,15 +609,19 @@ class _Recorder:
         self.component_of = {task: cid for cid, task in task_of.items()}
         self.task_of, self.keys = task_of, _cache_keys(pipeline)
         self.running: dict[str, int] = {}              # component id -> execution id
+        self.cached: set[str] = set()                  # steps that reused an earlier run
         self.executions: dict[str, int] = {}
         self.durations: dict[str, float] = {}
         self._started: dict[str, float] = {}
         self.produced: dict[tuple[str, str], list[Artifact]] = {}
 
     def line(self, text: str) -> None:
-        """Called with every line kfp.local prints (step output is indented, so never
-        matches)."""
+        """Called with every line kfp.local prints (step output is indented, so only a step's
+        own cache notice matches it)."""
         text = _ANSI.sub("", text).rstrip()
+        cached = self._CACHED.match(text)
+        if cached and cached.group(1) in self.running:
+            self.cached.add(cached.group(1))
         for pattern, action in ((self._START, self._start), (self._SUCCESS, self._complete)):
             match = pattern.match(text)
             if match and match.group(1) in self.component_of:
@@ -650,7 +662,11 @@ class _Recorder:
             return
         outputs, results = read
         listed = {name: [a] for name, a in outputs.items()}
-        self.store.complete_execution(eid, listed, results)
+        reused = cid in self.cached
+        source = next(iter(self.store.find_complete("kfp-local:" + self.keys[cid])), None) \
+            if reused else None
+        self.store.complete_execution(eid, listed, results, reused=reused,
+                                      cached_from=source.id if source else None)
         self.durations[cid] = time.monotonic() - self._started[cid]
         for name, arts in listed.items():
             self.produced[(cid, name)] = arts

@@ -144,8 +144,11 @@ class MetadataStore:
         return eid
 
     def complete_execution(self, execution_id: int, outputs: Mapping[str, list[Artifact]],
-                           results: Mapping[str, str]) -> None:
-        """Publishes the outputs (assigning artifact ids) and marks the execution COMPLETE."""
+                           results: Mapping[str, str], *, reused: bool = False,
+                           cached_from: int | None = None) -> None:
+        """Publishes the outputs (assigning artifact ids) and marks the execution COMPLETE, or
+        CACHED when it copied the outputs of an earlier execution (`cached_from`, if known)
+        instead of running: a Kubeflow step's own cache."""
         now = time.time()
         with self._conn:
             for artifacts in outputs.values():
@@ -157,8 +160,9 @@ class MetadataStore:
                     a.id = cur.lastrowid
             self._insert_events(execution_id, "OUTPUT", outputs)
             self._conn.execute(
-                "UPDATE executions SET state = ?, end_time = ?, results = ? WHERE id = ?",
-                (COMPLETE, now, json.dumps(dict(results)), execution_id))
+                "UPDATE executions SET state = ?, end_time = ?, results = ?, cached_from = ? "
+                "WHERE id = ?", (CACHED if reused else COMPLETE, now, json.dumps(dict(results)),
+                                 cached_from, execution_id))
 
     def fail_execution(self, execution_id: int, error: str) -> None:
         with self._conn:

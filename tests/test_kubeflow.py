@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import shutil
 
 import pytest
 import yaml
@@ -389,3 +391,158 @@ def test_a_store_from_before_runners_were_recorded_reads_as_local_runs(tmp_path)
         store.create_run("new", "p", "/r", runner="kfp-local")
         assert [(r.run_id, r.runner) for r in store.list_runs()] == [("new", "kfp-local"),
                                                                      ("old", "local")]
+
+
+# ---- the steps' own cache --------------------------------------------------------------------------
+
+def test_step_cache_restores_outputs_while_they_are_unchanged(tmp_path):
+    from pipeline import step_cache
+
+    first = {"models": Artifact("TrainedModels", str(tmp_path / "a" / "models"), {"factor": 2.0}),
+             "logs": Artifact("TensorBoardLogs", str(tmp_path / "a" / "logs"))}
+    os.makedirs(tmp_path / "a" / "models" / "nested")
+    os.makedirs(tmp_path / "a" / "logs")
+    (tmp_path / "a" / "models" / "nested" / "w.bin").write_bytes(b"12345")
+    (tmp_path / "a" / "logs" / "events.txt").write_text("train\n")
+    record = step_cache.entry_path(str(tmp_path / "root"), "train", "k" * 64)
+    assert record == str(tmp_path / "root" / "train" / ".step-cache" / f"{'k' * 64}.json")
+    outside = str(tmp_path / "elsewhere.txt")
+    step_cache.remember(record, first, {"tensorboard": first["logs"].uri, "outside": outside,
+                                        "weights": first["models"].path("nested", "w.bin")})
+
+    def fresh(name):
+        arts = {"models": Artifact("TrainedModels", str(tmp_path / name / "models")),
+                "logs": Artifact("TensorBoardLogs", str(tmp_path / name / "logs"))}
+        for art in arts.values():
+            os.makedirs(art.uri)
+        return arts
+
+    second = fresh("b")
+    results, reused = step_cache.restore(record, second)
+    assert reused == str(tmp_path / "a")
+    assert (tmp_path / "b" / "models" / "nested" / "w.bin").read_bytes() == b"12345"
+    assert (tmp_path / "b" / "logs" / "events.txt").read_text() == "train\n"
+    assert second["models"].properties == {"factor": 2.0} and second["logs"].properties == {}
+    assert results == {"tensorboard": second["logs"].uri, "outside": outside,
+                       "weights": second["models"].path("nested", "w.bin")}
+    # The record now names the newest copy: the first run's directories can go.
+    shutil.rmtree(tmp_path / "a")
+    third = fresh("c")
+    assert step_cache.restore(record, third)[1] == str(tmp_path / "b")
+    assert (tmp_path / "c" / "models" / "nested" / "w.bin").read_bytes() == b"12345"
+
+    # Changed files, other outputs, the step's own directories or a broken record: no reuse,
+    # and nothing is left in the outputs.
+    (tmp_path / "c" / "logs" / "events.txt").write_text("changed\n")
+    fourth = fresh("d")
+    assert step_cache.restore(record, fourth) is None
+    assert os.listdir(fourth["models"].uri) == [] and fourth["models"].properties == {}
+    step_cache.remember(record, third, {})
+    assert step_cache.restore(record, {"models": fourth["models"]}) is None
+    assert step_cache.restore(record, third) is None
+    with open(record, "w") as f:
+        f.write("{not json")
+    assert step_cache.restore(record, fourth) is None
+    assert step_cache.restore(str(tmp_path / "missing.json"), fourth) is None
+
+
+def _run_train_step(tmp_path, name: str, resume_root: str, cache: bool):
+    """`kfp_entry.run_step` of the toy trainer in this process, as KFP would call it."""
+    from types import SimpleNamespace
+
+    src = tmp_path / "src"
+    if not src.exists():
+        src.mkdir()
+        (src / "values.json").write_text("[1.0, 2.0]")
+    meta = {kfp_entry.PROPERTIES_KEY: json.dumps({"count": 2}), kfp_entry.FINGERPRINT_KEY: "f" * 64}
+    artifacts = {"examples": SimpleNamespace(path=str(src), uri=str(src), metadata=meta)}
+    for output in ("models", "logs"):
+        out = str(tmp_path / name / output)
+        artifacts[output] = SimpleNamespace(path=out, uri=out, metadata={})
+    plan = {"component_id": "train", "component_type": "kfp_toy_components.Train",
+            "executor": "kfp_toy_components.TrainExecutor", "spec": "kfp_toy_components.TrainSpec",
+            "cache": cache, "inputs": {"examples": {"type_name": "Examples", "args": ["examples"]}},
+            "outputs": {"models": {"type_name": "TrainedModels", "arg": "models",
+                                   "kfp_type": "Model", "publish_as": None},
+                        "logs": {"type_name": "TensorBoardLogs", "arg": "logs",
+                                 "kfp_type": "Artifact", "publish_as": "tensorboard"}}}
+    kfp_entry.run_step(json.dumps(plan), artifacts, json.dumps({"factor": 3.0, "fail": False}),
+                       resume_root)
+    return artifacts
+
+
+def test_a_step_reuses_its_finished_outputs_only_with_caching_on(tmp_path, capsys):
+    root = str(tmp_path / "root")
+    first = _run_train_step(tmp_path, "one", root, cache=True)
+    assert "[train] running kfp_toy_components.TrainExecutor" in capsys.readouterr().out
+    second = _run_train_step(tmp_path, "two", root, cache=True)
+    out = capsys.readouterr().out
+    assert f"[train] {kfp_entry.CACHED_MARK} reusing the outputs of an earlier run" in out
+    assert "running" not in out
+    assert json.load(open(tmp_path / "two" / "models" / "values.json")) == [3.0, 6.0]
+    for key in (kfp_entry.TYPE_KEY, kfp_entry.PROPERTIES_KEY, kfp_entry.FINGERPRINT_KEY):
+        assert second["models"].metadata[key] == first["models"].metadata[key]
+    assert json.loads(second["logs"].metadata[kfp_entry.RESULTS_KEY]) == {
+        "tensorboard": str(tmp_path / "two" / "logs")}
+    # Caching off (the pipeline's or this step's): the executor runs.
+    _run_train_step(tmp_path, "three", root, cache=False)
+    assert "[train] running" in capsys.readouterr().out
+    # No resume root: nowhere to keep a cache.
+    _run_train_step(tmp_path, "four", "", cache=True)
+    assert "[train] running" in capsys.readouterr().out
+
+
+def test_compiled_steps_carry_the_caching_choice(tmp_path):
+    def step_caching(doc, component_id):
+        source = " ".join(executor_of(doc, component_id)["command"])
+        plan = re.search(r"run_step\('(\{.*?\})'", source).group(1)
+        return json.loads(plan)["cache"]
+
+    doc = compile_to_dict(toy.build(tmp_path / "r"), tmp_path / "p.yaml")
+    assert step_caching(doc, "source") is True and step_caching(doc, "train_a") is True
+    pipeline = toy.build(tmp_path / "r")
+    pipeline.enable_cache = False                      # off for the pipeline, on for one step
+    doc = compile_to_dict(pipeline, tmp_path / "p.yaml", resources={"train_a": {"caching": True}})
+    assert step_caching(doc, "source") is False and step_caching(doc, "train_a") is True
+
+
+def test_kfp_local_reuses_the_finished_steps_of_earlier_runs(tmp_path):
+    root = tmp_path / "root"
+    with pytest.raises(PipelineError, match="train_b"):
+        run_kfp_local(toy.build(root, n=4, fail_b=True), run_id="k1")
+    second = run_kfp_local(toy.build(root, n=4), run_id="k2")
+
+    def states(run_id):
+        with MetadataStore(str(root / "metadata.sqlite")) as store:
+            return {e.component_id: (e.state, e.cached_from) for e in store.executions(run_id)}
+
+    # kfp.local may run train_a before or after train_b fails: what finished is reused.
+    finished = {cid: (e.id if e.state == "COMPLETE" else None)
+                for cid, e in _executions(root, "k1").items()}
+    assert finished["source"] and finished["train_b"] is None and "evaluate" not in finished
+    expected = {cid: ("CACHED", finished[cid]) if finished.get(cid) else ("COMPLETE", None)
+                for cid in ("source", "train_a", "train_b", "evaluate")}
+    assert states("k2") == expected
+    doc = json.load(open(root / "run.json"))
+    assert {cid: c["state"] for cid, c in doc["components"].items()} == {
+        cid: state.lower() for cid, (state, _) in expected.items()}
+    # The reused outputs are copies in this run's own directories, properties and all.
+    train_a = second.output("train_a", "models")
+    assert train_a.uri.startswith(second.kfp_root + os.sep)
+    assert toy.read_values(train_a) == [2.0, 4.0, 6.0, 8.0] and train_a.properties == {"factor": 2.0}
+    assert second.output("source", "examples").properties == {"count": 4, "splits": ["train"]}
+    summary = json.load(open(second.results["summary"]))
+    assert summary == {"label": "toy run", "totals": [20.0, 100.0], "factors": [2.0, 10.0]}
+
+    # A reused output whose files changed is not reused again: that step and its consumers run.
+    os.remove(second.results["summary"])
+    third = run_kfp_local(toy.build(root, n=4), run_id="k3")
+    assert {cid: state for cid, (state, _) in states("k3").items()} == {
+        "source": "CACHED", "train_a": "CACHED", "train_b": "CACHED", "evaluate": "COMPLETE"}
+    assert json.load(open(third.results["summary"])) == summary
+    assert third.results["summary"].startswith(third.kfp_root + os.sep)
+
+
+def _executions(root, run_id):
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        return {e.component_id: e for e in store.executions(run_id)}

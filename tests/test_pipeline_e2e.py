@@ -398,6 +398,20 @@ def test_the_same_dag_runs_through_kfp_local(tmp_path):
     shown = actsearch("show", "k1", f"--pipeline_root={root}").stdout
     assert shown.startswith("run k1 (") and "runner kfp-local): COMPLETE" in shown and "tuner" in shown
 
+    # Run again: every step reuses its outputs from k1, copied into k2's own directories.
+    actsearch("run", *TINY, "--runner=kfp-local", f"--pipeline_root={root}", "--run_id=k2", timeout=900)
+    again = read_json(root / "run.json")
+    assert again["status"] == "complete" and all(c["state"] == "cached" for c in again["components"].values())
+    assert all(uri.startswith(again["kfp_root"] + os.sep) for c in again["components"].values()
+               for uris in c["outputs"].values() for uri in uris)
+    assert os.path.exists(again["results"]["report"])
+    assert read_json(again["results"]["exported_activation"]) == exported
+    assert read_json(root / "published.json")["run_id"] == "k2"
+    (newest, _) = actsearch("runs", f"--pipeline_root={root}").stdout.splitlines()[1:]
+    assert newest.split()[:3] == ["k2", "COMPLETE", "kfp-local"] and newest.endswith("0/7/0")
+    shown = actsearch("show", "k2", f"--pipeline_root={root}").stdout
+    assert shown.count("CACHED") == 7 and shown.count("(reused execution") == 7
+
 
 def test_show_finds_the_lineage_of_a_function_exported_in_its_simplified_form(tmp_path, capsys):
     import activations
