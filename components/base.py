@@ -505,8 +505,27 @@ def executor_path(executor_class: type[BaseExecutor]) -> str:
     return f"{executor_class.__module__}.{executor_class.__qualname__}"
 
 
+def interrupted_by_user(error: BaseException) -> bool:
+    """True when `error` is a KeyboardInterrupt or was caused by one.
+
+    Ctrl-C that lands in Python code TensorFlow calls back (a Keras callback inside `fit`, a
+    `tf.data` function) comes out of TensorFlow as a `SystemError` ("... returned a result with
+    an exception set") whose cause is the KeyboardInterrupt. Taken for an ordinary failure, it
+    would record a trial as failed and let the run go on, instead of stopping it to resume later.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 __all__ = [
     "ARTIFACT_TYPES", "Artifact", "BaseExecutor", "Channel", "Component", "ComponentSpec",
     "ComponentDefinitionError", "ExecutorContext", "InputSpec", "OutputSpec", "Parameter",
-    "ParameterError", "ProgressEvent", "REQUIRED", "executor_path", "register_artifact_type",
+    "ParameterError", "ProgressEvent", "REQUIRED", "executor_path", "interrupted_by_user",
+    "register_artifact_type",
 ]

@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 
 from components import local_workers
+from components.base import interrupted_by_user
 
 ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
@@ -114,10 +115,15 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     start = time.time()
     try:
         result = dict(_resolve(job["fn"])(**job.get("args", {})))
-    except KeyboardInterrupt:  # the user stopped the run: not one of the job's starts
-        _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started)
-        raise
-    except Exception as error:  # noqa: BLE001 - a job failure is data, not a crash
+    except BaseException as error:  # noqa: BLE001
+        if interrupted_by_user(error):  # the user stopped the run: not one of the job's starts
+            _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started)
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt(f"job {job['id']} was stopped") from error  # TensorFlow wrapped it
+        if not isinstance(error, Exception):
+            raise
+        # A job failure is data, not a crash.
         logging.warning("job %s failed: %s", job["id"], error)
         result = {"failed": True, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     result.setdefault("job_id", job["id"])

@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator, Mapping
 from absl import logging
 
 from components.base import (Artifact, BaseExecutor, Component, ComponentSpec,
-                             ExecutorContext, ProgressEvent, executor_path)
+                             ExecutorContext, ProgressEvent, executor_path,
+                             interrupted_by_user)
 from pipeline import metadata as md
 from pipeline.dag import Pipeline
 
@@ -191,11 +192,13 @@ class _Run:
                 current = component.id
                 self._run_component(component)
         except BaseException as e:
-            interrupted = not isinstance(e, Exception)
+            interrupted = not isinstance(e, Exception) or interrupted_by_user(e)
             status = md.INTERRUPTED if interrupted else md.FAILED
             message = f"component {current!r} failed: {type(e).__name__}: {e}"
             self.store.finish_run(self.run_id, status, message, self.results)
             self._finish(status.lower(), message)
+            if interrupted and isinstance(e, Exception):   # Ctrl-C that TensorFlow wrapped
+                raise KeyboardInterrupt(f"component {current!r} was stopped") from e
             if interrupted:
                 raise
             raise PipelineError(f"{message} (run {self.run_id}; see {self.run_json})",

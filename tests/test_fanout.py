@@ -56,6 +56,49 @@ def test_ctrl_c_in_a_job_is_not_counted_as_one_of_its_starts(tmp_path, monkeypat
     assert attempts(str(tmp_path), "job0") == 0 and not (tmp_path / "job0.json").exists()
 
 
+def _wrapped_ctrl_c():
+    """What TensorFlow raises when Ctrl-C lands in a Python callback it called."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as stop:
+        raise SystemError("<built-in method of PyCapsule object> returned a result with an "
+                          "exception set") from stop
+
+
+def test_ctrl_c_wrapped_by_tensorflow_stops_the_fan_out_and_is_not_a_failed_job(tmp_path, monkeypatch):
+    import tests.fanout_toy_jobs as toy
+
+    monkeypatch.setattr(toy, "square", lambda value, sleep=0.0: _wrapped_ctrl_c())
+    with pytest.raises(KeyboardInterrupt, match="job job0 was stopped") as info:
+        run_jobs(_jobs([5, 6]), str(tmp_path))
+    assert isinstance(info.value.__cause__, SystemError)
+    assert attempts(str(tmp_path), "job0") == 0 and not (tmp_path / "job0.json").exists()
+    assert not (tmp_path / "job1.json").exists()        # the fan-out stopped at once
+
+
+def test_only_errors_caused_by_ctrl_c_count_as_interruptions():
+    from components.base import interrupted_by_user
+
+    assert interrupted_by_user(KeyboardInterrupt())
+    with pytest.raises(SystemError) as wrapped:
+        _wrapped_ctrl_c()
+    assert interrupted_by_user(wrapped.value)
+    try:                                               # raised while handling one: also stopped
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("cleanup failed")
+    except RuntimeError as during:
+        assert interrupted_by_user(during)
+    plain = ValueError("bad")
+    plain.__context__ = TypeError("earlier")
+    assert not interrupted_by_user(plain) and not interrupted_by_user(SystemExit(1))
+    looped = RuntimeError("a")
+    looped.__context__ = RuntimeError("b")
+    looped.__context__.__context__ = looped            # a cycle ends the walk
+    assert not interrupted_by_user(looped)
+
+
 def test_interrupted_fan_out_reruns_only_missing_jobs(tmp_path):
     run_jobs(_jobs([1, 2]), str(tmp_path))
     os.remove(tmp_path / "job1.json")

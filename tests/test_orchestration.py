@@ -38,6 +38,8 @@ def _maybe_fail(context: ExecutorContext) -> None:
         raise RuntimeError(f"boom in {cid}")
     if os.environ.get("TOY_INTERRUPT") == cid:
         raise KeyboardInterrupt
+    if os.environ.get("TOY_WRAPPED_INTERRUPT") == cid:   # as TensorFlow hands Ctrl-C back
+        raise SystemError("returned a result with an exception set") from KeyboardInterrupt()
     if os.environ.get("TOY_KILL") == cid:
         os._exit(9)
 
@@ -278,6 +280,16 @@ def test_keyboard_interrupt_is_recorded_and_propagates(env, monkeypatch):
     result = LocalRunner().run(build(root))
     assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
                               "sum": "COMPLETE"}
+
+
+def test_ctrl_c_wrapped_by_tensorflow_is_recorded_as_an_interruption(env, monkeypatch):
+    root, calls = env
+    monkeypatch.setenv("TOY_WRAPPED_INTERRUPT", "scale")
+    with pytest.raises(KeyboardInterrupt, match="component 'scale' was stopped"):
+        LocalRunner().run(build(root))
+    assert json.load(open(root / "run.json"))["status"] == "interrupted"
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        assert [run.status for run in store.list_runs()] == ["INTERRUPTED"]
 
 
 def test_killed_process_leaves_running_execution_treated_as_unfinished(env):
