@@ -8,8 +8,8 @@ better, trains the same and costs less.
 
 `simplify` rewrites bottom-up with rules that are exact identities of the protected operators for
 finite inputs (`zero(e) -> 0`, `e - 0 -> e`, `0 * e -> 0`, `e * 1 -> e`, `max(e, e) -> e`,
-`-(-e) -> e`, `relu(relu(e)) -> relu(e)`, ...) and folds subtrees without `x` or parameters into
-constants. Parameters are never renamed, so learned values keep their names. As a guard, the
+`-(-e) -> e`, `relu(relu(e)) -> relu(e)`, `e + e -> 2 * e`, `3 * e - e -> 2 * e`, ...) and folds
+subtrees without `x` or parameters into constants. Parameters are never renamed, so learned values keep their names. As a guard, the
 result is compared with the original on the probe points at several parameter settings; a rewrite
 that changed the function (none should) leaves the expression as it was.
 """
@@ -29,6 +29,7 @@ _IDEMPOTENT = ("abs", "relu", "min0")
 _MAX_FOLDED_DIGITS = 8
 _CHECK_SEED = 0
 _CHECK_SETTINGS = 3
+_ONE = Expression.constant(1.0)
 """Random parameter settings the guard tries, besides the initial values."""
 
 
@@ -69,7 +70,8 @@ def _rewrite(name: str, args: list[Expression]) -> Expression:
     if name == "abs" and _is_call(first, "negative"):
         return Expression.call("abs", first.args[0])
     if name in _SUMS:
-        return _combine(name, [arg for arg in args if not _is_constant(arg, 0.0)], neutral=0.0)
+        terms = _collect_terms(args)
+        return _combine(name, [arg for arg in terms if not _is_constant(arg, 0.0)], neutral=0.0)
     if name in _PRODUCTS:
         if any(_is_constant(arg, 0.0) for arg in args):
             return Expression.constant(0.0)
@@ -86,6 +88,9 @@ def _rewrite(name: str, args: list[Expression]) -> Expression:
             return Expression.constant(0.0)
         if _is_constant(left, 0.0):
             return Expression.call("negative", right)
+        (a, base), (b, other) = _coefficient(left), _coefficient(right)
+        if base == other:
+            return _scaled(a - b, base) or Expression.call(name, *args)
     if name == "div":
         if _is_constant(args[1], 1.0):
             return first
@@ -94,6 +99,55 @@ def _rewrite(name: str, args: list[Expression]) -> Expression:
     if name in _EXTREMES:
         return _combine(name, list(dict.fromkeys(args)), neutral=None)
     return Expression.call(name, *args)
+
+
+def _collect_terms(terms: Sequence[Expression]) -> list[Expression]:
+    """The terms of a sum with repeated ones gathered, in order of first appearance: `e + e` is
+    `2 * e`, `3 * e + negative(e)` is `2 * e`, `e + negative(e)` is `0`. Only constant
+    coefficients are gathered: `alpha * e + beta * e` keeps both parameters (dropping either
+    would change the function at the initial values)."""
+    groups: dict[Expression, list[tuple[float, Expression]]] = {}
+    for term in terms:
+        coefficient, base = _coefficient(term)
+        groups.setdefault(base, []).append((coefficient, term))
+    if len(groups) == len(terms):
+        return list(terms)
+    gathered = []
+    for base, members in groups.items():
+        term = members[0][1] if len(members) == 1 else _scaled(sum(c for c, _ in members), base)
+        if term is None:                       # the sum is too long to write: keep the terms
+            return list(terms)
+        gathered.append(term)
+    return gathered
+
+
+def _coefficient(term: Expression) -> tuple[float, Expression]:
+    """(c, e) for a term `c * e`, `e * c` or `-e` (c = -1), (c, 1) for a constant c, else
+    (1, term)."""
+    if term.kind == "constant":
+        return term.value, _ONE
+    if _is_call(term, "negative"):
+        return -1.0, term.args[0]
+    if _is_call(term, "mul"):
+        left, right = term.args
+        if left.kind == "constant" and right.kind != "constant":
+            return left.value, right
+        if right.kind == "constant" and left.kind != "constant":
+            return right.value, left
+    return 1.0, term
+
+
+def _scaled(coefficient: float, base: Expression) -> Expression | None:
+    """`coefficient * base` in its simplest form; None when the coefficient is long to write."""
+    if len(format_number(coefficient)) > _MAX_FOLDED_DIGITS:
+        return None
+    if coefficient == 0.0 or base == _ONE:
+        return Expression.constant(coefficient)
+    if coefficient == 1.0:
+        return base
+    if coefficient == -1.0:
+        return Expression.call("negative", base)
+    return Expression.call("mul", Expression.constant(coefficient), base)
 
 
 def _combine(name: str, args: Sequence[Expression], neutral: float | None) -> Expression:

@@ -38,6 +38,15 @@ from activations.space import get_space
         ("sigmoid(0) * x", "mul(0.5,x)"),
         ("exp(one(x)) * x", "mul(exp(1),x)"),  # folded only when the constant is short
         ("alpha * sigmoid(zero(x) + beta * x)", "mul(alpha,sigmoid(mul(beta,x)))"),
+        ("x + x", "mul(2,x)"),                                  # repeated terms are gathered
+        ("sum_n(x, tanh(x), x, x)", "sum_n(mul(3,x),tanh(x))"),
+        ("tanh(x) + tanh(x) * 2", "mul(3,tanh(x))"),
+        ("3 * elu(x) - elu(x)", "mul(2,elu(x))"),
+        ("elu(x) - 3 * elu(x)", "mul(-2,elu(x))"),
+        ("x + -x", "0"),
+        ("sum_n(x, 1.5, tanh(x), 0.5)", "sum_n(x,2,tanh(x))"),
+        ("mish(x) + mish(x) - 2 * mish(x)", "0"),
+        ("x + x * 0.1", "mul(1.1,x)"),
     ],
 )
 def test_rules(text, expected):
@@ -45,9 +54,10 @@ def test_rules(text, expected):
 
 
 @pytest.mark.parametrize("text", ["x * sigmoid(beta * x)", "max(relu(x), cosh(elu(x)))", "x", "x - relu(x)",
-                                  "x / x", "alpha * x + beta * x"])
+                                  "x / x", "alpha * x + beta * x", "x / 3 + x", "x + x * 0.123456789"])
 def test_what_no_rule_covers_is_returned_as_it_is(text):
-    # x / x is not 1 at x = 0 (the division is sign-safe); x - relu(x) and the sums are left alone.
+    # x / x is not 1 at x = 0 (the division is sign-safe); x - relu(x) is left alone; learnable
+    # coefficients are not gathered (neither parameter can go), nor long constants.
     assert simplify(text) == parse(text)
 
 
