@@ -36,8 +36,22 @@ def entry_path(resume_root: str, component_id: str, key: str) -> str:
     return os.path.join(resume_root, component_id, CACHE_DIR, f"{key}.json")
 
 
-def remember(path: str, outputs: Mapping[str, Artifact], results: Mapping[str, str]) -> None:
-    """Records `outputs` (written and final) and the step's run `results` under `path`."""
+def remember(path: str, outputs: Mapping[str, Artifact], results: Mapping[str, str]) -> bool:
+    """Records `outputs` (written and final) and the step's run `results` under `path`.
+
+    Best effort: a record that cannot be written (a full disk, a read-only resume root) costs
+    later runs a cache hit, not this step its result; returns whether it was written.
+    """
+    try:
+        _write_record(path, outputs, results)
+    except OSError as error:
+        print(f"warning: the step's outputs are not recorded for later runs ({path}): {error}",
+              flush=True)
+        return False
+    return True
+
+
+def _write_record(path: str, outputs: Mapping[str, Artifact], results: Mapping[str, str]) -> None:
     record = {
         "version": _VERSION,
         "outputs": {name: {"uri": os.path.abspath(art.uri), "properties": art.properties,

@@ -546,3 +546,15 @@ def test_kfp_local_reuses_the_finished_steps_of_earlier_runs(tmp_path):
 def _executions(root, run_id):
     with MetadataStore(str(root / "metadata.sqlite")) as store:
         return {e.component_id: e for e in store.executions(run_id)}
+
+
+def test_a_step_cache_record_that_cannot_be_written_costs_only_the_cache(tmp_path, capsys):
+    from pipeline import step_cache
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "blocked").write_text("a file where the cache directory would go")
+    record = str(tmp_path / "blocked" / "train" / ".step-cache" / "k.json")
+    assert step_cache.remember(record, {"models": Artifact("TrainedModels", str(out))}, {}) is False
+    assert "not recorded for later runs" in capsys.readouterr().out
+    assert step_cache.restore(record, {"models": Artifact("TrainedModels", str(tmp_path / "o2"))}) is None
