@@ -62,8 +62,13 @@ def search_origin(item: Mapping[str, Any]) -> str:
     kinds = {"seed": "initial candidate", "sample": "random sample", "exhaustive": "enumerated",
              "controller": "RL controller proposal"}
     if operator in kinds:
-        return f"search {kinds[operator]}, {trial}"
-    return f"evolved ({operator}), generation {item.get('generation')}, {trial}"
+        origin = f"search {kinds[operator]}, {trial}"
+    else:
+        origin = f"evolved ({operator}), generation {item.get('generation')}, {trial}"
+    if item.get("mean_fitness") is not None:
+        origin += (f"; re-ranked by mean validation accuracy {item['mean_fitness']:.4f} over "
+                   f"{1 + len(item.get('rerun_fitness') or [])} runs")
+    return origin
 
 
 def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k: int, extra: list[str]) -> list[dict]:

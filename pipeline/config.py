@@ -85,6 +85,7 @@ class PipelineConfig:
     parallel_trials: int = 1
     stop_quantile: float = 0.25
     top_k: int = 3
+    rerank_seeds: int = 0
     # Final training and evaluation.
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["relu", "swish", "gelu"])
     final_model: str | None = None
@@ -128,8 +129,9 @@ class PipelineConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         _check_functions("seed_functions", self.seed_functions)
         _check_functions("baselines", self.baselines)
-        if self.num_candidates < 0:
-            raise ConfigError(f"num_candidates must be >= 0, got {self.num_candidates}")
+        for name in ("num_candidates", "rerank_seeds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tournament_size > self.population_size:
             raise ConfigError(
                 f"tournament_size ({self.tournament_size}) cannot exceed population_size ({self.population_size})"
@@ -214,6 +216,9 @@ FIELD_HELP: dict[str, str] = {
                      "trial_epochs on, once population_size trials, at least 5, have ended), in [0, 1) "
                      "(0: every trial runs in full)",
     "top_k": "best functions of the search that go on to the final training",
+    "rerank_seeds": "before choosing the top_k, train the search's best 2 * top_k distinct functions this many "
+                    "more times (next seeds, trial budget, no early stop) and rank them by their mean validation "
+                    "accuracy (0: rank by the single search trial)",
     "baselines": "comma-separated functions trained beside the winners; must include relu",
     "final_model": "child network of the final training (none: the same as --model)",
     "final_epochs": "training epochs of each final run",
@@ -370,6 +375,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trial_examples": 5000,
         "parallel_trials": 1,
         "top_k": 2,
+        "rerank_seeds": 1,
         "final_epochs": 12,
         "seeds": 4,
         "pipeline_root": "runs/cifar10",

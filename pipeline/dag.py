@@ -146,7 +146,8 @@ def create_pipeline(config) -> Pipeline:
         train_config=train_config_fields(config, final=False), space=config.space, strategy=config.strategy,
         max_trials=config.max_trials, population_size=config.population_size,
         tournament_size=config.tournament_size, train_examples=config.trial_examples, top_k=config.top_k,
-        seed=config.seed, stop_quantile=config.stop_quantile or None, **parallelism,
+        seed=config.seed, stop_quantile=config.stop_quantile or None, rerank_seeds=config.rerank_seeds,
+        **parallelism,
     )
     trainer = Trainer(
         examples=example_gen.outputs["examples"], search_results=tuner.outputs["search_results"],

@@ -1,5 +1,7 @@
 """Pieces of the components that decide what gets trained and exported."""
 
+import pytest
+
 from components.exporter import choose_function
 from components.statistics import evaluate
 from components.trainer import functions_to_train, learned_parameter_statistics
@@ -247,6 +249,47 @@ def test_the_tuner_runs_the_rl_controller_and_the_trainer_names_its_proposals(tm
     controller_item = next(item for item in top if item["operator"] == "controller")
     (chosen,) = functions_to_train([], [controller_item], 1, [])
     assert chosen["origin"].startswith(f"search RL controller proposal, trial {controller_item['trial_id']}")
+
+
+def test_reranking_orders_the_shortlist_by_the_mean_over_more_seeds(tmp_path, monkeypatch):
+    import json
+
+    from components.tuner import read_top
+
+    calls = []
+
+    def lucky_relu(config, examples_uri, train_examples=None):
+        # relu's search trial (seed 0) is lucky; on other seeds tanh is better. Everything else is poor.
+        calls.append((config["activation"], config["seed"], config["stop_below"]))
+        if config["activation"] == "relu(x)":
+            return {"best_val_accuracy": 0.9 if config["seed"] == 0 else 0.3}
+        if config["activation"] == "tanh(x)":
+            return {"best_val_accuracy": 0.8} if config["seed"] != 2 else {"failed": True, "error": "boom"}
+        return {"best_val_accuracy": 0.1}
+
+    events = []
+    out = _run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
+                     train_config={"seed": 0}, stop_quantile=0.25, progress=events.append)
+    reruns = calls[6:]            # the fan-out tries a job that raised once more
+    assert sorted(reruns) == [("relu(x)", 1, None), ("relu(x)", 2, None), ("tanh(x)", 1, None)] + [("tanh(x)", 2, None)] * 2
+    top = read_top(out)
+    assert [item["expression"] for item in top[:2]] == ["tanh(x)", "relu(x)"]
+    assert top[0]["rerun_fitness"] == [0.8, 0.0]            # a failed run counts as 0
+    assert top[0]["mean_fitness"] == pytest.approx(1.6 / 3) and top[1]["mean_fitness"] == pytest.approx(1.5 / 3)
+    assert top[0]["fitness"] == 0.8 and "mean_fitness" not in top[2]   # the rest keep the search's order
+    (chosen,) = functions_to_train([], top, 1, [])
+    assert chosen["function"] == "tanh(x)"
+    assert chosen["origin"].endswith("re-ranked by mean validation accuracy 0.5333 over 3 runs")
+    lines = [str(event) for event in events]
+    assert any("re-ranking the best 2 functions: 2 more run(s) each, 4 in all" in line for line in lines)
+    assert any(line.startswith("[tuner] re-ranked: tanh(x) 0.5333") for line in lines)
+
+    # Run again (as after a crash before the step finished): nothing is trained twice.
+    calls.clear()
+    out = _run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
+                     train_config={"seed": 0}, stop_quantile=0.25)
+    assert calls == []
+    assert read_top(out)[0]["expression"] == "tanh(x)"
 
 
 def test_trials_below_most_earlier_ones_stop_early_with_bars_from_the_trials_before(tmp_path, monkeypatch):
