@@ -232,8 +232,9 @@ FIELD_HELP: dict[str, str] = {
                     "(e.g. --runner=DataflowRunner,--project=...)",
     "image": "container image of the compiled Kubeflow pipeline's steps",
     "resume_root": "compiled Kubeflow pipeline: an absolute path every step sees (a shared volume, or "
-                   "/gcs/<bucket>/... for gs://<bucket>/...) where a step keeps its resume state, so a "
-                   "preempted or failed step continues (empty: it starts over)",
+                   "/gcs/<bucket>/... for gs://<bucket>/...) where a step keeps its resume state and its "
+                   "finished outputs, so a preempted or failed step continues and a re-run reuses finished "
+                   "steps (empty: a step starts over)",
     "resources": "JSON mapping component id to Kubeflow resource requests, e.g. "
                  '{"trainer": {"cpu": "8", "memory": "32G"}} (replaces the preset\'s mapping)',
 }
