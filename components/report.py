@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from components.statistics import BASELINE, BLESSED, Evaluation, FunctionStats
+from components.statistics import BASELINE, BLESSED, Evaluation, FunctionStats, percentage_points
 
 FIGURES_DIR = "report_figures"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -154,7 +154,7 @@ def _results_section(doc: "_Document", ev: Evaluation, origins: Mapping[str, str
             str(f.n) + (f" ({f.n_diverged} diverged)" if f.n_diverged else ""),
             _pct(f.mean) + (f" ± {100 * f.std:.2f}" if f.std is not None else ""),
             f"[{_pct(f.ci_low)}, {_pct(f.ci_high)}]" if f.ci_low is not None else "—",
-            "—" if f.is_baseline else f"{100 * f.diff:+.2f} pp",
+            "—" if f.is_baseline else percentage_points(f.diff),
             _p_cell(f, f.welch_p_holm, f.welch_p),
             _p_cell(f, f.mannwhitney_p_holm, f.mannwhitney_p),
             "—" if f.is_baseline else f.win_tie_loss,

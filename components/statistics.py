@@ -435,14 +435,14 @@ def _verdict(entry: Mapping[str, Any], threshold, alpha, blessing_p) -> dict[str
     p = entry[key]
     gain = entry["diff"]
     if gain <= threshold:
-        reason = f"gain {_pp(gain)} is not above the threshold {_pp(threshold)}"
+        reason = f"gain {percentage_points(gain)} is not above the threshold {percentage_points(threshold)}"
     elif p is None:
         reason = entry["p_note"] or "no p-value"
     elif p >= alpha:
         reason = f"{_P_LABEL[blessing_p]} p={p:.3g} is not below alpha={alpha:g}"
     else:
         return dict(verdict=BLESSED,
-                    reason=f"gain {_pp(gain)} > {_pp(threshold)} and "
+                    reason=f"gain {percentage_points(gain)} > {percentage_points(threshold)} and "
                            f"{_P_LABEL[blessing_p]} p={p:.3g} < {alpha:g}")
     return dict(verdict=NOT_BLESSED, reason=reason)
 
@@ -451,9 +451,10 @@ _P_LABEL = {"welch_holm": "Holm-corrected Welch", "mannwhitney_holm": "Holm-corr
             "welch": "uncorrected Welch", "mannwhitney": "uncorrected Mann-Whitney"}
 
 
-def _pp(value: float) -> str:
-    """A difference of fractions as signed percentage points."""
-    return f"{100 * value:+.2f} pp"
+def percentage_points(value: float) -> str:
+    """A difference of fractions as signed percentage points; one that rounds to zero is +0.00,
+    never -0.00 (a reader takes the sign for the direction of the gain)."""
+    return f"{round(100 * value, 2) + 0.0:+.2f} pp"
 
 
 def _summary(functions: Sequence[FunctionStats], *, baseline, metric, threshold, alpha,
@@ -470,21 +471,21 @@ def _summary(functions: Sequence[FunctionStats], *, baseline, metric, threshold,
         others = f"; {len(blessed)} of {len(candidates)} functions were blessed" \
             if len(blessed) > 1 else f"; 1 of {len(candidates)} functions was blessed"
         return (f"{best.function} beat {baseline}: mean {metric} {best.mean:.4f} vs "
-                f"{base.mean:.4f} ({_pp(best.diff)}, {label} p={p:.3g} < {alpha:g}, "
+                f"{base.mean:.4f} ({percentage_points(best.diff)}, {label} p={p:.3g} < {alpha:g}, "
                 f"n={best.n}, wins/ties/losses {best.win_tie_loss}){others}.")
     top = max(candidates, key=lambda f: f.diff)
     if top.diff <= 0:
         return (f"No function beat {baseline}: every candidate's mean {metric} was at or below "
-                f"{baseline}'s {base.mean:.4f} (best: {top.function}, {_pp(top.diff)}).")
+                f"{baseline}'s {base.mean:.4f} (best: {top.function}, {percentage_points(top.diff)}).")
     p = _governing_p(top, blessing_p)
     if top.diff <= threshold:
-        why = f"its gain is not above the threshold {_pp(threshold)}"
+        why = f"its gain is not above the threshold {percentage_points(threshold)}"
     elif p is None:
         why = top.p_note or "no p-value"
     else:
         why = f"{label} p={p:.3g} is not below alpha={alpha:g}"
     return (f"No function beat {baseline} convincingly: the best, {top.function}, had mean "
-            f"{metric} {top.mean:.4f} vs {base.mean:.4f} ({_pp(top.diff)}), but {why}.")
+            f"{metric} {top.mean:.4f} vs {base.mean:.4f} ({percentage_points(top.diff)}), but {why}.")
 
 
 def _governing_p(stats: FunctionStats, blessing_p: str) -> float | None:

@@ -309,3 +309,12 @@ def test_functions_are_ordered_baseline_first_then_by_mean(rng):
     for name, mean in [("low", 0.8), ("high", 0.95), ("mid", 0.88)]:
         runs += _runs(name, _normal(mean, 3, rng))
     assert [f.function for f in st.evaluate(runs).functions] == ["relu", "high", "mid", "low"]
+
+
+def test_a_gain_that_rounds_to_zero_is_never_written_with_a_minus_sign():
+    runs = _runs("relu", [0.90, 0.91, 0.92]) + _runs("same", [0.90, 0.91, 0.91999])
+    ev = st.evaluate(runs)
+    assert ev["same"].diff < 0
+    assert "gain +0.00 pp is not above the threshold +0.00 pp" in ev["same"].reason
+    assert "(best: same, +0.00 pp)" in ev.summary
+    assert st.percentage_points(-0.0091) == "-0.91 pp" and st.percentage_points(0.0123) == "+1.23 pp"
