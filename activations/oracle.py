@@ -62,6 +62,7 @@ Decisions:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import json
@@ -88,6 +89,9 @@ GENOME = "activation"
 PARENTS = "evolution/parents"
 GENERATION = "evolution/generation"
 OPERATOR = "evolution/operator"
+EPOCH_METRIC = "actsearch/epoch"
+"""Marks an `update_trial` call as one epoch's objective, for the stopping rule only: how a
+worker of KerasTuner's distributed mode asks the chief's oracle whether to stop a trial."""
 
 DEFAULT_SEEDS = (
     "relu(x)",
@@ -404,6 +408,22 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             {GENOME: str(expr), PARENTS: ",".join(parents), GENERATION: generation, OPERATOR: operator}
         )
         return {"status": TrialStatus.RUNNING, "values": values}
+
+    @keras_tuner.synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        """KerasTuner's report of a trial's metrics; with `EPOCH_METRIC` among them, one epoch's
+        objective from a worker of KerasTuner's distributed mode instead (see
+        `EvolutionaryTuner.on_epoch_end`): observed for the stopping rule (`observe`), not
+        recorded as a result, and answered with a copy of the trial whose status is STOPPED when
+        the rule stops it. Only this call crosses KerasTuner's gRPC with per-epoch values."""
+        if EPOCH_METRIC not in metrics:
+            return super().update_trial(trial_id, metrics, step)
+        values = dict(metrics)
+        epoch = int(values.pop(EPOCH_METRIC))
+        reply = copy.copy(self.trials[trial_id])
+        if self.observe(trial_id, epoch, values.get(self.objective.name)):
+            reply.status = TrialStatus.STOPPED
+        return reply
 
     @keras_tuner.synchronized
     def end_trial(self, trial):
@@ -925,14 +945,28 @@ class EvolutionaryTuner(keras_tuner.Tuner):
     def on_epoch_end(self, trial, model, epoch, logs=None):
         """With a stopping rule, stops a hopeless trial's `fit` after this epoch.
 
-        Applies when the oracle is in this process and has one objective; a worker of
-        KerasTuner's distributed mode talks to the chief's oracle over gRPC, which carries no
-        per-epoch values, and runs every trial in full.
+        Applies when the oracle has one objective. A worker of KerasTuner's distributed mode
+        asks the chief's oracle, which holds the rule and the other trials' curves, through
+        `update_trial` (marked with `EPOCH_METRIC`), the one call that reaches it with values.
         """
         super().on_epoch_end(trial, model, epoch, logs)
         oracle = self.oracle
         name = getattr(getattr(oracle, "objective", None), "name", None)
-        if getattr(oracle, "stopping", None) is None or not logs or name not in logs:
+        if not logs or name not in logs:
             return
-        if oracle.observe(trial.trial_id, epoch, float(logs[name])):
+        if _is_remote(oracle):
+            reply = oracle.update_trial(trial.trial_id, {name: float(logs[name]), EPOCH_METRIC: float(epoch)},
+                                        step=epoch)
+            stop = getattr(reply, "status", None) == TrialStatus.STOPPED
+        else:
+            stop = getattr(oracle, "stopping", None) is not None and oracle.observe(
+                trial.trial_id, epoch, float(logs[name]))
+        if stop:
             model.stop_training = True
+
+
+def _is_remote(oracle) -> bool:
+    """Whether `oracle` is a worker's gRPC client of the chief's oracle (distributed mode)."""
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    return isinstance(oracle, OracleClient)

@@ -135,3 +135,51 @@ def test_the_tuner_stops_fit_after_an_epoch_below_the_bar(tmp_path):
     tuner.on_epoch_end(promising, models[promising.trial_id], 1, logs={"loss": 0.3})  # no objective: no decision
     assert models[hopeless.trial_id].stop_training and not models[promising.trial_id].stop_training
     assert oracle.lineage(hopeless.trial_id)["curve"] == [0.2]
+
+
+class _LoopbackClient:
+    """Builds a KerasTuner `OracleClient` whose calls reach the chief's servicer in this process,
+    through the same request and response protos as gRPC (no network)."""
+
+    @staticmethod
+    def make(chief_oracle):
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute.oracle_chief import OracleServicer
+        from keras_tuner.src.distribute.oracle_client import OracleClient
+        from keras_tuner.src.engine.trial import Trial
+
+        servicer = OracleServicer(chief_oracle)
+
+        class Loopback(OracleClient):
+            def __init__(self):  # no channel
+                self._oracle, self.multi_worker, self.should_report = chief_oracle, False, True
+
+            def update_trial(self, trial_id, metrics, step=0):
+                request = protos.get_service().UpdateTrialRequest(trial_id=trial_id, metrics=metrics, step=step)
+                wire = protos.get_service().UpdateTrialResponse.FromString(
+                    servicer.UpdateTrial(request, None).SerializeToString())
+                return Trial.from_proto(wire.trial)
+
+        return Loopback()
+
+
+def test_a_distributed_worker_asks_the_chiefs_oracle_whether_to_stop(tmp_path):
+    tuner = EvolutionaryTuner(lambda hp: None, objective=ACCURACY, max_trials=20, population_size=6,
+                              tournament_size=2, seed=3, seed_functions=DEFAULT_SEEDS[:6],
+                              stopping=QuantileStopping(min_trials=3), directory=str(tmp_path), project_name="p")
+    chief = tuner.oracle
+    _finish_generation(chief, [[0.6, 0.8], [0.5, 0.7], [0.7, 0.9], [0.4, 0.6], [0.65, 0.85], [0.55, 0.75]])
+    hopeless, promising = chief.propose_batch(2)
+    tuner.oracle = _LoopbackClient.make(chief)        # what a worker's tuner holds
+    assert getattr(tuner.oracle, "stopping", None) is None     # the client exposes no rule of its own
+    models = {trial.trial_id: types.SimpleNamespace(stop_training=False) for trial in (hopeless, promising)}
+    tuner.on_epoch_end(hopeless, models[hopeless.trial_id], 0, logs={"val_accuracy": 0.2})
+    tuner.on_epoch_end(promising, models[promising.trial_id], 0, logs={"val_accuracy": 0.62})
+    assert models[hopeless.trial_id].stop_training and not models[promising.trial_id].stop_training
+    # The chief observed the epochs for its rule and recorded no result from them.
+    assert chief.lineage(hopeless.trial_id)["stopped_at"] == 1 and chief.lineage(hopeless.trial_id)["curve"] == [0.2]
+    assert chief.trials[hopeless.trial_id].status == "RUNNING"
+    assert not chief.trials[hopeless.trial_id].metrics.exists("val_accuracy")
+    # The trial's end, as KerasTuner reports it, is an ordinary update (no epoch mark).
+    chief.update_trial(hopeless.trial_id, {"val_accuracy": 0.2})
+    assert chief.trials[hopeless.trial_id].metrics.get_best_value("val_accuracy") == 0.2
