@@ -46,21 +46,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_chief_and_two_workers_share_one_evolutionary_search(tmp_path):
-    from activations.equivalence import fingerprint
-
+def _run_chief_and_workers(tmp_path, script_text: str) -> None:
+    """Runs `script_text` as KerasTuner's chief and two workers on loopback; all must exit 0."""
     port = _free_port()
-    log, summary = tmp_path / "runs.jsonl", tmp_path / "summary.json"
     script = tmp_path / "tune.py"
-    script.write_text(
-        SCRIPT.format(
-            tests=str(PROJECT_ROOT / "tests"),
-            log=str(log),
-            summary=str(summary),
-            directory=str(tmp_path / "project"),
-            max_trials=MAX_TRIALS,
-        )
-    )
+    script.write_text(script_text)
     base_env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     base_env.update(
         TF_CPP_MIN_LOG_LEVEL="3",
@@ -89,6 +79,15 @@ def test_chief_and_two_workers_share_one_evolutionary_search(tmp_path):
                 process.kill()
                 process.wait()
 
+
+def test_chief_and_two_workers_share_one_evolutionary_search(tmp_path):
+    from activations.equivalence import fingerprint
+
+    log, summary = tmp_path / "runs.jsonl", tmp_path / "summary.json"
+    _run_chief_and_workers(tmp_path, SCRIPT.format(
+        tests=str(PROJECT_ROOT / "tests"), log=str(log), summary=str(summary),
+        directory=str(tmp_path / "project"), max_trials=MAX_TRIALS))
+
     result = json.loads(summary.read_text())
     trials = result["trials"]
     assert len(trials) == MAX_TRIALS
@@ -102,3 +101,62 @@ def test_chief_and_two_workers_share_one_evolutionary_search(tmp_path):
     assert result["counts"]["completed"] == MAX_TRIALS and result["counts"]["running"] == 0
     assert sum(row["proposed"] for row in result["history"]) == MAX_TRIALS
     assert any(t["activation"] not in ("relu(x)", "swish(x)", "gelu(x)") for t in trials.values())
+
+
+STOPPING_SCRIPT = """
+import json, math, os, sys, time, types
+sys.path.insert(0, {tests!r})
+import keras_tuner
+from test_oracle import DEFAULT_SEEDS, target_fitness
+from activations.oracle import GENOME, EvolutionaryTuner
+from activations.stopping import QuantileStopping
+
+role = os.environ["KERASTUNER_TUNER_ID"]
+
+class EpochTuner(EvolutionaryTuner):
+    # A trial of four epochs whose fitness climbs to the function's target fitness.
+    def run_trial(self, trial, *args, **kwargs):
+        final = target_fitness(trial.hyperparameters.get(GENOME))
+        final = final if math.isfinite(final) else 0.0
+        model = types.SimpleNamespace(stop_training=False)
+        for epoch in range(4):
+            value = final * (epoch + 1) / 4
+            self.on_epoch_end(trial, model, epoch, logs={{"fitness": value}})
+            if model.stop_training:
+                break
+        with open({log!r}, "a") as handle:
+            handle.write(json.dumps({{"trial": trial.trial_id, "epochs": epoch + 1}}) + "\\n")
+        return {{"fitness": value}}
+
+# Trials are quick: a worker that asked for its first trial only after the other had finished the
+# search would find the chief gone (KerasTuner's chief leaves once every worker it knows was told
+# to stop). So the workers start searching together.
+if role != "chief":
+    open(os.path.join({barrier!r}, role), "w").close()
+    while len(os.listdir({barrier!r})) < 2:
+        time.sleep(0.05)
+
+tuner = EpochTuner(objective=keras_tuner.Objective("fitness", "max"), max_trials={max_trials}, population_size=4,
+                   tournament_size=2, seed=7, idle_sleep=0.05, seed_functions=DEFAULT_SEEDS[:3],
+                   stopping=QuantileStopping(quantile=0.5, grace_epochs=1, min_trials=4),
+                   directory={directory!r}, project_name="dist", overwrite=role == "chief")
+tuner.search(verbose=0)
+if role == "chief":
+    with open({summary!r}, "w") as handle:
+        json.dump({{tid: tuner.oracle.lineage(tid).get("stopped_at") for tid in tuner.oracle.trials}}, handle)
+"""
+
+
+def test_workers_stop_hopeless_trials_on_the_chiefs_word(tmp_path):
+    log, summary = tmp_path / "epochs.jsonl", tmp_path / "stopped.json"
+    (tmp_path / "ready").mkdir()
+    _run_chief_and_workers(tmp_path, STOPPING_SCRIPT.format(
+        tests=str(PROJECT_ROOT / "tests"), log=str(log), summary=str(summary), barrier=str(tmp_path / "ready"),
+        directory=str(tmp_path / "project"), max_trials=MAX_TRIALS))
+    trained = {run["trial"]: run["epochs"] for run in map(json.loads, log.read_text().splitlines())}
+    stopped_at = json.loads(summary.read_text())
+    assert set(trained) == set(stopped_at) and len(trained) == MAX_TRIALS
+    stopped = {tid: epochs for tid, epochs in trained.items() if epochs < 4}
+    assert stopped, "no trial was stopped: the workers did not hear from the chief's rule"
+    # The chief recorded each stop at the epoch where the worker's fit stopped, and no other.
+    assert {tid: at for tid, at in stopped_at.items() if at} == stopped
