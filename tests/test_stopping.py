@@ -122,14 +122,21 @@ def test_without_a_rule_nothing_is_stopped_and_bad_settings_are_named():
         oracle.report(trial.trial_id, value=0.5, stopped_at=0)
 
 
-def test_the_tuner_stops_fit_after_an_epoch_below_the_bar(tmp_path):
+def _tuner_with_two_running_trials(tmp_path):
+    """An EvolutionaryTuner whose oracle has bars from one ended generation, the two running
+    trials it proposed next (the first to be fed a hopeless epoch), and a stand-in model for each."""
     tuner = EvolutionaryTuner(lambda hp: None, objective=ACCURACY, max_trials=20, population_size=6,
                               tournament_size=2, seed=3, seed_functions=DEFAULT_SEEDS[:6],
                               stopping=QuantileStopping(min_trials=3), directory=str(tmp_path), project_name="p")
-    oracle = tuner.oracle
-    _finish_generation(oracle, [[0.6, 0.8], [0.5, 0.7], [0.7, 0.9], [0.4, 0.6], [0.65, 0.85], [0.55, 0.75]])
-    hopeless, promising = oracle.propose_batch(2)
+    _finish_generation(tuner.oracle, [[0.6, 0.8], [0.5, 0.7], [0.7, 0.9], [0.4, 0.6], [0.65, 0.85], [0.55, 0.75]])
+    hopeless, promising = tuner.oracle.propose_batch(2)
     models = {trial.trial_id: types.SimpleNamespace(stop_training=False) for trial in (hopeless, promising)}
+    return tuner, hopeless, promising, models
+
+
+def test_the_tuner_stops_fit_after_an_epoch_below_the_bar(tmp_path):
+    tuner, hopeless, promising, models = _tuner_with_two_running_trials(tmp_path)
+    oracle = tuner.oracle
     tuner.on_epoch_end(hopeless, models[hopeless.trial_id], 0, logs={"val_accuracy": 0.2, "loss": 2.0})
     tuner.on_epoch_end(promising, models[promising.trial_id], 0, logs={"val_accuracy": 0.62})
     tuner.on_epoch_end(promising, models[promising.trial_id], 1, logs={"loss": 0.3})  # no objective: no decision
@@ -164,15 +171,10 @@ class _LoopbackClient:
 
 
 def test_a_distributed_worker_asks_the_chiefs_oracle_whether_to_stop(tmp_path):
-    tuner = EvolutionaryTuner(lambda hp: None, objective=ACCURACY, max_trials=20, population_size=6,
-                              tournament_size=2, seed=3, seed_functions=DEFAULT_SEEDS[:6],
-                              stopping=QuantileStopping(min_trials=3), directory=str(tmp_path), project_name="p")
+    tuner, hopeless, promising, models = _tuner_with_two_running_trials(tmp_path)
     chief = tuner.oracle
-    _finish_generation(chief, [[0.6, 0.8], [0.5, 0.7], [0.7, 0.9], [0.4, 0.6], [0.65, 0.85], [0.55, 0.75]])
-    hopeless, promising = chief.propose_batch(2)
     tuner.oracle = _LoopbackClient.make(chief)        # what a worker's tuner holds
     assert getattr(tuner.oracle, "stopping", None) is None     # the client exposes no rule of its own
-    models = {trial.trial_id: types.SimpleNamespace(stop_training=False) for trial in (hopeless, promising)}
     tuner.on_epoch_end(hopeless, models[hopeless.trial_id], 0, logs={"val_accuracy": 0.2})
     tuner.on_epoch_end(promising, models[promising.trial_id], 0, logs={"val_accuracy": 0.62})
     assert models[hopeless.trial_id].stop_training and not models[promising.trial_id].stop_training
