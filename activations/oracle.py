@@ -942,6 +942,18 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         oracle_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _ORACLE_ARGUMENTS}
         super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)
 
+    def run_trial(self, trial, *args, **kwargs):
+        """KerasTuner's trial, with Ctrl-C kept as Ctrl-C: TensorFlow hands one that lands in a
+        Python callback back as a `SystemError` caused by the KeyboardInterrupt, which KerasTuner
+        would take for a failed trial and search on. It stops the search instead; the trial runs
+        again when the search is resumed."""
+        try:
+            return super().run_trial(trial, *args, **kwargs)
+        except SystemError as error:
+            if isinstance(error.__cause__, KeyboardInterrupt):
+                raise KeyboardInterrupt(f"trial {trial.trial_id} was stopped") from error
+            raise
+
     def on_epoch_end(self, trial, model, epoch, logs=None):
         """With a stopping rule, stops a hopeless trial's `fit` after this epoch.
 

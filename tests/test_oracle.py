@@ -155,6 +155,33 @@ def test_evolutionary_tuner_with_a_real_keras_model_on_digits(tmp_path):
     assert tuner.oracle.trials["2"].hyperparameters.get(OPERATOR) != "seed"
 
 
+def test_ctrl_c_that_tensorflow_wraps_stops_the_search_instead_of_failing_the_trial(tmp_path):
+    import keras
+
+    def builder(cause):
+        def build(hp):
+            if hp.get(GENOME) == "tanh(x)":  # as fit raises when Ctrl-C lands in a Python callback
+                raise SystemError("returned a result with an exception set") from cause
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), activation_from_hp(hp)])
+            model.compile(optimizer="sgd", loss="mse")
+            return model
+        return build
+
+    x, y = np.zeros((8, 4), "float32"), np.zeros((8, 2), "float32")
+    settings = dict(objective="val_loss", max_trials=3, population_size=2, tournament_size=1,
+                    seed_functions=["relu(x)", "tanh(x)"], seed=1, directory=tmp_path)
+    tuner = EvolutionaryTuner(builder(KeyboardInterrupt()), project_name="stopped", **settings)
+    with pytest.raises(KeyboardInterrupt, match="trial 1 was stopped"):
+        tuner.search(x, y, epochs=1, validation_split=0.25, verbose=0)
+    statuses = {tid: t.status for tid, t in tuner.oracle.trials.items()}
+    assert statuses == {"0": TrialStatus.COMPLETED, "1": TrialStatus.RUNNING}   # not failed: it runs again
+    # Any other SystemError is a failed trial, as KerasTuner treats errors.
+    other = EvolutionaryTuner(builder(ValueError("internal")), project_name="broken", **settings)
+    other.search(x, y, epochs=1, validation_split=0.25, verbose=0)
+    statuses = {t.hyperparameters.get(GENOME): t.status for t in other.oracle.trials.values()}
+    assert statuses["tanh(x)"] == TrialStatus.FAILED and len(statuses) == 3
+
+
 # --- 3. batch driving: create_trial / update_trial / end_trial -----------------------------------
 
 
