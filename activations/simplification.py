@@ -9,9 +9,10 @@ better, trains the same and costs less.
 `simplify` rewrites bottom-up with rules that are exact identities of the protected operators for
 finite inputs (`zero(e) -> 0`, `e - 0 -> e`, `0 * e -> 0`, `e * 1 -> e`, `max(e, e) -> e`,
 `-(-e) -> e`, `relu(relu(e)) -> relu(e)`, `e + e -> 2 * e`, `3 * e - e -> 2 * e`, ...) and folds
-subtrees without `x` or parameters into constants. Parameters are never renamed, so learned values keep their names. As a guard, the
-result is compared with the original on the probe points at several parameter settings; a rewrite
-that changed the function (none should) leaves the expression as it was.
+subtrees without `x` or parameters into constants. Parameters are never renamed, so learned
+values keep their names. As a guard, the result is compared with the original on the probe points
+at several parameter settings; a rewrite that changed the function (none should) leaves the
+expression as it was.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ _IDEMPOTENT = ("abs", "relu", "min0")
 _MAX_FOLDED_DIGITS = 8
 _CHECK_SEED = 0
 _CHECK_SETTINGS = 3
-_ONE = Expression.constant(1.0)
 """Random parameter settings the guard tries, besides the initial values."""
+_ONE = Expression.constant(1.0)
 
 
 def simplify(expression: Union[str, Expression]) -> Expression:

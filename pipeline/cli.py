@@ -364,9 +364,7 @@ def main(argv: list[str]) -> int:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = "Finished steps and trials are kept: run the same command again to continue where it stopped."
-        if FLAGS.runner == "kfp-local":  # a new run each time: its steps reuse the root's step cache
-            again = again.replace("again", "again (with a new --run_id, if you gave one)", 1)
+        again = f"Finished steps and trials are kept: {_run_again()} to continue where it stopped."
         if command == "run":
             print(f"\nactsearch {command}: interrupted. {again}{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
                   file=sys.stderr)
@@ -378,13 +376,18 @@ def main(argv: list[str]) -> int:
             traceback.print_exc()
         hint = ""
         if error.component_id:  # a step failed: what ran is recorded, the failed step keeps its resume state
-            hint = ("\nFix the cause and run the same command again" + (
-                " (with a new --run_id, if you gave one)" if FLAGS.runner == "kfp-local" else "") +
-                ": finished steps are reused and the failed one continues where it stopped"
-                " (--verbosity=0 shows the traceback).")
+            hint = (f"\nFix the cause and {_run_again()}: finished steps are reused and the failed one "
+                    "continues where it stopped (--verbosity=0 shows the traceback).")
             hint += _previous_deliverables(_RUN_ROOT, error.run_id)
         print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1
+
+
+def _run_again() -> str:
+    """How to continue a stopped or failed run: kfp-local makes a new run each time (its steps
+    reuse the pipeline root's step cache), so a given --run_id must change."""
+    extra = " (with a new --run_id, if you gave one)" if FLAGS.runner == "kfp-local" else ""
+    return f"run the same command again{extra}"
 
 
 def run_main() -> None:

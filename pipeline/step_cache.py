@@ -42,27 +42,29 @@ def remember(path: str, outputs: Mapping[str, Artifact], results: Mapping[str, s
     Best effort: a record that cannot be written (a full disk, a read-only resume root) costs
     later runs a cache hit, not this step its result; returns whether it was written.
     """
-    try:
-        _write_record(path, outputs, results)
-    except OSError as error:
-        print(f"warning: the step's outputs are not recorded for later runs ({path}): {error}",
-              flush=True)
-        return False
-    return True
-
-
-def _write_record(path: str, outputs: Mapping[str, Artifact], results: Mapping[str, str]) -> None:
     record = {
         "version": _VERSION,
         "outputs": {name: {"uri": os.path.abspath(art.uri), "properties": art.properties,
                            "files": _files(art.uri)} for name, art in outputs.items()},
         "results": {rname: _relative(p, outputs) for rname, p in results.items()},
     }
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(handle, "w") as f:
-        json.dump(record, f, sort_keys=True)
-    os.replace(tmp, path)   # readers see the old record or the new one, never half of one
+    return _save(path, record)
+
+
+def _save(path: str, record: Mapping[str, Any]) -> bool:
+    """Writes `record` atomically (readers see the old record or the new one, never half of
+    one); a failure is reported, not raised."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        with os.fdopen(handle, "w") as f:
+            json.dump(record, f, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as error:
+        print(f"warning: the step's outputs are not recorded for later runs ({path}): {error}",
+              flush=True)
+        return False
+    return True
 
 
 def restore(path: str, outputs: Mapping[str, Artifact]) -> tuple[dict[str, str], str] | None:
@@ -93,7 +95,9 @@ def restore(path: str, outputs: Mapping[str, Artifact]) -> tuple[dict[str, str],
         art.properties = dict(sources[name]["properties"])
     results = {rname: _absolute(where, outputs) for rname, where in record["results"].items()}
     reused = ", ".join(sorted({os.path.dirname(s["uri"]) for s in sources.values()}))
-    remember(path, outputs, results)
+    for name, art in outputs.items():      # the same files and results, in the new copy
+        sources[name]["uri"] = os.path.abspath(art.uri)
+    _save(path, record)
     return results, reused
 
 
