@@ -505,6 +505,31 @@ def executor_path(executor_class: type[BaseExecutor]) -> str:
     return f"{executor_class.__module__}.{executor_class.__qualname__}"
 
 
+_CTRL_C = {"seen": False}
+
+
+def remember_ctrl_c() -> None:
+    """Makes Ctrl-C raise KeyboardInterrupt as Python's own handler does, and also remember it:
+    TensorFlow now and then swallows the KeyboardInterrupt (a run went on to exit 0 after
+    Ctrl-C), and `stop_if_interrupted` then still stops the run at the next job or step. For a
+    program's main thread (the CLI); a library call never changes signal handlers."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        _CTRL_C["seen"] = True
+        signal.default_int_handler(signum, frame)
+
+    _CTRL_C["seen"] = False
+    signal.signal(signal.SIGINT, handler)
+
+
+def stop_if_interrupted(what: str) -> None:
+    """Raises KeyboardInterrupt when Ctrl-C was pressed (see `remember_ctrl_c`), even if the
+    KeyboardInterrupt it raised was swallowed on the way."""
+    if _CTRL_C["seen"]:
+        raise KeyboardInterrupt(f"{what} was stopped")
+
+
 def interrupted_by_user(error: BaseException) -> bool:
     """True when `error` is a KeyboardInterrupt or was caused by one.
 
@@ -527,5 +552,5 @@ __all__ = [
     "ARTIFACT_TYPES", "Artifact", "BaseExecutor", "Channel", "Component", "ComponentSpec",
     "ComponentDefinitionError", "ExecutorContext", "InputSpec", "OutputSpec", "Parameter",
     "ParameterError", "ProgressEvent", "REQUIRED", "executor_path", "interrupted_by_user",
-    "register_artifact_type",
+    "register_artifact_type", "remember_ctrl_c", "stop_if_interrupted",
 ]

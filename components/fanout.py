@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import logging
 
 from components import local_workers
-from components.base import interrupted_by_user
+from components.base import interrupted_by_user, stop_if_interrupted
 
 ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 
@@ -115,6 +115,7 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     start = time.time()
     try:
         result = dict(_resolve(job["fn"])(**job.get("args", {})))
+        stop_if_interrupted(f"job {job['id']}")  # a Ctrl-C swallowed inside the job: its result is not one
     except BaseException as error:  # noqa: BLE001
         if interrupted_by_user(error):  # the user stopped the run: not one of the job's starts
             _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started)

@@ -25,6 +25,7 @@ from typing import Callable
 
 from absl import app, flags, logging
 
+from components.base import remember_ctrl_c
 from pipeline import config as config_lib
 from pipeline.local_runner import PipelineError
 
@@ -394,6 +395,7 @@ def run_main() -> None:
     """Console-script entry point."""
     # TensorFlow's C++ start-up chatter drowns the progress lines; TF_CPP_MIN_LOG_LEVEL=0 shows it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    remember_ctrl_c()
     _show_usage_in_help()
     app.run(main)
 

@@ -37,7 +37,7 @@ from absl import logging
 
 from components.base import (Artifact, BaseExecutor, Component, ComponentSpec,
                              ExecutorContext, ProgressEvent, executor_path,
-                             interrupted_by_user)
+                             interrupted_by_user, stop_if_interrupted)
 from pipeline import metadata as md
 from pipeline.dag import Pipeline
 
@@ -261,6 +261,7 @@ class _Run:
             executor = component.EXECUTOR_CLASS(context=context)
             executor.Do(copy.deepcopy(input_dict), output_dict,
                         copy.deepcopy(component.exec_properties))
+            stop_if_interrupted(f"component {cid!r}")  # a Ctrl-C swallowed inside the step
             _check_outputs(cid, output_dict, staged)
             for name, (tmp, final) in staged.items():
                 os.rename(tmp, final)

@@ -280,3 +280,24 @@ def test_a_job_that_takes_its_worker_process_down_is_recorded_as_failed_and_the_
     assert [(done, total) for done, total, _ in out["progress"]] == [(1, 3), (2, 3), (3, 3)]
     order = [result["job_id"] for _, _, result in out["progress"]]
     assert sorted(order) == ["crash", "quick", "waits"] and order.index("crash") < order.index("waits")
+
+
+def test_a_ctrl_c_swallowed_inside_a_job_still_stops_the_fan_out(tmp_path):
+    import signal
+
+    from components import base
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        base.remember_ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)   # raises as Python's own handler does...
+            time.sleep(1)
+        # ...and is remembered, so a job whose KeyboardInterrupt was swallowed leaves no result.
+        with pytest.raises(KeyboardInterrupt, match="job job0 was stopped"):
+            run_jobs(_jobs([5]), str(tmp_path))
+        assert attempts(str(tmp_path), "job0") == 0 and not (tmp_path / "job0.json").exists()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        base._CTRL_C["seen"] = False
+    assert run_jobs(_jobs([5]), str(tmp_path))[0]["value"] == 25
