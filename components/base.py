@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Mapping
@@ -505,28 +506,57 @@ def executor_path(executor_class: type[BaseExecutor]) -> str:
     return f"{executor_class.__module__}.{executor_class.__qualname__}"
 
 
-_CTRL_C = {"seen": False}
+_CTRL_C = {"seen": False, "pending": False, "redelivered": 0}
+_REDELIVER_AFTER_S = 0.05  # long enough for the finaliser or gc callback that swallowed it to end
+_MAX_REDELIVERIES = 20  # then `stop_if_interrupted` alone stops the run at its next job or step
 
 
 def remember_ctrl_c() -> None:
-    """Makes Ctrl-C raise KeyboardInterrupt as Python's own handler does, and also remember it:
-    TensorFlow now and then swallows the KeyboardInterrupt (a run went on to exit 0 after
-    Ctrl-C), and `stop_if_interrupted` then still stops the run at the next job or step. For a
-    program's main thread (the CLI); a library call never changes signal handlers."""
+    """Makes Ctrl-C raise KeyboardInterrupt as Python's own handler does, remember it, and
+    deliver it again when it was swallowed.
+
+    A KeyboardInterrupt raised while Python runs a finaliser (`__del__`) or a garbage-collector
+    callback, both common inside TensorFlow and JAX, cannot propagate: Python prints
+    "Exception ignored in ..." with a traceback and carries on, so a run went on to exit 0 after
+    Ctrl-C. The unraisable hook installed here keeps quiet about it and sends SIGINT again a
+    moment later, when the main thread is back in ordinary code; `stop_if_interrupted` also stops
+    the run at the next job or step whatever happens. For a program's main thread (the CLI); a
+    library call never changes signal handlers or hooks.
+    """
     import signal
+    import threading
 
     def handler(signum: int, frame: Any) -> None:
-        _CTRL_C["seen"] = True
+        _CTRL_C.update(seen=True, pending=False)
         signal.default_int_handler(signum, frame)
 
-    _CTRL_C["seen"] = False
+    def redeliver() -> None:
+        if _CTRL_C["pending"]:  # not once `stop_if_interrupted` has raised it meanwhile
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous_hook = getattr(sys.unraisablehook, "actsearch_previous", sys.unraisablehook)
+
+    def unraisable_hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+        elif _CTRL_C["redelivered"] < _MAX_REDELIVERIES:
+            # Not from here: the handler would raise inside this hook, which swallows it again.
+            _CTRL_C.update(pending=True, redelivered=_CTRL_C["redelivered"] + 1)
+            timer = threading.Timer(_REDELIVER_AFTER_S, redeliver)
+            timer.daemon = True
+            timer.start()
+
+    unraisable_hook.actsearch_previous = previous_hook  # type: ignore[attr-defined]
+    _CTRL_C.update(seen=False, pending=False, redelivered=0)
     signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable_hook
 
 
 def stop_if_interrupted(what: str) -> None:
     """Raises KeyboardInterrupt when Ctrl-C was pressed (see `remember_ctrl_c`), even if the
     KeyboardInterrupt it raised was swallowed on the way."""
     if _CTRL_C["seen"]:
+        _CTRL_C["pending"] = False
         raise KeyboardInterrupt(f"{what} was stopped")
 
 

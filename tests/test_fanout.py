@@ -287,7 +287,7 @@ def test_a_ctrl_c_swallowed_inside_a_job_still_stops_the_fan_out(tmp_path):
 
     from components import base
 
-    previous = signal.getsignal(signal.SIGINT)
+    previous, previous_hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
     try:
         base.remember_ctrl_c()
         with pytest.raises(KeyboardInterrupt):
@@ -299,5 +299,38 @@ def test_a_ctrl_c_swallowed_inside_a_job_still_stops_the_fan_out(tmp_path):
         assert attempts(str(tmp_path), "job0") == 0 and not (tmp_path / "job0.json").exists()
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         base._CTRL_C["seen"] = False
     assert run_jobs(_jobs([5]), str(tmp_path))[0]["value"] == 25
+
+
+_CTRL_C_IN_A_FINALISER = """
+import gc, os, signal, sys, time
+from components.base import remember_ctrl_c
+if sys.argv[1] == "actsearch":
+    remember_ctrl_c()
+
+class Handle:
+    def __del__(self):  # as TensorFlow's and JAX's finalisers and gc callbacks do
+        signal.raise_signal(signal.SIGINT)
+        sum(range(1000))  # the handler raises here, where Python can only print and go on
+
+try:
+    Handle()
+    for _ in range(100):
+        time.sleep(0.01)
+    print("went on")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+@pytest.mark.parametrize("handler", ["python", "actsearch"])
+def test_a_ctrl_c_that_lands_in_a_finaliser_is_delivered_again(handler):
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_FINALISER, handler], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    if handler == "python":  # what the CLI saw before: a traceback, and the program goes on
+        assert done.stdout.strip() == "went on" and "Exception ignored in" in done.stderr
+    else:
+        assert done.stdout.strip() == "stopped", done.stderr
+        assert done.stderr == ""
