@@ -231,6 +231,32 @@ def test_ctrl_c_stops_the_worker_processes_quietly_and_loses_nothing(tmp_path):
 
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists processes through /proc")
+def test_worker_processes_end_when_their_driver_is_killed(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stub = tmp_path / "no_tensorflow" / "tensorflow"  # as below: the workers need no TensorFlow here
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('not in this test')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "no_tensorflow"), os.environ.get("PYTHONPATH")]))
+    work = tmp_path / "work"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(work)], cwd=root, env=dict(os.environ, PYTHONPATH=path),
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while attempts(str(work), "job0") + attempts(str(work), "job1") + attempts(str(work), "job2") < 2:
+            assert time.time() < deadline, "the two workers never started their jobs"
+            time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, with no chance to stop its workers
+        driver.wait(timeout=30)
+        deadline = time.time() + 20  # the jobs sleep 60 s
+        while _live_processes_in_group(driver.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _live_processes_in_group(driver.pid), "worker processes outlived their driver"
+        assert not list(work.glob("job*.json"))  # nobody finished a job for a driver that is gone
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL) if _live_processes_in_group(driver.pid) else None
+
+
 CRASH_DRIVER = """
 import json, sys
 from components.fanout import run_jobs
