@@ -345,11 +345,32 @@ PROJECT_PACKAGES = ("activations", "trainer", "components", "pipeline")
 
 @functools.lru_cache(maxsize=None)
 def _module_source(module: str) -> str:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+    path = _module_file(module)
+    if path is None:
         return ""
-    with open(spec.origin, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def _module_file(module: str) -> str | None:
+    """The source file of a project module, found without importing anything: `find_spec` of a
+    submodule imports its package, and `activations` imports Keras and TensorFlow (5 s), which a
+    step whose outputs come from the step cache otherwise never needs."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # of a top-level name: imports nothing
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    if not rest:
+        return spec.origin if os.path.isfile(spec.origin) else None
+    for directory in spec.submodule_search_locations or []:
+        path = os.path.join(directory, *rest)
+        for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+            if os.path.isfile(candidate):
+                return candidate
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -375,17 +396,10 @@ def project_modules(module: str) -> frozenset[str]:
                 candidates = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
             else:
                 continue
-            for candidate in candidates:
-                if candidate.split(".")[0] in PROJECT_PACKAGES and candidate not in seen and _is_module(candidate):
+            for candidate in candidates:  # `from module import constant` names no file
+                if candidate.split(".")[0] in PROJECT_PACKAGES and candidate not in seen and _module_file(candidate):
                     queue.append(candidate)
     return frozenset(seen)
-
-
-def _is_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, AttributeError, ValueError):  # `from module import constant`
-        return False
 
 
 # --------------------------------------------------------------------------------------------

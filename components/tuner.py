@@ -29,7 +29,6 @@ import shutil
 from collections import Counter
 from typing import Any
 
-from activations.oracle import GENOME, OPERATOR
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from components.fanout import load_result, run_jobs
 
@@ -90,6 +89,7 @@ def _job_id(trial_id: str, fingerprint: str) -> str:
 def _job(trial, examples_uri: str, train_config: dict, train_examples, work: str,
          stop_below: list[float | None]) -> dict[str, Any]:
     import activations
+    from activations.oracle import GENOME
 
     expression = trial.hyperparameters.get(GENOME)
     job_id = _job_id(trial.trial_id, activations.fingerprint(expression))
@@ -231,6 +231,8 @@ class TunerExecutor(BaseExecutor):
         return ranked + top[len(head):]
 
     def _progress(self, oracle, trial, fitness: float | None, error: str | None, stopped_at: int | None) -> None:
+        from activations.oracle import GENOME, OPERATOR
+
         counts = oracle.counts()
         done = counts["completed"] + counts["failed"]
         best = max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)

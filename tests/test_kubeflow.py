@@ -558,3 +558,31 @@ def test_a_step_cache_record_that_cannot_be_written_costs_only_the_cache(tmp_pat
     assert step_cache.remember(record, {"models": Artifact("TrainedModels", str(out))}, {}) is False
     assert "not recorded for later runs" in capsys.readouterr().out
     assert step_cache.restore(record, {"models": Artifact("TrainedModels", str(tmp_path / "o2"))}) is None
+
+
+def test_a_step_computes_its_cache_key_without_importing_tensorflow():
+    # A step whose outputs come from the step cache needs only its key: importing Keras and
+    # TensorFlow for it (5 s) would be most of a cached step's time.
+    import subprocess
+    import sys
+
+    from components.base import executor_path
+    from pipeline import config, dag
+
+    steps = [{"executor": executor_path(c.EXECUTOR_CLASS), "properties": c.exec_properties,
+              "spec": f"{c.SPEC_CLASS.__module__}.{c.SPEC_CLASS.__qualname__}"}
+             for c in dag.create_pipeline(config.preset("demo", {})).components]
+    code = """
+import json, sys
+from pipeline.kfp_entry import load_executor_class, load_spec_class
+for step in json.loads(sys.argv[1]):
+    executor = load_executor_class(step["executor"])
+    load_spec_class(step["spec"])
+    assert executor.code_version().startswith("source:")
+    executor.external_fingerprint(step["properties"])
+print(sorted(name for name in ("tensorflow", "keras", "keras_tuner") if name in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(steps, default=str)], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(steps) == 7 and done.stdout.strip() == "[]"
