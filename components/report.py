@@ -161,7 +161,8 @@ def _results_section(doc: "_Document", ev: Evaluation, origins: Mapping[str, str
             _Verdict(f.verdict),
         ])
     doc.table(header, rows)
-    doc.paragraph("Accuracies in percent; Δ in percentage points (pp). p-values: Holm-corrected, "
+    doc.paragraph("Accuracies in percent; Δ in percentage points (pp). 95% CI: Student-t interval "
+                  "of the mean over seeds, within 0-100%. p-values: Holm-corrected, "
                   "raw value in parentheses. Win/tie/loss pairs each run with the baseline run "
                   "of the same seed, or with the baseline median when that seed is missing.")
     doc.bullets([(_Code(f.function), f": {f.reason}" + (f" ({f.p_note})" if f.p_note and

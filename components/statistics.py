@@ -10,6 +10,9 @@ verdict (`BLESSED` / `NOT_BLESSED`).
 Rules, stated once so reports can point at them:
 
 * **Metric.** `test_accuracy` by default (`metric=` selects another numeric field).
+* **Confidence intervals.** 95% Student-t intervals of the mean; for an accuracy (a metric whose
+  name ends in "accuracy") clipped to [0, 1], where the mean lies: with three seeds near 99%, the
+  bare interval reached past 100%.
 * **Diverged runs are failures, not missing data.** A run with `diverged=True` keeps its recorded
   accuracy when that is a finite number (the model really did score that); when it is missing or
   non-finite it scores *chance level*: `chance=` if given, else `1 / num_classes` when the record
@@ -229,7 +232,7 @@ def evaluate(
             mean=float(values.mean()), median=float(np.median(values)),
             val_mean=float(np.mean(vals)) if vals else None,
             diff=float(values.mean()) - base_mean,
-            **_spread(values))
+            **_spread(values, ACCURACY_RANGE if metric.endswith("accuracy") else None))
         if name == baseline:
             entry.update(welch_p=None, mannwhitney_p=None, p_note=None,
                          wins=0, ties=len(values), losses=0, pairing="self")
@@ -377,14 +380,22 @@ def _chance_level(record: Mapping[str, Any], chance: float | None) -> float:
     return 0.0
 
 
-def _spread(values: np.ndarray) -> dict[str, float | None]:
+ACCURACY_RANGE = (0.0, 1.0)
+
+
+def _spread(values: np.ndarray, bounds: tuple[float, float] | None = None) -> dict[str, float | None]:
+    """Standard deviation and the 95% t-interval of the mean, cut to `bounds` (the metric's range,
+    which holds the mean: the cut interval covers it as often as the whole one)."""
     n = len(values)
     if n < 2:
         return dict(std=None, ci_low=None, ci_high=None)
     std = float(values.std(ddof=1))
     half = float(_stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     mean = float(values.mean())
-    return dict(std=std, ci_low=mean - half, ci_high=mean + half)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return dict(std=std, ci_low=low, ci_high=high)
 
 
 def _tests(values: np.ndarray, base: np.ndarray, min_seeds: int) -> dict[str, Any]:

@@ -236,6 +236,17 @@ def test_confidence_interval_contains_mean_and_shrinks_with_n():
     assert widths[0] > widths[1] > widths[2]
 
 
+
+def test_an_accuracys_confidence_interval_stays_within_0_and_1_and_other_metrics_are_not_cut():
+    near_top = [0.992, 0.981, 0.999]
+    runs = _runs("relu", [0.90, 0.91, 0.92]) + _runs("c", near_top)
+    c = st.evaluate(runs)["c"]
+    half = stats.t.ppf(0.975, 2) * np.std(near_top, ddof=1) / math.sqrt(3)
+    assert np.mean(near_top) + half > 1  # the bare t-interval reaches past 100%
+    assert c.ci_high == 1.0 and c.ci_low == pytest.approx(np.mean(near_top) - half)
+    loss = [dict(r, loss=r["test_accuracy"] + 0.1) for r in runs]  # unbounded: the whole interval
+    assert st.evaluate(loss, metric="loss")["c"].ci_high == pytest.approx(np.mean(near_top) + 0.1 + half)
+
 def test_diverged_runs_count_as_failures():
     base = [0.90, 0.91, 0.92]
     runs = _runs("relu", base) + _runs("wild", [0.93, 0.94])
