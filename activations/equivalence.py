@@ -41,6 +41,9 @@ OUTPUT_LIMIT = 1e4
 """Largest |f(x)| accepted on the probe points: keeps float16 activations (max 65504) finite."""
 
 CONSTANT_TOLERANCE = 1e-6
+AFFINE_TOLERANCE = 1e-6
+"""Largest deviation from the best line a*x + b (relative to the output's size) of a function
+`check` calls affine."""
 ZERO_GRADIENT_TOLERANCE = 1e-8
 MAX_ZERO_GRADIENT_FRACTION = 0.95
 
@@ -156,7 +159,9 @@ def gradient_numpy(expr: Expression | str, x: np.ndarray, params: Mapping[str, f
 
 
 def check(expr: Expression | str, initial: float | Mapping[str, float] | None = None) -> str | None:
-    """None when the function is worth training; otherwise the reason it is not."""
+    """None when the function is worth training; otherwise the reason it is not: it ignores x,
+    gives non-finite or huge outputs or gradients on the probe points, is constant, has a zero
+    gradient almost everywhere, or is affine in x whatever its parameters."""
     expr = parse(expr)
     if not expr.uses_input:
         return "does not depend on x"
@@ -177,4 +182,23 @@ def check(expr: Expression | str, initial: float | Mapping[str, float] | None = 
     zero_fraction = float(np.mean(np.abs(dx) < ZERO_GRADIENT_TOLERANCE))
     if zero_fraction > MAX_ZERO_GRADIENT_FRACTION:
         return f"zero gradient on {zero_fraction:.0%} of the probe points"
+    if _affine(out, peak) and _affine_for_other_parameters(expr, initial):
+        return "affine in x (a*x + b): a network with it would compute a linear function"
     return None
+
+
+def _affine(out: np.ndarray, peak: float) -> bool:
+    design = np.stack([_PROBES, np.ones_like(_PROBES)], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, out, rcond=None)
+    return float(np.max(np.abs(design @ coefficients - out))) <= AFFINE_TOLERANCE * max(1.0, peak)
+
+
+def _affine_for_other_parameters(expr: Expression, initial) -> bool:
+    """Whether the function stays affine once its parameters move: `max(x, alpha*x)` is the
+    identity at alpha = 1 but trains into a leaky ReLU."""
+    values = initial_values(expr, initial)
+    if not values:
+        return True
+    with np.errstate(all="ignore"):
+        out = evaluate_numpy(expr, _PROBES, _shifted_values(values))
+    return bool(np.all(np.isfinite(out))) and _affine(out, float(np.max(np.abs(out))))

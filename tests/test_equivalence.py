@@ -47,7 +47,8 @@ def test_fingerprint_is_stable_text():
     assert fingerprint("max(relu(x),cosh(elu(x)))") == value
 
 
-@pytest.mark.parametrize("text", ["relu(x)", "x * sigmoid(beta * x)", "max(relu(x),cosh(elu(x)))", "gelu(x)", "sin(x) * x"])
+@pytest.mark.parametrize("text", ["relu(x)", "x * sigmoid(beta * x)", "max(relu(x),cosh(elu(x)))", "gelu(x)", "sin(x) * x",
+                                  "max(x, alpha * x)"])  # the identity at alpha = 1, a leaky ReLU once trained
 def test_good_functions_pass(text):
     assert check(text) is None
 
@@ -60,6 +61,10 @@ def test_good_functions_pass(text):
         ("alpha + 1", "does not depend on x"),
         ("exp(exp(exp(x)))", "outputs reach"),
         ("relu(x - 2.5)", "zero gradient"),
+        ("x", "affine in x"),
+        ("3 * x + 1", "affine in x"),
+        ("x / 0", "affine in x"),  # the protected division: x / eps
+        ("alpha * x + beta * one(x)", "affine in x"),  # for any parameter values
     ],
 )
 def test_bad_functions_are_rejected_with_a_reason(text, reason):
