@@ -92,6 +92,9 @@ OPERATOR = "evolution/operator"
 EPOCH_METRIC = "actsearch/epoch"
 """Marks an `update_trial` call as one epoch's objective, for the stopping rule only: how a
 worker of KerasTuner's distributed mode asks the chief's oracle whether to stop a trial."""
+LAST_EPOCH_METRIC = "actsearch/last_epoch"
+"""With `EPOCH_METRIC`: 1.0 when the epoch is the trial's last, which is recorded but never stops
+it (the trial ends anyway; it was not cut short)."""
 
 DEFAULT_SEEDS = (
     "relu(x)",
@@ -420,8 +423,9 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             return super().update_trial(trial_id, metrics, step)
         values = dict(metrics)
         epoch = int(values.pop(EPOCH_METRIC))
+        last = bool(values.pop(LAST_EPOCH_METRIC, 0.0))
         reply = copy.copy(self.trials[trial_id])
-        if self.observe(trial_id, epoch, values.get(self.objective.name)):
+        if self.observe(trial_id, epoch, values.get(self.objective.name), may_stop=not last):
             reply.status = TrialStatus.STOPPED
         return reply
 
@@ -833,9 +837,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         return self.stopping.thresholds([info["curve"] for info in ended], self.objective.direction,
                                         [info.get("stopped_at") is not None for info in ended])
 
-    def observe(self, trial_id: str, epoch: int, value: float | None) -> bool:
+    def observe(self, trial_id: str, epoch: int, value: float | None, may_stop: bool = True) -> bool:
         """Record a running trial's objective after `epoch` (from 0); True when the stopping rule
-        says to stop it now (the trial then ends with its best value so far)."""
+        says to stop it now (the trial then ends with its best value so far). `may_stop=False`
+        (the trial's last epoch) only records: a trial that ran its whole budget was not stopped."""
         info = self._individuals.get(trial_id)
         if info is None or info["status"] != _RUNNING:
             return False
@@ -843,8 +848,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         del curve[epoch:]  # a trial started again (a retry) records its curve afresh
         curve.extend([None] * (epoch - len(curve)) + [_finite_or_none(value)])
         info["stopped_at"] = None
-        if self.stopping is None or not self.stopping.should_stop(curve, self.stopping_thresholds(),
-                                                                   self.objective.direction):
+        if not may_stop or self.stopping is None or not self.stopping.should_stop(
+                curve, self.stopping_thresholds(), self.objective.direction):
             return False
         info["stopped_at"] = epoch + 1
         return True
@@ -947,6 +952,7 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         Python callback back as a `SystemError` caused by the KeyboardInterrupt, which KerasTuner
         would take for a failed trial and search on. It stops the search instead; the trial runs
         again when the search is resumed."""
+        self._fit_epochs = kwargs.get("epochs", 1)  # `fit`'s default; the last epoch never stops
         try:
             return super().run_trial(trial, *args, **kwargs)
         except SystemError as error:
@@ -955,7 +961,9 @@ class EvolutionaryTuner(keras_tuner.Tuner):
             raise
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
-        """With a stopping rule, stops a hopeless trial's `fit` after this epoch.
+        """With a stopping rule, stops a hopeless trial's `fit` after this epoch; never after the
+        last epoch of `fit` (as `search` was given it), which is only recorded: a trial that ran
+        its whole budget was not stopped early, and the report would count it so.
 
         Applies when the oracle has one objective. A worker of KerasTuner's distributed mode
         asks the chief's oracle, which holds the rule and the other trials' curves, through
@@ -966,13 +974,14 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         name = getattr(getattr(oracle, "objective", None), "name", None)
         if not logs or name not in logs:
             return
+        last = epoch + 1 >= getattr(self, "_fit_epochs", math.inf)
         if _is_remote(oracle):
-            reply = oracle.update_trial(trial.trial_id, {name: float(logs[name]), EPOCH_METRIC: float(epoch)},
-                                        step=epoch)
+            reply = oracle.update_trial(trial.trial_id, {name: float(logs[name]), EPOCH_METRIC: float(epoch),
+                                                         LAST_EPOCH_METRIC: float(last)}, step=epoch)
             stop = getattr(reply, "status", None) == TrialStatus.STOPPED
         else:
             stop = getattr(oracle, "stopping", None) is not None and oracle.observe(
-                trial.trial_id, epoch, float(logs[name]))
+                trial.trial_id, epoch, float(logs[name]), may_stop=not last)
         if stop:
             model.stop_training = True
 

@@ -185,3 +185,27 @@ def test_a_distributed_worker_asks_the_chiefs_oracle_whether_to_stop(tmp_path):
     # The trial's end, as KerasTuner reports it, is an ordinary update (no epoch mark).
     chief.update_trial(hopeless.trial_id, {"val_accuracy": 0.2})
     assert chief.trials[hopeless.trial_id].metrics.get_best_value("val_accuracy") == 0.2
+
+
+@pytest.mark.parametrize("where", ["in process", "distributed"])
+def test_a_trials_last_epoch_is_recorded_but_never_stops_it(tmp_path, monkeypatch, where):
+    tuner, first, second, models = _tuner_with_two_running_trials(tmp_path)
+    chief = tuner.oracle
+    if where == "distributed":
+        tuner.oracle = _LoopbackClient.make(chief)
+
+    def fit(self, trial, *args, **kwargs):  # as Keras' fit calls back, until a callback stops it
+        model = models[trial.trial_id]
+        for epoch, value in zip(range(kwargs["epochs"]), [0.6, 0.61, 0.62]):
+            self.on_epoch_end(trial, model, epoch, logs={"val_accuracy": value})
+            if model.stop_training:
+                break
+
+    monkeypatch.setattr(keras_tuner.Tuner, "run_trial", fit)
+    # The bars: about 0.51 after epoch 1, 0.71 after epoch 2; 0.61 misses the second.
+    tuner.run_trial(first, epochs=2)  # ...at the last epoch: the trial ran its whole budget
+    assert not models[first.trial_id].stop_training
+    assert chief.lineage(first.trial_id)["stopped_at"] is None
+    assert chief.lineage(first.trial_id)["curve"] == [0.6, 0.61]  # still observed, for the bars
+    tuner.run_trial(second, epochs=3)  # ...with an epoch to come: stopped
+    assert models[second.trial_id].stop_training and chief.lineage(second.trial_id)["stopped_at"] == 2
