@@ -74,6 +74,7 @@ import statistics
 import time
 from typing import Iterable, Mapping, Sequence
 
+import keras
 import keras_tuner
 import numpy as np
 from keras_tuner.engine.trial import Trial, TrialStatus
@@ -952,7 +953,8 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         Python callback back as a `SystemError` caused by the KeyboardInterrupt, which KerasTuner
         would take for a failed trial and search on. It stops the search instead; the trial runs
         again when the search is resumed."""
-        self._fit_epochs = kwargs.get("epochs", 1)  # `fit`'s default; the last epoch never stops
+        self._fit_epochs = None  # known once `fit` starts (`_FitEpochs`); the last epoch never stops
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _FitEpochs(self)]
         try:
             return super().run_trial(trial, *args, **kwargs)
         except SystemError as error:
@@ -962,8 +964,8 @@ class EvolutionaryTuner(keras_tuner.Tuner):
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         """With a stopping rule, stops a hopeless trial's `fit` after this epoch; never after the
-        last epoch of `fit` (as `search` was given it), which is only recorded: a trial that ran
-        its whole budget was not stopped early, and the report would count it so.
+        last epoch of `fit` (`_FitEpochs`), which is only recorded: a trial that ran its whole
+        budget was not stopped early, and the report would count it so.
 
         Applies when the oracle has one objective. A worker of KerasTuner's distributed mode
         asks the chief's oracle, which holds the rule and the other trials' curves, through
@@ -974,7 +976,7 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         name = getattr(getattr(oracle, "objective", None), "name", None)
         if not logs or name not in logs:
             return
-        last = epoch + 1 >= getattr(self, "_fit_epochs", math.inf)
+        last = epoch + 1 >= (getattr(self, "_fit_epochs", None) or math.inf)
         if _is_remote(oracle):
             reply = oracle.update_trial(trial.trial_id, {name: float(logs[name]), EPOCH_METRIC: float(epoch),
                                                          LAST_EPOCH_METRIC: float(last)}, step=epoch)
@@ -984,6 +986,21 @@ class EvolutionaryTuner(keras_tuner.Tuner):
                 trial.trial_id, epoch, float(logs[name]), may_stop=not last)
         if stop:
             model.stop_training = True
+
+
+class _FitEpochs(keras.callbacks.Callback):
+    """Tells the tuner how many epochs `fit` runs, from the parameters Keras gives callbacks: a
+    hypermodel may set them itself instead of taking `search`'s."""
+
+    def __init__(self, tuner):
+        super().__init__()
+        self.tuner = tuner
+
+    def __deepcopy__(self, memo):  # KerasTuner copies the callbacks for each execution of a trial
+        return self
+
+    def on_train_begin(self, logs=None):
+        self.tuner._fit_epochs = self.params.get("epochs")
 
 
 def _is_remote(oracle) -> bool:

@@ -194,9 +194,14 @@ def test_a_trials_last_epoch_is_recorded_but_never_stops_it(tmp_path, monkeypatc
     if where == "distributed":
         tuner.oracle = _LoopbackClient.make(chief)
 
-    def fit(self, trial, *args, **kwargs):  # as Keras' fit calls back, until a callback stops it
-        model = models[trial.trial_id]
-        for epoch, value in zip(range(kwargs["epochs"]), [0.6, 0.61, 0.62]):
+    def fit(self, trial, *args, **kwargs):
+        """As KerasTuner's trial and Keras' `fit`: the callbacks learn the epochs, then hear of each
+        until one stops the run. Without `epochs` from `search`, the hypermodel sets 3."""
+        model, epochs = models[trial.trial_id], kwargs.get("epochs", 3)
+        for callback in kwargs["callbacks"]:
+            callback.set_params({"epochs": epochs, "steps": 1, "verbose": 0})
+            callback.on_train_begin()
+        for epoch, value in zip(range(epochs), [0.6, 0.61, 0.62]):
             self.on_epoch_end(trial, model, epoch, logs={"val_accuracy": value})
             if model.stop_training:
                 break
@@ -207,5 +212,5 @@ def test_a_trials_last_epoch_is_recorded_but_never_stops_it(tmp_path, monkeypatc
     assert not models[first.trial_id].stop_training
     assert chief.lineage(first.trial_id)["stopped_at"] is None
     assert chief.lineage(first.trial_id)["curve"] == [0.6, 0.61]  # still observed, for the bars
-    tuner.run_trial(second, epochs=3)  # ...with an epoch to come: stopped
+    tuner.run_trial(second)  # ...with an epoch to come (the hypermodel's third): stopped
     assert models[second.trial_id].stop_training and chief.lineage(second.trial_id)["stopped_at"] == 2
