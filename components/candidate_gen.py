@@ -72,6 +72,10 @@ class CandidateGenExecutor(BaseExecutor):
         _write_jsonl(out.path("rejected.jsonl"), rejected)
         out.properties.update({"num_candidates": len(accepted), "num_rejected": len(rejected), "space": p["space"]})
         self.context.progress(f"{len(accepted)} candidates, {len(rejected)} rejected")
+        for record in rejected:  # the user chose these: say why one is left out
+            if record["origin"].startswith("seed:"):
+                self.context.progress(f"seed function {record['origin'][len('seed:'):]!r} "
+                                      f"({record['expression']}) is left out: {record['reason']}")
 
 
 class CandidateGen(Component):

@@ -473,3 +473,25 @@ def test_example_gen_resizes_and_skips_corrupt_images_when_asked(tmp_path):
     stats = json.load(open(examples.path("statistics.json")))
     assert stats["input_shape"] == [8, 8, 3] and sum(stats["num_examples"].values()) == 20
     assert read_examples(examples).arrays("train")[0].shape[1:] == (8, 8, 3)
+
+
+def test_candidate_gen_says_why_a_seed_function_the_user_chose_is_left_out(tmp_path):
+    import json
+    import os
+
+    from components.base import Artifact, ExecutorContext
+    from components.candidate_gen import CandidateGenExecutor
+
+    lines = []
+    out = Artifact("Candidates", str(tmp_path / "candidates"))
+    os.makedirs(out.uri)
+    CandidateGenExecutor(ExecutorContext(on_progress=lambda event: lines.append(event.message))).Do(
+        {}, {"candidates": [out]}, {"space": "pangaea", "seed_functions": ["relu", "x", "swish", "x*sigmoid(beta*x)"],
+                                     "num_sampled": 2, "seed": 0})
+    accepted = [json.loads(line)["expression"] for line in open(out.path("candidates.jsonl"))]
+    assert accepted[:2] == ["relu(x)", "mul(x,sigmoid(mul(beta,x)))"] and len(accepted) == 4
+    assert lines[0] == "4 candidates, 2 rejected"
+    assert "seed function 'x' (x) is left out: affine in x" in lines[1]
+    assert lines[2] == ("seed function 'x*sigmoid(beta*x)' (mul(x,sigmoid(mul(beta,x)))) is left out: "
+                        "duplicate of mul(x,sigmoid(mul(beta,x)))")
+    assert len(lines) == 3  # rejected samples are only counted
