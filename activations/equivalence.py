@@ -165,8 +165,9 @@ def check(expr: Expression | str, initial: float | Mapping[str, float] | None = 
     expr = parse(expr)
     if not expr.uses_input:
         return "does not depend on x"
+    values = initial_values(expr, initial)
     with np.errstate(all="ignore"):
-        out, dx, dparams = gradient_numpy(expr, _PROBES, initial_values(expr, initial))
+        out, dx, dparams = gradient_numpy(expr, _PROBES, values)
     if not np.all(np.isfinite(out)):
         return f"non-finite outputs on {int(np.sum(~np.isfinite(out)))} of {NUM_PROBES} probe points"
     if not np.all(np.isfinite(dx)):
@@ -182,21 +183,23 @@ def check(expr: Expression | str, initial: float | Mapping[str, float] | None = 
     zero_fraction = float(np.mean(np.abs(dx) < ZERO_GRADIENT_TOLERANCE))
     if zero_fraction > MAX_ZERO_GRADIENT_FRACTION:
         return f"zero gradient on {zero_fraction:.0%} of the probe points"
-    if _affine(out, peak) and _affine_for_other_parameters(expr, initial):
+    if _affine(out, peak) and _affine_for_other_parameters(expr, values):
         return "affine in x (a*x + b): a network with it would compute a linear function"
     return None
 
 
+_LINE = np.stack([_PROBES, np.ones_like(_PROBES)], axis=1)
+"""Design matrix of a line a*x + b on the probe points."""
+
+
 def _affine(out: np.ndarray, peak: float) -> bool:
-    design = np.stack([_PROBES, np.ones_like(_PROBES)], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, out, rcond=None)
-    return float(np.max(np.abs(design @ coefficients - out))) <= AFFINE_TOLERANCE * max(1.0, peak)
+    coefficients, *_ = np.linalg.lstsq(_LINE, out, rcond=None)
+    return float(np.max(np.abs(_LINE @ coefficients - out))) <= AFFINE_TOLERANCE * max(1.0, peak)
 
 
-def _affine_for_other_parameters(expr: Expression, initial) -> bool:
-    """Whether the function stays affine once its parameters move: `max(x, alpha*x)` is the
-    identity at alpha = 1 but trains into a leaky ReLU."""
-    values = initial_values(expr, initial)
+def _affine_for_other_parameters(expr: Expression, values: Mapping[str, float]) -> bool:
+    """Whether the function stays affine once its parameters (at `values`) move: `max(x, alpha*x)`
+    is the identity at alpha = 1 but trains into a leaky ReLU."""
     if not values:
         return True
     with np.errstate(all="ignore"):

@@ -947,13 +947,14 @@ class EvolutionaryTuner(keras_tuner.Tuner):
     def __init__(self, hypermodel=None, **kwargs):
         oracle_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _ORACLE_ARGUMENTS}
         super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)
+        self._fit_epochs: int | None = None  # of the running trial's `fit`, once it starts (`_FitEpochs`)
 
     def run_trial(self, trial, *args, **kwargs):
         """KerasTuner's trial, with Ctrl-C kept as Ctrl-C: TensorFlow hands one that lands in a
         Python callback back as a `SystemError` caused by the KeyboardInterrupt, which KerasTuner
         would take for a failed trial and search on. It stops the search instead; the trial runs
         again when the search is resumed."""
-        self._fit_epochs = None  # known once `fit` starts (`_FitEpochs`); the last epoch never stops
+        self._fit_epochs = None  # the last epoch never stops a trial
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), _FitEpochs(self)]
         try:
             return super().run_trial(trial, *args, **kwargs)
@@ -976,7 +977,7 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         name = getattr(getattr(oracle, "objective", None), "name", None)
         if not logs or name not in logs:
             return
-        last = epoch + 1 >= (getattr(self, "_fit_epochs", None) or math.inf)
+        last = epoch + 1 >= (self._fit_epochs or math.inf)
         if _is_remote(oracle):
             reply = oracle.update_trial(trial.trial_id, {name: float(logs[name]), EPOCH_METRIC: float(epoch),
                                                          LAST_EPOCH_METRIC: float(last)}, step=epoch)
