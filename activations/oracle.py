@@ -72,6 +72,7 @@ import random
 import shutil
 import statistics
 import time
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import keras
@@ -251,6 +252,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         _check_int("offspring_candidates", offspring_candidates, 1)
         _check_int("max_attempts", max_attempts, 1)
         _check_int("seed", seed, 0, allow_none=True)
+        seed = None if seed is None else int(seed)  # a NumPy integer too: random.Random takes int only
         if isinstance(idle_sleep, bool) or not isinstance(idle_sleep, (int, float)) or idle_sleep < 0:
             raise ValueError(f"idle_sleep must be a number of seconds >= 0, got {idle_sleep!r}")
         exhaustive_options = {"core_units": core_units, "unary_forms": unary_forms, "binary_forms": binary_forms}
@@ -270,6 +272,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         )
         if seed is not None:
             self.seed = seed  # the base class treats 0 as "no seed"
+        self._given_seed = seed  # set_state replaces self.seed by the saved one
         self.space = space_module.get_space(space)
         self.strategy = strategy
         self.population_size = int(population_size)
@@ -286,6 +289,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         if isinstance(seed_functions, (str, Expression)):
             raise ValueError("seed_functions must be a list of expression texts, not a single one")
         self.seed_functions = tuple(self._parse_seed(i, text) for i, text in enumerate(seed_functions))
+        _warn_about_left_out_seeds(self.seed_functions)
         if strategy == "exhaustive":
             self.core_units = 1 if core_units is None else core_units
             self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
@@ -460,8 +464,41 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             "seed_cursor": self._seed_cursor,
             "enumeration_cursor": self._enum_cursor,
             "controller": self._controller.to_json() if self._controller else None,
+            "settings": self._settings(),
         }
         return state
+
+    def _settings(self) -> dict:
+        """The settings that shape the search, which a resumed search must share (max_trials,
+        stopping and the waiting options may change between runs)."""
+        return {
+            "population_size": self.population_size,
+            "tournament_size": self.tournament_size,
+            "selection": self.selection,
+            "mutation_rate": self.mutation_rate,
+            "crossover_rate": self.crossover_rate,
+            "offspring_candidates": self.offspring_candidates,
+            "seed_functions": [str(expr) for expr in self.seed_functions],
+            "core_units": self.core_units,
+            "unary_forms": list(self.unary_forms),
+            "binary_forms": list(self.binary_forms),
+            "seed": self.seed,
+        }
+
+    def _check_same_settings(self, evolution: dict) -> None:
+        saved = dict(evolution.get("settings") or {})  # states written before settings were saved: not checked
+        current = {**self._settings(), "seed": self._given_seed}
+        if self._given_seed is None:
+            saved.pop("seed", None)  # no seed given: the base class drew one; the saved generator goes on
+        saved.update(strategy=evolution["strategy"], space=evolution["space"])
+        current.update(strategy=self.strategy, space=self.space.name)
+        changed = [key for key in saved if key in current and saved[key] != current[key]]
+        if changed:
+            listing = "; ".join(f"{key}={saved[key]!r} but this oracle has {key}={current[key]!r}" for key in changed)
+            raise ValueError(
+                f"the saved search used {listing}; resume with the same settings or start a new project "
+                "(overwrite=True)"
+            )
 
     def set_state(self, state):
         super().set_state(state)
@@ -470,12 +507,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             raise ValueError("the saved oracle state has no 'evolution' section: it was not written by EvolutionaryOracle")
         if evolution.get("version") != STATE_VERSION:
             raise ValueError(f"saved oracle state version {evolution.get('version')!r}, expected {STATE_VERSION}")
-        for key, current in (("strategy", self.strategy), ("space", self.space.name)):
-            if evolution[key] != current:
-                raise ValueError(
-                    f"the saved search used {key}={evolution[key]!r} but this oracle has {key}={current!r}; "
-                    "resume with the same settings or start a new project (overwrite=True)"
-                )
+        self._check_same_settings(evolution)
         self._rng.setstate(_rng_state_from_json(evolution["rng"]))
         self._individuals = {tid: dict(info) for tid, info in evolution["individuals"].items()}
         self._population = list(evolution["population"])
@@ -922,6 +954,24 @@ class EvolutionaryOracle(keras_tuner.Oracle):
 
 
 # --- Tuner conveniences --------------------------------------------------------------------------
+
+
+def _warn_about_left_out_seeds(seed_functions: Sequence[Expression]) -> None:
+    """Say now which of the user's seed functions the search will skip, and why: rejected by
+    `check`, or computing the same function as an earlier one."""
+    first_with: dict[str, Expression] = {}
+    for expr in seed_functions:
+        try:
+            reason = check(expr)
+            fp = fingerprint(expr)
+        except Exception as error:  # noqa: BLE001 - _screen rejects it the same way
+            reason, fp = f"it cannot be evaluated: {error}", None
+        if reason is None and fp in first_with:
+            reason = f"it computes the same function as {first_with[fp]}"
+        if reason is not None:
+            warnings.warn(f"seed function {expr} will not be proposed: {reason}", stacklevel=3)
+        elif fp is not None:
+            first_with[fp] = expr
 
 
 def activation_from_hp(hp, **layer_kwargs):

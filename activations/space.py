@@ -19,9 +19,13 @@ Two spaces ship:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
+import numbers
 import random
 from typing import Callable, Iterator, Sequence
+
+import numpy as np
 
 from activations import operators
 from activations.expression import Expression, ExpressionError, parse
@@ -33,11 +37,21 @@ _MAX_ATTEMPTS = 64
 X = Expression.input()
 
 
-def as_rng(seed_or_rng: int | random.Random | None) -> random.Random:
-    """A `random.Random` from a seed (or the generator itself), for reproducible proposals."""
+def as_rng(seed_or_rng: int | random.Random | np.random.Generator | None) -> random.Random:
+    """A `random.Random` from a seed (or the generator itself), for reproducible proposals.
+
+    A NumPy integer is a seed too; a NumPy `Generator` seeds a new `random.Random` from one draw.
+    """
     if isinstance(seed_or_rng, random.Random):
         return seed_or_rng
-    return random.Random(seed_or_rng)
+    if isinstance(seed_or_rng, np.random.Generator):
+        return random.Random(int(seed_or_rng.integers(2**63)))
+    if seed_or_rng is None or (isinstance(seed_or_rng, numbers.Integral) and not isinstance(seed_or_rng, bool)):
+        return random.Random(None if seed_or_rng is None else int(seed_or_rng))
+    raise ValueError(
+        "rng must be None, a whole-number seed, a random.Random or a numpy.random.Generator, "
+        f"got {type(seed_or_rng).__name__} {seed_or_rng!r}"
+    )
 
 
 def _fresh_parameter(expr: Expression) -> str | None:
@@ -63,11 +77,25 @@ class SearchSpace:
     identity_insert_rate: float = 0.5
 
     def __post_init__(self):
+        for field in ("unary", "binary"):
+            names = getattr(self, field)
+            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+                raise ValueError(f"{field} must be a sequence of operator names, got {names!r}")
+            object.__setattr__(self, field, tuple(names))
         for name in self.unary + self.binary:
-            op = operators.get_operator(name)  # KeyError for an unknown name is a programming error
+            if name not in operators.REGISTRY:
+                close = difflib.get_close_matches(name, list(operators.REGISTRY), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"space {self.name!r} lists unknown operator {name!r}{hint}")
+            op = operators.REGISTRY[name]
             expected = 1 if name in self.unary else 2
             if op.arity != expected:
                 raise ValueError(f"operator {name!r} has arity {op.arity}, listed as arity {expected}")
+        if not self.useful_unary or not self.binary:
+            raise ValueError(
+                f"space {self.name!r} needs at least one unary operator besides zero and one and at least "
+                f"one binary operator (mutations insert both), got unary={self.unary}, binary={self.binary}"
+            )
 
     # --- membership ------------------------------------------------------------------------------
 
@@ -122,7 +150,7 @@ class SearchSpace:
         a, b, rng = parse(a), parse(b), as_rng(rng)
         sites_a = [path for path, _ in a.walk()]
         donors = [node for _, node in b.walk() if node.kind == "call" or node.kind == "input"]
-        for _ in range(_MAX_ATTEMPTS):
+        for _ in range(_MAX_ATTEMPTS if donors else 0):
             try:
                 child = a.replace(rng.choice(sites_a), rng.choice(donors))
             except ExpressionError:
@@ -187,6 +215,8 @@ class SearchSpace:
             return None
         param = Expression.parameter(name)
         sites = [(path, node) for path, node in expr.walk() if node.kind in ("call", "input")]
+        if not sites:
+            return None
         path, node = rng.choice(sites)
         if node.kind == "call" and operators.REGISTRY[node.name].arity == 1 and rng.random() < 0.5:
             # f(beta * u): scale the operator's input.
@@ -325,8 +355,8 @@ def enumerate_core_units(
     paper's "inputs are x or outputs of earlier units"). Functions are not yet de-duplicated:
     callers filter them with `activations.fingerprint`.
     """
-    unary = list(unary or SWISH_UNARY_FORMS)
-    binary = list(binary or SWISH_BINARY_FORMS)
+    unary = list(SWISH_UNARY_FORMS if unary is None else _form_names("unary", unary))
+    binary = list(SWISH_BINARY_FORMS if binary is None else _form_names("binary", binary))
     unknown = sorted(set(unary) - set(SWISH_UNARY_FORMS)) + sorted(set(binary) - set(SWISH_BINARY_FORMS))
     if unknown:
         raise ValueError(
@@ -343,6 +373,12 @@ def enumerate_core_units(
             yield stack_core_units([first, second])
 
 
+def _form_names(what: str, names: Sequence[str]) -> Sequence[str]:
+    if isinstance(names, str) or not names:
+        raise ValueError(f"{what} must be None (every form) or a non-empty list of form names, got {names!r}")
+    return names
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 _SPACES: dict[str, Callable[[], SearchSpace]] = {
@@ -357,6 +393,6 @@ def get_space(space: str | SearchSpace) -> SearchSpace:
     """The named search space ("pangaea" or "swish"), or `space` itself if it is one."""
     if isinstance(space, SearchSpace):
         return space
-    if space not in _SPACES:
+    if not isinstance(space, str) or space not in _SPACES:
         raise ValueError(f"unknown search space {space!r}; allowed: {sorted(_SPACES)} or a SearchSpace")
     return _SPACES[space]()

@@ -397,6 +397,19 @@ def test_lazy_resume_of_a_batch_project_and_mismatched_settings(tmp_path):
     assert genomes(resumed) == genomes(oracle)
     with pytest.raises(ValueError, match="strategy='evolution'.*strategy='random'"):
         make_oracle(max_trials=10, strategy="random").set_project_dir(tmp_path, "batch")
+    # Settings that shape the search must match too; max_trials may change.
+    for changed, message in [
+        ({"population_size": 6}, "population_size=4 but this oracle has population_size=6"),
+        ({"seed": 8}, "seed=7 but this oracle has seed=8"),
+        ({"seed_functions": ["tanh(x)"]}, r"seed_functions=\[.*\] but this oracle has seed_functions=\['tanh\(x\)'\]"),
+        ({"tournament_size": 3, "crossover_rate": 0.5}, "tournament_size=2 .*; crossover_rate=0.2 but"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_oracle(max_trials=10, **changed).set_project_dir(tmp_path, "batch")
+    make_oracle(max_trials=20).set_project_dir(tmp_path, "batch")
+    unseeded = make_oracle(max_trials=10, seed=None)  # no seed given: the saved generator goes on
+    unseeded.set_project_dir(tmp_path, "batch")
+    assert unseeded.seed == 7
     fresh = make_oracle(max_trials=10)
     fresh.set_project_dir(tmp_path, "batch", overwrite=True)
     assert not fresh.trials
@@ -598,6 +611,25 @@ def test_surrogate_ranked_offspring_are_valid_and_deterministic():
 def test_bad_parameters_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_oracle(**kwargs)
+
+
+def test_a_numpy_integer_seed_works_like_the_same_int():
+    runs = []
+    for seed in (3, np.int64(3)):
+        oracle = make_oracle(max_trials=8, seed=seed)
+        drive(oracle)
+        runs.append(genomes(oracle))
+    assert runs[0] == runs[1]
+
+
+def test_seed_functions_the_search_will_skip_are_named_at_once():
+    with pytest.warns(UserWarning) as caught:
+        make_oracle(seed_functions=["relu(x)", "3*x + 1", "x*sigmoid(x)", "sigmoid(x)*x"])
+    messages = [str(w.message) for w in caught]
+    assert any("seed function add(mul(3,x),1) will not be proposed: affine in x" in m for m in messages)
+    assert any("mul(sigmoid(x),x) will not be proposed: it computes the same function as mul(x,sigmoid(x))" in m
+               for m in messages)
+    assert not any("relu" in m for m in messages)
 
 
 def test_report_needs_a_value_or_an_error():

@@ -98,6 +98,50 @@ def test_swish_space_core_units_and_enumeration():
 def test_unknown_space_is_a_clear_error():
     with pytest.raises(ValueError, match="allowed"):
         get_space("nasnet")
+    with pytest.raises(ValueError, match=r"unknown search space \[\]; allowed"):
+        get_space([])
+
+
+@pytest.mark.parametrize("unary, binary, message", [
+    (("relux",), ("add",), "space 'custom' lists unknown operator 'relux'; did you mean relu"),
+    ("relu", ("add",), "unary must be a sequence of operator names, got 'relu'"),
+    (("relu",), (), "needs at least one unary operator besides zero and one and at least one binary"),
+    (("zero", "one"), ("add",), "needs at least one unary operator besides zero and one"),
+    (("add",), ("add",), "operator 'add' has arity 2, listed as arity 1"),
+])
+def test_a_bad_custom_space_is_refused_when_defined(unary, binary, message):
+    from activations.space import SearchSpace
+
+    with pytest.raises(ValueError, match=message):
+        SearchSpace("custom", unary, binary, sampler=None)
+
+
+def test_leaves_mutate_and_cross_into_the_space():
+    space = get_space("pangaea")
+    for leaf in ("2", "beta"):
+        for seed in range(20):
+            assert space.contains(space.mutate(leaf, seed))
+            assert space.contains(space.crossover("relu(x)", leaf, seed))
+            assert space.contains(space.crossover(leaf, "tanh(x)", seed))
+
+
+def test_numpy_seeds_and_generators_are_accepted_and_reproducible():
+    import numpy as np
+
+    space = get_space("pangaea")
+    assert space.sample(np.int64(5)) == space.sample(5)
+    assert space.sample(np.random.default_rng(1)) == space.sample(np.random.default_rng(1))
+    for bad in (1.5, "seed", True):
+        with pytest.raises(ValueError, match="rng must be None, a whole-number seed, a random.Random"):
+            space.sample(bad)
+
+
+def test_core_unit_forms_must_be_a_non_empty_list():
+    with pytest.raises(ValueError, match=r"unary must be None \(every form\) or a non-empty list"):
+        list(enumerate_core_units(1, [], None))
+    with pytest.raises(ValueError, match="binary must be None"):
+        list(enumerate_core_units(1, None, "x1+x2"))
+    assert len(list(enumerate_core_units(1, ["x"], ["x1*x2"]))) == 1
 
 
 def test_violation_names_the_limit():
