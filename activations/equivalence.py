@@ -64,7 +64,7 @@ def _shifted_values(values: dict[str, float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _float64() -> Iterator[None]:
+def float64_scope() -> Iterator[None]:
     """Lets the backend compute in float64. JAX truncates float64 to float32 unless x64 is
     enabled, which would give every function other fingerprints under JAX than elsewhere."""
     import keras
@@ -85,7 +85,7 @@ def evaluate_numpy(expr: Expression | str, x: np.ndarray, params: Mapping[str, f
     expr = parse(expr)
     params = initial_values(expr) if params is None else dict(params)
     x = np.asarray(x, dtype=np.float64)
-    with _float64():
+    with float64_scope():
         tensor = ops.convert_to_tensor(x, dtype="float64")
         tensors = {name: ops.convert_to_tensor(value, dtype="float64") for name, value in params.items()}
         out = ops.convert_to_numpy(expr.evaluate(tensor, tensors))

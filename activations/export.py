@@ -17,7 +17,7 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
-from activations.expression import is_finite_number, parse
+from activations.expression import as_parameter_value, parse
 from activations.layer import SHARING_MODES, ParametricActivation
 
 FORMAT_VERSION = 1
@@ -68,9 +68,13 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
     if not isinstance(record, dict) or "expression" not in record:
         raise ActivationFileError(f"{path!r} has no 'expression' field; it is not an activation.json")
     version = record.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    readable = "1" if FORMAT_VERSION == 1 else f"1 to {FORMAT_VERSION}"
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ActivationFileError(f"{path!r} has format_version {version!r}; it must be a whole number, and this "
+                                  f"version of activations reads format_version {readable}")
+    if version > FORMAT_VERSION:
         raise ActivationFileError(f"{path!r} has format_version {version!r}; this version of activations "
-                                  f"reads format_version 1 to {FORMAT_VERSION} (a newer actsearch wrote it?)")
+                                  f"reads format_version {readable} (a newer actsearch wrote it?)")
     try:
         expression = parse(record["expression"])
     except ValueError as error:
@@ -83,7 +87,8 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
     values = _learned_means(record, expression, path) if initial == "learned" else None
 
     def factory(**kwargs: Any) -> ParametricActivation:
-        return ParametricActivation(expression, sharing=mode, initial=values or None, **kwargs)
+        """A new layer; keyword arguments (`initial`, `sharing`, `name`, ...) override the file's."""
+        return ParametricActivation(expression, **{"sharing": mode, "initial": values or None, **kwargs})
 
     factory.expression = expression  # type: ignore[attr-defined]
     factory.record = record  # type: ignore[attr-defined]
@@ -104,8 +109,10 @@ def _learned_means(record: Mapping[str, Any], expression, path: str) -> dict[str
         mean = stats.get("mean") if isinstance(stats, Mapping) else stats
         if mean is None:
             continue
-        if not is_finite_number(mean):
+        value = as_parameter_value(mean)
+        if value is None:
             raise ActivationFileError(
-                f"learned_parameters[{name!r}] in {path!r} must be {{\"mean\": <finite number>, ...}}, got {stats!r}")
-        values[name] = float(mean)
+                f"learned_parameters[{name!r}] in {path!r} must be {{\"mean\": <finite number within float32's "
+                f"range>, ...}}, got {stats!r}")
+        values[name] = value
     return values

@@ -51,8 +51,12 @@ class ExpressionError(ValueError):
         self.text = text
         self.position = position
         if text is not None and position is not None:
-            pointer = " " * position + "^"
-            message = f"at position {position}: {message}\n  {text}\n  {pointer}"
+            line_start = text.rfind("\n", 0, position) + 1
+            line_end = text.find("\n", position)
+            line = text[line_start:len(text) if line_end < 0 else line_end]
+            # Tabs and other spaces shown as one space each, so the pointer stays under its character.
+            shown = "".join(" " if char.isspace() else char for char in line)
+            message = f"at position {position}: {message}\n  {shown}\n  {' ' * (position - line_start)}^"
         super().__init__(message)
 
 
@@ -275,7 +279,7 @@ def _infix(node: Expression, parent_precedence: int) -> str:
 # --- parsing -------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+    r"\s*(?:(?P<number>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<symbol>\*\*|[-+*/^(),]))"
 )
@@ -356,7 +360,12 @@ class _Parser:
         expression = self.sum()
         token = self.peek()
         if token.kind != "end":
-            raise self.error(f"unexpected {token.text!r} after a complete expression")
+            before = self.tokens[self.index - 1]
+            hint = ""
+            if before.kind in ("number", "name") and (token.kind in ("name", "number") or token.text == "("):
+                factor = "(...)" if token.text == "(" else token.text
+                hint = f"; write '{before.text}*{factor}' for a product"
+            raise self.error(f"unexpected {token.text!r} after a complete expression{hint}")
         return expression
 
     def sum(self) -> Expression:
@@ -467,9 +476,28 @@ def _arity_text(op: operators.Operator) -> str:
 
 def _unknown_operator_message(name: str) -> str:
     candidates = list(operators.REGISTRY) + list(operators.ALIASES)
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name.lower(), candidates, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see activations.operators.names() for the list"
     return f"unknown operator {name!r}{hint}"
+
+
+def suspicious_names(expression: Expression) -> list[str]:
+    """What in `expression` looks like a typo: parameters named like the input or like an
+    operator applied to it (`X`, `sigmoidx`), or no use of the input at all. Any name that is not
+    an operator is a parameter, so such typos parse; this names them for a warning."""
+    notes = []
+    for name in expression.parameters:
+        if name.lower() == INPUT_NAME:
+            notes.append(f"parameter {name!r} is not the input, which is lower-case {INPUT_NAME!r}")
+            continue
+        for suffix in (INPUT_NAME, "_" + INPUT_NAME):
+            operator = name[: -len(suffix)].lower() if name.lower().endswith(suffix) else ""
+            if operator in operators.REGISTRY or operator in operators.ALIASES:
+                notes.append(f"parameter {name!r} looks like {operator}({INPUT_NAME}) written without parentheses")
+                break
+    if not expression.uses_input:
+        notes.append(f"it does not use the input {INPUT_NAME!r}: every input gives the same output")
+    return notes
 
 
 def parse(text: str) -> Expression:
@@ -502,10 +530,28 @@ def is_finite_number(value) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
-def _check_number(value, what: str) -> float:
-    if not is_finite_number(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
+PARAMETER_LIMIT = 3.4028234663852886e38
+"""The largest float32: parameters are float32 weights, so a value beyond it cannot be stored."""
+
+
+def as_parameter_value(value) -> float | None:
+    """`value` as a float if it can start a learnable parameter, else None.
+
+    A finite real number within float32's range; a 0-d NumPy array counts (a layer-shared
+    weight's `numpy()` is one).
+    """
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()
+    if not is_finite_number(value) or abs(value) > PARAMETER_LIMIT:
+        return None
     return float(value)
+
+
+def _check_number(value, what: str) -> float:
+    number = as_parameter_value(value)
+    if number is None:
+        raise ValueError(f"{what} must be a finite number within float32's range (|value| <= 3.4e38), got {value!r}")
+    return number
 
 
 def initial_values(expression: Expression, initial: Initial = None) -> dict[str, float]:
@@ -526,7 +572,7 @@ def initial_values(expression: Expression, initial: Initial = None) -> dict[str,
         for name, value in initial.items():
             values[name] = _check_number(value, f"initial value of {name!r}")
         return values
-    if is_number(initial):
+    if is_number(initial) or getattr(initial, "shape", None) == ():
         value = _check_number(initial, "initial")
         return {name: value for name in names}
     raise ValueError(

@@ -70,12 +70,13 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from typing import Mapping, Union
 
 import keras
 from keras import ops
 
-from activations.expression import Expression, Initial, initial_values, parse
+from activations.expression import Expression, Initial, initial_values, parse, suspicious_names
 
 SHARING_MODES = ("layer", "channel")
 IMPLEMENTATIONS = ("auto", "fused", "ops")
@@ -134,6 +135,8 @@ class ParametricActivation(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.expression = parse(expression)
+        for note in suspicious_names(self.expression):
+            warnings.warn(f"activation {self.expression}: {note}", stacklevel=2)
         if sharing not in SHARING_MODES:
             raise ValueError(
                 f"sharing must be one of {', '.join(map(repr, SHARING_MODES))}, got {sharing!r}"
@@ -217,6 +220,19 @@ class ParametricActivation(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """A layer saved as `implementation="fused"` loads on any backend: elsewhere than on
+        TensorFlow it computes the same function with keras.ops ("auto")."""
+        if config.get("implementation") == "fused" and keras.backend.backend() != "tensorflow":
+            warnings.warn(
+                f"activation layer {config.get('name')!r} was saved with implementation='fused' (TensorFlow "
+                f"only); on the {keras.backend.backend()!r} backend it computes the same function with keras.ops",
+                stacklevel=2,
+            )
+            config = {**config, "implementation": "auto"}
+        return cls(**config)
 
     def get_config(self) -> dict:
         config = super().get_config()

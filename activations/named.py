@@ -19,12 +19,12 @@ import dataclasses
 import difflib
 import functools
 import re
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import keras
 
 from activations import operators
-from activations.expression import Expression, ExpressionError, parse
+from activations.expression import Expression, ExpressionError, initial_values, parse
 from activations.layer import Initial, ParametricActivation
 
 
@@ -128,6 +128,8 @@ def _named_layer(key: str, sharing: str, initial: Initial) -> keras.layers.Layer
         ParametricActivation(NAMED[key].expression, sharing=sharing, initial=initial)
         return keras.layers.ReLU() if key == "relu" else keras.layers.Identity()
     named = NAMED[key]
+    if isinstance(initial, Mapping):  # the parameters it leaves out keep the name's usual values
+        initial = {**initial_values(parse(named.expression), named.initial), **initial}
     return ParametricActivation(
         named.expression,
         sharing=sharing,

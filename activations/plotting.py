@@ -122,24 +122,36 @@ def _curves(subject, x: np.ndarray, parameters: Optional[Mapping[str, float]] = 
         return _title(expression, {}), _evaluate(expression, x, {})
     # Any other elementwise layer: call it (float32) on the grid.
     values = keras.ops.convert_to_numpy(subject(keras.ops.convert_to_tensor(x[:, None], "float32")))
+    if tuple(values.shape) != (len(x), 1):
+        raise ValueError(
+            f"plot draws elementwise activation layers; {subject.name} ({type(subject).__name__}) maps inputs "
+            f"of shape {(len(x), 1)} to shape {tuple(values.shape)}"
+        )
     return f"{subject.name} ({type(subject).__name__})", np.asarray(values, dtype=np.float64).reshape(len(x), -1)
 
 
 def _evaluate(expression: Expression, x: np.ndarray, params: dict) -> np.ndarray:
     """Values on the grid, shape (points, channels); float64 where the backend allows it."""
+    from activations.equivalence import float64_scope
+
     for dtype in ("float64", "float32"):
         try:
-            grid = keras.ops.convert_to_tensor(x[:, None], dtype)
-            values = {name: keras.ops.convert_to_tensor(np.reshape(v, (-1,)) if np.ndim(v) else v, dtype)
-                      for name, v in params.items()}
-            y = expression.evaluate(grid, values)
-            channels = max([np.size(v) for v in params.values()] + [1])
-            y = keras.ops.broadcast_to(keras.ops.cast(y, dtype), (len(x), channels))
-            return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float64)
+            with float64_scope():
+                return _evaluate_as(expression, x, params, dtype)
         except (TypeError, ValueError, NotImplementedError):
             if dtype == "float32":
                 raise
     raise AssertionError("unreachable")
+
+
+def _evaluate_as(expression: Expression, x: np.ndarray, params: dict, dtype: str) -> np.ndarray:
+    grid = keras.ops.convert_to_tensor(x[:, None], dtype)
+    values = {name: keras.ops.convert_to_tensor(np.reshape(v, (-1,)) if np.ndim(v) else v, dtype)
+              for name, v in params.items()}
+    y = expression.evaluate(grid, values)
+    channels = max([np.size(v) for v in params.values()] + [1])
+    y = keras.ops.broadcast_to(keras.ops.cast(y, dtype), (len(x), channels))
+    return np.asarray(keras.ops.convert_to_numpy(y), dtype=np.float64)
 
 
 def _title(expression: Expression, params: dict) -> str:

@@ -89,11 +89,14 @@ def test_layer_values_and_gradients_match_tensorflow(tmp_path):
 
 
 def test_model_saved_under_tensorflow_trains_and_predicts_the_same_under_jax(tmp_path):
+    """Also with a layer saved as implementation="fused" (TensorFlow only): it loads under JAX
+    computing the same function with keras.ops, and says so."""
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
     hidden = activations.get("x * sigmoid(beta * x)", sharing="channel")(keras.layers.Dense(5)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(3)(activations.get("gelu")(hidden)))
+    fused_gelu = activations.ParametricActivation(activations.expression_for("gelu"), implementation="fused")
+    model = keras.Model(inputs, keras.layers.Dense(3)(fused_gelu(hidden)))
     model.get_layer(index=2).parameters["beta"].assign(np.array([0.5, 1.0, 1.5, 2.0, -0.5], "float32"))
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -101,8 +104,12 @@ def test_model_saved_under_tensorflow_trains_and_predicts_the_same_under_jax(tmp
     expected = model.predict(probe, verbose=0)
 
     got = _run_under_jax(f"""
-        import json, numpy as np, keras, activations
-        model = keras.saving.load_model({path!r}, safe_mode=True)
+        import json, warnings, numpy as np, keras, activations
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = keras.saving.load_model({path!r}, safe_mode=True)
+        implementations = [layer.implementation for layer in model.layers if hasattr(layer, "implementation")]
+        notes = [str(w.message) for w in caught if "implementation='fused'" in str(w.message)]
         probe = np.asarray({probe.tolist()}, dtype="float32")
         before = np.asarray(model.predict(probe, verbose=0))
         beta = np.asarray(model.get_layer(index=2).parameters["beta"].value)
@@ -115,11 +122,14 @@ def test_model_saved_under_tensorflow_trains_and_predicts_the_same_under_jax(tmp
         layer = activations.get("max(relu(x), cosh(elu(x)))")
         y = layer(probe)
         print(json.dumps({{"before": before.tolist(), "beta": beta.tolist(), "losses": losses,
+                          "implementations": implementations, "notes": notes,
                           "moved": float(moved), "bf16_out": str(y.dtype),
                           "bf16_vars": [str(w.dtype) for w in layer.weights],
                           "bf16_finite": bool(np.isfinite(np.asarray(y, dtype="float32")).all())}}))
         """, tmp_path)
     np.testing.assert_allclose(got["before"], expected, rtol=1e-5, atol=1e-5)
+    assert got["implementations"] == ["auto", "auto"]
+    assert len(got["notes"]) == 1 and "on the 'jax' backend it computes the same function" in got["notes"][0]
     np.testing.assert_allclose(got["beta"], [0.5, 1.0, 1.5, 2.0, -0.5])
     assert got["losses"][-1] < got["losses"][0]
     assert got["moved"] > 0  # the learnable parameter trains under JAX

@@ -25,12 +25,17 @@ def test_load_starts_every_new_layer_from_the_learned_means(tmp_path):
     assert first.initial_values == {"beta": 1.7}
     assert activations.load(tmp_path, initial="default")().initial_values == {"beta": 1.0}
     assert activations.load(tmp_path, sharing="layer")().sharing == "layer"
+    # The factory's own arguments override the file's.
+    assert make(initial=0.5).initial_values == {"beta": 0.5} and make(sharing="layer").sharing == "layer"
+    assert make(name="act").name == "act" and make(name="act").initial_values == {"beta": 1.7}
     x = np.linspace(-3, 3, 7).astype("float32")
     np.testing.assert_allclose(np.asarray(first(x[None])), (x / (1 + np.exp(-1.7 * x)))[None], rtol=1e-5)
 
 
 @pytest.mark.parametrize("record,message", [
-    ({"expression": "x*sigmoid(beta*x)", "format_version": 99}, "format_version 99"),
+    ({"expression": "x*sigmoid(beta*x)", "format_version": 99}, "format_version 99; .*reads format_version 1 .*newer"),
+    ({"expression": "x*sigmoid(beta*x)", "format_version": "1"}, "format_version '1'; it must be a whole number"),
+    ({"expression": "x*sigmoid(beta*x)", "learned_parameters": {"beta": {"mean": 1e300}}}, "within float32's range"),
     ({"expression": "x*sigmod(beta*x)"}, "does not parse: .*unknown operator 'sigmod'"),
     ({"expression": "x*sigmoid(beta*x)", "learned_parameters": [1]}, "learned_parameters in .* must be a mapping"),
     ({"expression": "x*sigmoid(beta*x)", "learned_parameters": {"beta": {"mean": "abc"}}}, r"learned_parameters\['beta'\]"),

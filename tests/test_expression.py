@@ -337,6 +337,10 @@ def test_operator_registry_covers_both_papers():
         ("(" * 70 + "x" + ")" * 70, "deeper than the limit", 2 * MAX_DEPTH + 2),  # syntax: 2 per level
         ("-" * 40 + "x", "deeper than the limit", 40 - MAX_DEPTH),  # the tree: its 33rd level
         ("max_n(" + ",".join(["x"] * 9) + ")", "takes 2 to 8 arguments", 0),
+        ("RELU(x)", "did you mean relu", 0),  # suggestions ignore case
+        ("2x", "unexpected 'x' after a complete expression; write '2*x' for a product", 1),
+        ("0.5 (x + 1)", "write '0.5*(...)' for a product", 4),
+        ("\uff12*x", "unexpected character", 0),  # a full-width 2: numbers are ASCII digits
     ],
 )
 def test_bad_text_names_position_and_alternatives(text, fragment, position):
@@ -345,6 +349,30 @@ def test_bad_text_names_position_and_alternatives(text, fragment, position):
     assert fragment in str(info.value)
     assert info.value.position == position
     assert isinstance(info.value, ValueError)
+
+
+def test_the_pointer_stands_under_the_error_in_text_with_tabs_and_lines():
+    with pytest.raises(ExpressionError) as info:
+        parse("x +\n\tfoo(x)")
+    assert info.value.position == 5
+    assert str(info.value).splitlines()[1:] == ["   foo(x)", "   ^"]
+
+
+@pytest.mark.parametrize(
+    "text, notes",
+    [
+        ("x * sigmoid(beta * x)", []),
+        ("X * sigmoid(X)", ["parameter 'X' is not the input, which is lower-case 'x'",
+                            "it does not use the input 'x': every input gives the same output"]),
+        ("x * sigmoidx", ["parameter 'sigmoidx' looks like sigmoid(x) written without parentheses"]),
+        ("relu(x) + tanh_x", ["parameter 'tanh_x' looks like tanh(x) written without parentheses"]),
+        ("beta * gamma", ["it does not use the input 'x': every input gives the same output"]),
+    ],
+)
+def test_likely_typos_are_named(text, notes):
+    from activations.expression import suspicious_names
+
+    assert suspicious_names(parse(text)) == notes
 
 
 def test_limits_on_length_nodes_and_type():

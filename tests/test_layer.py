@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -105,6 +106,8 @@ def test_bad_sharing_is_a_clear_value_error(sharing):
         ([1.0], "initial must be None, a finite number or a dict"),
         (True, "initial must be None, a finite number or a dict"),
         (float("nan"), "initial must be a finite number"),
+        (1e40, r"initial must be a finite number within float32's range \(\|value\| <= 3.4e38\), got 1e\+40"),
+        ({"beta": -1e39}, "initial value of 'beta' must be a finite number within float32's range"),
         ({"beta": float("inf")}, "initial value of 'beta' must be a finite number"),
         ({"beta": "1"}, "initial value of 'beta' must be a finite number"),
         ({"gamma": 1.0}, r"unknown parameter\(s\) \['gamma'\].*parameters are: beta"),
@@ -113,6 +116,14 @@ def test_bad_sharing_is_a_clear_value_error(sharing):
 def test_bad_initial_is_a_clear_value_error(initial, message):
     with pytest.raises(ValueError, match=message):
         ParametricActivation("x * sigmoid(beta * x)", initial=initial)
+
+
+def test_a_likely_typo_in_the_expression_is_warned_about():
+    with pytest.warns(UserWarning, match=r"activation mul\(x,sigmoidx\): parameter 'sigmoidx' looks like sigmoid\(x\)"):
+        ParametricActivation("x * sigmoidx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ParametricActivation("x * sigmoid(beta * x)")
 
 
 def test_bad_expression_and_bad_implementation_raise_value_errors():
@@ -296,6 +307,21 @@ def test_default_implementation_on_tensorflow_is_the_fused_kernel():
     assert not ParametricActivation("x", implementation="ops")._use_fused()
 
 
+def test_a_model_with_the_fused_kernel_converts_to_tensorflow_lite():
+    """Deployment: the fused kernels use only operations TensorFlow Lite has (its exponential is
+    written with bit operations; a left shift, which Lite lacks, once made conversion fail)."""
+    model = _small_model("alpha * x * sigmoid(beta * x) + cosh(elu(x))", "channel")
+    _set_parameters(model.layers[2])
+    converted = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interpreter = tf.lite.Interpreter(model_content=converted)
+    interpreter.allocate_tensors()
+    x = _inputs((1, 8, 8, 3))
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
 def _small_model(expression, sharing, policy="float32", implementation="auto"):
     keras.mixed_precision.set_global_policy(policy)
     inputs = keras.Input((8, 8, 3))
@@ -437,6 +463,9 @@ def test_numpy_scalars_are_accepted_as_initial_values():
     layer = ParametricActivation("alpha*x + beta", initial={"alpha": np.float32(0.5), "beta": np.int64(2)})
     assert layer.initial_values == {"alpha": 0.5, "beta": 2.0}
     assert ParametricActivation("alpha*x", initial=np.float32(3)).initial_values == {"alpha": 3.0}
+    # A layer-shared weight's value is a 0-d array: it can start another layer.
+    assert ParametricActivation("alpha*x", initial={"alpha": np.array(2.5)}).initial_values == {"alpha": 2.5}
+    assert ParametricActivation("alpha*x", initial=np.array(-1)).initial_values == {"alpha": -1.0}
     with pytest.raises(ValueError, match="finite number"):
         ParametricActivation("alpha*x", initial=np.bool_(True))
 

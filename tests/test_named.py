@@ -89,6 +89,7 @@ def test_initial_values_default_per_name_and_can_be_overridden():
     prelu = activations.get("prelu")
     prelu.build((None, 3))
     assert float(prelu.parameters["alpha"].numpy()) == 0.25
+    assert activations.get("prelu", initial={}).initial_values == {"alpha": 0.25}  # a dict overrides only its names
     steep = activations.get("swish", initial={"beta": 4.0})
     np.testing.assert_allclose(np.asarray(steep(X)), X * _sigmoid(4.0 * X), rtol=1e-5, atol=1e-6)
 

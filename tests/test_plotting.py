@@ -81,6 +81,12 @@ def test_bad_subject_is_rejected(tmp_path):
         activations.plot(42, tmp_path / "x.png")
 
 
+def test_a_layer_that_is_not_elementwise_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"plot draws elementwise activation layers; .*\(Dense\) maps inputs of shape"):
+        activations.plot(keras.layers.Dense(3), tmp_path / "dense.png")
+    assert not (tmp_path / "dense.png").exists()
+
+
 def test_unbuilt_layer_plots_at_its_initial_values():
     layer = activations.ParametricActivation("alpha * x", initial={"alpha": 0.5})
     title, values, slopes = plotting.curves(layer, np.array([-2.0, 2.0]))
