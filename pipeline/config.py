@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shlex
 from typing import Any, Mapping
@@ -143,6 +144,9 @@ class PipelineConfig:
             raise ConfigError(f"stop_quantile must lie in [0, 1) (0: no early stopping), got {self.stop_quantile}")
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise ConfigError(f"threshold must be a finite number >= 0 (the least mean gain over relu that "
+                              f"recommends a function; a negative one would recommend worse functions), got {self.threshold}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not isinstance(self.resources, dict) or not all(isinstance(v, dict) for v in self.resources.values()):

@@ -138,6 +138,7 @@ def create_pipeline(config) -> Pipeline:
     example_gen = ExampleGen(
         source=config.data, data_dir=config.data_dir, validation_fraction=config.validation_fraction,
         test_fraction=config.test_fraction, max_examples=config.max_examples, seed=config.seed,
+        image_size=config.image_size, skip_corrupt=config.skip_corrupt,
     )
     candidate_gen = CandidateGen(space=config.space, seed_functions=list(config.seed_functions),
                                  num_sampled=config.num_candidates, seed=config.seed)

@@ -120,10 +120,35 @@ def test_beam_options_that_would_change_results_or_be_dropped_are_refused(option
     ("stop_quantile", "-0.1", "stop_quantile must lie in"),
     ("resume_root", "gs://bucket/resume", "resume_root must be empty or an absolute path"),
     ("resume_root", "relative/dir", "resume_root must be empty or an absolute path"),
+    ("threshold", "-0.2", "threshold must be a finite number >= 0 .*a negative one would recommend worse"),
+    ("threshold", "nan", "threshold must be a finite number >= 0"),
+    ("threshold", "inf", "threshold must be a finite number >= 0"),
 ])
 def test_early_stopping_and_resume_root_values_are_checked(field, value, message):
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.preset("demo", {field: value})
+
+
+def test_image_size_and_skip_corrupt_reach_the_data_step():
+    from pipeline.dag import create_pipeline
+
+    step = create_pipeline(config_lib.preset("demo", {"image_size": "16", "skip_corrupt": "true"})).component("example_gen")
+    assert step.exec_properties["image_size"] == 16 and step.exec_properties["skip_corrupt"] is True
+
+
+def test_every_setting_reaches_the_dag_or_the_compiler():
+    """A setting no step reads is silently ignored (image_size and skip_corrupt once were)."""
+    import dataclasses
+    import inspect
+    import re
+
+    from pipeline import dag
+
+    compiler_only = {"image", "resources", "resume_root"}  # read by `actsearch compile` / the kfp runner
+    source = inspect.getsource(dag)
+    unread = [f.name for f in dataclasses.fields(config_lib.PipelineConfig)
+              if f.name not in compiler_only and not re.search(rf"config\.{f.name}\b", source)]
+    assert unread == []
 
 
 def test_early_stopping_reaches_the_tuner_and_zero_switches_it_off():
