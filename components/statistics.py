@@ -311,8 +311,9 @@ def write_evaluation(output_dir: str | Path, evaluation: Evaluation) -> Path:
 def _check_settings(threshold, alpha, min_seeds, blessing_p, tie_tolerance, chance) -> None:
     if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
         raise EvaluationError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}")
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-        raise EvaluationError(f"threshold must be a finite number, got {threshold!r}")
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        # A negative bar would bless a function significantly *worse* than the baseline.
+        raise EvaluationError(f"threshold must be a finite number >= 0 (the least mean gain), got {threshold!r}")
     if not (isinstance(min_seeds, int) and min_seeds >= 2):
         raise EvaluationError(f"min_seeds must be an integer >= 2 (a test needs a variance), "
                               f"got {min_seeds!r}")

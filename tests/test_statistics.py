@@ -183,6 +183,9 @@ def test_threshold_blocks_small_significant_gains():
     gain = [0.905, 0.906, 0.904, 0.905, 0.907]  # +0.5 pp, very significant
     runs = _runs("relu", base) + _runs("tiny", gain)
     assert st.evaluate(runs, threshold=0.0)["tiny"].verdict == st.BLESSED
+    for bad in (-0.1, float("nan")):  # a negative bar would bless significantly worse functions
+        with pytest.raises(st.EvaluationError, match="threshold must be a finite number >= 0"):
+            st.evaluate(runs, threshold=bad)
     blocked = st.evaluate(runs, threshold=0.01)
     assert blocked["tiny"].verdict == st.NOT_BLESSED
     assert "threshold" in blocked["tiny"].reason
