@@ -26,7 +26,7 @@ import os
 from typing import Any
 
 from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
-from components.statistics import Evaluation
+from components.statistics import Evaluation, percentage_points
 from components.trainer import learned_parameter_statistics, read_runs
 
 
@@ -52,6 +52,17 @@ def choose_function(evaluation: Evaluation, runs: list[dict[str, Any]]) -> tuple
     discovered = [f for f in ranked if kinds.get(f.function) != "baseline"]
     pick = (discovered or ranked or list(evaluation.functions))[0]
     return pick.function, False
+
+
+def export_reason(evaluation: Evaluation, function: str, blessed: bool) -> str:
+    """Why `function` is the one exported, in a sentence (the evaluation's summary speaks of the
+    best function overall, which may be a baseline the export passes over)."""
+    stats = evaluation[function]
+    if blessed:
+        return f"blessed: it beat {evaluation.baseline} by {percentage_points(stats.diff)}"
+    gain = "" if stats.diff is None else f" ({percentage_points(stats.diff)} vs {evaluation.baseline})"
+    return (f"not blessed: no function of the search beat {evaluation.baseline}; this is the search's best by "
+            f"mean {evaluation.metric}{gain}, exported for inspection only")
 
 
 def run_normalization(trained_uri: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +126,7 @@ class ExporterExecutor(BaseExecutor):
             "wins_ties_losses": [stats.wins, stats.ties, stats.losses],
             "seeds": list(stats.seeds),
             "summary": evaluation.summary,
+            "why_exported": export_reason(evaluation, function, blessed),
         }
         out = output_dict["exported"][0]
         record = activation_record(str(expression_for(function)), exec_properties["sharing"],

@@ -48,6 +48,7 @@ def write_report(
     title: str = "Activation function search",
     top_trials: int = 10,
     command: str = "",
+    exported: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Writes `report.md`, `report.html` and their figures into `output_dir`.
 
@@ -70,6 +71,8 @@ def write_report(
       title: the report's heading.
       top_trials: how many trials the trials table shows.
       command: the shell command that recreates the run, shown for copying (none: not shown).
+      exported: the exported function's `function` and `why_exported` (the `summary` of its
+        activation.json), named in the summary; None: no export to name.
 
     Returns:
       `(md_path, html_path)`.
@@ -96,7 +99,7 @@ def write_report(
     shapes = _collect_function_figures(evaluation, runs, function_plots or {}, figures_dir)
 
     doc = _Document(title)
-    _summary_section(doc, evaluation)
+    _summary_section(doc, evaluation, exported)
     _results_section(doc, evaluation, {run["function"]: run.get("origin") or run.get("kind") for run in runs})
     doc.heading("Accuracy distributions")
     doc.paragraph(f"{evaluation.metric} of every run, one row per function; the dashed line is "
@@ -131,9 +134,12 @@ def write_report(
 # Sections.
 
 
-def _summary_section(doc: "_Document", ev: Evaluation) -> None:
+def _summary_section(doc: "_Document", ev: Evaluation, exported: Mapping[str, Any] | None) -> None:
     doc.heading("Summary")
     doc.verdict(ev.verdict, ev.summary)
+    if exported:
+        doc.paragraph(f"Exported (export/activation.json, with a trained model in export/model.keras when one "
+                      f"was saved): {exported['function']}, {exported.get('why_exported', '')}.")
     settings = (f"Baseline {ev.baseline}; metric {ev.metric}; a function is blessed when its mean "
                 f"gain exceeds {100 * ev.threshold:.2f} pp and its {_p_label(ev.blessing_p)} "
                 f"p-value is below {ev.alpha:g}. Tests need at least {ev.min_seeds} seeds per "

@@ -9,6 +9,7 @@ final run, images of the function shapes and the evolution progress: one `tensor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -67,9 +68,13 @@ class ReporterExecutor(BaseExecutor):
                              parameters={name: values["mean"] for name, values in learned.items()})
             plots[stats.function] = path
         config = dict(exec_properties["config"])
+        exported = None
+        if input_dict.get("exported"):
+            with open(os.path.join(input_dict["exported"][0].uri, "activation.json")) as f:
+                exported = json.load(f).get("summary")
         _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
                                     function_plots=plots, config=config, title=exec_properties["title"],
-                                    command=exec_properties["command"])
+                                    command=exec_properties["command"], exported=exported)
         self.context.register_result("report", str(html_path))
         self.context.register_result("report_markdown", report.path("report.md"))
 

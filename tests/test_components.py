@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.exporter import choose_function
+from components.exporter import choose_function, export_reason
 from components.statistics import evaluate
 from components.trainer import functions_to_train, learned_parameter_statistics
 
@@ -58,6 +58,11 @@ def test_exporter_picks_the_blessed_winner_else_the_best_non_baseline():
     assert choose_function(evaluate(close), close) == ("swish", True)
     none = runs("relu", 0.80, "baseline") + runs("swish", 0.78, "baseline") + runs("elu(x)", 0.79, "discovered")
     assert choose_function(evaluate(none), none) == ("elu(x)", False)
+    # Why each was exported, in words the report repeats (the evaluation's summary names swish).
+    assert export_reason(evaluate(clear), "elu(x)", True) == "blessed: it beat relu by +10.00 pp"
+    assert export_reason(evaluate(none), "elu(x)", False) == (
+        "not blessed: no function of the search beat relu; this is the search's best by mean test_accuracy "
+        "(-1.00 pp vs relu), exported for inspection only")
 
 
 def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):

@@ -179,8 +179,10 @@ def test_nothing_beats_baseline_is_stated(tmp_path):
             for f, m in [("relu", 0.9), ("worse", 0.85)] for s in range(3)]
     ev = st.evaluate(runs)
     md_path, html_path = rp.write_report(tmp_path, evaluation=ev.to_dict(), runs=runs,
-                                         config={"model": "mlp"})
+                                         config={"model": "mlp"},
+                                         exported={"function": "worse", "why_exported": "not blessed: because"})
     assert "**NOT_BLESSED** — No function beat relu" in md_path.read_text()
+    assert "Exported (export/activation.json" in md_path.read_text() and "worse, not blessed: because." in md_path.read_text()
     assert "No function beat relu" in html_path.read_text()
     # Optional sections are left out when their data is not given.
     assert "Search progress" not in md_path.read_text()
