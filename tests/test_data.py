@@ -537,6 +537,34 @@ def test_folder_formats_grey_and_sizes(tmp_path):
     assert ds.input_shape == (8, 8, 3)
 
 
+def _class_folders(root, classes, images=2):
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(images):
+            Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(root / cls / f"{i}.png")
+
+
+def test_folder_with_split_folders_beside_other_folders_is_refused(tmp_path):
+    for split in ("train", "val", "test"):
+        _class_folders(tmp_path / "data" / split, ("cat", "dog"))
+    _class_folders(tmp_path / "data", ("docs",), images=1)
+    with pytest.raises(D.DataError, match=r"mixes split folders \(test, train, val\) with other folders \(docs\)"):
+        S.load_dataset(f"folder:{tmp_path / 'data'}")
+    # One class that happens to be called like a split is still a class.
+    _class_folders(tmp_path / "vehicles", ("bus", "train"), images=4)
+    assert S.load_dataset(f"folder:{tmp_path / 'vehicles'}", splits=(0.5, 0.25, 0.25)).class_names == ("bus", "train")
+
+
+def test_folder_symlink_loops_are_read_once_and_empty_classes_are_named(tmp_path, caplog):
+    _class_folders(tmp_path / "data", ("cat", "dog"), images=4)
+    (tmp_path / "data" / "zebra").mkdir()
+    os.symlink(tmp_path / "data" / "cat", tmp_path / "data" / "cat" / "again")  # a loop
+    with caplog.at_level(logging.WARNING):
+        ds = S.load_dataset(f"folder:{tmp_path / 'data'}", splits=(0.5, 0.25, 0.25))
+    assert sum(ds.num_examples.values()) == 8 and ds.class_names == ("cat", "dog")
+    assert "class folder(s) ['zebra'] hold no images and are left out" in caplog.text
+
+
 def test_folder_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / "deep" / cls).mkdir(parents=True)

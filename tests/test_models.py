@@ -113,6 +113,12 @@ def test_bad_arguments_are_reported():
         build_model("mlp", (8, 8, 1), 10, "relu", sharing="neuron")
     with pytest.raises(activations.ExpressionError, match="no_such_activation"):
         build_model("mlp", (8, 8, 1), 10, "no_such_activation")
+    with pytest.raises(ModelError, match=r"of whole numbers; got \(8.5, 8, 1\)"):
+        build_model("mlp", (8.5, 8, 1), 10, "relu")
+    with pytest.raises(ModelError, match=r"activation is a layer \(ReLU\); pass a factory .*lambda: keras.layers.ReLU\(\)"):
+        build_model("mlp", (8, 8, 1), 10, keras.layers.ReLU())
+    # NumPy integers (as data sets report them) are integers.
+    assert build_model("mlp", np.array([8, 8, 1]), np.int64(10), "relu").output_shape == (None, 10)
 
 
 def test_a_factory_that_reuses_one_layer_is_rejected():

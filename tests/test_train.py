@@ -72,7 +72,8 @@ def test_small_cnn_learns_digits_and_reports_everything(digits, tmp_path):
     assert len(lines) == 3 and lines[0].startswith("epoch 1/3") and "val_accuracy" in lines[0]
 
     # Files of the run: config, result, history, TensorBoard scalars, activation image.
-    assert json.loads(open(tmp_path / "run" / "config.json").read()) == config.to_dict()
+    stored = json.loads(open(tmp_path / "run" / "config.json").read())
+    assert stored == {**config.to_dict(), "dataset": {"source": digits.source, "fingerprint": digits.fingerprint()}}
     saved = json.loads(open(result.result_path).read())
     assert saved["best_val_accuracy"] == result.best_val_accuracy
     assert TrainResult.from_dict(saved).to_dict() == saved
@@ -247,8 +248,11 @@ def test_a_backup_of_another_configuration_is_refused_not_resumed(digits, tmp_pa
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(config, digits, callbacks=[_KillAfterSecondEpoch()])
     other = tiny(epochs=4, seed=7, learning_rate=0.01, output_dir=str(tmp_path / "run"))
-    with pytest.raises(TrainConfigError, match="unfinished run of another configuration \\(learning_rate, seed differ\\)"):
+    with pytest.raises(TrainConfigError, match="unfinished run of another configuration \\(differing: learning_rate, seed\\)"):
         train(other, digits)
+    other_data = load_dataset("embedded:digits", max_examples=SMALL, seed=1)  # same source, other split
+    with pytest.raises(TrainConfigError, match=r"differing: the data \(was 'embedded:digits', now 'embedded:digits'\)"):
+        train(config, other_data)
     assert os.path.exists(tmp_path / "run" / "backup" / "training_metadata.json")  # nothing thrown away
     fresh = train(TrainConfig(**{**other.to_dict(), "resume": False}), digits)
     assert fresh.initial_epoch == 0 and fresh.epochs_run == 4
@@ -290,6 +294,42 @@ def test_output_dir_folders_the_trainer_did_not_make_are_never_deleted(digits, t
     with pytest.raises(TrainConfigError, match="no run of this trainer wrote"):
         train(tiny(epochs=1, output_dir=str(tmp_path / "mine")), digits)
     assert (tmp_path / "mine" / "logs" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_config_json_of_another_program_is_not_taken_for_the_trainers(digits, tmp_path):
+    (tmp_path / "mine" / "logs").mkdir(parents=True)
+    (tmp_path / "mine" / "logs" / "notes.txt").write_text("keep me")
+    (tmp_path / "mine" / "config.json").write_text('{"my": "settings"}')
+    with pytest.raises(TrainConfigError, match="no run of this trainer wrote"):
+        train(tiny(epochs=1, output_dir=str(tmp_path / "mine")), digits)
+    (tmp_path / "mine" / "logs" / "notes.txt").unlink()
+    (tmp_path / "mine" / "logs").rmdir()
+    with pytest.raises(TrainConfigError, match="holds a config.json that this trainer did not write"):
+        train(tiny(epochs=1, output_dir=str(tmp_path / "mine")), digits)
+    assert (tmp_path / "mine" / "config.json").read_text() == '{"my": "settings"}'
+
+
+@pytest.mark.parametrize("where, message", [("file", "is a file"), ("under", "lies under the file")])
+def test_an_output_dir_that_cannot_be_a_directory_is_refused_before_the_data_loads(tmp_path, where, message):
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" if where == "file" else tmp_path / "afile" / "run"
+    with pytest.raises(TrainConfigError, match=f"output_dir=.*{message}"):
+        train(tiny(epochs=1, data="folder:/nonexistent", output_dir=str(target)))  # the data would fail later
+
+
+def test_images_per_second_counts_the_images_a_step_really_takes(digits):
+    """A batch larger than the training split is the whole split: the rate must not scale with
+    the batch size asked for."""
+    whole = train(tiny(epochs=3, batch_size=320), digits)
+    huge = train(tiny(epochs=3, batch_size=100_000), digits)
+    assert 0.33 < huge.images_per_sec / whole.images_per_sec < 3
+
+
+def test_no_validation_split_is_said_and_the_score_is_nan(digits, caplog):
+    data = load_dataset("embedded:digits", max_examples={"train": 200, "validation": 0, "test": 50}, seed=0)
+    result = train(tiny(epochs=1), data)
+    assert "has no validation split" in caplog.text
+    assert result.best_val_accuracy is None and math.isnan(result.score) and not result.diverged
 
 
 def test_same_seed_same_run_and_other_seed_other_run(digits, reference_run):
@@ -365,7 +405,9 @@ def test_config_round_trips_and_rejects_bad_values():
                                   ("resume", "no", "True or False"), ("quiet", "false", "True or False"),
                                   ("output_dir", "", "a directory path"), ("splits", None, "three fractions"),
                                   ("stop_below", 0.5, "a list of numbers"), ("stop_below", [0.5, "x"], "a list of numbers"),
-                                  ("stop_below", [math.nan], "a list of numbers")]:
+                                  ("stop_below", [math.nan], "a list of numbers"),
+                                  ("augment", 1, "allowed are False, True"), ("augment", 0.0, "allowed are False"),
+                                  ("skip_corrupt", "yes", "True or False")]:
         with pytest.raises(TrainConfigError, match=f"TrainConfig.{field}=.*{message}"):
             tiny(**{field: value})
 

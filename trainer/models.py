@@ -35,6 +35,8 @@ The networks output logits (no softmax). Batch normalisation is :class:`FusedBat
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Union
 
@@ -72,6 +74,11 @@ def activation_factory(activation: ActivationSpec, sharing: str = "layer") -> Ac
       ModelError: neither text nor a callable, or an unknown sharing mode.
       activations.ExpressionError: text that is neither a known name nor a valid expression.
     """
+    if isinstance(activation, keras.layers.Layer):
+        raise ModelError(
+            f"activation is a layer ({type(activation).__name__}); pass a factory that makes a new one per "
+            f"site, e.g. lambda: keras.layers.{type(activation).__name__}(), so each site has its own parameters"
+        )
     if callable(activation) and not isinstance(activation, str):
         return activation
     if not isinstance(activation, str) or not activation.strip():
@@ -372,15 +379,16 @@ def build_model(
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}: allowed are {', '.join(MODEL_NAMES)}")
     try:
-        shape = tuple(int(d) for d in input_shape)
-    except (TypeError, ValueError) as error:
-        raise ModelError(f"input_shape must be (height, width, channels); got {input_shape!r}") from error
+        shape = tuple(operator.index(d) for d in input_shape)  # whole numbers only: 8.5 is not 8
+    except TypeError as error:
+        raise ModelError(f"input_shape must be (height, width, channels) of whole numbers; got {input_shape!r}") from error
     if len(shape) != 3 or min(shape) < 1:
         raise ModelError(f"input_shape must be (height, width, channels) of positive sizes; got {input_shape!r}")
     if name.startswith(("resnet", "wrn")) and min(shape[:2]) < 4:
         raise ModelError(f"model {name!r} needs images of at least 4x4 pixels; got {shape[0]}x{shape[1]}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ModelError(f"num_classes must be an integer >= 2; got {num_classes!r}")
+    num_classes = int(num_classes)
     act = _checked_factory(activation, sharing)
     inputs = keras.Input(shape=shape, name="image")
     outputs = _BUILDERS[name](inputs, num_classes, act)

@@ -327,7 +327,12 @@ def _class_files(path: str) -> dict[str, list[str]]:
     result = {}
     for entry in _subdirs(path):
         files = []
+        seen = set()  # real paths walked: a symbolic link back up the tree is read once, not forever
         for root, dirs, names in os.walk(entry.path, followlinks=True):
+            if os.path.realpath(root) in seen:
+                dirs[:] = []
+                continue
+            seen.add(os.path.realpath(root))
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             files.extend(
                 os.path.join(root, n)
@@ -353,7 +358,15 @@ def _load_folder(
     if not os.path.isdir(root):
         raise DataError(f"image folder {spec.target!r} is not a directory")
     top = _subdirs(root)
-    split_layout = bool(top) and all(e.name.lower() in _SPLIT_ALIASES for e in top)
+    split_named = [e.name for e in top if e.name.lower() in _SPLIT_ALIASES]
+    split_layout = bool(top) and len(split_named) == len(top)
+    if len(split_named) >= 2 and not split_layout:
+        others = [e.name for e in top if e.name.lower() not in _SPLIT_ALIASES]
+        raise DataError(
+            f"image folder {root} mixes split folders ({', '.join(split_named)}) with other folders "
+            f"({', '.join(others)}): read as <class>/<image>, every split would become a class. Keep only "
+            "the split folders (<split>/<class>/<image>) or only class folders (<class>/<image>)"
+        )
     per_split: dict[str, dict[str, list[str]]] = {}
     if split_layout:
         for entry in top:
@@ -366,6 +379,9 @@ def _load_folder(
     else:
         per_split["train"] = _class_files(root)
     class_names = sorted({c for classes in per_split.values() for c, f in classes.items() if f})
+    empty = sorted({c for classes in per_split.values() for c in classes} - set(class_names))
+    if empty and class_names:
+        logger.warning("image folder %s: class folder(s) %s hold no images and are left out", root, empty)
     with os.scandir(root) as it:
         loose = sum(1 for e in it if _is_image(e))
     if not class_names:

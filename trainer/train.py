@@ -122,12 +122,15 @@ class TrainConfig:
       precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
       augment: False, True (pad-crop and flip), ``"crop_flip"``, ``"crop"`` or ``"flip"``.
       normalize: ``per_channel``, ``unit`` or ``symmetric`` (see trainer.input_pipeline.make_pipeline).
-      max_examples, image_size, data_dir, splits: passed to ``trainer.sources.load_dataset``.
+      max_examples, image_size, data_dir, splits, skip_corrupt: passed to
+        ``trainer.sources.load_dataset`` (``skip_corrupt``: leave out unreadable images, listing
+        them in the result, instead of refusing the data).
       output_dir: where logs, backups and results go; None: nothing is written (no resume).
       resume: continue from a backup in ``output_dir`` when one exists.
       tensorboard: write TensorBoard logs (needs ``output_dir``).
       save_model: save the trained model as ``<output_dir>/model.keras`` (with Keras' own layers
-        only, so it loads in safe mode after ``import activations``).
+        only, so it loads in safe mode after ``import activations``). It takes normalised images
+        (see ``TrainResult.data["normalization"]``).
       evaluate_test: evaluate the test split at the end.
       deterministic: deterministic TensorFlow kernels (slower; for exact repeatability).
       quiet: no per-epoch progress lines.
@@ -161,6 +164,7 @@ class TrainConfig:
     image_size: int | list[int] | None = None
     data_dir: str | None = None
     splits: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.1, 0.1])
+    skip_corrupt: bool = False
     output_dir: str | None = None
     resume: bool = True
     tensorboard: bool = True
@@ -224,13 +228,15 @@ class TrainConfig:
             fail("seed", "expected an integer in [0, 2**32)")
         if self.precision not in PRECISIONS:
             fail("precision", f"allowed are {', '.join(PRECISIONS)}")
-        if self.augment not in (False, True, *data_lib.AUGMENTATIONS):
+        if not (isinstance(self.augment, (bool, np.bool_))
+                or isinstance(self.augment, str) and self.augment in data_lib.AUGMENTATIONS):
             fail("augment", f"allowed are False, True, {', '.join(data_lib.AUGMENTATIONS)}")
         if self.normalize not in data_lib.NORMALIZATIONS:
             fail("normalize", f"allowed are {', '.join(data_lib.NORMALIZATIONS)}")
         if not isinstance(self.splits, (list, tuple)) or len(self.splits) != 3:
             fail("splits", "expected three fractions (train, validation, test)")
-        for name in ("nesterov", "resume", "tensorboard", "save_model", "evaluate_test", "deterministic", "quiet"):
+        for name in ("nesterov", "resume", "tensorboard", "save_model", "evaluate_test", "deterministic", "quiet",
+                     "skip_corrupt"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 fail(name, "expected True or False")
         if self.stop_below is not None and (not isinstance(self.stop_below, (list, tuple)) or not all(
@@ -287,7 +293,16 @@ class TrainConfig:
 class TrainResult:
     """What a run produced. JSON-able via :meth:`to_dict` (non-finite numbers become None).
 
-    ``model`` (the trained Keras model) is kept for the caller but never serialised.
+    Accuracies are fractions in [0, 1]; times are seconds. Epoch numbers in ``best_epoch`` and
+    ``stopped_at`` count from 1, while ``history["epoch"]`` holds Keras' 0-based epoch index.
+    ``train_time`` sums ``history["epoch_time"]`` (training and validation of each epoch, first
+    tracing included); ``wall_time`` is the whole call, data loading included. ``images_per_sec``
+    is the median over epochs of training images per second. ``steps_run`` counts optimizer
+    updates (under ``mixed_float16`` a step the loss scale skips is not one).
+    ``history["learning_rate"]`` is the rate after each epoch's last step. ``data["normalization"]``
+    is what the model's input expects: the saved ``model.keras`` takes normalised images
+    (``trainer.input_pipeline.raw_input_model`` wraps it to take raw pixels, as the exported model
+    does). ``model`` (the trained Keras model) is kept for the caller but never serialised.
     """
 
     config: dict[str, Any]
@@ -324,7 +339,8 @@ class TrainResult:
 
     @property
     def score(self) -> float:
-        """The search objective: best validation accuracy, NaN when the run diverged."""
+        """The search objective: best validation accuracy; NaN when the run diverged or the data
+        has no validation split."""
         if self.diverged or self.best_val_accuracy is None:
             return float("nan")
         return float(self.best_val_accuracy)
@@ -585,6 +601,8 @@ def train(
     """
     config.validate()
     started = time.perf_counter()
+    paths = _Paths(config.output_dir)
+    paths.check_usable()  # before the data loads: a bad directory should not cost a minute first
     if dataset is None:
         dataset = load_dataset(
             config.data,
@@ -593,19 +611,23 @@ def train(
             seed=config.seed,
             max_examples=config.max_examples,
             image_size=config.image_size,
+            skip_corrupt=config.skip_corrupt,
         )
     elif not isinstance(dataset, data_lib.Dataset):
         raise TrainConfigError(f"dataset must be a trainer.data.Dataset; got {type(dataset).__name__}")
     n_train = dataset.num_examples["train"]
     if n_train == 0:
         raise TrainConfigError(f"the data {dataset.source!r} has an empty train split")
+    if dataset.num_examples["validation"] == 0:
+        logger.warning("the data %r has no validation split: the run reports no validation metrics and its "
+                       "score (the search objective) is NaN", dataset.source)
     factory = activation_factory(config.activation, config.sharing)  # fails early on bad text
 
-    paths = _Paths(config.output_dir)
-    paths.prepare(resume=config.resume, config=config)
+    data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint()} if paths.root else None
+    paths.prepare(resume=config.resume, config=config, data=data_record)
     if paths.root:
         with open(paths.config, "w", encoding="utf-8") as f:
-            f.write(config.to_json())
+            json.dump({**config.to_dict(), _DATA_KEY: data_record}, f, indent=2, sort_keys=True)
 
     batch_size = int(config.batch_size)
     drop_remainder = n_train >= batch_size
@@ -653,7 +675,8 @@ def train(
             _compile(model, config, learning_rate_schedule(config, steps_per_epoch, total_steps), one_hot)
         if config.resume and paths.has_backup():
             paths.keep_a_loadable_backup(model)
-        run = _RunCallbacks(config, paths, epochs, batch_size, print_fn)
+        # A batch larger than the training split is the whole split: count the images a step takes.
+        run = _RunCallbacks(config, paths, epochs, batch_size if drop_remainder else n_train, print_fn)
         if run.backup:
             _align_data_order(train_ds, paths.backed_up_epoch(), steps_per_epoch, batches_per_epoch)
             if run.bar is not None:  # the best of the epochs before the interruption still counts
@@ -735,22 +758,45 @@ _NOT_TRAINING = ("output_dir", "resume", "tensorboard", "save_model", "evaluate_
 a backup resumes across them."""
 
 
-def _changed_fields(stored_path: str, config: "TrainConfig") -> list[str]:
-    """Training fields whose stored value (config.json of the run in the directory) differs."""
+_DATA_KEY = "dataset"
+"""config.json's entry beside the TrainConfig fields: the source and fingerprint of the data the
+run trained on (`train` may get a loaded Dataset whatever `TrainConfig.data` says)."""
+
+
+def _stored_config(path: str) -> dict | None:
+    """The config.json a run of this trainer wrote at `path`, or None (missing, unreadable, or a
+    file of some other program: it must hold a TrainConfig's own fields)."""
     try:
-        with open(stored_path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             stored = json.load(f)
     except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or not {"model", "activation", "data", "seed"} <= set(stored):
+        return None
+    return stored
+
+
+def _changed_fields(stored: dict | None, config: "TrainConfig", data: dict | None) -> list[str]:
+    """Training fields whose stored value (config.json of the run in the directory) differs, and
+    "the data" when the stored run trained on other data. A field the stored file lacks (written
+    before the field existed) counts as its default."""
+    if stored is None:
         return []  # a backup without its config: nothing to compare, as before config.json existed
     current = config.to_dict()
-    return sorted(name for name in current if name not in _NOT_TRAINING and stored.get(name) != current[name])
+    defaults = TrainConfig().to_dict()
+    changed = sorted(name for name in current
+                     if name not in _NOT_TRAINING and stored.get(name, defaults[name]) != current[name])
+    stored_data = stored.get(_DATA_KEY)
+    if isinstance(stored_data, dict) and data is not None and stored_data.get("fingerprint") != data["fingerprint"]:
+        changed.append(f"the data (was {stored_data.get('source')!r}, now {data['source']!r})")
+    return changed
 
 
 class _Paths:
     """The files of a run inside ``output_dir`` (all None-safe when there is no output_dir)."""
 
     def __init__(self, output_dir: str | os.PathLike | None):
-        self.root = None if output_dir is None else os.path.abspath(os.fspath(output_dir))
+        self.root = None if output_dir is None else os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
         join = (lambda *p: os.path.join(self.root, *p)) if self.root else (lambda *p: None)
         self.config = join("config.json")
         self.result = join("result.json")
@@ -773,28 +819,48 @@ class _Paths:
         except (OSError, ValueError, TypeError):
             return 0
 
-    def prepare(self, resume: bool, config: "TrainConfig") -> None:
+    def check_usable(self) -> None:
+        """Refuses an output_dir that is a file, lies under one, or cannot be written."""
+        if not self.root:
+            return
+        existing = self.root
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        problem = None
+        if not os.path.isdir(existing):
+            problem = "is a file" if existing == self.root else f"lies under the file {existing!r}"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = "is not writable" if existing == self.root else f"cannot be made: {existing!r} is not writable"
+        if problem:
+            raise TrainConfigError(f"TrainConfig.output_dir={self.root!r} {problem}: give a directory this "
+                                   "process can write, or None to write nothing")
+
+    def prepare(self, resume: bool, config: "TrainConfig", data: dict | None = None) -> None:
         """Creates the directory; a fresh (not resumed) run clears the previous run's files.
 
-        A backup is resumed only when it belongs to the same configuration: a different
-        configuration is refused (its unfinished run is not thrown away unasked); whether it loads
+        A backup is resumed only when it belongs to the same configuration and data: a different
+        one is refused (its unfinished run is not thrown away unasked); whether it loads
         is checked once the model exists (`keep_a_loadable_backup`). Folders this module did not make are never deleted: a directory that has
-        `logs/`, `backup/` or `activations/` but no `config.json` is refused.
+        `logs/`, `backup/` or `activations/` but no `config.json` this trainer wrote is refused.
         """
         if not self.root:
             return
         os.makedirs(self.root, exist_ok=True)
-        ours = os.path.exists(self.config)
-        if not ours and any(os.path.exists(p) for p in (self.logs, self.backup, self.images)):
+        stored = _stored_config(self.config)
+        if stored is None and any(os.path.exists(p) for p in (self.logs, self.backup, self.images)):
             raise TrainConfigError(
                 f"TrainConfig.output_dir={self.root!r} already holds logs/, backup/ or activations/ folders "
-                "that no run of this trainer wrote (no config.json): use a new or empty directory")
+                "that no run of this trainer wrote (no config.json of this trainer): use a new or empty directory")
+        if os.path.exists(self.config) and stored is None:
+            raise TrainConfigError(
+                f"TrainConfig.output_dir={self.root!r} holds a config.json that this trainer did not write; "
+                "it would be overwritten: use a new or empty directory")
         if resume and self.has_backup():
-            changed = _changed_fields(self.config, config)
+            changed = _changed_fields(stored, config, data)
             if changed:
                 raise TrainConfigError(
                     f"TrainConfig.output_dir={self.root!r} holds an unfinished run of another configuration "
-                    f"({', '.join(changed)} differ): use another output_dir, or resume=False to start afresh there")
+                    f"(differing: {', '.join(changed)}): use another output_dir, or resume=False to start afresh there")
             logger.info("resuming from the backup in %s", self.backup)
             return
         for path in (self.history, self.result):
