@@ -95,6 +95,8 @@ class ExampleGenExecutor(BaseExecutor):
             for split in SPLITS
         }
         stats["fingerprint"] = dataset.fingerprint()
+        for note in data_warnings(stats["class_counts"]):
+            self.context.progress(f"note: {note}")
         with open(out.path("statistics.json"), "w") as f:
             json.dump(stats, f, indent=2)
         out.properties.update(
@@ -110,12 +112,38 @@ class ExampleGenExecutor(BaseExecutor):
             return None
         root = os.path.expanduser(source[len("folder:"):])
         digest = hashlib.sha256()
+        seen = set()  # real paths walked: a symbolic link back up the tree is read once
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if os.path.realpath(dirpath) in seen:
+                dirnames[:] = []
+                continue
+            seen.add(os.path.realpath(dirpath))
             dirnames.sort()
             for name in sorted(filenames):
                 stat = os.stat(os.path.join(dirpath, name))
                 digest.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return digest.hexdigest()
+
+
+SMALL_EVALUATION_SPLIT = 100
+"""Below this many images, one image moves a split's accuracy by more than a percentage point."""
+
+
+def data_warnings(class_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """What makes a run's comparisons weak, said before hours of training: evaluation splits
+    that miss classes, or so small that one image moves their accuracy by points."""
+    notes = []
+    for split in ("validation", "test"):
+        counts = class_counts.get(split) or {}
+        total = sum(counts.values())
+        missing = sorted(name for name, count in counts.items() if count == 0)
+        if total and missing:
+            notes.append(f"the {split} split has no images of class(es) {missing}: its accuracy says nothing "
+                         "about them (give more images of them, or larger split fractions)")
+        if 0 < total < SMALL_EVALUATION_SPLIT:
+            notes.append(f"the {split} split has only {total} images: one image moves its accuracy by "
+                         f"{100 / total:.1f} pp, so small differences between functions are noise")
+    return notes
 
 
 class ExampleGen(Component):

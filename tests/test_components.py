@@ -441,6 +441,17 @@ def test_how_a_step_runs_is_not_part_of_what_it_computes():
     assert TunerSpec.PARAMETERS["parallel_trials"].in_cache_key
 
 
+def test_weak_evaluation_splits_are_named_before_training():
+    from components.example_gen import data_warnings
+
+    counts = {"train": {"cat": 38, "dog": 1}, "validation": {"cat": 150, "dog": 0}, "test": {"cat": 4, "dog": 4}}
+    notes = data_warnings(counts)
+    assert notes[0].startswith("the validation split has no images of class(es) ['dog']")
+    assert notes[1].startswith("the test split has only 8 images: one image moves its accuracy by 12.5 pp")
+    assert len(notes) == 2
+    assert data_warnings({"validation": {"a": 60, "b": 60}, "test": {"a": 50, "b": 50}}) == []
+
+
 def test_example_gen_resizes_and_skips_corrupt_images_when_asked(tmp_path):
     import json
     import os
