@@ -71,7 +71,7 @@ class CandidateGenExecutor(BaseExecutor):
         _write_jsonl(out.path("candidates.jsonl"), accepted)
         _write_jsonl(out.path("rejected.jsonl"), rejected)
         out.properties.update({"num_candidates": len(accepted), "num_rejected": len(rejected), "space": p["space"]})
-        self.context.progress(f"{len(accepted)} candidates, {len(rejected)} rejected")
+        self.context.progress(f"{len(accepted)} candidate{'' if len(accepted) == 1 else 's'}, {len(rejected)} rejected")
         for record in rejected:  # the user chose these: say why one is left out
             if record["origin"].startswith("seed:"):
                 self.context.progress(f"seed function {record['origin'][len('seed:'):]!r} "

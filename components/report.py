@@ -109,7 +109,8 @@ def write_report(
     _shapes_section(doc, shapes)
     if history:
         doc.heading("Search progress")
-        doc.paragraph("Best and median fitness of each generation of trials (a population's worth of "
+        doc.paragraph("Best and median fitness (a trial's best validation accuracy, in percent) of each "
+                      "generation of trials (a population's worth of "
                       "proposals, whatever the strategy); how many distinct functions the search "
                       "had proposed by the end of the generation (a running total); and how many "
                       "of the generation's candidates were rejected before training, or were "
@@ -219,12 +220,13 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
         stopped = trial.get("stopped_at")
         rows.append([str(rank), "—" if trial_id is None else _Code(str(trial_id)),
                      _Code(str(trial["expression"])),
-                     ("—" if fitness is None else f"{fitness:.4f}")
+                     _pct(fitness)
                      + (f" (stopped after epoch {stopped})" if stopped else ""),
                      str(trial.get("generation", "—")),
                      _CodeList([str(p) for p in parents]) if parents else "—",
                      _simplest_form(str(trial["expression"]))])
-    doc.table(["Rank", "Trial", "Expression", "Fitness", "Generation", "Parents", "Simplest form"], rows)
+    doc.table(["Rank", "Trial", "Expression", "Fitness (val. acc. %)", "Generation", "Parents", "Simplest form"],
+              rows)
 
 
 def _simplest_form(text: str) -> Any:
@@ -259,9 +261,9 @@ def _runs_section(doc: "_Document", runs, metric: str) -> None:
     rows = []
     for r in sorted(runs, key=lambda r: (str(r.get("function")), r.get("seed", 0))):
         rows.append([_Code(str(r.get("function"))), str(r.get("seed", "—")),
-                     _fmt_acc(r.get(metric)), _fmt_acc(r.get("val_accuracy")),
+                     _pct(_finite(r.get(metric))), _pct(_finite(r.get("val_accuracy"))),
                      "yes" if r.get("diverged") else "no"])
-    doc.table(["Function", "Seed", metric, "val_accuracy", "Diverged"], rows)
+    doc.table(["Function", "Seed", f"{metric} (%)", "val_accuracy (%)", "Diverged"], rows)
 
 
 _COUNT_LABELS = {"distinct": "distinct so far", "rejected": "rejected", "duplicates": "duplicates",
@@ -271,10 +273,10 @@ _COUNT_LABELS = {"distinct": "distinct so far", "rejected": "rejected", "duplica
 
 def _history_table(history) -> tuple[list[str], list[list[Any]]]:
     extra = [k for k in _COUNT_LABELS if any(k in h for h in history)]
-    header = ["Generation", "Best", "Median"] + [_COUNT_LABELS[k].capitalize() for k in extra]
+    header = ["Generation", "Best (%)", "Median (%)"] + [_COUNT_LABELS[k].capitalize() for k in extra]
     rows = []
     for h in history:
-        rows.append([str(h["generation"]), _fmt_num(h["best"]), _fmt_num(h["median"])]
+        rows.append([str(h["generation"]), _pct(_finite(h["best"])), _pct(_finite(h["median"]))]
                     + [str(h.get(k, "—")) for k in extra])
     return header, rows
 
@@ -318,9 +320,12 @@ def _evolution_figure(history, path: Path) -> Path:
     fig = Figure(figsize=(8, 5.5 if counts else 3.5), dpi=100, layout="constrained")
     axes = fig.subplots(2 if counts else 1, 1, sharex=True, squeeze=False)[:, 0]
     ax = axes[0]
-    ax.plot(gens, [h["best"] for h in history], marker="o", label="best")
-    ax.plot(gens, [h["median"] for h in history], marker="s", label="median")
-    ax.set_ylabel("fitness")
+    def percent(key):
+        return [np.nan if _finite(h[key]) is None else 100 * _finite(h[key]) for h in history]
+
+    ax.plot(gens, percent("best"), marker="o", label="best")
+    ax.plot(gens, percent("median"), marker="s", label="median")
+    ax.set_ylabel("fitness: val. accuracy (%)")
     ax.legend()
     ax.grid(alpha=0.3)
     if counts:
@@ -371,8 +376,9 @@ def _parameter_figure(name: str, records: list[Mapping[str, Any]], path: Path) -
                 low.append(np.mean(values) - np.min(values))
                 high.append(np.max(values) - np.mean(values))
         ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=_mpl_text(param))
-    ax.set_xticks(x, [_mpl_text(_shorten(layer, 18)) for layer in layers], rotation=30,
-                  ha="right")
+    # Layer names share a long prefix (parametric_activation_12, ...): number them instead.
+    ax.set_xticks(x, [str(i + 1) for i in range(len(layers))])
+    ax.set_xlabel("activation layer (1 = nearest the input)")
     ax.set_ylabel("learned value")
     ax.set_title(_mpl_text(f"Learned parameters per layer: {_shorten(name, 60)}"), fontsize=10)
     ax.legend(fontsize=8)
@@ -671,16 +677,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _fmt_acc(value: Any) -> str:
-    value = _finite(value)
-    return "—" if value is None else f"{value:.4f}"
-
-
-def _fmt_num(value: Any) -> str:
-    value = _finite(value)
-    return "—" if value is None else f"{value:.4g}"
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = ""):

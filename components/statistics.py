@@ -469,6 +469,11 @@ def percentage_points(value: float) -> str:
     return f"{round(100 * value, 2) + 0.0:+.2f} pp"
 
 
+def _percent(fraction: float) -> str:
+    """A mean accuracy as the report's tables show it: percent, two decimals."""
+    return f"{100 * fraction:.2f}%"
+
+
 def _summary(functions: Sequence[FunctionStats], *, baseline, metric, threshold, alpha,
              blessing_p, **_) -> str:
     base = functions[0]
@@ -481,14 +486,14 @@ def _summary(functions: Sequence[FunctionStats], *, baseline, metric, threshold,
         best = max(blessed, key=lambda f: f.diff)
         p = _governing_p(best, blessing_p)
         others = f"; {len(blessed)} of {len(candidates)} functions were blessed" \
-            if len(blessed) > 1 else f"; 1 of {len(candidates)} functions was blessed"
-        return (f"{best.function} beat {baseline}: mean {metric} {best.mean:.4f} vs "
-                f"{base.mean:.4f} ({percentage_points(best.diff)}, {label} p={p:.3g} < {alpha:g}, "
+            if len(blessed) > 1 else f"; 1 of {len(candidates)} function{'s' if len(candidates) > 1 else ''} was blessed"
+        return (f"{best.function} beat {baseline}: mean {metric} {_percent(best.mean)} vs "
+                f"{_percent(base.mean)} ({percentage_points(best.diff)}, {label} p={p:.3g} < {alpha:g}, "
                 f"n={best.n}, wins/ties/losses {best.win_tie_loss}){others}.")
     top = max(candidates, key=lambda f: f.diff)
     if top.diff <= 0:
         return (f"No function beat {baseline}: every candidate's mean {metric} was at or below "
-                f"{baseline}'s {base.mean:.4f} (best: {top.function}, {percentage_points(top.diff)}).")
+                f"{baseline}'s {_percent(base.mean)} (best: {top.function}, {percentage_points(top.diff)}).")
     p = _governing_p(top, blessing_p)
     if top.diff <= threshold:
         why = f"its gain is not above the threshold {percentage_points(threshold)}"
@@ -497,7 +502,7 @@ def _summary(functions: Sequence[FunctionStats], *, baseline, metric, threshold,
     else:
         why = f"{label} p={p:.3g} is not below alpha={alpha:g}"
     return (f"No function beat {baseline} convincingly: the best, {top.function}, had mean "
-            f"{metric} {top.mean:.4f} vs {base.mean:.4f} ({percentage_points(top.diff)}), but {why}.")
+            f"{metric} {_percent(top.mean)} vs {_percent(base.mean)} ({percentage_points(top.diff)}), but {why}.")
 
 
 def _governing_p(stats: FunctionStats, blessing_p: str) -> float | None:

@@ -103,7 +103,7 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     for text in ("data.name", "digits", "budget.epochs", "model.width", "seeds (final runs)"):
         assert text in md
     assert "Top 10 of 13 search trials" in md
-    assert "| Rank | Trial | Expression | Fitness | Generation | Parents | Simplest form |" in md
+    assert "| Rank | Trial | Expression | Fitness (val. acc. %) | Generation | Parents | Simplest form |" in md
     rows = re.findall(r"^\| (\d+) \| `(\d+)` \| `tanh\(x\)\*(\d+)` \| ([\d.]+) \| \d+ \| ([^|]+) \|", md, re.M)
     assert [int(r[2]) for r in rows] == list(range(11, 1, -1))  # best fitness first
     assert [r[0] for r in rows] == [str(rank) for rank in range(1, 11)]
@@ -114,12 +114,12 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     for _, trial_id, _, _, parents in rows:
         for parent in re.findall(r"`([^`]+)`", parents):
             assert parent in shown or parent < trial_id, (trial_id, parent)
-    assert "| 1 | `11` | `tanh(x)*11` | 0.6100 | 2 | `07`, `08` |" in md
+    assert "| 1 | `11` | `tanh(x)*11` | 61.00 | 2 | `07`, `08` |" in md
     assert "bad(x)" not in md  # NaN fitness sorts last, outside the top 10
     # The distinct count is a running total, and the table says so.
-    assert "| Generation | Best | Median | Distinct so far | Rejected | Duplicates |" in md
+    assert "| Generation | Best (%) | Median (%) | Distinct so far | Rejected | Duplicates |" in md
     assert "distinct functions the search had proposed by the end of the generation" in md
-    assert "| 4 | 0.66 | 0.52 | 20 | 1 | 1 |" in md
+    assert "| 4 | 66.00 | 52.00 | 20 | 1 | 1 |" in md
 
 
 def test_trials_show_the_simplest_form_of_roundabout_expressions(tmp_path, inputs):
@@ -140,10 +140,10 @@ def test_trials_the_search_stopped_early_are_marked_and_counted(tmp_path, inputs
               dict(trial_id="07", expression="sin(x)", fitness=0.2, generation=1, parents=["03"], stopped_at=1)]
     history = [dict(row, stopped_early=row["generation"] % 2) for row in inputs["history"]]
     md = _write(tmp_path, inputs, trials=trials, history=history)[0].read_text()
-    assert "| 2 | `07` | `sin(x)` | 0.2000 (stopped after epoch 1) | 1 |" in md
-    assert "| 1 | `03` | `tanh(x)` | 0.9000 | 0 |" in md
-    assert "| Generation | Best | Median | Distinct so far | Rejected | Duplicates | Stopped early |" in md
-    assert "| 1 | 0.54 | 0.43 | 8 | 1 | 1 | 1 |" in md
+    assert "| 2 | `07` | `sin(x)` | 20.00 (stopped after epoch 1) | 1 |" in md
+    assert "| 1 | `03` | `tanh(x)` | 90.00 | 0 |" in md
+    assert "| Generation | Best (%) | Median (%) | Distinct so far | Rejected | Duplicates | Stopped early |" in md
+    assert "| 1 | 54.00 | 43.00 | 8 | 1 | 1 | 1 |" in md
 
 
 def test_the_command_that_recreates_the_run_is_shown_verbatim(tmp_path, inputs):
