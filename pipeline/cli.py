@@ -18,16 +18,18 @@ import contextlib
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 import time
 import traceback
-from typing import Callable
+from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
 from components.base import remember_ctrl_c
 from pipeline import config as config_lib
 from pipeline.local_runner import PipelineError
+from pipeline.metadata import MetadataStore
 
 COMMANDS = ("run", "compile", "runs", "show")
 
@@ -54,6 +56,11 @@ class UsageError(ValueError):
 def build_config() -> config_lib.PipelineConfig:
     overrides = {name: getattr(FLAGS, name) for name in _FIELDS if getattr(FLAGS, name) is not None}
     return config_lib.preset(FLAGS.preset, overrides)
+
+
+def pipeline_root(config: config_lib.PipelineConfig) -> str:
+    """The pipeline root as an absolute path (the config refuses an empty one)."""
+    return os.path.abspath(config.pipeline_root)
 
 
 def check_data_source(config: config_lib.PipelineConfig) -> None:
@@ -105,7 +112,7 @@ def command_run() -> int:
 
     config = build_config()
     global _RUN_ROOT
-    _RUN_ROOT = os.path.abspath(config.pipeline_root)
+    _RUN_ROOT = pipeline_root(config)
     check_writable(config.pipeline_root)
     check_data_source(config)
     pipeline = create_pipeline(config)
@@ -191,9 +198,12 @@ def _write_json(path: str, value) -> None:
 
 
 def _previous_deliverables(root: str | None, run_id: str | None) -> str:
-    """A note for a run that did not complete: whose deliverables the root still holds."""
+    """A note for a run that did not complete: whose deliverables the root still holds;
+    nothing when no root is known yet (stopped early), never the current directory's."""
+    if root is None:
+        return ""
     try:
-        with open(os.path.join(root or "", PUBLISHED)) as f:
+        with open(os.path.join(root, PUBLISHED)) as f:
             published = json.load(f)
     except (OSError, ValueError):
         return ""
@@ -250,11 +260,21 @@ def _metadata_path(root: str) -> str:
     return path
 
 
-def command_runs() -> int:
-    from pipeline.metadata import MetadataStore
+@contextlib.contextmanager
+def _read_metadata(root: str) -> Iterator[MetadataStore]:
+    """The root's metadata store, opened read-only: `runs` and `show` must work on archived or
+    read-only roots; a store that cannot be read is one line naming the file, not a traceback."""
+    path = _metadata_path(root)
+    try:
+        with MetadataStore(path, read_only=True) as store:
+            yield store
+    except sqlite3.Error as error:
+        raise UsageError(f"cannot read {path}: {error}") from None
 
-    root = build_config().pipeline_root
-    with MetadataStore(_metadata_path(root)) as store:
+
+def command_runs() -> int:
+    root = pipeline_root(build_config())
+    with _read_metadata(root) as store:
         runs = store.list_runs()
         live = _live_status(root)
         print(f"{'run id':<28} {'status':<12} {'runner':<10} {'started':<20} {'took':>8}  "
@@ -279,10 +299,8 @@ def _live_status(root: str) -> Callable[[str], str]:
 
 
 def command_show(run_id: str) -> int:
-    from pipeline.metadata import MetadataStore
-
-    root = build_config().pipeline_root
-    with MetadataStore(_metadata_path(root)) as store:
+    root = pipeline_root(build_config())
+    with _read_metadata(root) as store:
         run = store.get_run(run_id)
         if run is None:
             known = [r.run_id for r in store.list_runs()][:10]
@@ -385,10 +403,12 @@ def main(argv: list[str]) -> int:
 
 
 def _run_again() -> str:
-    """How to continue a stopped or failed run: kfp-local makes a new run each time (its steps
-    reuse the pipeline root's step cache), so a given --run_id must change."""
-    extra = " (with a new --run_id, if you gave one)" if FLAGS.runner == "kfp-local" else ""
-    return f"run the same command again{extra}"
+    """How to continue a stopped or failed run. Both runners record each attempt as a new run
+    whose finished steps are reused from the metadata (CACHED), and a run id names one run, so
+    a given --run_id must go or change."""
+    if FLAGS.run_id is None:
+        return "run the same command again"
+    return f"run the same command again without --run_id={FLAGS.run_id} (or with a new --run_id)"
 
 
 def run_main() -> None:

@@ -144,6 +144,9 @@ class PipelineConfig:
             raise ConfigError(f"stop_quantile must lie in [0, 1) (0: no early stopping), got {self.stop_quantile}")
         if not 0.0 < self.alpha < 1.0:
             raise ConfigError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if not self.pipeline_root.strip():  # an empty root would scatter a run's files in the current directory
+            raise ConfigError(f"pipeline_root must name a directory for the run records and results "
+                              f"(e.g. runs/demo), got {self.pipeline_root!r}")
         if not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise ConfigError(f"threshold must be a finite number >= 0 (the least mean gain over relu that "
                               f"recommends a function; a negative one would recommend worse functions), got {self.threshold}")

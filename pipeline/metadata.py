@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 from typing import Any, Mapping
 
 from components.base import Artifact
@@ -81,8 +83,15 @@ class ExecutionRecord:
 class MetadataStore:
     """Records runs, executions, artifacts and lineage in one SQLite file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        """`read_only` opens an existing store without writing anything (not even the WAL
+        switch or the schema), so `actsearch runs` and `show` work on archived or read-only
+        roots; writes then raise `sqlite3.OperationalError`."""
         self.path = path
+        if read_only:
+            self._conn = _connect_read_only(path)
+            self._conn.row_factory = sqlite3.Row
+            return
         self._conn = sqlite3.connect(path, timeout=30)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA foreign_keys = ON")
@@ -301,10 +310,30 @@ class MetadataStore:
         return result
 
 
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A `mode=ro` connection. Reading a WAL store needs its -shm file, which SQLite cannot
+    create in a directory we may not write: there, if no -wal or -journal is left beside the
+    file (so it holds every committed transaction), the store is read as immutable instead."""
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.Error as error:
+        conn.close()
+        if (not isinstance(error, sqlite3.OperationalError)
+                or os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+                or any(os.path.exists(path + end) for end in ("-wal", "-journal"))):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True)
+
+
 def _run(row: sqlite3.Row) -> RunRecord:
+    # A store opened read-only is not migrated: before `runner` existed, every run was local.
+    runner = row["runner"] if "runner" in row.keys() else "local"
     return RunRecord(row["run_id"], row["pipeline_name"], row["pipeline_root"], row["status"],
                      row["start_time"], row["end_time"], row["error"], json.loads(row["results"]),
-                     row["runner"])
+                     runner)
 
 
 def _execution(row: sqlite3.Row) -> ExecutionRecord:
