@@ -254,6 +254,7 @@ class _Run:
             output_dict[name] = [Artifact(spec.OUTPUTS[name].type_name, tmp,
                                           fingerprint=output_fingerprint(key, name))]
         resume_dir = resume_dir_for(self.root, cid, key)
+        self._note_unusable_attempts(cid, resume_dir)
         context = ExecutorContext(component_id=cid, run_id=self.run_id, execution_id=eid,
                                   resume_dir=resume_dir, on_progress=self.emit)
         start = time.monotonic()
@@ -274,7 +275,8 @@ class _Run:
             self.store.complete_execution(eid, output_dict, results)
         except BaseException as e:
             duration = time.monotonic() - start
-            error = f"{type(e).__name__}: {e}"
+            error = f"{type(e).__name__}: {e}" if str(e) or not isinstance(e, KeyboardInterrupt) \
+                else "KeyboardInterrupt (Ctrl-C)"
             self.store.fail_execution(eid, error)
             for paths in staged.values():
                 for path in paths:
@@ -287,6 +289,21 @@ class _Run:
         duration = time.monotonic() - start
         self.emit(ProgressEvent(cid, f"complete in {duration:.1f} s"))
         return ComponentResult(cid, md.COMPLETE, eid, duration, output_dict), results
+
+    def _note_unusable_attempts(self, component_id: str, resume_dir: str) -> None:
+        """Says when an unfinished earlier attempt of this step cannot be continued: its
+        settings or the code it hashes changed, so its cache key (and resume folder) differ.
+        Otherwise a re-run after Ctrl-C would start over without a word."""
+        if os.path.isdir(resume_dir) and os.listdir(resume_dir):
+            return
+        parent = os.path.dirname(resume_dir)
+        others = sorted(name for name in (os.listdir(parent) if os.path.isdir(parent) else [])
+                        if os.path.join(parent, name) != resume_dir and os.listdir(os.path.join(parent, name)))
+        if others:
+            self.emit(ProgressEvent(component_id, (
+                f"note: an unfinished earlier attempt of this step ({os.path.join(parent, others[-1])}) had other "
+                "settings or code, so it cannot be continued: the step starts afresh (delete that folder to "
+                "free its space, or go back to the earlier settings to continue it)")))
 
     # ---- run.json ------------------------------------------------------------------------
 

@@ -276,6 +276,8 @@ def test_keyboard_interrupt_is_recorded_and_propagates(env, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         LocalRunner().run(build(root))
     assert json.load(open(root / "run.json"))["status"] == "interrupted"
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        assert "KeyboardInterrupt" in store.get_run(json.load(open(root / "run.json"))["run_id"]).error
     monkeypatch.delenv("TOY_INTERRUPT")
     result = LocalRunner().run(build(root))
     assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
@@ -340,6 +342,26 @@ def test_resume_dir_lets_long_work_continue_after_failure(env, monkeypatch):
     steps = [e for e in events if e.component_id == "search" and e.total]
     assert [(e.done, e.total) for e in steps] == [(4, 5), (5, 5)]
     assert steps[0].eta_s is not None and "(4/5" in str(steps[0])
+
+
+def test_an_unfinished_attempt_that_cannot_be_continued_is_named(env, monkeypatch):
+    """Other settings give the step another cache key, hence another resume folder: the runner
+    says so instead of starting over in silence."""
+    root, calls = env
+    source = Source()
+    monkeypatch.setenv("TOY_FAIL_AT_STEP", "4")
+    with pytest.raises(PipelineError, match="stopped at step 4"):
+        LocalRunner().run(Pipeline("search", [source, Search(numbers=source.outputs["numbers"], steps=5)], root))
+    monkeypatch.delenv("TOY_FAIL_AT_STEP")
+    events = []
+    changed = Search(numbers=source.outputs["numbers"], steps=6)
+    LocalRunner(on_progress=events.append).run(Pipeline("search", [source, changed], root))
+    notes = [str(e) for e in events if e.component_id == "search" and "note:" in str(e)]
+    assert len(notes) == 1 and "had other settings or code, so it cannot be continued" in notes[0]
+    assert calls("search") == 4 + 6  # started afresh
+    events.clear()
+    LocalRunner(on_progress=events.append).run(Pipeline("search", [source, changed], root))
+    assert not [e for e in events if "note:" in str(e)]  # cached: nothing to say
 
 
 # ---- run.json and metadata -------------------------------------------------------------------
