@@ -257,7 +257,9 @@ class ExecutorContext:
     * `resume_dir`: a directory that survives an interrupted or failed execution and is
       stable for the same cache key, so long work (e.g. a search) can continue where it stopped.
       It is removed once the execution succeeds.
-    * `progress(message, done=, total=)`: progress lines (with an ETA when done/total given).
+    * `progress(message, done=, total=, already_done=)`: progress lines (with an ETA when
+      done/total given; `already_done=True` says an earlier attempt finished `done` units, so the
+      ETA follows this attempt's pace only).
     * `register_result(name, path)`: publishes a path as a run result (run.json "results").
 
     Constructed without arguments (an executor run by hand) it uses a temporary resume
@@ -273,6 +275,7 @@ class ExecutorContext:
         self._resume_dir = resume_dir
         self._on_progress = on_progress
         self._start = time.monotonic()
+        self._done_before = 0  # units an earlier attempt finished (resume): not this attempt's pace
         self.results: dict[str, str] = {}
 
     @property
@@ -283,11 +286,13 @@ class ExecutorContext:
         return self._resume_dir
 
     def progress(self, message: str, *, done: int | None = None,
-                 total: int | None = None) -> None:
+                 total: int | None = None, already_done: bool = False) -> None:
         elapsed = time.monotonic() - self._start
         eta = None
-        if done and total:
-            eta = elapsed * (total - done) / done
+        if already_done:
+            self._done_before = done or 0
+        elif done and total and done > self._done_before:
+            eta = elapsed * (total - done) / (done - self._done_before)
         event = ProgressEvent(self.component_id, message, done, total, elapsed, eta)
         if self._on_progress is not None:
             self._on_progress(event)

@@ -174,10 +174,14 @@ class TrainerExecutor(BaseExecutor):
         self.context.progress(f"training {len(functions)} functions x {p['seeds']} seeds = {len(jobs)} runs")
 
         def progress(done, total, result):
+            if result is None:
+                self.context.progress(f"{done} of {total} runs already done by an earlier attempt",
+                                      done=done, total=total, already_done=True)
+                return
             text = f"run {done} of {total}"
-            if result and result.get("failed"):
+            if result.get("failed"):
                 text += f": failed ({result.get('error')})"
-            elif result:
+            else:
                 accuracy = result.get("test_accuracy")
                 text += (f": {result.get('config', {}).get('activation')} seed {result.get('config', {}).get('seed')}, "
                          + ("diverged" if accuracy is None else f"test accuracy {accuracy:.4f}"))

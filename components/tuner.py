@@ -157,6 +157,10 @@ class TunerExecutor(BaseExecutor):
         oracle.verbose = 0  # one progress line per trial below replaces KerasTuner's tables
         oracle.set_project_dir(work, "oracle")
         errors_in_a_row = 0
+        earlier = oracle.counts()["completed"] + oracle.counts()["failed"]
+        if earlier:
+            self.context.progress(f"resuming the search: {earlier} of {oracle.max_trials} trials already done",
+                                  done=earlier, total=oracle.max_trials, already_done=True)
         while not oracle.is_finished():
             batch = oracle.propose_batch(None if p["parallel_trials"] > 1 else 1)
             if not batch:
@@ -213,7 +217,11 @@ class TunerExecutor(BaseExecutor):
         self.context.progress(f"re-ranking the best {len(head)} functions: {seeds} more run(s) each, "
                               f"{len(jobs)} in all", done=0, total=len(jobs))
 
-        def progress(done: int, total: int, result: dict[str, Any]) -> None:
+        def progress(done: int, total: int, result: dict[str, Any] | None) -> None:
+            if result is None:  # finished by an earlier attempt of this step
+                self.context.progress(f"{done} of {total} re-runs already done by an earlier attempt",
+                                      done=done, total=total, already_done=True)
+                return
             fitness, error = _fitness(result)
             outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
             self.context.progress(f"re-run {done} of {total} ({result.get('job_id')}): {outcome}",

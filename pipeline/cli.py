@@ -360,7 +360,10 @@ def _print_function_lineage(activation_json: str, search_uri: str) -> None:
 def main(argv: list[str]) -> int:
     args = argv[1:]
     if not args or args[0] not in COMMANDS:
-        raise app.UsageError(f"expected a command, one of {list(COMMANDS)}; got {args[:1] or 'nothing'}")
+        # One line, not absl's usage text with the error below a hundred lines of flags.
+        print(f"actsearch: error: expected a command, one of {list(COMMANDS)}; got {args[0] if args else 'nothing'} "
+              "(usage: actsearch COMMAND [--flag=value ...]; `actsearch --help` explains every flag)", file=sys.stderr)
+        return 2
     command, rest = args[0], args[1:]
     if not FLAGS["verbosity"].present:
         # absl logs at INFO under app.run, which lets every library's start-up notes through

@@ -296,6 +296,20 @@ def test_reranking_orders_the_shortlist_by_the_mean_over_more_seeds(tmp_path, mo
     assert calls == []
     assert read_top(out)[0]["expression"] == "tanh(x)"
 
+    # Stopped in the middle of the re-runs: the finished ones are said to be done, the rest run.
+    import glob
+    import os
+
+    os.remove(sorted(glob.glob(str(tmp_path / "resume" / "results" / "rerank_*seed2.json")))[0])
+    calls.clear()
+    events.clear()
+    out = _run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
+                     train_config={"seed": 0}, stop_quantile=0.25, progress=events.append)
+    assert len(calls) == 1 and read_top(out)[0]["expression"] == "tanh(x)"
+    lines = [str(event) for event in events]
+    assert "[tuner] resuming the search: 6 of 6 trials already done (6/6)" in lines
+    assert "[tuner] 3 of 4 re-runs already done by an earlier attempt (3/4)" in lines
+
 
 def test_trials_below_most_earlier_ones_stop_early_with_bars_from_the_trials_before(tmp_path, monkeypatch):
     import json

@@ -344,6 +344,19 @@ def test_resume_dir_lets_long_work_continue_after_failure(env, monkeypatch):
     assert steps[0].eta_s is not None and "(4/5" in str(steps[0])
 
 
+def test_the_eta_of_a_resumed_step_follows_this_attempts_pace(monkeypatch):
+    import components.base as base
+
+    clock = iter([100.0, 100.5, 110.5, 130.5])  # start, then each progress call
+    monkeypatch.setattr(base.time, "monotonic", lambda: next(clock))
+    events = []
+    context = base.ExecutorContext(component_id="step", on_progress=events.append)
+    context.progress("5 done before", done=5, total=8, already_done=True)
+    context.progress("one more", done=6, total=8)    # 10 s for one unit: 2 left -> 20 s
+    context.progress("another", done=7, total=8)     # 30 s for two units: 1 left -> 15 s
+    assert [e.eta_s for e in events] == [None, pytest.approx(20.0 * 10.5 / 10), pytest.approx(15.0 * 30.5 / 30)]
+
+
 def test_an_unfinished_attempt_that_cannot_be_continued_is_named(env, monkeypatch):
     """Other settings give the step another cache key, hence another resume folder: the runner
     says so instead of starting over in silence."""
