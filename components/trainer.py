@@ -103,6 +103,15 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
     return chosen
 
 
+def shortfall_note(functions: list[dict], top_k: int) -> str:
+    """A note when the search gave fewer distinct functions than top_k asks for (else "")."""
+    discovered = sum(1 for f in functions if f["kind"] == "discovered")
+    if discovered >= top_k:
+        return ""
+    return (f"note: top_k={top_k}, but the search found {discovered} distinct function"
+            f"{'' if discovered == 1 else 's'} besides the baselines; training those")
+
+
 def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
     """The per-run record the Evaluator, Exporter and report read."""
     failed = bool(result.get("failed"))
@@ -155,6 +164,8 @@ class TrainerExecutor(BaseExecutor):
         examples = input_dict["examples"][0]
         top = read_top(input_dict["search_results"][0]) if input_dict.get("search_results") else []
         functions = functions_to_train(p["baselines"], top, p["top_k"], p["functions"])
+        if top and shortfall_note(functions, p["top_k"]):
+            self.context.progress(shortfall_note(functions, p["top_k"]))
         work = self.context.resume_dir
         jobs, plan = [], []
         for function in functions:

@@ -4,7 +4,7 @@ import pytest
 
 from components.exporter import choose_function, export_reason
 from components.statistics import evaluate
-from components.trainer import functions_to_train, learned_parameter_statistics
+from components.trainer import functions_to_train, learned_parameter_statistics, shortfall_note
 
 
 def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_from():
@@ -33,6 +33,10 @@ def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_fr
     assert item["origin"] == ("evolved (insert), generation 4, trial 27; the same function as silu; "
                               "searched as x * sigmoid(identity(x))")
     assert origins["relu"] == "baseline" and origins["sin(x)"] == "given"
+    # top_k asks for more than the search found: said, not silent.
+    assert shortfall_note(chosen, 2) == ""
+    assert shortfall_note(functions_to_train(["relu", "swish"], top[:2], top_k=5, extra=[]), 5) == (
+        "note: top_k=5, but the search found 1 distinct function besides the baselines; training those")
     assert [c["kind"] for c in chosen] == ["baseline", "baseline", "discovered", "discovered", "given"]
 
 
