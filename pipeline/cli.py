@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import sys
+import tempfile
 import time
 import traceback
 from typing import Callable, Iterator
@@ -101,7 +102,47 @@ def _print_progress(event) -> None:
     print(f"{time.strftime('%H:%M:%S')} {event}", flush=True)
 
 
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+)
+"""Lines TensorFlow's native libraries print on every import, whatever TF_CPP_MIN_LOG_LEVEL says
+(they log before their logging is set up): notes, not problems, on a machine without a GPU."""
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its native start-up notes left out of the terminal.
+
+    The process's stderr (file descriptor 2, where the C++ libraries write) goes to a temporary
+    file during the import; afterwards every line that is not a known note is written back, so
+    real warnings and errors still show, and all of it when the import fails.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow  # noqa: F401
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = lines if failed else [line for line in lines if not any(n in line for n in _STARTUP_NOISE)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
 def command_run() -> int:
+    import_tensorflow_quietly()
     from activations.layer import prefer_wide_vectors
     from pipeline.dag import create_pipeline
 
@@ -239,6 +280,7 @@ def _print_summary(run_json: str) -> None:
 
 
 def command_compile() -> int:
+    import_tensorflow_quietly()
     from pipeline.dag import create_pipeline
     from pipeline.kubeflow import compile_pipeline
 

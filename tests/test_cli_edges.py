@@ -253,3 +253,30 @@ def test_an_early_ctrl_c_does_not_read_the_current_directory(tmp_path, monkeypat
     assert "Note:" not in err and "None" not in err
     # With the root known, the note names whose deliverables it holds.
     assert "still hold the results of run earlier" in cli._previous_deliverables(str(tmp_path), "this-run")
+
+
+# ---- TensorFlow's native start-up notes ----------------------------------------------------
+
+FAKE_TENSORFLOW = """
+import os
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+os.write(2, b"I0000 00:00:1 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\\n")
+os.write(2, b"W0000 a real warning the user must see\\n")
+if os.environ.get("FAKE_TF_FAILS"):
+    raise ImportError("broken install")
+"""
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_tensorflows_start_up_notes_are_left_out_and_everything_else_kept(tmp_path, fails):
+    (tmp_path / "tensorflow.py").write_text(FAKE_TENSORFLOW)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)]),
+           **({"FAKE_TF_FAILS": "1"} if fails else {})}
+    done = subprocess.run([sys.executable, "-c", "from pipeline.cli import import_tensorflow_quietly as q; q()"],
+                          capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120)
+    assert "a real warning the user must see" in done.stderr
+    if fails:  # nothing is hidden when the import fails
+        assert done.returncode != 0 and "broken install" in done.stderr and "cudart_stub" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert "cudart_stub" not in done.stderr and "absl::InitializeLog" not in done.stderr
