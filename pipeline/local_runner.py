@@ -283,7 +283,10 @@ class _Run:
                     shutil.rmtree(path, ignore_errors=True)
             self.components[cid] = ComponentResult(cid, md.FAILED, eid, duration, {}, error)
             self._set_state(cid, self.components[cid])
-            self.emit(ProgressEvent(cid, f"FAILED after {duration:.1f} s: {error}"))
+            if interrupted_by_user(e):
+                self.emit(ProgressEvent(cid, f"stopped by Ctrl-C after {duration:.1f} s"))
+            else:
+                self.emit(ProgressEvent(cid, f"FAILED after {duration:.1f} s: {error}"))
             raise
         shutil.rmtree(resume_dir, ignore_errors=True)
         duration = time.monotonic() - start

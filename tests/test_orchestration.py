@@ -278,6 +278,11 @@ def test_keyboard_interrupt_is_recorded_and_propagates(env, monkeypatch):
     assert json.load(open(root / "run.json"))["status"] == "interrupted"
     with MetadataStore(str(root / "metadata.sqlite")) as store:
         assert "KeyboardInterrupt" in store.get_run(json.load(open(root / "run.json"))["run_id"]).error
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        LocalRunner(on_progress=events.append).run(build(root))
+    assert any(str(e).startswith("[scale] stopped by Ctrl-C after") for e in events)
+    assert not any("FAILED" in str(e) for e in events)
     monkeypatch.delenv("TOY_INTERRUPT")
     result = LocalRunner().run(build(root))
     assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
