@@ -244,7 +244,8 @@ def _simplest_form(text: str) -> Any:
 def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation, command: str) -> None:
     doc.heading("Reproducing this result")
     if command:
-        doc.paragraph("The same run from the command line (from the project's directory):")
+        doc.paragraph("The same run from the command line, from the directory it was started in (relative "
+                      "paths in it are relative to that directory):")
         doc.code(command)
     doc.paragraph("The data, model, training budget and seeds of the run. Training every "
                   "function below with these settings reproduces the comparison.")
