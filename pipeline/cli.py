@@ -71,9 +71,16 @@ def check_data_source(config: config_lib.PipelineConfig) -> None:
 
     spec = data_lib.parse_source(config.data)
     if spec.scheme == "folder":
-        path = os.path.expanduser(spec.target)
+        path = os.path.abspath(os.path.expanduser(spec.target))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"data folder {path!r} is a file, not a folder of images (from --data={config.data})")
         if not os.path.isdir(path):
-            raise UsageError(f"data folder {path!r} does not exist (from --data={config.data})")
+            hint = ""
+            if FLAGS.preset == "cifar10" and config.data == config_lib.PRESETS["cifar10"]["data"]:
+                hint = ("; the cifar10 preset reads the CIFAR-10 images as a folder: "
+                        "mkdir -p .cache/cifar10 && tar xzf cifar10-jpeg-train.tar.gz -C .cache/cifar10 "
+                        "(see the README), or pass --data=tfds:cifar10")
+            raise UsageError(f"data folder {path!r} does not exist (from --data={config.data}){hint}")
         if not os.access(path, os.R_OK | os.X_OK):
             raise UsageError(f"data folder {path!r} is not readable")
     elif spec.scheme == "tfds":
@@ -154,9 +161,9 @@ def command_run() -> int:
     config = build_config()
     global _RUN_ROOT
     _RUN_ROOT = pipeline_root(config)
-    check_writable(config.pipeline_root)
-    check_data_source(config)
+    check_data_source(config)  # first: a bad data path should not leave an empty root behind
     pipeline = create_pipeline(config)
+    check_writable(config.pipeline_root)
     min_seeds = pipeline.component("evaluator").exec_properties["min_seeds"]
     if config.seeds < min_seeds:
         print(f"actsearch: note: --seeds={config.seeds} is below the {min_seeds} runs per function a statistical "

@@ -280,3 +280,20 @@ def test_tensorflows_start_up_notes_are_left_out_and_everything_else_kept(tmp_pa
     else:
         assert done.returncode == 0, done.stderr
         assert "cudart_stub" not in done.stderr and "absl::InitializeLog" not in done.stderr
+
+
+# ---- data paths ------------------------------------------------------------------------------
+
+def test_a_missing_data_folder_is_named_absolutely_and_leaves_no_root_behind(tmp_path, monkeypatch, actsearch):
+    import activations.layer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(activations.layer, "prefer_wide_vectors", lambda: None)
+    code, _, err = actsearch("run", "--preset=cifar10", f"--pipeline_root={tmp_path / 'root'}")
+    assert code == 2
+    assert f"data folder '{tmp_path / '.cache/cifar10/train'}' does not exist" in err
+    assert "tar xzf cifar10-jpeg-train.tar.gz -C .cache/cifar10" in err  # how to get it
+    assert not (tmp_path / "root").exists()
+    (tmp_path / "afile").write_text("x")
+    code, _, err = actsearch("run", "--data=folder:afile", f"--pipeline_root={tmp_path / 'root'}")
+    assert code == 2 and "is a file, not a folder of images" in err
