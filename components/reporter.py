@@ -71,7 +71,7 @@ class ReporterExecutor(BaseExecutor):
         exported = None
         if input_dict.get("exported"):
             with open(os.path.join(input_dict["exported"][0].uri, "activation.json")) as f:
-                exported = json.load(f).get("summary")
+                exported = json.load(f).get("evaluation")
         _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
                                     function_plots=plots, config=config, title=exec_properties["title"],
                                     command=exec_properties["command"], exported=exported)

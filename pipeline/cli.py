@@ -423,6 +423,9 @@ def main(argv: list[str]) -> int:
 
         std_logging.getLogger("tensorflow").addFilter(
             lambda record: "triggered tf.function retracing" not in record.getMessage())
+        # Beam warns through the root logger, on import, that BigQuery's client is missing: this
+        # tool never uses BigQuery.
+        std_logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
     try:
         if command == "show":
             if len(rest) != 1:

@@ -95,6 +95,9 @@ def test_a_run_produces_every_deliverable(finished):
     report = Path(results["report_markdown"]).read_text()
     assert "| Rank | Trial | Expression |" in report
     assert discovered["function"] in report and "## Search progress" in report
+    # It names the exported function and why that one (here: nothing beat relu).
+    assert (f"Exported (export/activation.json, with a trained model in export/model.keras when one was saved): "
+            f"{discovered['function']}, not blessed: no function of the search beat relu") in report
     # The report's command recreates the run's configuration.
     command = re.search(r"```sh\n(actsearch run .*)\n```", report).group(1)
     flags = dict(word[2:].split("=", 1) for word in shlex.split(command)[2:])
