@@ -404,7 +404,8 @@ def _fused_kernel(text: str, vectorised: bool = True):
     def plain_gradients(x, dy, params):
         """(dx, *parameter gradients) from the plain-layout kernels; differentiable again."""
         dx, contributions = split_run(functools.partial(backward, x, dy, *params), len(params))
-        return (dx, *(reduce_to(c, p) for c, p in zip(contributions, params)))
+        # A float64 layer's contributions are float64; each gradient takes its weight's dtype.
+        return (dx, *(tf.cast(reduce_to(c, p), p.dtype) for c, p in zip(contributions, params)))
 
     def packed_gradients(words, halves, x, dy, params):
         """(dx, *parameter gradients) from the packed kernels (`words` and `halves` of `kernel`)."""

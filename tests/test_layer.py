@@ -375,11 +375,17 @@ def test_mixed_precision_keeps_float32_weights_and_finite_gradients(policy, impl
     assert all(w.dtype == "float32" and np.all(np.isfinite(w.numpy())) for w in act.weights)
 
 
-def test_float64_layer_computes_in_float64():
-    layer = ParametricActivation("x * sigmoid(beta * x)", dtype="float64")
-    y = layer(tf.constant(_inputs(), dtype="float64"))
+@pytest.mark.parametrize("implementation", ["fused", "ops"])
+def test_float64_layer_computes_in_float64_and_gives_float32_parameter_gradients(implementation):
+    layer = ParametricActivation("x * sigmoid(beta * x)", dtype="float64", implementation=implementation)
+    x = tf.constant(_inputs(), dtype="float64")
+    with tf.GradientTape() as tape:
+        y = layer(x)
     assert y.dtype == "float64"
     assert layer.weights[0].dtype == "float32"
+    (grad,) = tape.gradient(y, layer.trainable_weights)
+    assert grad.dtype == "float32"  # a custom loop's `weight.assign_sub(rate * grad)` works
+    layer.weights[0].assign_sub(0.1 * grad)
 
 
 def test_bfloat16_packing_round_trips_bit_exactly():
