@@ -347,7 +347,11 @@ class _Parser:
         try:
             return Expression.call(operator, *args)
         except ExpressionError as error:
-            raise self.error(error.message, token) from None
+            hint = ""
+            if "deeper than" in error.message and token.text in _INFIX_TO_OPERATOR:
+                hint = ("; a chain of + - * / nests one level per term: group terms in parentheses, "
+                        "e.g. (a + b) + (c + d)")
+            raise self.error(error.message + hint, token) from None
 
     def nest(self, token: _Token) -> None:
         self.level += 1

@@ -341,6 +341,7 @@ def test_operator_registry_covers_both_papers():
         ("2x", "unexpected 'x' after a complete expression; write '2*x' for a product", 1),
         ("0.5 (x + 1)", "write '0.5*(...)' for a product", 4),
         ("\uff12*x", "unexpected character", 0),  # a full-width 2: numbers are ASCII digits
+        ("+".join(["x"] * 40), "deeper than the limit of 32 levels; a chain of + - * / nests one level per term", 63),  # the 32nd +
     ],
 )
 def test_bad_text_names_position_and_alternatives(text, fragment, position):
