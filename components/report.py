@@ -377,7 +377,7 @@ def _parameter_figure(name: str, records: list[Mapping[str, Any]], path: Path) -
                 low.append(np.mean(values) - np.min(values))
                 high.append(np.max(values) - np.mean(values))
         ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=_mpl_text(param))
-    # Layer names share a long prefix (parametric_activation_12, ...): number them instead.
+    # Numbered, not named: names are long, and runs of other versions named sites differently.
     ax.set_xticks(x, [str(i + 1) for i in range(len(layers))])
     ax.set_xlabel("activation layer (1 = nearest the input)")
     ax.set_ylabel("learned value")

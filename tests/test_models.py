@@ -121,6 +121,20 @@ def test_bad_arguments_are_reported():
     assert build_model("mlp", np.array([8, 8, 1]), np.int64(10), "relu").output_shape == (None, 10)
 
 
+def test_activation_sites_have_the_same_names_in_every_build():
+    """Keras' automatic names count up over the process; per-layer results of two runs (seeds)
+    must line up, so the sites are named by position. A name the user chose is kept."""
+    from trainer.models import activation_layers
+
+    first, second = (build_model("small_cnn", (8, 8, 1), 3, "swish") for _ in range(2))
+    names = [layer.name for layer in activation_layers(first)]
+    assert names == [layer.name for layer in activation_layers(second)] == ["act_01", "act_02", "act_03", "act_04"]
+    assert [w.path for w in activation_layers(second)[0].weights] == ["act_01/beta"]
+    counter = iter(range(10))
+    named = build_model("mlp", (8, 8, 1), 3, lambda: keras.layers.ReLU(name=f"mine_{next(counter)}"))
+    assert [layer.name for layer in activation_layers(named)][:2] == ["mine_0", "mine_1"]
+
+
 def test_a_factory_that_reuses_one_layer_is_rejected():
     shared = keras.layers.Activation("relu")
     with pytest.raises(ModelError, match="same layer twice"):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import re
 from collections.abc import Callable, Sequence
 from typing import Union
 
@@ -93,6 +94,20 @@ def activation_factory(activation: ActivationSpec, sharing: str = "layer") -> Ac
     return lambda: activations.get(text, sharing=sharing)
 
 
+SITE_NAME = "act_{:02d}"
+"""Name of the n-th activation site (from 1, input to output) when its layer kept Keras' automatic
+name. Automatic names count up over the whole process (parametric_activation_136, ...), so two
+runs of one model, or two seeds, named the same site differently: per-layer results (learned
+parameters, TensorBoard tags) could not be lined up across runs."""
+
+
+def _automatic_name(layer: keras.layers.Layer) -> bool:
+    """Whether `layer.name` is the one Keras made up from its class (`re_lu`, `re_lu_4`)."""
+    words = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", type(layer).__name__))
+    base = re.sub("([a-z])([A-Z])", r"\1_\2", words).lower()
+    return re.fullmatch(rf"{re.escape(base)}(_\d+)?", layer.name) is not None
+
+
 def _checked_factory(activation: ActivationSpec, sharing: str) -> ActivationFactory:
     factory = activation_factory(activation, sharing)
     seen: set[int] = set()
@@ -109,6 +124,8 @@ def _checked_factory(activation: ActivationSpec, sharing: str) -> ActivationFact
                 "on every call so that each activation site has its own parameters"
             )
         seen.add(id(layer))
+        if _automatic_name(layer):  # before it is built: its weights take the new name
+            layer.name = SITE_NAME.format(len(seen))
         return layer
 
     return make
