@@ -54,9 +54,16 @@ class UsageError(ValueError):
     """A command-line mistake, reported with what is allowed."""
 
 
-def build_config() -> config_lib.PipelineConfig:
+def build_config(functions: bool = True) -> config_lib.PipelineConfig:
+    """The configuration the flags give. Every value is checked before TensorFlow is imported
+    (quietly: see `import_tensorflow_quietly`) to check the function names, so a typo in a
+    value costs no start-up; `functions=False` (runs, show) does not import it at all."""
     overrides = {name: getattr(FLAGS, name) for name in _FIELDS if getattr(FLAGS, name) is not None}
-    return config_lib.preset(FLAGS.preset, overrides)
+    config = config_lib.preset(FLAGS.preset, overrides, functions=False)
+    if functions:
+        import_tensorflow_quietly()
+        config.check_functions()
+    return config
 
 
 def pipeline_root(config: config_lib.PipelineConfig) -> str:
@@ -149,7 +156,7 @@ def import_tensorflow_quietly() -> None:
 
 
 def command_run() -> int:
-    import_tensorflow_quietly()
+    config = build_config()
     from activations.layer import prefer_wide_vectors
     from pipeline.dag import create_pipeline
 
@@ -158,7 +165,6 @@ def command_run() -> int:
     # activation kernels on AVX-512 CPUs (bench/activation_overhead.py; no effect elsewhere).
     prefer_wide_vectors()
 
-    config = build_config()
     global _RUN_ROOT
     _RUN_ROOT = pipeline_root(config)
     check_data_source(config)  # first: a bad data path should not leave an empty root behind
@@ -287,11 +293,10 @@ def _print_summary(run_json: str) -> None:
 
 
 def command_compile() -> int:
-    import_tensorflow_quietly()
+    config = build_config()
     from pipeline.dag import create_pipeline
     from pipeline.kubeflow import compile_pipeline
 
-    config = build_config()
     pipeline = create_pipeline(config)
     try:
         path = compile_pipeline(pipeline, FLAGS.output, image=config.image, resources=config.resources,
@@ -322,7 +327,7 @@ def _read_metadata(root: str) -> Iterator[MetadataStore]:
 
 
 def command_runs() -> int:
-    root = pipeline_root(build_config())
+    root = pipeline_root(build_config(functions=False))
     with _read_metadata(root) as store:
         runs = store.list_runs()
         live = _live_status(root)
@@ -348,7 +353,7 @@ def _live_status(root: str) -> Callable[[str], str]:
 
 
 def command_show(run_id: str) -> int:
-    root = pipeline_root(build_config())
+    root = pipeline_root(build_config(functions=False))
     with _read_metadata(root) as store:
         run = store.get_run(run_id)
         if run is None:

@@ -103,8 +103,13 @@ class PipelineConfig:
     resources: dict[str, dict] = dataclasses.field(default_factory=lambda: {
         step: {"cpu": "4", "memory": "16G"} for step in TRAINING_STEPS})
 
-    def validate(self) -> "PipelineConfig":
-        """Raises ConfigError naming the first bad field and what is allowed."""
+    def validate(self, functions: bool = True) -> "PipelineConfig":
+        """Raises ConfigError naming the first bad field and what is allowed.
+
+        `functions=False` leaves out `check_functions`, which imports the activations library (and
+        with it TensorFlow, seconds): the CLI checks everything else first, so a typo in a value
+        is reported at once, and `runs`/`show` never need it.
+        """
         _choice("model", self.model, MODELS)
         if self.final_model is not None:
             _choice("final_model", self.final_model, MODELS)
@@ -128,8 +133,6 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be at least {minimum} or none (no limit), got {value}")
         if self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
-        _check_functions("seed_functions", self.seed_functions)
-        _check_functions("baselines", self.baselines)
         for name in ("num_candidates", "rerank_seeds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -163,6 +166,14 @@ class PipelineConfig:
         if self.resume_root and (not self.resume_root.startswith("/") or "://" in self.resume_root):
             raise ConfigError(f"resume_root must be empty or an absolute path every Kubeflow step sees (a mounted "
                               f"volume, or /gcs/<bucket>/... for gs://<bucket>/...), got {self.resume_root!r}")
+        if functions:
+            self.check_functions()
+        return self
+
+    def check_functions(self) -> "PipelineConfig":
+        """Every seed function and baseline must be a name or expression `activations.get` takes."""
+        _check_functions("seed_functions", self.seed_functions)
+        _check_functions("baselines", self.baselines)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,14 +182,15 @@ class PipelineConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "PipelineConfig":
-        """A copy with fields replaced; values given as text are converted to the field's type."""
+    def with_overrides(self, overrides: Mapping[str, Any], *, functions: bool = True) -> "PipelineConfig":
+        """A copy with fields replaced; values given as text are converted to the field's type
+        (`functions`: see `validate`)."""
         fields = {f.name: f for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - set(fields))
         if unknown:
             raise ConfigError(f"unknown configuration field(s) {unknown}; allowed: {sorted(fields)}")
         values = {name: _convert(name, value, getattr(self, name), fields[name].type) for name, value in overrides.items()}
-        return dataclasses.replace(self, **values).validate()
+        return dataclasses.replace(self, **values).validate(functions)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":
@@ -416,8 +428,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(name: str, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
-    """A complete configuration by preset name, with fields overridden."""
+def preset(name: str, overrides: Mapping[str, Any] | None = None, *, functions: bool = True) -> PipelineConfig:
+    """A complete configuration by preset name, with fields overridden (`functions`: see
+    `PipelineConfig.validate`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PipelineConfig().with_overrides({**PRESETS[name], **(overrides or {})})
+    return PipelineConfig().with_overrides({**PRESETS[name], **(overrides or {})}, functions=functions)

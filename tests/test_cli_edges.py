@@ -297,3 +297,16 @@ def test_a_missing_data_folder_is_named_absolutely_and_leaves_no_root_behind(tmp
     (tmp_path / "afile").write_text("x")
     code, _, err = actsearch("run", "--data=folder:afile", f"--pipeline_root={tmp_path / 'root'}")
     assert code == 2 and "is a file, not a folder of images" in err
+
+
+def test_a_bad_value_is_reported_before_tensorflow_is_imported(tmp_path):
+    """Checking values needs no TensorFlow (seconds to import); only function names do, last."""
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+              "from pipeline import cli\n"
+              f"sys.argv = ['actsearch', 'run', '--alpha=2', '--pipeline_root={tmp_path / 'root'}']\n"
+              "cli.run_main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          timeout=120)
+    assert done.returncode == 2 and "alpha must lie in (0, 1), got 2.0" in done.stderr
+    assert "tensorflow imported: False" in done.stdout
