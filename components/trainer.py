@@ -164,8 +164,9 @@ class TrainerExecutor(BaseExecutor):
         examples = input_dict["examples"][0]
         top = read_top(input_dict["search_results"][0]) if input_dict.get("search_results") else []
         functions = functions_to_train(p["baselines"], top, p["top_k"], p["functions"])
-        if top and shortfall_note(functions, p["top_k"]):
-            self.context.progress(shortfall_note(functions, p["top_k"]))
+        note = shortfall_note(functions, p["top_k"]) if top else ""
+        if note:
+            self.context.progress(note)
         work = self.context.resume_dir
         jobs, plan = [], []
         for function in functions:
