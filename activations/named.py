@@ -98,6 +98,23 @@ def expression_for(name_or_expression: Union[str, Expression]) -> Expression:
     return _resolve(name_or_expression)[1]
 
 
+def usual_initial_values(
+    name_or_expression: Union[str, Expression],
+    overrides: Optional[Mapping[str, float]] = None,
+) -> dict[str, float]:
+    """Each parameter's starting value in the layer `get` would return (`"prelu"` ->
+    {"alpha": 0.25}; 1.0 for expression text), with `overrides` (name -> value) taking
+    precedence. Unknown parameter names and non-finite values raise ValueError."""
+    expression = expression_for(name_or_expression)
+    key = None if isinstance(name_or_expression, Expression) else _resolve(name_or_expression)[0]
+    usual = NAMED[key].initial if key is not None else None
+    values = initial_values(expression, usual)
+    if overrides:
+        checked = initial_values(expression, dict(overrides))  # validates names and numbers
+        values.update({name: checked[name] for name in overrides})
+    return values
+
+
 def _resolve(name_or_expression: str) -> tuple[Optional[str], Expression]:
     """(the usual name, or None; the expression) for a name, a bare unary operator or any text."""
     if not isinstance(name_or_expression, str):
@@ -129,7 +146,7 @@ def _named_layer(key: str, sharing: str, initial: Initial) -> keras.layers.Layer
         return keras.layers.ReLU() if key == "relu" else keras.layers.Identity()
     named = NAMED[key]
     if isinstance(initial, Mapping):  # the parameters it leaves out keep the name's usual values
-        initial = {**initial_values(parse(named.expression), named.initial), **initial}
+        initial = usual_initial_values(key, initial)
     return ParametricActivation(
         named.expression,
         sharing=sharing,

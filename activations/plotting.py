@@ -43,9 +43,10 @@ def plot(
 
     `expr_or_layer`: expression text, an `Expression`, a `ParametricActivation` (its current
     parameter values, per channel if so shared) or another elementwise Keras layer (e.g. what
-    `activations.get` returns). An expression is drawn with `parameters` (name -> value, e.g.
-    the means a search's final runs learned); parameters not given take the layer's default
-    initial value, 1.0.
+    `activations.get` returns), or a usual name as `activations.get` takes it (`"prelu"`). An
+    expression is drawn with `parameters` (name -> value, e.g. the means a search's final runs
+    learned); parameters not given take the value `activations.get` would start them at (1.0,
+    or a name's usual value such as PReLU's alpha 0.25).
     """
     try:
         low, high = (float(v) for v in x_range)
@@ -94,13 +95,13 @@ def curves(
 
 def _curves(subject, x: np.ndarray, parameters: Optional[Mapping[str, float]] = None) -> tuple[str, np.ndarray]:
     """(title, values of shape (len(x), channels)) for an expression or a layer."""
-    from activations.expression import initial_values
     from activations.layer import ParametricActivation
-    from activations.named import expression_of
+    from activations.named import expression_for, expression_of, usual_initial_values
 
     if isinstance(subject, (str, Expression)):
-        expression = parse(subject)
-        params = {name: np.asarray(value) for name, value in initial_values(expression, parameters).items()}
+        # A usual name draws that function at its usual starting values ("prelu": alpha 0.25).
+        expression = expression_for(subject)
+        params = {name: np.asarray(value) for name, value in usual_initial_values(subject, parameters).items()}
         return _title(expression, params), _evaluate(expression, x, params)
     if parameters is not None:
         raise ValueError("parameters= applies to an expression; a layer is drawn with its own parameter values")

@@ -38,7 +38,6 @@ class ReporterSpec(ComponentSpec):
 class ReporterExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
         import activations
-        from activations.named import expression_for
         from components import tb_summaries
         from components.report import write_report
         from components.tuner import read_history, read_trials
@@ -64,7 +63,7 @@ class ReporterExecutor(BaseExecutor):
         for index, stats in enumerate(evaluation.functions):
             path = os.path.join(plots_dir, f"function_{index}.png")
             learned = learned_parameter_statistics([run for run in runs if run["function"] == stats.function])
-            activations.plot(expression_for(stats.function), path,
+            activations.plot(stats.function, path,
                              parameters={name: values["mean"] for name, values in learned.items()})
             plots[stats.function] = path
         config = dict(exec_properties["config"])

@@ -155,3 +155,17 @@ def test_expressions_that_look_like_dashed_names_are_parsed():
     assert str(activations.get("alpha-x").expression) == "sub(alpha,x)"
     with pytest.raises(ExpressionError, match="operator 'max' takes several arguments"):
         activations.get("max")
+
+
+def test_usual_initial_values_are_the_starting_values_get_uses():
+    from activations.named import usual_initial_values
+
+    assert usual_initial_values("prelu") == {"alpha": 0.25}
+    assert usual_initial_values("swish", {"beta": 2}) == {"beta": 2.0}
+    assert usual_initial_values("alpha * x + beta") == {"alpha": 1.0, "beta": 1.0}
+    assert usual_initial_values(activations.parse("alpha * x"), {"alpha": 3}) == {"alpha": 3.0}
+    for name in ("prelu", "swish"):
+        layer = activations.get(name)
+        assert usual_initial_values(name) == {k: float(v) for k, v in layer.initial_values.items()}
+    with pytest.raises(ValueError, match="not finite|finite"):
+        usual_initial_values("prelu", {"alpha": float("nan")})

@@ -105,3 +105,18 @@ def test_the_suffix_picks_the_image_format_and_bad_arguments_are_named(tmp_path)
         with pytest.raises(ValueError, match="x_range must be two finite numbers"):
             activations.plot("x", tmp_path / "g.png", x_range=x_range)
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "f.jpg").exists()
+
+
+def test_a_usual_name_is_drawn_as_that_function_at_its_usual_starting_values():
+    x = np.array([-2.0, -1.0, 1.0, 2.0])
+    title, values, _ = plotting.curves("prelu", x)  # relu(x) + alpha * min0(x), alpha 0.25
+    np.testing.assert_allclose(values[:, 0], [-0.5, -0.25, 1.0, 2.0])
+    assert "alpha=0.25" in title
+    _, values, _ = plotting.curves("PReLU", x, parameters={"alpha": 0.1})
+    np.testing.assert_allclose(values[:, 0], [-0.2, -0.1, 1.0, 2.0])
+    _, values, _ = plotting.curves("erf", x)  # a bare unary operator means erf(x)
+    assert np.all(np.diff(values[:, 0]) > 0)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['gamma'\]"):
+        plotting.curves("prelu", x, parameters={"gamma": 1.0})
+    with pytest.raises(activations.ExpressionError, match="unknown activation name 'prelux'"):
+        plotting.curves("prelux", x)  # not drawn as a constant parameter
