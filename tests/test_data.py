@@ -166,6 +166,16 @@ def test_split_is_deterministic_and_seeded(digits):
     assert again.fingerprint() == digits.fingerprint() != other.fingerprint()
 
 
+def test_fingerprint_is_computed_once_per_dataset(monkeypatch):
+    ds = S.load_dataset("embedded:digits", seed=0)
+    calls = []
+    hash_arrays = D.Dataset._hash_arrays
+    monkeypatch.setattr(D.Dataset, "_hash_arrays", lambda self: calls.append(self) or hash_arrays(self))
+    first = ds.fingerprint()
+    assert ds.fingerprint() == first and len(calls) == 1  # every trial on a cached Dataset reuses it
+    assert S.load_dataset("embedded:digits", seed=0).fingerprint() == first and len(calls) == 2
+
+
 def test_fractions_honoured_and_stratified():
     ds = S.load_dataset("embedded:digits", splits=(0.5, 0.2, 0.3), seed=3)
     n = 1797
