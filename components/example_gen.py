@@ -110,18 +110,17 @@ class ExampleGenExecutor(BaseExecutor):
         source = exec_properties.get("source", "")
         if not source.startswith("folder:"):
             return None
+        from trainer.files import walk_files
+
         root = os.path.expanduser(source[len("folder:"):])
         digest = hashlib.sha256()
-        seen = set()  # real paths walked: a symbolic link back up the tree is read once
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if os.path.realpath(dirpath) in seen:
-                dirnames[:] = []
-                continue
-            seen.add(os.path.realpath(dirpath))
-            dirnames.sort()
-            for name in sorted(filenames):
-                stat = os.stat(os.path.join(dirpath, name))
-                digest.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        for path in walk_files(root):
+            try:
+                stat = os.stat(path)
+                state = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:  # a broken link: the loader reports it; here it is a state like any other
+                state = "unreadable"
+            digest.update(f"{os.path.relpath(path, root)}:{state}".encode())
         return digest.hexdigest()
 
 

@@ -529,3 +529,28 @@ def test_candidate_gen_says_why_a_seed_function_the_user_chose_is_left_out(tmp_p
     assert lines[2] == ("seed function 'x*sigmoid(beta*x)' (mul(x,sigmoid(mul(beta,x)))) is left out: "
                         "duplicate of mul(x,sigmoid(mul(beta,x)))")
     assert len(lines) == 3  # rejected samples are only counted
+
+
+def test_the_cache_key_of_folder_data_follows_the_files_the_loader_reads(tmp_path):
+    """Adding or changing an image changes it; hidden files do not; a broken link or a link
+    back up the tree does not break it (the loader reports or skips those)."""
+    import os
+
+    from components.example_gen import ExampleGenExecutor
+
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "images" / "cat" / "0.png").write_bytes(b"a")
+
+    def key():
+        return ExampleGenExecutor.external_fingerprint({"source": f"folder:{tmp_path / 'images'}"})
+
+    first = key()
+    assert ExampleGenExecutor.external_fingerprint({"source": "embedded:digits"}) is None
+    (tmp_path / "images" / "cat" / ".DS_Store").write_bytes(b"finder state")
+    os.symlink(tmp_path / "images" / "cat", tmp_path / "images" / "cat" / "loop")
+    assert key() == first
+    (tmp_path / "images" / "cat" / "1.png").write_bytes(b"b")
+    second = key()
+    assert second != first
+    os.symlink(tmp_path / "gone.png", tmp_path / "images" / "cat" / "2.png")
+    assert key() not in (first, second)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from trainer.files import walk_files
 from trainer.data import (
     _MAX_LISTED,
     _SPLIT_ALIASES,
@@ -324,23 +325,10 @@ def _subdirs(path: str) -> list[os.DirEntry]:
 
 def _class_files(path: str) -> dict[str, list[str]]:
     """``{class name: sorted image paths}`` for a ``<class>/<image>`` folder (recursive)."""
-    result = {}
-    for entry in _subdirs(path):
-        files = []
-        seen = set()  # real paths walked: a symbolic link back up the tree is read once, not forever
-        for root, dirs, names in os.walk(entry.path, followlinks=True):
-            if os.path.realpath(root) in seen:
-                dirs[:] = []
-                continue
-            seen.add(os.path.realpath(root))
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files.extend(
-                os.path.join(root, n)
-                for n in names
-                if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        result[entry.name] = sorted(files)
-    return result
+    return {
+        entry.name: sorted(f for f in walk_files(entry.path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        for entry in _subdirs(path)
+    }
 
 
 def _load_folder(

@@ -1,0 +1,25 @@
+"""Walking a user's image folder: one order and one rule for hidden files and links.
+
+Kept free of TensorFlow: the pipeline checks a folder for changes (its step cache key) in
+processes that must not pay TensorFlow's import.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+
+def walk_files(root: str) -> Iterator[str]:
+    """Every file path under `root` in a fixed order, hidden entries skipped, following symbolic
+    links but reading each real directory once (a link back up the tree would loop forever).
+    The folder loader and the pipeline's check for changed folder data walk the same files."""
+    seen = set()
+    for dirpath, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (os.path.join(dirpath, n) for n in sorted(names) if not n.startswith("."))
