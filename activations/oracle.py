@@ -289,7 +289,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         if isinstance(seed_functions, (str, Expression)):
             raise ValueError("seed_functions must be a list of expression texts, not a single one")
         self.seed_functions = tuple(self._parse_seed(i, text) for i, text in enumerate(seed_functions))
-        _warn_about_left_out_seeds(self.seed_functions)
+        seed_fingerprints, seed_checks = _screen_seeds(self.seed_functions)
         if strategy == "exhaustive":
             self.core_units = 1 if core_units is None else core_units
             self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
@@ -327,8 +327,9 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self._seed_cursor = 0
         self._enum_cursor = 0
         self._enum_iterator = None
-        self._rejected_cache: set[str] = set()
-        self._fingerprint_cache: dict[str, str] = {}  # expression text -> fingerprint (speed only)
+        # Speed only: expression text -> fingerprint, and fingerprint -> `check`'s verdict.
+        self._fingerprint_cache: dict[str, str] = seed_fingerprints
+        self._check_cache: dict[str, str | None] = seed_checks
         self._features: dict[str, np.ndarray] = {}
         self._synced = False
         self._stopped = False
@@ -608,15 +609,14 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         if fp in self._fingerprints:
             counts["duplicates"] += 1
             return None
-        if fp in self._rejected_cache:
-            counts["rejected"] += 1
-            return None
-        try:
-            reason = check(expr)
-        except Exception as error:  # noqa: BLE001
-            reason = f"check failed: {error}"
-        if reason is not None:
-            self._rejected_cache.add(fp)
+        if fp not in self._check_cache:
+            if len(self._check_cache) > 100_000:
+                self._check_cache.clear()
+            try:
+                self._check_cache[fp] = check(expr)
+            except Exception as error:  # noqa: BLE001
+                self._check_cache[fp] = f"check failed: {error}"
+        if self._check_cache[fp] is not None:
             counts["rejected"] += 1
             return None
         return fp
@@ -956,22 +956,28 @@ class EvolutionaryOracle(keras_tuner.Oracle):
 # --- Tuner conveniences --------------------------------------------------------------------------
 
 
-def _warn_about_left_out_seeds(seed_functions: Sequence[Expression]) -> None:
+def _screen_seeds(seed_functions: Sequence[Expression]) -> tuple[dict[str, str], dict[str, str | None]]:
     """Say now which of the user's seed functions the search will skip, and why: rejected by
-    `check`, or computing the same function as an earlier one."""
+    `check`, or computing the same function as an earlier one. Returns what `_screen` would
+    compute again when the seeds are proposed: {expression text: fingerprint} and
+    {fingerprint: `check`'s verdict}."""
     first_with: dict[str, Expression] = {}
+    fingerprints: dict[str, str] = {}
+    checks: dict[str, str | None] = {}
     for expr in seed_functions:
+        fp = None
         try:
-            reason = check(expr)
-            fp = fingerprint(expr)
+            fp = fingerprints[str(expr)] = fingerprint(expr)
+            reason = checks[fp] = check(expr) if fp not in checks else checks[fp]
         except Exception as error:  # noqa: BLE001 - _screen rejects it the same way
-            reason, fp = f"it cannot be evaluated: {error}", None
+            reason = f"it cannot be evaluated: {error}"
         if reason is None and fp in first_with:
             reason = f"it computes the same function as {first_with[fp]}"
         if reason is not None:
             warnings.warn(f"seed function {expr} will not be proposed: {reason}", stacklevel=3)
         elif fp is not None:
             first_with[fp] = expr
+    return fingerprints, checks
 
 
 def activation_from_hp(hp, **layer_kwargs):

@@ -632,6 +632,23 @@ def test_seed_functions_the_search_will_skip_are_named_at_once():
     assert not any("relu" in m for m in messages)
 
 
+def test_seed_functions_are_fingerprinted_and_checked_once(monkeypatch):
+    import activations.oracle as oracle_module
+
+    calls = []
+    for name in ("check", "fingerprint"):
+        original = getattr(oracle_module, name)
+        monkeypatch.setattr(oracle_module, name, lambda expr, _f=original, _n=name: calls.append((_n, str(expr))) or _f(expr))
+    seeds = ["relu(x)", "x*sigmoid(x)", "3*x + 1"]
+    with pytest.warns(UserWarning, match="affine in x"):
+        oracle = make_oracle(seed_functions=seeds, max_trials=3)
+    drive(oracle)
+    texts = [str(parse(text)) for text in seeds]
+    assert genomes(oracle)[:2] == texts[:2] and texts[2] not in genomes(oracle)
+    for text in texts:  # at construction only; proposing them reused the results
+        assert calls.count(("fingerprint", text)) == 1 and calls.count(("check", text)) == 1
+
+
 def test_report_needs_a_value_or_an_error():
     oracle = make_oracle()
     (trial,) = oracle.propose_batch(1)
