@@ -98,6 +98,16 @@ def expression_for(name_or_expression: Union[str, Expression]) -> Expression:
     return _resolve(name_or_expression)[1]
 
 
+def usual_name(text: str) -> Optional[str]:
+    """The usual name `text` spells (`"PReLU"` -> `"prelu"`, `"identity"` -> `"linear"`), or
+    None when it is not one (expression text, a bare operator such as `"erf"`)."""
+    if not isinstance(text, str):
+        return None
+    key = text.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    return key if key in NAMED else None
+
+
 def usual_initial_values(
     name_or_expression: Union[str, Expression],
     overrides: Optional[Mapping[str, float]] = None,

@@ -77,15 +77,21 @@ class ReporterExecutor(BaseExecutor):
         self.context.register_result("report", str(html_path))
         self.context.register_result("report_markdown", report.path("report.md"))
 
-        tb_summaries.write_hparams(logdir.uri, runs, trials or None)
+        # A final run's own Keras logs (`train/`, `validation/`, histograms, layer images) are
+        # copied under its run; its curves are written from the history only when it has none,
+        # so TensorBoard does not show each curve twice.
+        keras_logs = {index: os.path.join(trained.uri, run["run_dir"], "logs") for index, run in enumerate(runs)}
+        keras_logs = {index: path for index, path in keras_logs.items() if os.path.isdir(path)}
+        tb_runs = [{k: v for k, v in run.items() if k != "history"} if index in keras_logs else run
+                   for index, run in enumerate(runs)]
+        tb_summaries.write_hparams(logdir.uri, tb_runs, trials or None)
         tb_summaries.write_function_images(logdir.uri, plots)
         if history:
             tb_summaries.write_evolution(logdir.uri, history)
-        for run in runs:
-            keras_logs = os.path.join(trained.uri, run["run_dir"], "logs")
-            if os.path.isdir(keras_logs):
-                target = os.path.join(logdir.uri, tb_summaries.final_run_name(run["function"], run["seed"]))
-                shutil.copytree(keras_logs, target, dirs_exist_ok=True)
+        for index, path in keras_logs.items():
+            run = runs[index]
+            target = os.path.join(logdir.uri, tb_summaries.final_run_name(run["function"], run["seed"]))
+            shutil.copytree(path, target, dirs_exist_ok=True)
         self.context.progress(f"report written: {os.path.basename(html_path)}, report.md and {len(plots)} function plots")
 
 

@@ -2,9 +2,10 @@
 
 Layout under the log directory (each sub-directory is a TensorBoard "run"):
 
-* `final/<function>-seed<N>/` one per final training run: its training curves (`epoch_*`) and an
-  HParams session (`activation`, `seed`, `stage`) with the metrics `test_accuracy`,
-  `val_accuracy`.
+* `final/<function>-seed<N>/` one per final training run: an HParams session (`activation`,
+  `seed`, `stage`) with the metrics `test_accuracy`, `val_accuracy`, and its training curves
+  (`epoch_*`; the Reporter copies the run's own Keras logs, `train/` and `validation/`, instead
+  when it has them).
 * `search/trial_<id>/` one per search trial: its curves, and an HParams session with `activation`,
   `stage`, `generation` and the metric `fitness`.
 * `functions/` images of the function shapes, one tag per function.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,8 @@ def write_hparams(
     if not runs and not trials:
         raise SummaryError("nothing to write: pass final runs and/or search trials")
 
-    expressions = sorted({str(r["function"]) for r in runs} | {str(t["expression"])
-                                                               for t in trials})
+    label = _activation_labels(str(r["function"]) for r in runs)
+    expressions = sorted({label(r["function"]) for r in runs} | {label(t["expression"]) for t in trials})
     activation = hp.HParam("activation", hp.Discrete(expressions),
                            description="activation function (canonical expression or name)")
     stages = ([FINAL_DIR] if runs else []) + ([SEARCH_DIR] if trials else [])
@@ -148,13 +149,13 @@ def write_hparams(
     names = []
     for run in runs:
         name = final_run_name(str(run["function"]), int(run["seed"]))
-        values = {activation: str(run["function"]), stage: FINAL_DIR, seed: int(run["seed"])}
+        values = {activation: label(run["function"]), stage: FINAL_DIR, seed: int(run["seed"])}
         results = {m: run.get(m) for m in metrics}
         _write_session(Path(logdir) / name, values, results, run.get("history"))
         names.append(name)
     for index, trial in enumerate(trials):
         name = trial_run_name(trial.get("trial_id", index))
-        values = {activation: str(trial["expression"]), stage: SEARCH_DIR}
+        values = {activation: label(trial["expression"]), stage: SEARCH_DIR}
         if generation is not None and "generation" in trial:
             values[generation] = int(trial["generation"])
         _write_session(Path(logdir) / name, values, {SEARCH_METRIC: trial.get("fitness")},
@@ -209,6 +210,22 @@ def write_evolution(logdir: PathLike, history: Sequence[Mapping[str, Any]], *,
                     tags.add(f"evolution/{key}")
     writer.close()
     return sorted(tags)
+
+
+def _activation_labels(functions: Iterable[str]):
+    """`label(text)`: the HParams value of a function. A search trial or final run that computes a
+    usual name the runs use (`gelu(x)` when the baseline `gelu` was trained) is shown by that
+    name, so one function is one value in the dashboard's filters; other text is kept as given."""
+    from activations.named import expression_for, usual_name
+
+    def canonical(text: str) -> str | None:
+        try:
+            return str(expression_for(text))
+        except ValueError:
+            return None
+
+    names = {canonical(f): f for f in functions if usual_name(f) is not None}
+    return lambda text: names.get(canonical(str(text)), str(text))
 
 
 def _write_session(path: Path, values: Mapping[Any, Any], results: Mapping[str, Any],

@@ -169,3 +169,12 @@ def test_usual_initial_values_are_the_starting_values_get_uses():
         assert usual_initial_values(name) == {k: float(v) for k, v in layer.initial_values.items()}
     with pytest.raises(ValueError, match="not finite|finite"):
         usual_initial_values("prelu", {"alpha": float("nan")})
+
+
+def test_usual_name_recognises_names_and_aliases_only():
+    from activations.named import usual_name
+
+    assert usual_name("PReLU") == "prelu" and usual_name(" identity ") == "linear"
+    assert usual_name("hard-swish") == "hard_swish"
+    for text in ("erf", "relu(x)", "x * sigmoid(beta * x)", "alpha", 3):
+        assert usual_name(text) is None

@@ -185,6 +185,8 @@ def test_tensorboard_serves_the_runs_logs(finished, tmp_path):
         assert len(final_runs) == 4  # 2 functions x 2 seeds, each with Keras' epoch curves:
         assert all("epoch_loss" in tags[f"{run}/train"] for run in final_runs)
         assert all("test_accuracy" in tags[run] for run in final_runs)
+        # Each curve once: under the run's train/ (Keras' own logs), not again beside its metrics.
+        assert not any(tag.startswith("epoch_") for run in final_runs for tag in tags[run])
         trial_runs = [run for run in tags if run.startswith("search/")]
         assert len(trial_runs) == 4 and all("fitness" in tags[run] for run in trial_runs)
         best = server.get("/data/plugin/scalars/scalars?"
