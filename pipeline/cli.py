@@ -31,6 +31,7 @@ from components.base import remember_ctrl_c
 from pipeline import config as config_lib
 from pipeline.local_runner import PipelineError
 from pipeline.metadata import MetadataStore
+from pipeline.terminal import is_startup_noise, quiet_known_warnings
 
 COMMANDS = ("run", "compile", "runs", "show")
 
@@ -116,18 +117,6 @@ def _print_progress(event) -> None:
     print(f"{time.strftime('%H:%M:%S')} {event}", flush=True)
 
 
-_STARTUP_NOISE = (
-    "All log messages before absl::InitializeLog() is called are written to STDERR",
-    "oneDNN custom operations are on",
-    "Could not find cuda drivers on your machine",
-    "failed call to cuInit",
-    "This TensorFlow binary is optimized to use available CPU instructions",
-    "To enable the following instructions",
-)
-"""Lines TensorFlow's native libraries print on every import, whatever TF_CPP_MIN_LOG_LEVEL says
-(they log before their logging is set up): notes, not problems, on a machine without a GPU."""
-
-
 def import_tensorflow_quietly() -> None:
     """Imports TensorFlow with its native start-up notes left out of the terminal.
 
@@ -150,7 +139,7 @@ def import_tensorflow_quietly() -> None:
             os.close(saved)
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            kept = lines if failed else [line for line in lines if not any(n in line for n in _STARTUP_NOISE)]
+            kept = lines if failed else [line for line in lines if not is_startup_noise(line)]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
 
@@ -423,14 +412,7 @@ def main(argv: list[str]) -> int:
         # absl logs at INFO under app.run, which lets every library's start-up notes through
         # (Beam's among them); progress has its own lines. --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
-        # Every trial builds a new model, so TensorFlow's retracing warning fires on schedule.
-        import logging as std_logging
-
-        std_logging.getLogger("tensorflow").addFilter(
-            lambda record: "triggered tf.function retracing" not in record.getMessage())
-        # Beam warns through the root logger, on import, that BigQuery's client is missing: this
-        # tool never uses BigQuery.
-        std_logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+        quiet_known_warnings()
     try:
         if command == "show":
             if len(rest) != 1:

@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 from components.base import Artifact, BaseExecutor, ComponentSpec, ExecutorContext, ProgressEvent
 from pipeline import step_cache
 from pipeline.local_runner import cache_key, output_fingerprint, resume_dir_for
+from pipeline.terminal import quiet_known_warnings
 
 TYPE_KEY = "actsearch_type"
 PROPERTIES_KEY = "actsearch_properties"
@@ -174,6 +175,7 @@ def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str,
     where resume state and, when the plan's ``cache`` is true, finished outputs survive the
     attempt ("" for none; see the module).
     """
+    quiet_known_warnings()
     plan = json.loads(plan_json)
     cid = plan["component_id"]
     properties = _parse_properties(cid, exec_properties)

@@ -41,7 +41,7 @@ import secrets
 import sys
 import time
 import warnings
-from typing import Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping
 
 from absl import logging
 
@@ -51,6 +51,7 @@ from pipeline import metadata as md
 from pipeline.dag import Pipeline
 from pipeline.local_runner import (PipelineError, compute_cache_key, locked_store,
                                    output_fingerprint)
+from pipeline.terminal import is_startup_noise
 
 #: Our artifact type -> KFP artifact class name (any other type maps to ``Artifact``). Our
 #: artifacts are directories, so `HTML`/`Markdown` (single files the UI renders) do not fit
@@ -79,6 +80,8 @@ RESOURCE_KEYS: dict[str, str] = {
 
 EXEC_PROPERTIES_PARAM = "exec_properties"
 RESUME_ROOT_PARAM = "resume_root"
+KFP_LOG = "kfp-local.log"
+"""Everything a kfp.local run printed, in its run directory (the terminal shows less)."""
 _ENTRY_ALIAS = "_actsearch_entry"
 _CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
 _MEMORY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
@@ -433,8 +436,9 @@ def run_kfp_local(pipeline: Pipeline, *, pipeline_root: str | None = None,
     run on the root fails with the same "another run is using pipeline_root" error) and
     records the run in ``<pipeline_root>/metadata.sqlite`` (runner "kfp-local"): its status
     and one execution per step kfp.local started, with times, state and output artifacts.
-    Everything else goes under ``<pipeline_root>/kfp-local/<run_id>/``: ``pipeline.yaml`` and
-    kfp.local's ``<pipeline-name>-<timestamp>/<task>/<output>`` directories.
+    Everything else goes under ``<pipeline_root>/kfp-local/<run_id>/``: ``pipeline.yaml``,
+    kfp.local's ``<pipeline-name>-<timestamp>/<task>/<output>`` directories and ``KFP_LOG``,
+    all the run printed (the terminal shows the steps' own lines, not kfp.local's bookkeeping).
     ``<pipeline_root>/run.json`` records the run like the local runner's (``runner:
     "kfp-local"``) unless `write_run_json` is False. The steps see this process's import path
     (PYTHONPATH). kfp.local has no cache, so the steps keep their own under the pipeline root
@@ -486,7 +490,14 @@ class _KfpLocalRun:
             "results": {},
         }
         _write_json(self.run_json, doc)
-        tail = _Tail(sys.stdout, on_line=recorder.line)   # kfp.local prints the steps' output
+        log_path = os.path.join(self.kfp_root, KFP_LOG)
+        with open(log_path, "a", encoding="utf-8") as log:
+            # kfp.local prints the steps' output; the terminal gets the part worth reading
+            tail = _Tail(sys.stdout, on_line=recorder.line, log=log, show=_KfpOutputFilter())
+            return self._run(yaml_path, task_of, recorder, doc, tail)
+
+    def _run(self, yaml_path: str, task_of: dict[str, str], recorder: "_Recorder",
+             doc: dict[str, Any], tail: "_Tail") -> KfpLocalRunResult:
         try:
             error = _run_compiled(yaml_path, self.kfp_root, self.root, tail)
         except BaseException as e:              # Ctrl-C (recorded, resumable) or kfp.local broke
@@ -501,7 +512,8 @@ class _KfpLocalRun:
                                      self.kfp_root, yaml_path, outputs, results)
         failed = _failed_component(self.pipeline, error, task_of, recorder)
         reason = tail.last_exception()
-        text = (f"component {failed!r} failed under kfp.local: {reason or 'see its log above'}"
+        text = (f"component {failed!r} failed under kfp.local: "
+                f"{reason or 'see its log above, all of it in ' + os.path.join(self.kfp_root, KFP_LOG)}"
                 if failed else f"kfp.local run failed: {_ANSI.sub('', str(error))}")
         self._record(doc, recorder, task_of, md.FAILED, text, failed)
         raise PipelineError(f"{text} (run {self.run_id}; outputs under {self.kfp_root})",
@@ -733,26 +745,40 @@ def _collect(pipeline: Pipeline, kfp_root: str, task_of: dict[str, str]
 
 
 class _Tail(io.TextIOBase):
-    """Passes text through to `stream` and remembers the last lines (to name a step's error)."""
+    """Relays kfp.local's output to `stream`, remembers the last lines (to name a step's error)
+    and hands each line to `on_line`.
+
+    With a `log` file every character goes there too, and only the lines `keep` accepts (whole
+    lines) reach `stream`: the terminal is spared kfp.local's bookkeeping, the file keeps all.
+    """
 
     _EXCEPTION = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?)$")
 
     def __init__(self, stream: Any, keep: int = 200,
-                 on_line: Callable[[str], None] | None = None) -> None:
+                 on_line: Callable[[str], None] | None = None,
+                 log: IO[str] | None = None, show: Callable[[str], bool] | None = None) -> None:
         self.stream, self.lines, self._partial = stream, collections.deque(maxlen=keep), ""
-        self.on_line = on_line
+        self.on_line, self.log, self.show = on_line, log, show
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
+        if self.show is None:
+            self.stream.write(text)
+        if self.log is not None:
+            self.log.write(text)
         self._partial += text
         *done, self._partial = self._partial.split("\n")
         self.lines.extend(done)
-        for line in done if self.on_line is not None else ():
-            self.on_line(line)
+        for line in done:
+            if self.on_line is not None:
+                self.on_line(line)
+            if self.show is not None and self.show(line):
+                self.stream.write(line + "\n")
         return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
+        if self.log is not None:
+            self.log.flush()
 
     def last_exception(self) -> str | None:
         """The last 'SomeError: message' line printed, if any."""
@@ -761,6 +787,39 @@ class _Tail(io.TextIOBase):
             if match:
                 return match.group(1)
         return None
+
+
+class _KfpOutputFilter:
+    """Which lines of a kfp.local run the terminal shows: the steps' own output, kfp.local's task
+    start and end lines and every warning or error; not the executor's INFO log (each step's
+    whole input as JSON, module loading, Beam's type-hint notes), the outputs kfp.local lists
+    after each task (the run record has them), or TensorFlow's native start-up notes."""
+
+    _EXECUTOR_INFO = re.compile(r"^\s*\[KFP Executor [^\]]*\b(INFO|DEBUG)\]:")
+    _TASK_OUTPUTS = re.compile(r" - INFO - Task '[^']*' outputs:\s*$")
+
+    def __init__(self) -> None:
+        self._block_end: str | None = None   # the line that closes a skipped JSON block
+        self._in_outputs = False
+
+    def __call__(self, line: str) -> bool:
+        plain = _ANSI.sub("", line).rstrip()
+        if self._block_end is not None:
+            if plain == self._block_end:
+                self._block_end = None
+            return False
+        if self._in_outputs:
+            if plain[:1].isspace():
+                return False
+            self._in_outputs = False
+        if plain.endswith("Got executor_input:"):
+            self._block_end = plain[:len(plain) - len(plain.lstrip())] + "}"
+            return False
+        if self._TASK_OUTPUTS.search(plain):
+            self._in_outputs = True
+            return False
+        return not (self._EXECUTOR_INFO.match(plain) or "apitools not found" in plain
+                    or is_startup_noise(plain))
 
 
 class _import_path_for_steps:

@@ -15,7 +15,7 @@ import kfp_toy_components as toy
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, OutputSpec
 from pipeline import kfp_entry
 from pipeline.dag import Pipeline
-from pipeline.kubeflow import (KubeflowError, ResourceSpecError, compile_pipeline, kfp_name,
+from pipeline.kubeflow import (KFP_LOG, KubeflowError, ResourceSpecError, compile_pipeline, kfp_name,
                                run_kfp_local)
 from pipeline.local_runner import LocalRunner, PipelineError, root_in_use
 from pipeline.metadata import MetadataStore
@@ -237,7 +237,7 @@ def test_entry_point_runs_an_executor_from_artifact_json(tmp_path, capsys):
 
 # ---- running through kfp.local -------------------------------------------------------------------
 
-def test_run_kfp_local_runs_the_compiled_pipeline(tmp_path):
+def test_run_kfp_local_runs_the_compiled_pipeline(tmp_path, capsys):
     from kfp.local import config as local_config
 
     pipeline = toy.build(tmp_path / "root", n=4)
@@ -254,6 +254,15 @@ def test_run_kfp_local_runs_the_compiled_pipeline(tmp_path):
     assert result.status == "COMPLETE" and result.run_id == "k1"
     assert result.kfp_root == str(tmp_path / "root" / "kfp-local" / "k1")
     assert os.path.isfile(result.pipeline_yaml)
+    # The terminal gets the steps' own lines and kfp.local's task lines; the run's log file all.
+    shown = capsys.readouterr().out
+    with open(os.path.join(result.kfp_root, KFP_LOG)) as f:
+        logged = f.read()
+    for text in ("Executing task", "finished with status", "[train_a] running"):
+        assert text in shown and text in logged
+    for text in ("Got executor_input", '"parameterValues"', "outputs:", "Loading KFP component"):
+        assert text in logged and text not in shown
+    assert len(shown.splitlines()) < len(logged.splitlines()) / 2
 
     paths = result.output_paths
     assert set(paths) == {"source", "train_a", "train_b", "evaluate"}
@@ -586,3 +595,28 @@ print(sorted(name for name in ("tensorflow", "keras", "keras_tuner") if name in 
                           text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(steps) == 7 and done.stdout.strip() == "[]"
+
+
+def test_kfp_output_filter_keeps_the_steps_lines_and_warnings_only():
+    from pipeline.kubeflow import _KfpOutputFilter
+
+    lines = [
+        ("15:08:03.404 - INFO - Executing task \x1b[96m'tuner'\x1b[0m", True),
+        ("    [KFP Executor 2026-12-05 15:08:03,450 INFO]: Got executor_input:", False),
+        ("    {", False), ('        "inputs": {', False), ("        }", False), ("    }", False),
+        ("    [tuner] running components.tuner.TunerExecutor", True),
+        ("    WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", False),
+        ("    I0000 00:00:1796483277.506783   16104 port.cc:153] oneDNN custom operations are on.", False),
+        ("    [KFP Executor 2026-12-05 15:08:01,733 INFO]: Converting string literal type hint", False),
+        ("    [KFP Executor 2026-12-05 15:10:02,159 WARNING]: the disk is nearly full", True),
+        ("    [tuner] complete", True),
+        ("15:08:03.402 - INFO - Task \x1b[96m'tuner'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m", True),
+        ("15:08:03.403 - INFO - Task \x1b[96m'tuner'\x1b[0m outputs:", False),
+        ("    results: Dataset( name='results',", False),
+        ("                      uri='/tmp/x')", False),
+        ("-" * 80, True),
+        ("Traceback (most recent call last):", True),
+        ("ValueError: bad", True),
+    ]
+    keep = _KfpOutputFilter()
+    assert [line for line, _ in lines if keep(line)] == [line for line, shown in lines if shown]
