@@ -109,6 +109,15 @@ def local_worker_main() -> None:
     if os.path.exists(os.path.join(registry, "stop")):
         os._exit(0)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # Every job imports TensorFlow: done now, its native start-up notes are left out of the
+    # terminal (one set per worker per fan-out otherwise), as are Beam's start-up notes.
+    from components.terminal import import_tensorflow_quietly, quiet_beam_worker
+
+    quiet_beam_worker()
+    try:
+        import_tensorflow_quietly(list_devices=True)
+    except ImportError:  # a job that needs TensorFlow will say so itself
+        pass
     from apache_beam.runners.worker import sdk_worker_main
 
     sdk_worker_main.main(sys.argv)

@@ -20,7 +20,6 @@ import json
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 import traceback
 from typing import Callable, Iterator
@@ -31,7 +30,7 @@ from components.base import remember_ctrl_c
 from pipeline import config as config_lib
 from pipeline.local_runner import PipelineError
 from pipeline.metadata import MetadataStore
-from pipeline.terminal import is_startup_noise, quiet_known_warnings
+from components.terminal import import_tensorflow_quietly, quiet_known_warnings
 
 COMMANDS = ("run", "compile", "runs", "show")
 
@@ -115,33 +114,6 @@ def check_writable(root: str) -> None:
 
 def _print_progress(event) -> None:
     print(f"{time.strftime('%H:%M:%S')} {event}", flush=True)
-
-
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its native start-up notes left out of the terminal.
-
-    The process's stderr (file descriptor 2, where the C++ libraries write) goes to a temporary
-    file during the import; afterwards every line that is not a known note is written back, so
-    real warnings and errors still show, and all of it when the import fails.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        failed = True
-        try:
-            import tensorflow  # noqa: F401
-            failed = False
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            kept = lines if failed else [line for line in lines if not is_startup_noise(line)]
-            sys.stderr.write("".join(kept))
-            sys.stderr.flush()
 
 
 def command_run() -> int:

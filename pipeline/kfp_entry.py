@@ -52,7 +52,7 @@ from typing import Any, Mapping, Sequence
 from components.base import Artifact, BaseExecutor, ComponentSpec, ExecutorContext, ProgressEvent
 from pipeline import step_cache
 from pipeline.local_runner import cache_key, output_fingerprint, resume_dir_for
-from pipeline.terminal import quiet_known_warnings
+from components.terminal import quiet_known_warnings
 
 TYPE_KEY = "actsearch_type"
 PROPERTIES_KEY = "actsearch_properties"

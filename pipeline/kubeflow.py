@@ -51,7 +51,7 @@ from pipeline import metadata as md
 from pipeline.dag import Pipeline
 from pipeline.local_runner import (PipelineError, compute_cache_key, locked_store,
                                    output_fingerprint)
-from pipeline.terminal import is_startup_noise
+from components.terminal import is_startup_noise
 
 #: Our artifact type -> KFP artifact class name (any other type maps to ``Artifact``). Our
 #: artifacts are directories, so `HTML`/`Markdown` (single files the UI renders) do not fit

@@ -111,7 +111,7 @@ def test_interrupted_fan_out_reruns_only_missing_jobs(tmp_path):
     assert results[1]["value"] == 4 and "marker" not in results[1]
 
 
-def test_beam_multiprocessing_runs_jobs_in_two_worker_processes(tmp_path, monkeypatch):
+def test_beam_multiprocessing_runs_jobs_in_two_worker_processes(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
     progress = []
     results = run_jobs(
@@ -124,6 +124,12 @@ def test_beam_multiprocessing_runs_jobs_in_two_worker_processes(tmp_path, monkey
     slots = {r["pid"]: r["worker_slot"] for r in results}
     assert sorted(slots.values()) == [0, 1]
     assert progress[-1] == 4
+    # The workers' start-up notes (TensorFlow's native ones, Beam's) stay out of the terminal.
+    printed = capfd.readouterr().err
+    for note in ("oneDNN custom operations", "Could not find cuda drivers", "failed call to cuInit",
+                 "Logging handler created", "No semi_persistent_directory", "Discarding unparseable args",
+                 "apitools not found"):
+        assert note not in printed
 
 
 def test_bad_arguments(tmp_path):
