@@ -115,10 +115,11 @@ def usual_initial_values(
     """Each parameter's starting value in the layer `get` would return (`"prelu"` ->
     {"alpha": 0.25}; 1.0 for expression text), with `overrides` (name -> value) taking
     precedence. Unknown parameter names and non-finite values raise ValueError."""
-    expression = expression_for(name_or_expression)
-    key = None if isinstance(name_or_expression, Expression) else _resolve(name_or_expression)[0]
-    usual = NAMED[key].initial if key is not None else None
-    values = initial_values(expression, usual)
+    if isinstance(name_or_expression, Expression):
+        key, expression = None, name_or_expression
+    else:
+        key, expression = _resolve(name_or_expression)
+    values = initial_values(expression, NAMED[key].initial if key is not None else None)
     if overrides:
         checked = initial_values(expression, dict(overrides))  # validates names and numbers
         values.update({name: checked[name] for name in overrides})

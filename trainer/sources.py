@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from trainer.files import walk_files
 from trainer.data import (
     _MAX_LISTED,
     _SPLIT_ALIASES,
@@ -47,6 +46,7 @@ from trainer.data import (
     _Pool,
     _pool_limit,
 )
+from trainer.files import walk_files
 
 logger = logging.getLogger(__name__)
 
