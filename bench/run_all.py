@@ -21,11 +21,13 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+RETRACING_WARNING = "triggered tf.function retracing"
 CIFAR_FOLDER = ".cache/cifar10/train"
 CIFAR_ARCHIVE = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10-jpeg-train.tar.gz")
 
@@ -78,6 +80,9 @@ def missing_data(arguments: list[str]) -> str | None:
 
 
 def machine() -> str:
+    from components.terminal import import_tensorflow_quietly
+
+    import_tensorflow_quietly(list_devices=True)
     import tensorflow as tf
 
     from trainer.precision import cpu_supports_bf16
@@ -97,15 +102,30 @@ def commit() -> str:
 
 def run(script: str, arguments: list[str]) -> tuple[int, str, float]:
     """(exit code, the tables the benchmark printed, seconds). Benchmarks print their tables to
-    stdout (echoed here too) and their progress to stderr, which goes straight to the terminal."""
+    stdout (echoed here too) and their progress to stderr, which is relayed to the terminal
+    without TensorFlow's start-up notes and retracing warnings (each benchmark builds many
+    models in one process, so those fire on schedule and say nothing)."""
+    from components.terminal import is_startup_noise
+
+    def relay_progress(stream) -> None:
+        for line in stream:
+            if not (is_startup_noise(line) or RETRACING_WARNING in line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, os.path.join(HERE, f"{script}.py"), *arguments], cwd=ROOT,
-                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    progress = threading.Thread(target=relay_progress, args=(process.stderr,), daemon=True)
+    progress.start()
     lines = []
     for line in process.stdout:
         print(f"  [{script}] {line}", end="", flush=True)
         lines.append(line)
-    return process.wait(), "".join(lines), time.perf_counter() - start
+    code = process.wait()
+    progress.join()
+    return code, "".join(lines), time.perf_counter() - start
 
 
 def as_section(output: str) -> str:

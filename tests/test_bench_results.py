@@ -1,4 +1,5 @@
-"""bench/run_all.py: a partial run (`--only`) replaces its own sections of results.md only."""
+"""bench/run_all.py: a partial run (`--only`) replaces its own sections of results.md only; the
+benchmarks' progress reaches the terminal without TensorFlow's start-up notes."""
 
 import importlib.util
 import os
@@ -30,6 +31,27 @@ def test_every_benchmark_has_a_distinct_title():
     run_all = load_run_all()
     titles = [entry[1] for entry in run_all.BENCHMARKS.values()]
     assert len(set(titles)) == len(titles)
+
+
+def test_run_relays_tables_and_progress_without_tensorflow_start_up_notes(tmp_path, monkeypatch, capfd):
+    run_all = load_run_all()
+    (tmp_path / "fake.py").write_text(
+        "import sys\n"
+        "print('I0000 port.cc:153] oneDNN custom operations are on. You may see ...', file=sys.stderr)\n"
+        "print('WARNING:tensorflow:5 out of the last 13 calls to f triggered tf.function retracing.', file=sys.stderr)\n"
+        "print('round 1 of 3', file=sys.stderr)\n"
+        "print('| relu | 1.00x |')\n"
+        "sys.exit(3)\n"
+    )
+    monkeypatch.setattr(run_all, "HERE", str(tmp_path))
+
+    code, output, seconds = run_all.run("fake", [])
+
+    assert (code, output) == (3, "| relu | 1.00x |\n") and seconds > 0
+    out, err = capfd.readouterr()
+    assert "[fake] | relu | 1.00x |" in out
+    assert "round 1 of 3" in err
+    assert "oneDNN" not in err and "retracing" not in err
 
 
 def _run_bench(script, *arguments):
