@@ -85,6 +85,7 @@ from activations import space as space_module
 from activations.controller import CoreUnitController
 from activations.equivalence import check, fingerprint
 from activations.expression import Expression, ExpressionError, is_finite_number, parse
+from activations.interrupts import CtrlC
 from activations.stopping import QuantileStopping
 
 GENOME = "activation"
@@ -1004,6 +1005,20 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         oracle_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _ORACLE_ARGUMENTS}
         super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)
         self._fit_epochs: int | None = None  # of the running trial's `fit`, once it starts (`_FitEpochs`)
+        self._ctrl_c = CtrlC()
+
+    def search(self, *fit_args, **fit_kwargs):
+        """KerasTuner's search, which Ctrl-C stops even when the KeyboardInterrupt lands in a
+        finaliser or a garbage-collector callback inside TensorFlow, where Python only prints
+        it and goes on (`activations.interrupts`): it is delivered again a moment later, and
+        at the latest the search stops at the end of the running epoch. The stopped trial runs
+        again when the search is resumed."""
+        with self._ctrl_c:
+            return super().search(*fit_args, **fit_kwargs)
+
+    def pre_create_trial(self):
+        self._ctrl_c.raise_if_seen("the search")
+        super().pre_create_trial()
 
     def run_trial(self, trial, *args, **kwargs):
         """KerasTuner's trial, with Ctrl-C kept as Ctrl-C: TensorFlow hands one that lands in a
@@ -1029,6 +1044,7 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         `update_trial` (marked with `EPOCH_METRIC`), the one call that reaches it with values.
         """
         super().on_epoch_end(trial, model, epoch, logs)
+        self._ctrl_c.raise_if_seen(f"trial {trial.trial_id}")
         oracle = self.oracle
         name = getattr(getattr(oracle, "objective", None), "name", None)
         if not logs or name not in logs:

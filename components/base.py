@@ -540,7 +540,9 @@ def remember_ctrl_c() -> None:
     Ctrl-C. The unraisable hook installed here keeps quiet about it and sends SIGINT again a
     moment later, when the main thread is back in ordinary code; `stop_if_interrupted` also stops
     the run at the next job or step whatever happens. For a program's main thread (the CLI); a
-    library call never changes signal handlers or hooks.
+    library call never changes signal handlers. (`activations.interrupts` does the same for the
+    library's tuner, without a handler; the CLI calls this before anything imports TensorFlow,
+    which importing `activations` would.)
     """
     import signal
     import threading

@@ -182,6 +182,49 @@ def test_ctrl_c_that_tensorflow_wraps_stops_the_search_instead_of_failing_the_tr
     assert statuses["tanh(x)"] == TrialStatus.FAILED and len(statuses) == 3
 
 
+_CTRL_C_IN_A_FINALISER = """
+import signal, sys
+import keras, numpy as np
+from activations import EvolutionaryTuner
+from activations.oracle import activation_from_hp
+
+class Handle:
+    def __del__(self):  # as TensorFlow's finalisers and gc callbacks do
+        signal.raise_signal(signal.SIGINT)
+        sum(range(1000))  # Python's handler raises here, where Python can only print and go on
+
+built = []
+def build(hp):
+    built.append(hp)
+    if len(built) == 2:
+        Handle()  # Ctrl-C while the first trial's model is built
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2), activation_from_hp(hp)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+hook = sys.unraisablehook
+tuner = EvolutionaryTuner(build, objective="val_loss", max_trials=6, population_size=2, tournament_size=1, seed=1,
+                          seed_functions=["relu(x)", "tanh(x)"], directory=sys.argv[1], project_name="p")
+x, y = np.zeros((16, 4), "float32"), np.zeros((16, 2), "float32")
+try:
+    tuner.search(x, y, epochs=3, validation_split=0.25, verbose=0)
+    print("went on")
+except KeyboardInterrupt as stop:
+    print("stopped:", stop)
+print("trials", len(tuner.oracle.trials), "hook restored", sys.unraisablehook is hook)
+"""
+
+
+def test_ctrl_c_swallowed_in_a_finaliser_still_stops_the_search(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_FINALISER, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, cwd=PROJECT_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("stopped"), done.stdout + done.stderr[-3000:]  # before: "went on" to trial 6
+    # KerasTuner builds a model once before the trials, so the first trial was stopped; none after it.
+    assert lines[1] == "trials 1 hook restored True"
+    assert "Exception ignored" not in done.stderr
+
+
 # --- 3. batch driving: create_trial / update_trial / end_trial -----------------------------------
 
 
