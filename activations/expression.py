@@ -208,15 +208,30 @@ def _evaluate(node: Expression, x, params, vectorised: bool = False):
 
         # A tensor of x's dtype: operators applied to constants must not fall back to float32.
         return ops.convert_to_tensor(node.value, dtype=x.dtype)
-    if node.name == "pow" and _is_integer(node.args[1]):
-        return _integer_power(_evaluate(node.args[0], x, params, vectorised), node.args[1].value)
+    exponent = _constant_value(node.args[1]) if node.name == "pow" else None
+    if exponent is not None and exponent.is_integer():
+        return _integer_power(_evaluate(node.args[0], x, params, vectorised), exponent)
     op = operators.REGISTRY[node.name]
     fn = op.vector_fn if vectorised and op.vector_fn is not None else op.fn
     return fn(*(_evaluate(arg, x, params, vectorised) for arg in node.args))
 
 
-def _is_integer(node: Expression) -> bool:
-    return node.kind == "constant" and node.value.is_integer()
+_FOLDABLE = {"negative": lambda a: -a, "add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+             "mul": lambda a, b: a * b, "div": lambda a, b: a / b if b else None}
+
+
+def _constant_value(node: Expression) -> float | None:
+    """The value of a constant written as arithmetic (`3`, `-(1)`, `1+2`, `6/2`), else None: an
+    exponent means the same power however it is written."""
+    if node.kind == "constant":
+        return node.value
+    if node.kind != "call" or node.name not in _FOLDABLE:
+        return None
+    values = [_constant_value(arg) for arg in node.args]
+    if any(value is None for value in values):
+        return None
+    value = _FOLDABLE[node.name](*values)
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 INTEGER_POWER_MAX = 1e36

@@ -7,7 +7,7 @@ import scipy.special
 import pytest
 
 from activations import operators
-from activations.equivalence import evaluate_numpy
+from activations.equivalence import evaluate_numpy, fingerprint
 from activations.expression import MAX_DEPTH, MAX_NODES, MAX_TEXT_LENGTH, Expression, ExpressionError, parse
 from activations.space import get_space
 
@@ -432,6 +432,17 @@ def test_integer_powers_are_signed_and_finite_for_every_exponent(exponent):
     np.testing.assert_allclose(y[small], np.power(x[small].astype(np.float64), exponent), rtol=1e-5)
     assert np.all(np.sign(y[small]) == np.sign(x[small]) ** (exponent % 2))
     np.testing.assert_allclose(evaluate_numpy(f"x^{exponent}", np.array([-2.0])), [(-2.0) ** exponent], rtol=1e-6)
+
+
+@pytest.mark.parametrize("written", ["x^(1+2)", "x^(6/2)", "x^(2*2-1)", "pow(x,--3)"])
+def test_an_integer_exponent_written_as_arithmetic_is_the_same_signed_power(written):
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 2.0])
+    np.testing.assert_allclose(evaluate_numpy(written, x), x**3, rtol=1e-12)
+    assert fingerprint(written) == fingerprint("x^3")
+    np.testing.assert_allclose(evaluate_numpy("x^-(1)", x[[0, 1, 3, 4]]), 1 / x[[0, 1, 3, 4]])
+    # Not an integer, or not a constant: the general |x|^p.
+    assert np.all(evaluate_numpy("x^(1/2)", x) >= 0)
+    assert np.all(evaluate_numpy("x^(alpha+2)", x, {"alpha": 1.0}) >= 0)
 
 
 def test_parse_never_executes_code():
