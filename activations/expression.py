@@ -500,9 +500,13 @@ def _unknown_operator_message(name: str) -> str:
     return f"unknown operator {name!r}{hint}"
 
 
+_MATH_CONSTANTS = {"e": math.e, "pi": math.pi}
+
+
 def suspicious_names(expression: Expression) -> list[str]:
-    """What in `expression` looks like a typo: parameters named like the input or like an
-    operator applied to it (`X`, `sigmoidx`), or no use of the input at all. Any name that is not
+    """What in `expression` looks like a typo: parameters named like the input, like an operator
+    applied to it (`X`, `sigmoidx`) or like a mathematical constant (`e`, `pi`), or no use of the
+    input at all. Any name that is not
     an operator is a parameter, so such typos parse; this names them for a warning."""
     notes = []
     for name in expression.parameters:
@@ -514,6 +518,9 @@ def suspicious_names(expression: Expression) -> list[str]:
             if operator in operators.REGISTRY or operator in operators.ALIASES:
                 notes.append(f"parameter {name!r} looks like {operator}({INPUT_NAME}) written without parentheses")
                 break
+        if name.lower() in _MATH_CONSTANTS:
+            notes.append(f"parameter {name!r} is learnable (starting at its initial value, 1.0 unless given), "
+                         f"not the constant {_MATH_CONSTANTS[name.lower()]:.6g}; write the number for a constant")
     if not expression.uses_input:
         notes.append(f"it does not use the input {INPUT_NAME!r}: every input gives the same output")
     return notes

@@ -79,14 +79,20 @@ def get(
     `"erf"` means `erf(x)`. Anything else is parsed as an expression (`ExpressionError` on bad
     text). `sharing` and `initial` are passed to `ParametricActivation`; `initial=None` uses the
     name's usual starting values (e.g. PReLU's alpha = 0.25). A bare word that is neither a name
-    nor an operator is rejected (as an expression it would be a lone constant parameter) with the
-    closest valid names.
+    nor an operator, or text that does not use x (`"P-ReLU"` would be a difference of two
+    parameters), is rejected with the closest valid names.
     """
     if isinstance(name_or_expression, Expression):
         return ParametricActivation(name_or_expression, sharing=sharing, initial=initial)
     key, expression = _resolve(name_or_expression)
     if key is not None:
         return _named_layer(key, sharing, initial)
+    if not expression.uses_input:
+        # e.g. 'P-ReLU', the difference of two parameters: a constant, never an activation
+        raise ExpressionError(
+            f"{name_or_expression!r} parses as {expression}, which does not use the input x (every input "
+            f"would give the same output); {_unknown_name_message(name_or_expression).split('; ', 1)[1]}"
+        )
     return ParametricActivation(expression, sharing=sharing, initial=initial)
 
 

@@ -368,6 +368,11 @@ def test_the_pointer_stands_under_the_error_in_text_with_tabs_and_lines():
         ("x * sigmoidx", ["parameter 'sigmoidx' looks like sigmoid(x) written without parentheses"]),
         ("relu(x) + tanh_x", ["parameter 'tanh_x' looks like tanh(x) written without parentheses"]),
         ("beta * gamma", ["it does not use the input 'x': every input gives the same output"]),
+        ("x * sigmoid(e * x) + pi", [
+            "parameter 'e' is learnable (starting at its initial value, 1.0 unless given), not the constant 2.71828; "
+            "write the number for a constant",
+            "parameter 'pi' is learnable (starting at its initial value, 1.0 unless given), not the constant 3.14159; "
+            "write the number for a constant"]),
     ],
 )
 def test_likely_typos_are_named(text, notes):

@@ -122,6 +122,15 @@ def test_unknown_name_lists_close_names():
     assert "swish" in suggested and len(suggested) == len(set(suggested))
 
 
+def test_text_that_does_not_use_x_is_refused_naming_what_it_parsed_as():
+    with pytest.raises(ExpressionError, match=r"'P-ReLU' parses as sub\(P,ReLU\), which does not use the input x.*did you mean prelu"):
+        activations.get("P-ReLU")
+    with pytest.raises(ExpressionError, match="does not use the input x"):
+        activations.get("alpha * beta")
+    assert str(activations.expression_for("alpha * beta")) == "mul(alpha,beta)"  # to look at, or plot
+    assert activations.get("alpha * x").expression.uses_input  # a parameter beside x is fine
+
+
 def test_bad_expression_text_propagates_expression_error():
     with pytest.raises(ExpressionError, match="position"):
         activations.get("x * (sigmoid(x)")
