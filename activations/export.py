@@ -59,12 +59,16 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
     if os.path.isdir(path):
         path = os.path.join(path, "activation.json")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except FileNotFoundError:
         raise ActivationFileError(f"no activation file at {path!r} (expected the Exporter's activation.json)") from None
     except json.JSONDecodeError as error:
         raise ActivationFileError(f"{path!r} is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ActivationFileError(f"{path!r} is not UTF-8 text, so not an activation.json: {error}") from None
+    except OSError as error:
+        raise ActivationFileError(f"cannot read {path!r}: {error.strerror or error}") from None
     if not isinstance(record, dict) or "expression" not in record:
         raise ActivationFileError(f"{path!r} has no 'expression' field; it is not an activation.json")
     version = record.get("format_version", FORMAT_VERSION)
@@ -101,6 +105,11 @@ def _learned_means(record: Mapping[str, Any], expression, path: str) -> dict[str
     expected = '{"<parameter>": {"mean": <number>, ...}, ...}'
     if not isinstance(learned, Mapping):
         raise ActivationFileError(f"learned_parameters in {path!r} must be a mapping {expected}, got {learned!r}")
+    unknown = sorted(set(learned) - set(expression.parameters))
+    if unknown:  # values learned for another function: starting from them would be a guess
+        raise ActivationFileError(
+            f"learned_parameters in {path!r} names {unknown}, which the expression {expression.infix()!r} does "
+            f"not have (its parameters: {list(expression.parameters) or 'none'}); pass initial='default' to ignore them")
     values = {}
     for name in expression.parameters:
         stats = learned.get(name)

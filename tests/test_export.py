@@ -42,12 +42,21 @@ def test_load_starts_every_new_layer_from_the_learned_means(tmp_path):
     ({"expression": "x*sigmoid(beta*x)", "learned_parameters": {"beta": {"mean": float("nan")}}}, "finite number"),
     ({"expression": "x", "sharing": "pixel"}, "sharing 'pixel' in"),
     ({"function": "x"}, "no 'expression' field"),
+    ({"expression": "alpha*x", "learned_parameters": {"gamma": {"mean": 2.0}}},
+     r"names \['gamma'\], which the expression 'alpha \* x' does not have \(its parameters: \['alpha'\]\)"),
 ])
 def test_a_damaged_file_is_refused_naming_the_file_and_the_field(tmp_path, record, message):
     path = _write(tmp_path, record)
     with pytest.raises(ActivationFileError, match=message) as info:
         activations.load(path)
     assert path in str(info.value)
+
+
+def test_a_file_that_is_not_text_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "activation.json"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ActivationFileError, match=f"{path}' is not UTF-8 text"):
+        activations.load(path)
 
 
 def test_bad_arguments_are_blamed_on_the_arguments_not_the_file(tmp_path):
