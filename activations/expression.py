@@ -580,10 +580,10 @@ def _check_number(value, what: str) -> float:
     return number
 
 
-def initial_values(expression: Expression, initial: Initial = None) -> dict[str, float]:
+def initial_values(expression: Expression, initial: Initial = None, argument: str = "initial") -> dict[str, float]:
     """Each parameter's value from `initial`: None (all DEFAULT_INITIAL), one number for all,
     or a dict {name: number} (unnamed parameters DEFAULT_INITIAL). Unknown names and non-finite
-    numbers raise ValueError naming what is allowed."""
+    numbers raise ValueError naming what is allowed, and the caller's `argument`."""
     names = expression.parameters
     if initial is None:
         return {name: DEFAULT_INITIAL for name in names}
@@ -592,11 +592,12 @@ def initial_values(expression: Expression, initial: Initial = None) -> dict[str,
         if unknown:
             allowed = ", ".join(names) if names else "none: the expression has no parameters"
             raise ValueError(
-                f"initial names unknown parameter(s) {unknown} of {expression}; its parameters are: {allowed}"
+                f"{argument} names unknown parameter(s) {unknown} of {expression}; its parameters are: {allowed}"
             )
         values = {name: DEFAULT_INITIAL for name in names}
         for name, value in initial.items():
-            values[name] = _check_number(value, f"initial value of {name!r}")
+            label = f"initial value of {name!r}" if argument == "initial" else f"{argument}[{name!r}]"
+            values[name] = _check_number(value, label)
         return values
     if is_number(initial) or getattr(initial, "shape", None) == ():
         value = _check_number(initial, "initial")

@@ -117,17 +117,19 @@ def usual_name(text: str) -> Optional[str]:
 def usual_initial_values(
     name_or_expression: Union[str, Expression],
     overrides: Optional[Mapping[str, float]] = None,
+    argument: str = "initial",
 ) -> dict[str, float]:
     """Each parameter's starting value in the layer `get` would return (`"prelu"` ->
     {"alpha": 0.25}; 1.0 for expression text), with `overrides` (name -> value) taking
-    precedence. Unknown parameter names and non-finite values raise ValueError."""
+    precedence. Unknown parameter names and non-finite values raise ValueError naming the
+    caller's `argument`."""
     if isinstance(name_or_expression, Expression):
         key, expression = None, name_or_expression
     else:
         key, expression = _resolve(name_or_expression)
     values = initial_values(expression, NAMED[key].initial if key is not None else None)
     if overrides:
-        checked = initial_values(expression, dict(overrides))  # validates names and numbers
+        checked = initial_values(expression, dict(overrides), argument)  # validates names and numbers
         values.update({name: checked[name] for name in overrides})
     return values
 

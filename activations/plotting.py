@@ -101,7 +101,7 @@ def _curves(subject, x: np.ndarray, parameters: Optional[Mapping[str, float]] = 
     if isinstance(subject, (str, Expression)):
         # A usual name draws that function at its usual starting values ("prelu": alpha 0.25).
         expression = expression_for(subject)
-        params = {name: np.asarray(value) for name, value in usual_initial_values(subject, parameters).items()}
+        params = {name: np.asarray(value) for name, value in usual_initial_values(subject, parameters, "parameters").items()}
         return _title(expression, params), _evaluate(expression, x, params)
     if parameters is not None:
         raise ValueError("parameters= applies to an expression; a layer is drawn with its own parameter values")

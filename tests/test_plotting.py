@@ -116,7 +116,9 @@ def test_a_usual_name_is_drawn_as_that_function_at_its_usual_starting_values():
     np.testing.assert_allclose(values[:, 0], [-0.2, -0.1, 1.0, 2.0])
     _, values, _ = plotting.curves("erf", x)  # a bare unary operator means erf(x)
     assert np.all(np.diff(values[:, 0]) > 0)
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['gamma'\]"):
+    with pytest.raises(ValueError, match=r"^parameters names unknown parameter\(s\) \['gamma'\]"):
         plotting.curves("prelu", x, parameters={"gamma": 1.0})
+    with pytest.raises(ValueError, match=r"^parameters\['alpha'\] must be a finite number"):
+        plotting.curves("prelu", x, parameters={"alpha": float("nan")})
     with pytest.raises(activations.ExpressionError, match="unknown activation name 'prelux'"):
         plotting.curves("prelux", x)  # not drawn as a constant parameter
