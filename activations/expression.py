@@ -381,7 +381,11 @@ class _Parser:
         if token.kind != "end":
             before = self.tokens[self.index - 1]
             hint = ""
-            if before.kind in ("number", "name") and (token.kind in ("name", "number") or token.text == "("):
+            if before.kind == token.kind == "number":
+                hint = "; a number has at most one decimal point and one exponent"
+            elif before.text == "0" and re.fullmatch(r"[xXoObB][0-9A-Fa-f]+", token.text):
+                hint = "; numbers are written in decimal (no 0x, 0o or 0b literals)"
+            elif before.kind in ("number", "name") and (token.kind in ("name", "number") or token.text == "("):
                 factor = "(...)" if token.text == "(" else token.text
                 hint = f"; write '{before.text}*{factor}' for a product"
             raise self.error(f"unexpected {token.text!r} after a complete expression{hint}")
@@ -457,7 +461,11 @@ class _Parser:
         known = token.text in operators.REGISTRY or token.text in operators.ALIASES
         if is_call:
             if not known:
-                raise self.error(_unknown_operator_message(token.text), token)
+                if token.text == INPUT_NAME:
+                    message = f"{INPUT_NAME!r} is the input, not an operator; write '{INPUT_NAME}*(...)' for a product"
+                else:
+                    message = _unknown_operator_message(token.text, called=True)
+                raise self.error(message, token)
             self.take()
             self.nest(token)
             args = [self.sum()]
@@ -493,10 +501,17 @@ def _arity_text(op: operators.Operator) -> str:
     return f"takes {op.arity} argument{'s' if op.arity != 1 else ''}"
 
 
-def _unknown_operator_message(name: str) -> str:
+def _unknown_operator_message(name: str, called: bool = False) -> str:
+    """Names close operators; for a `name(...)` with none close, suggests the product with a
+    parameter of that name, which is what `alpha(x)` usually means."""
     candidates = list(operators.REGISTRY) + list(operators.ALIASES)
     close = difflib.get_close_matches(name.lower(), candidates, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see activations.operators.names() for the list"
+    if close:
+        hint = f"; did you mean {', '.join(close)}?"
+    elif called:
+        hint = f"; write '{name}*(...)' for a product with the parameter {name!r}, or see activations.operators.names()"
+    else:
+        hint = "; see activations.operators.names() for the list"
     return f"unknown operator {name!r}{hint}"
 
 

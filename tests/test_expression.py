@@ -340,6 +340,10 @@ def test_operator_registry_covers_both_papers():
         ("RELU(x)", "did you mean relu", 0),  # suggestions ignore case
         ("2x", "unexpected 'x' after a complete expression; write '2*x' for a product", 1),
         ("0.5 (x + 1)", "write '0.5*(...)' for a product", 4),
+        ("x(1)", "'x' is the input, not an operator; write 'x*(...)' for a product", 0),
+        ("1 + alpha(x)", "unknown operator 'alpha'; write 'alpha*(...)' for a product with the parameter 'alpha'", 4),
+        ("1.2.3", "unexpected '.3' after a complete expression; a number has at most one decimal point", 3),
+        ("0x10*x", "numbers are written in decimal (no 0x, 0o or 0b literals)", 1),
         ("\uff12*x", "unexpected character", 0),  # a full-width 2: numbers are ASCII digits
         ("+".join(["x"] * 40), "deeper than the limit of 32 levels; a chain of + - * / nests one level per term", 63),  # the 32nd +
     ],
