@@ -292,6 +292,20 @@ def _run_with_wide_rows(kernel, x, params):
     return tf.reshape(kernel(rows, *tiled), tf.shape(x))
 
 
+@functools.lru_cache(maxsize=1)
+def _quiet_kernel_retracing_notes() -> None:
+    """TensorFlow warns "N out of the last N calls to <function _fused_kernel.<locals>.forward>
+    triggered tf.function retracing" once a few expressions have been used: it counts the
+    kernels of different expressions, which share their Python code, as one function retracing.
+    Each expression's kernel is traced once per input shape by design, so those notes (and only
+    those, matched by this module's function name) are dropped."""
+    import logging
+
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: not ("triggered tf.function retracing" in record.getMessage()
+                            and "_fused_kernel.<locals>" in record.getMessage()))
+
+
 @functools.lru_cache(maxsize=1024)
 def _fused_kernel(text: str, vectorised: bool = True):
     """A differentiable TensorFlow function `(x, *params) -> y` for one expression.
@@ -303,6 +317,7 @@ def _fused_kernel(text: str, vectorised: bool = True):
     """
     import tensorflow as tf
 
+    _quiet_kernel_retracing_notes()
     expression = parse(text)
     names = expression.parameters
     xla = functools.partial(tf.function, jit_compile=True, reduce_retracing=True, autograph=False)

@@ -549,3 +549,30 @@ def test_forward_mode_autodiff_through_the_fused_kernel_is_refused_and_the_porta
     sigmoid = 1 / (1 + np.exp(-x))
     derivative = sigmoid * (1 + x * (1 - sigmoid))
     np.testing.assert_allclose(np.float32(accumulator.jvp(y)), derivative, rtol=2e-2, atol=2e-2)
+
+
+def test_kernels_of_many_expressions_do_not_warn_of_retracing():
+    """Each expression's kernel traces once per shape; TensorFlow counts them as one function
+    retracing and warns, which the layer leaves out (only for its own kernels)."""
+    import logging
+
+    import tensorflow as tf
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        x = tf.constant(np.linspace(-2, 2, 32, dtype="float32").reshape(8, 4))
+        for i in range(8):
+            layer = ParametricActivation(f"x + {i + 0.25} * tanh(beta * x)", implementation="fused")
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+            assert np.all(np.isfinite(tape.gradient(y, x).numpy()))
+        logger.warning("1 out of the last 1 calls to <function f> triggered tf.function retracing.")
+    finally:
+        logger.removeHandler(handler)
+    messages = [record.getMessage() for record in records]
+    assert messages == ["1 out of the last 1 calls to <function f> triggered tf.function retracing."]
