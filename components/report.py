@@ -71,8 +71,9 @@ def write_report(
       title: the report's heading.
       top_trials: how many trials the trials table shows.
       command: the shell command that recreates the run, shown for copying (none: not shown).
-      exported: the exported function's `function` and `why_exported` (the `summary` of its
-        activation.json), named in the summary; None: no export to name.
+      exported: the exported function's `function` and `why_exported` (the `evaluation` entry
+        of its activation.json; `why_exported` says how it was chosen: blessed, else by mean
+        validation accuracy), named in the summary; None: no export to name.
 
     Returns:
       `(md_path, html_path)`.
@@ -140,7 +141,9 @@ def _summary_section(doc: "_Document", ev: Evaluation, exported: Mapping[str, An
     doc.verdict(ev.verdict, ev.summary)
     if exported:
         doc.paragraph(f"Exported (export/activation.json, with a trained model in export/model.keras when one "
-                      f"was saved): {exported['function']}, {exported.get('why_exported', '')}.")
+                      f"was saved): {exported['function']}, {exported.get('why_exported', '')}. The model outputs "
+                      "logits (apply softmax for probabilities); activation.json's \"input\" entry says what it "
+                      "takes and its \"output\" entry, when the run named its classes, which output is which class.")
     settings = (f"Baseline {ev.baseline}; metric {ev.metric}; a function is blessed when its mean "
                 f"gain exceeds {100 * ev.threshold:.2f} pp and its {_p_label(ev.blessing_p)} "
                 f"p-value is below {ev.alpha:g}. Tests need at least {ev.min_seeds} seeds per "

@@ -159,7 +159,7 @@ def create_pipeline(config) -> Pipeline:
     evaluator = Evaluator(trained_models=trainer.outputs["trained_models"], threshold=config.threshold,
                           alpha=config.alpha)
     exporter = Exporter(evaluation=evaluator.outputs["evaluation"], trained_models=trainer.outputs["trained_models"],
-                        sharing=config.sharing)
+                        examples=example_gen.outputs["examples"], sharing=config.sharing)
     reporter = Reporter(
         evaluation=evaluator.outputs["evaluation"], trained_models=trainer.outputs["trained_models"],
         search_results=tuner.outputs["search_results"], exported=exporter.outputs["exported"],

@@ -63,10 +63,134 @@ def test_exporter_picks_the_blessed_winner_else_the_best_non_baseline():
     none = runs("relu", 0.80, "baseline") + runs("swish", 0.78, "baseline") + runs("elu(x)", 0.79, "discovered")
     assert choose_function(evaluate(none), none) == ("elu(x)", False)
     # Why each was exported, in words the report repeats (the evaluation's summary names swish).
-    assert export_reason(evaluate(clear), "elu(x)", True) == "blessed: it beat relu by +10.00 pp"
-    assert export_reason(evaluate(none), "elu(x)", False) == (
-        "not blessed: no function of the search beat relu; this is the search's best by mean test_accuracy "
-        "(-1.00 pp vs relu), exported for inspection only")
+    assert export_reason(evaluate(clear), "elu(x)", True, clear) == "blessed: it beat relu by +10.00 pp"
+    # These runs record no validation accuracy: only then does test accuracy rank, and it is said.
+    assert export_reason(evaluate(none), "elu(x)", False, none) == (
+        "not blessed: no function of the search beat relu; this is the search's best by mean test_accuracy, "
+        "as the runs did not all record a validation accuracy (-1.00 pp vs relu), exported for inspection only")
+
+
+def test_an_unblessed_export_is_chosen_by_validation_accuracy_not_by_the_test_accuracy_reported():
+    def runs(name, test, val, kind="discovered", diverged=()):
+        return [{"function": name, "seed": s, "kind": kind, "test_accuracy": test + 0.001 * s, "num_classes": 10,
+                 "val_accuracy": val, "diverged": s in diverged} for s in range(4)]
+
+    # elu(x) has the better test accuracy, tanh(x) the better validation accuracy: tanh(x) is exported.
+    mixed = runs("relu", 0.80, 0.80, "baseline") + runs("elu(x)", 0.79, 0.70) + runs("tanh(x)", 0.75, 0.78)
+    evaluation = evaluate(mixed)
+    assert max((f for f in evaluation.functions if f.function != "relu"), key=lambda f: f.mean).function == "elu(x)"
+    assert choose_function(evaluation, mixed) == ("tanh(x)", False)
+    assert export_reason(evaluation, "tanh(x)", False, mixed) == (
+        "not blessed: no function of the search beat relu; this is the search's best by mean validation accuracy "
+        "of its final runs (78.00%; its mean test_accuracy is -5.00 pp vs relu), exported for inspection only")
+    # A diverged run's best epoch is gone: it scores chance level, as in the evaluation.
+    unstable = (runs("relu", 0.80, 0.80, "baseline") + runs("elu(x)", 0.79, 0.79)
+                + runs("tanh(x)", 0.75, 0.90, diverged=(0, 1)))
+    assert choose_function(evaluate(unstable), unstable) == ("elu(x)", False)
+    # Without a validation accuracy for some run that did not diverge, test accuracy ranks.
+    missing = [dict(r, val_accuracy=None) if r["function"] == "tanh(x)" and r["seed"] == 2 else r for r in mixed]
+    assert choose_function(evaluate(missing), missing) == ("elu(x)", False)
+    assert "best by mean test_accuracy, as the runs did not all record a validation accuracy" in export_reason(
+        evaluate(missing), "elu(x)", False, missing)
+
+
+def _trained_models_with_a_model(tmp_path, source: str, num_classes: int):
+    """A TrainedModels artifact whose elu(x) seed 0 has a small saved model and a result.json,
+    and the Evaluation of its runs (nothing blessed)."""
+    import json
+    import os
+
+    import keras
+
+    from components.base import Artifact
+    from components.evaluator import EvaluatorExecutor
+
+    trained = Artifact("TrainedModels", str(tmp_path / "trained"))
+    run_dir = os.path.join("runs", "elu-seed0")
+    os.makedirs(trained.path(run_dir))
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))).save(
+        trained.path(run_dir, "model.keras"))
+    with open(trained.path(run_dir, "result.json"), "w") as f:
+        json.dump({"data": {"source": source, "input_shape": [8, 8, 1], "num_classes": num_classes,
+                            "normalization": {"normalize": "unit"}}}, f)
+    with open(trained.path("runs.jsonl"), "w") as f:
+        for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", 0.79, "discovered")):
+            for seed in range(4):
+                real = name == "elu(x)" and seed == 0
+                f.write(json.dumps({"function": name, "seed": seed, "kind": kind, "origin": kind,
+                                    "test_accuracy": mean + 0.002 * seed, "val_accuracy": mean,
+                                    "learned_parameters": {}, "run_dir": run_dir if real else None,
+                                    "model_path": os.path.join(run_dir, "model.keras") if real else None}) + "\n")
+    evaluation = Artifact("Evaluation", str(tmp_path / "evaluation"))
+    os.makedirs(evaluation.uri)
+    EvaluatorExecutor().Do({"trained_models": [trained]}, {"evaluation": [evaluation]},
+                           {"baseline": "relu", "threshold": 0.0, "alpha": 0.05, "min_seeds": 3})
+    return trained, evaluation
+
+
+def _export(tmp_path, trained, evaluation, examples=None) -> dict:
+    import json
+    import os
+
+    from components.base import Artifact
+    from components.exporter import ExporterExecutor
+
+    exported = Artifact("ExportedActivation", str(tmp_path / "exported"))
+    os.makedirs(exported.uri, exist_ok=True)
+    inputs = {"evaluation": [evaluation], "trained_models": [trained]}
+    if examples is not None:
+        inputs["examples"] = [examples]
+    ExporterExecutor().Do(inputs, {"exported": [exported]}, {"sharing": "channel"})
+    with open(exported.path("activation.json")) as f:
+        return json.load(f)
+
+
+def test_the_export_names_the_class_of_each_logit_from_the_examples_statistics(tmp_path):
+    import json
+    import os
+
+    import activations
+    from components.base import Artifact
+
+    names = ["cat", "dog", "fish"]
+    trained, evaluation = _trained_models_with_a_model(tmp_path, "folder:/data/pets", len(names))
+    examples = Artifact("Examples", str(tmp_path / "examples"))
+    os.makedirs(examples.uri)
+    with open(examples.path("statistics.json"), "w") as f:
+        json.dump({"source": "folder:/data/pets", "class_names": names, "num_classes": 3}, f)
+    record = _export(tmp_path, trained, evaluation, examples)
+    assert record["output"]["kind"] == "logits" and record["output"]["class_names"] == names
+    assert "softmax" in record["output"]["note"]
+    assert record["input"]["value_range"] == [0, 255] and record["input"]["source_pixels"]["scale"] == 1.0
+    # activations.load reads the file with its new entries.
+    assert str(activations.load(tmp_path / "exported").expression) == record["expression"]
+    # Not wired, an older artifact without class names, or names that do not match the outputs: no
+    # entry rather than a guess.
+    assert "output" not in _export(tmp_path, trained, evaluation)
+    with open(examples.path("statistics.json"), "w") as f:
+        json.dump({"source": "folder:/data/pets", "num_classes": 3}, f)
+    assert "output" not in _export(tmp_path, trained, evaluation, examples)
+    with open(examples.path("statistics.json"), "w") as f:
+        json.dump({"class_names": ["cat", "dog"]}, f)
+    assert "output" not in _export(tmp_path, trained, evaluation, examples)
+
+
+def test_the_exported_input_entry_says_how_to_scale_the_sources_own_digits(tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from trainer.sources import load_dataset
+
+    trained, evaluation = _trained_models_with_a_model(tmp_path, "embedded:digits", 10)
+    entry = _export(tmp_path, trained, evaluation)["input"]
+    assert entry["source"] == "embedded:digits" and entry["source_pixels"]["source_range"] == [0, 16]
+    assert "255/16" in entry["note"] and "0..16" in entry["note"]
+    # Scaling scikit-learn's images as the entry says gives exactly the pixels trained on.
+    scaled = np.round(load_digits().images * entry["source_pixels"]["scale"]).astype(np.uint8)[..., None]
+    data = load_dataset("embedded:digits")
+    held = np.concatenate([data.arrays(split)[0] for split in ("train", "validation", "test")])
+    assert sorted(map(bytes, scaled)) == sorted(map(bytes, held))
 
 
 def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):

@@ -68,3 +68,13 @@ def test_bad_arguments_are_blamed_on_the_arguments_not_the_file(tmp_path):
         activations.load(path, initial="random")
     with pytest.raises(ActivationFileError, match="no activation file"):
         activations.load(tmp_path / "missing.json")
+
+
+def test_load_reads_a_file_with_the_exporters_input_and_output_entries(tmp_path):
+    """The Exporter describes its model beside the activation (`"input"`, `"output"`): `load`
+    reads past them, so a file from a newer export still loads."""
+    record = activation_record("x*sigmoid(beta*x)", "layer", learned={"beta": {"mean": 1.5}},
+                               input={"shape": [8, 8, 1], "value_range": [0, 255]},
+                               output={"kind": "logits", "class_names": ["0", "1"]}, model_seed=0)
+    make = activations.load(_write(tmp_path, record))
+    assert make().initial_values == {"beta": 1.5} and make.record["output"]["class_names"] == ["0", "1"]

@@ -147,15 +147,41 @@ def _array_pool(images: np.ndarray, labels: np.ndarray) -> _Pool:
 # embedded:digits ----------------------------------------------------------------------------
 
 
+DIGITS_SCALE = 255.0 / 16.0
+"""``embedded:digits`` holds scikit-learn's pixel counts (0..16) times this, rounded to uint8."""
+
+
 def _digits_pools(size: tuple[int, int] | None) -> tuple[dict[str, _Pool], list[str]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     # Pixel values are counts 0..16; spread them over the uint8 range like any other image.
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    images = np.round(digits.images * DIGITS_SCALE).astype(np.uint8)[..., None]
     images = _resize_arrays(images, size)
     names = [str(int(n)) for n in digits.target_names]
     return {"train": _array_pool(images, digits.target)}, names
+
+
+def pixel_encoding(source: str | DataSpec) -> dict[str, Any]:
+    """How the source's own pixel values became the uint8 0..255 pixels a :class:`Dataset` holds:
+    ``source_range`` (the values as the source itself gives them), ``scale`` (the factor they were
+    multiplied by before rounding to uint8) and a ``note`` saying so in words.
+
+    A model trained on the data takes the 0..255 pixels, so a user feeding the source's own images
+    must apply the same scaling; declared here, beside the readers, so it cannot drift from them.
+    """
+    spec = DataSpec.parse(source)
+    if spec.scheme == "embedded":
+        return {"source_range": [0, 16], "scale": DIGITS_SCALE,
+                "note": ("scikit-learn's load_digits().images hold 0..16: multiply them by 255/16 and round "
+                         "to get the 0..255 pixels trained on (np.round(images * 255 / 16)[..., None], one "
+                         "channel)")}
+    if spec.scheme == "tfds":
+        return {"source_range": [0, 255], "scale": 1.0,
+                "note": "the TFDS images as TFDS gives them (uint8, 0..255)"}
+    return {"source_range": [0, 255], "scale": 1.0,
+            "note": ("the folder's image files decoded to 8-bit pixels (0..255) as PIL reads them; "
+                     "16-bit and 0..1 float grey files were scaled to 0..255")}
 
 
 # tfds:<name> --------------------------------------------------------------------------------
