@@ -255,6 +255,10 @@ def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Ev
     rows = [[_Code(key), _Code(_format_value(value))] for key, value in _flatten(config)]
     seeds = sorted({int(r["seed"]) for r in runs if "seed" in r})
     rows.append([_Code("seeds (final runs)"), _Code(", ".join(map(str, seeds)) or "—")])
+    # `precision auto` picks per machine; this is what it picked for these runs.
+    precisions = sorted({str(r["precision"]) for r in runs if r.get("precision")})
+    if precisions:
+        rows.append([_Code("precision (final runs)"), _Code(", ".join(precisions))])
     rows.append([_Code("functions compared"),
                  _Code(", ".join(f.function for f in ev.functions))])
     doc.table(["Setting", "Value"], rows)

@@ -32,6 +32,8 @@ def _runs(rng):
                     f"block{i}/act": {"alpha": list(rng.normal(1.0 + i / 10, 0.05, size=3)),
                                       "beta": float(rng.normal(0.5, 0.02))} for i in range(3)}
             runs.append(run)
+    for run in runs:
+        run["precision"] = "mixed_bfloat16"
     runs.append(dict(function="x|y", seed=4, test_accuracy=float("nan"), diverged=True,
                      num_classes=10))
     runs += [dict(function="fewseeds", seed=s, test_accuracy=0.97, val_accuracy=0.9)
@@ -102,6 +104,7 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     # Reproduction settings and trials.
     for text in ("data.name", "digits", "budget.epochs", "model.width", "seeds (final runs)"):
         assert text in md
+    assert "| `precision (final runs)` | `mixed_bfloat16` |" in md  # what `auto` chose
     assert "Top 10 of 13 search trials" in md
     assert "| Rank | Trial | Expression | Fitness (val. acc. %) | Generation | Parents | Simplest form |" in md
     rows = re.findall(r"^\| (\d+) \| `(\d+)` \| `tanh\(x\)\*(\d+)` \| ([\d.]+) \| \d+ \| ([^|]+) \|", md, re.M)
