@@ -525,35 +525,52 @@ def executor_path(executor_class: type[BaseExecutor]) -> str:
     return f"{executor_class.__module__}.{executor_class.__qualname__}"
 
 
-_CTRL_C = {"seen": False, "pending": False, "redelivered": 0}
+_CTRL_C = {"seen": False, "pending": False, "redelivered": 0, "terminated": False}
 _REDELIVER_AFTER_S = 0.05  # long enough for the finaliser or gc callback that swallowed it to end
 _MAX_REDELIVERIES = 20  # then `stop_if_interrupted` alone stops the run at its next job or step
 
 
-def remember_ctrl_c() -> None:
-    """Makes Ctrl-C raise KeyboardInterrupt as Python's own handler does, remember it, and
-    deliver it again when it was swallowed.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, a Kubernetes eviction, a batch system's time limit, `timeout`),
+    raised as a KeyboardInterrupt so that everything that stops cleanly on Ctrl-C (records the
+    run as interrupted, stops the workers, keeps the resume state) does so on SIGTERM too."""
 
+    def __init__(self, message: str = "terminated (SIGTERM)") -> None:
+        super().__init__(message)
+
+
+def remember_ctrl_c() -> None:
+    """Makes Ctrl-C raise KeyboardInterrupt as Python's own handler does, and SIGTERM raise
+    `Terminated` (a KeyboardInterrupt) instead of ending the process on the spot; remembers
+    either, and delivers it again when it was swallowed.
+
+    Without a handler SIGTERM kills the process at once: a run stopped by `docker stop`, an
+    eviction or a job's time limit stayed "running" in run.json and the metadata, without a word.
     A KeyboardInterrupt raised while Python runs a finaliser (`__del__`) or a garbage-collector
     callback, both common inside TensorFlow and JAX, cannot propagate: Python prints
     "Exception ignored in ..." with a traceback and carries on, so a run went on to exit 0 after
-    Ctrl-C. The unraisable hook installed here keeps quiet about it and sends SIGINT again a
+    Ctrl-C. The unraisable hook installed here keeps quiet about it and sends the signal again a
     moment later, when the main thread is back in ordinary code; `stop_if_interrupted` also stops
-    the run at the next job or step whatever happens. For a program's main thread (the CLI); a
-    library call never changes signal handlers. (`activations.interrupts` does the same for the
-    library's tuner, without a handler; the CLI calls this before anything imports TensorFlow,
-    which importing `activations` would.)
+    the run at the next job or step whatever happens. Once SIGTERM came, every later interrupt
+    is a `Terminated` (a redelivery may come as SIGINT, from `activations.interrupts`). For a
+    program's main thread (the CLI); a library call never changes signal handlers.
+    (`activations.interrupts` does the same for the library's tuner, without a handler; the CLI
+    calls this before anything imports TensorFlow, which importing `activations` would.)
     """
     import signal
     import threading
 
     def handler(signum: int, frame: Any) -> None:
         _CTRL_C.update(seen=True, pending=False)
+        if signum == signal.SIGTERM:
+            _CTRL_C["terminated"] = True
+        if _CTRL_C["terminated"]:
+            raise Terminated()
         signal.default_int_handler(signum, frame)
 
     def redeliver() -> None:
         if _CTRL_C["pending"]:  # not once `stop_if_interrupted` has raised it meanwhile
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM if _CTRL_C["terminated"] else signal.SIGINT)
 
     previous_hook = getattr(sys.unraisablehook, "actsearch_previous", sys.unraisablehook)
 
@@ -568,17 +585,34 @@ def remember_ctrl_c() -> None:
             timer.start()
 
     unraisable_hook.actsearch_previous = previous_hook  # type: ignore[attr-defined]
-    _CTRL_C.update(seen=False, pending=False, redelivered=0)
+    _CTRL_C.update(seen=False, pending=False, redelivered=0, terminated=False)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
     sys.unraisablehook = unraisable_hook
 
 
 def stop_if_interrupted(what: str) -> None:
-    """Raises KeyboardInterrupt when Ctrl-C was pressed (see `remember_ctrl_c`), even if the
-    KeyboardInterrupt it raised was swallowed on the way."""
+    """Raises KeyboardInterrupt (`Terminated` after SIGTERM) when Ctrl-C was pressed or SIGTERM
+    came (see `remember_ctrl_c`), even if the exception it raised was swallowed on the way."""
     if _CTRL_C["seen"]:
         _CTRL_C["pending"] = False
+        if _CTRL_C["terminated"]:
+            raise Terminated(f"{what} was stopped by SIGTERM")
         raise KeyboardInterrupt(f"{what} was stopped")
+
+
+def stopped_by(error: BaseException | None = None) -> str:
+    """What stopped the process, for messages: "SIGTERM" when a `Terminated` is in `error`'s
+    chain or SIGTERM came (a wrapper may have re-raised it as a plain KeyboardInterrupt),
+    otherwise "Ctrl-C"."""
+    seen: set[int] = set()
+    current = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Terminated):
+            return "SIGTERM"
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return "SIGTERM" if _CTRL_C["terminated"] else "Ctrl-C"
 
 
 def interrupted_by_user(error: BaseException) -> bool:
@@ -603,5 +637,5 @@ __all__ = [
     "ARTIFACT_TYPES", "Artifact", "BaseExecutor", "Channel", "Component", "ComponentSpec",
     "ComponentDefinitionError", "ExecutorContext", "InputSpec", "OutputSpec", "Parameter",
     "ParameterError", "ProgressEvent", "REQUIRED", "executor_path", "interrupted_by_user",
-    "register_artifact_type", "remember_ctrl_c", "stop_if_interrupted",
+    "Terminated", "register_artifact_type", "remember_ctrl_c", "stop_if_interrupted", "stopped_by",
 ]

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -26,9 +27,9 @@ from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
-from components.base import remember_ctrl_c
+from components.base import remember_ctrl_c, stopped_by
 from pipeline import config as config_lib
-from pipeline.local_runner import PipelineError
+from pipeline.local_runner import PipelineError, run_id_problem
 from pipeline.metadata import MetadataStore
 from components.terminal import import_tensorflow_quietly, quiet_known_warnings
 
@@ -57,13 +58,71 @@ class UsageError(ValueError):
 def build_config(functions: bool = True) -> config_lib.PipelineConfig:
     """The configuration the flags give. Every value is checked before TensorFlow is imported
     (quietly: see `import_tensorflow_quietly`) to check the function names, so a typo in a
-    value costs no start-up; `functions=False` (runs, show) does not import it at all."""
+    value costs no start-up; `functions=False` (runs, show; run, which checks --run_id first and
+    then calls `check_functions`) does not import it."""
     overrides = {name: getattr(FLAGS, name) for name in _FIELDS if getattr(FLAGS, name) is not None}
     config = config_lib.preset(FLAGS.preset, overrides, functions=False)
     if functions:
-        import_tensorflow_quietly()
-        config.check_functions()
+        check_functions(config)
     return config
+
+
+def check_functions(config: config_lib.PipelineConfig) -> None:
+    """The last check of the flags: function names need the activations library, and with it
+    TensorFlow (seconds to import, quietly), so every cheaper check comes first."""
+    import_tensorflow_quietly()
+    config.check_functions()
+
+
+def check_run_id(root: str) -> None:
+    """A --run_id that cannot name a run, or names one the root already has, is a flag mistake
+    like any other: reported before TensorFlow is imported and the run announced, with exit 2."""
+    run_id = FLAGS.run_id
+    if run_id is None:
+        return
+    problem = run_id_problem(run_id)
+    if problem:
+        raise UsageError(f"--run_id: {problem}")
+    if _run_exists(root, run_id):
+        raise UsageError(f"--run_id: run {run_id!r} already exists under {root!r}; choose another id, "
+                         "or leave --run_id out for a new timestamped one")
+
+
+def _run_exists(root: str, run_id: str) -> bool:
+    """Whether the root records a run with this id (either runner's). A store that cannot be
+    read here is left to the runner, which reports it with its own words."""
+    if os.path.exists(os.path.join(root, "kfp-local", run_id)):
+        return True
+    path = os.path.join(root, "metadata.sqlite")
+    if not os.path.isfile(path):
+        return False
+    try:
+        with MetadataStore(path, read_only=True) as store:
+            return store.get_run(run_id) is not None
+    except sqlite3.Error:
+        return False
+
+
+COMPILE_SUFFIXES = (".yaml", ".yml", ".json")
+"""What KFP's compiler writes: YAML by the suffix, JSON (deprecated by KFP) for .json."""
+
+
+def check_output_path(output: str) -> None:
+    """`compile --output` is checked before any work: its suffix picks KFP's format, and a
+    parent that is a file would otherwise surface as makedirs' bare "File exists"."""
+    if not output.endswith(COMPILE_SUFFIXES):
+        raise UsageError(f"--output={output!r} must end with .yaml or .yml (KFP's pipeline format; "
+                         ".json also works but KFP deprecates it)")
+    path = os.path.abspath(output)
+    if os.path.isdir(path):
+        raise UsageError(f"--output={output!r} is a directory; name the file to write, "
+                         f"e.g. {os.path.join(output, 'pipeline.yaml')}")
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        kind = "a file, not a directory" if os.path.isfile(parent) else "not a directory"
+        raise UsageError(f"cannot write {output!r}: {parent!r} is {kind}")
 
 
 def pipeline_root(config: config_lib.PipelineConfig) -> str:
@@ -117,7 +176,9 @@ def _print_progress(event) -> None:
 
 
 def command_run() -> int:
-    config = build_config()
+    config = build_config(functions=False)
+    check_run_id(pipeline_root(config))
+    check_functions(config)
     from activations.layer import prefer_wide_vectors
     from pipeline.dag import create_pipeline
 
@@ -254,6 +315,7 @@ def _print_summary(run_json: str) -> None:
 
 
 def command_compile() -> int:
+    check_output_path(FLAGS.output)
     config = build_config()
     from pipeline.dag import create_pipeline
     from pipeline.kubeflow import compile_pipeline
@@ -295,12 +357,21 @@ def command_runs() -> int:
         print(f"{'run id':<28} {'status':<12} {'runner':<10} {'started':<20} {'took':>8}  "
               "components (complete/cached/failed)")
         for run in runs:
-            states = [e.state for e in store.executions(run.run_id)]
             took = f"{run.end_time - run.start_time:7.0f}s" if run.end_time else "       -"
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time))
             print(f"{run.run_id:<28} {live(run.status):<12} {run.runner:<10} {started:<20} {took}  "
-                  f"{states.count('COMPLETE')}/{states.count('CACHED')}/{states.count('FAILED')}")
+                  f"{_component_counts([live(e.state) for e in store.executions(run.run_id)])}")
     return 0
+
+
+def _component_counts(states: list[str]) -> str:
+    """complete/cached/failed, and the steps Ctrl-C, SIGTERM or a dead process stopped apart
+    (they are not broken and run again next time): "4/2/0, 1 interrupted"."""
+    from pipeline import metadata
+
+    counts = "/".join(str(states.count(state)) for state in (metadata.COMPLETE, metadata.CACHED, metadata.FAILED))
+    stopped = states.count(metadata.INTERRUPTED)
+    return f"{counts}, {stopped} interrupted" if stopped else counts
 
 
 def _live_status(root: str) -> Callable[[str], str]:
@@ -344,7 +415,9 @@ def command_show(run_id: str) -> int:
 
 
 def _print_function_lineage(activation_json: str, search_uri: str) -> None:
-    """How evolution arrived at the exported function: its trial and its ancestors."""
+    """How evolution arrived at the exported function: its trial and its ancestors. `activations`
+    imports TensorFlow: quietly, as `run` does, or its native start-up notes fill the terminal."""
+    import_tensorflow_quietly()
     import activations
     from components.tuner import read_trials
 
@@ -396,14 +469,8 @@ def main(argv: list[str]) -> int:
     except (UsageError, config_lib.ConfigError, ValueError) as error:
         print(f"actsearch {command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        again = f"Finished steps and trials are kept: {_run_again()} to continue where it stopped."
-        if command == "run":
-            print(f"\nactsearch {command}: interrupted. {again}{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
-                  file=sys.stderr)
-        else:
-            print(f"\nactsearch {command}: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        return _report_stop(command, stop)
     except PipelineError as error:  # a step failed (what ran is recorded), or the run could not start
         if FLAGS["verbosity"].present:
             traceback.print_exc()
@@ -414,6 +481,22 @@ def main(argv: list[str]) -> int:
             hint += _previous_deliverables(_RUN_ROOT, error.run_id)
         print(f"actsearch {command}: {error}{hint}", file=sys.stderr)
         return 1
+
+
+def _report_stop(command: str, stop: KeyboardInterrupt) -> int:
+    """Ctrl-C and SIGTERM (`docker stop`, an eviction, a job's time limit, `timeout`) both stop
+    a run cleanly (see `remember_ctrl_c`); the message says which, and how to continue. The exit
+    status is 128 + the signal's number, what a shell reports for a process the signal ended:
+    130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    terminated = stopped_by(stop) == "SIGTERM"
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    if command == "run":
+        again = f"Finished steps and trials are kept: {_run_again()} to continue where it stopped."
+        print(f"\nactsearch {command}: {what}. {again}{_previous_deliverables(_RUN_ROOT, FLAGS.run_id)}",
+              file=sys.stderr)
+    else:
+        print(f"\nactsearch {command}: {what}.", file=sys.stderr)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 def _run_again() -> str:

@@ -31,7 +31,7 @@ import json
 import math
 import re
 import shlex
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 MODELS = ("mlp", "small_cnn", "resnet20", "resnet56", "resnet56_v2", "wrn_10_4", "all_cnn_c")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -123,38 +123,15 @@ class PipelineConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if not any(self.data.startswith(scheme) for scheme in ("embedded:", "tfds:", "folder:")):
             raise ConfigError(f"data {self.data!r} must start with embedded:, tfds: or folder: (e.g. embedded:digits)")
-        for name in ("max_trials", "population_size", "tournament_size", "trial_epochs", "final_epochs",
-                     "seeds", "top_k", "batch_size", "parallel_trials"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name, minimum in (("max_examples", 3), ("trial_examples", 1), ("image_size", 1)):
-            value = getattr(self, name)
-            if value is not None and value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum} or none (no limit), got {value}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
-        for name in ("num_candidates", "rerank_seeds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, rule in NUMBER_RULES.items():
+            _check_number(name, getattr(self, name), rule)
         if self.tournament_size > self.population_size:
             raise ConfigError(
                 f"tournament_size ({self.tournament_size}) cannot exceed population_size ({self.population_size})"
             )
-        for name in ("validation_fraction", "test_fraction"):
-            if not 0.0 < getattr(self, name) < 0.5:
-                raise ConfigError(f"{name} must lie in (0, 0.5), got {getattr(self, name)}")
-        if not 0.0 <= self.stop_quantile < 1.0:
-            raise ConfigError(f"stop_quantile must lie in [0, 1) (0: no early stopping), got {self.stop_quantile}")
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfigError(f"alpha must lie in (0, 1), got {self.alpha}")
         if not self.pipeline_root.strip():  # an empty root would scatter a run's files in the current directory
             raise ConfigError(f"pipeline_root must name a directory for the run records and results "
                               f"(e.g. runs/demo), got {self.pipeline_root!r}")
-        if not (math.isfinite(self.threshold) and self.threshold >= 0):
-            raise ConfigError(f"threshold must be a finite number >= 0 (the least mean gain over relu that "
-                              f"recommends a function; a negative one would recommend worse functions), got {self.threshold}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not isinstance(self.resources, dict) or not all(isinstance(v, dict) for v in self.resources.values()):
             raise ConfigError(
                 "resources must map a component id to its settings, e.g. "
@@ -287,6 +264,58 @@ def _check_beam_options(options: list[str]) -> None:
         check_beam_options(options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberRule:
+    """What a numeric field allows: a finite int (`integer`) or number for which `ok` holds,
+    or None when `none` (no limit). `allowed` says it after the flag's name."""
+
+    allowed: str
+    ok: Callable[[float], bool]
+    integer: bool = False
+    none: bool = False
+
+
+def _at_least(minimum: int, none: bool = False) -> NumberRule:
+    return NumberRule(f"must be at least {minimum}" + (" or none (no limit)" if none else ""),
+                      lambda value: value >= minimum, integer=True, none=none)
+
+
+NUMBER_RULES: dict[str, NumberRule] = {
+    **{name: _at_least(1) for name in ("max_trials", "population_size", "tournament_size", "trial_epochs",
+                                       "final_epochs", "seeds", "top_k", "batch_size", "parallel_trials")},
+    "max_examples": _at_least(3, none=True),
+    "trial_examples": _at_least(1, none=True),
+    "image_size": _at_least(1, none=True),
+    "num_candidates": _at_least(0),
+    "rerank_seeds": _at_least(0),
+    "seed": NumberRule("must be a non-negative integer below 2**32", lambda value: 0 <= value < 2**32, integer=True),
+    "validation_fraction": NumberRule("must lie in (0, 0.5)", lambda value: 0 < value < 0.5),
+    "test_fraction": NumberRule("must lie in (0, 0.5)", lambda value: 0 < value < 0.5),
+    "learning_rate": NumberRule("must be a finite number > 0", lambda value: value > 0),
+    "weight_decay": NumberRule("must be a finite number >= 0 (0: none)", lambda value: value >= 0),
+    "warmup_epochs": NumberRule("must be a finite number >= 0 (0: no warm-up)", lambda value: value >= 0),
+    "stop_quantile": NumberRule("must lie in [0, 1) (0: no early stopping)", lambda value: 0 <= value < 1),
+    "threshold": NumberRule("must be a finite number >= 0 (the least mean gain over relu that recommends a "
+                            "function; a negative one would recommend worse functions)", lambda value: value >= 0),
+    "alpha": NumberRule("must lie in (0, 1)", lambda value: 0 < value < 1),
+}
+"""The rule of every int and float field (a test keeps it so), checked by `validate` before
+any work: NaN (false in every comparison, so `learning_rate <= 0` let it through), inf and
+out-of-range values fail at once, naming the flag and what it allows."""
+
+
+def _check_number(name: str, value: Any, rule: NumberRule) -> None:
+    """Raises ConfigError naming the flag (every field is one) and what it allows."""
+    if value is None and rule.none:
+        return
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if not (is_int or (not rule.integer and isinstance(value, float))):
+        raise ConfigError(f"--{name} must be {'an integer' if rule.integer else 'a number'}"
+                          f"{' or none (no limit)' if rule.none else ''}, got {value!r}")
+    if not (math.isfinite(value) and rule.ok(value)):
+        raise ConfigError(f"--{name} {rule.allowed}, got {value!r}")
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

@@ -45,7 +45,7 @@ from typing import IO, Any, Callable, Mapping
 
 from absl import logging
 
-from components.base import Artifact, Component, executor_path
+from components.base import Artifact, Component, executor_path, stopped_by
 from pipeline import kfp_entry
 from pipeline import metadata as md
 from pipeline.dag import Pipeline
@@ -503,7 +503,7 @@ class _KfpLocalRun:
         except BaseException as e:              # Ctrl-C (recorded, resumable) or kfp.local broke
             interrupted = not isinstance(e, Exception)
             self._record(doc, recorder, task_of, md.INTERRUPTED if interrupted else md.FAILED,
-                         "interrupted: the run was stopped before it finished" if interrupted
+                         f"interrupted: the run was stopped by {stopped_by(e)} before it finished" if interrupted
                          else f"kfp.local run failed: {type(e).__name__}: {e}", None)
             raise
         if error is None:
@@ -548,7 +548,7 @@ class _KfpLocalRun:
             doc["components"][c.id] = entry
         doc.update(status=status.lower(), error=error, results=results, end_time=_now())
         _write_json(self.run_json, doc)
-        recorder.finish(error or "the run ended before this step finished")
+        recorder.finish(error or "the run ended before this step finished", interrupted=status == md.INTERRUPTED)
         self.store.finish_run(self.run_id, status, error, results)
         return outputs, results
 
@@ -648,11 +648,13 @@ class _Recorder:
             out["duration_s"] = round(self.durations[cid], 3)
         return out
 
-    def finish(self, error: str) -> None:
-        """Steps still running when the run ended failed or were stopped."""
+    def finish(self, error: str, interrupted: bool = False) -> None:
+        """Steps still running when the run ended failed, or were stopped (`interrupted`: Ctrl-C
+        or SIGTERM, recorded as such and not as failures)."""
+        end = self.store.interrupt_execution if interrupted else self.store.fail_execution
         for cid, eid in self.running.items():
             self.durations[cid] = time.monotonic() - self._started[cid]
-            self.store.fail_execution(eid, error)
+            end(eid, error)
         self.running.clear()
 
     def _start(self, cid: str) -> None:

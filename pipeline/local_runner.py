@@ -36,12 +36,20 @@ from typing import Any, Callable, Iterator, Mapping
 from absl import logging
 
 from components.base import (Artifact, BaseExecutor, Component, ComponentSpec,
-                             ExecutorContext, ProgressEvent, executor_path,
-                             interrupted_by_user, stop_if_interrupted)
+                             ExecutorContext, ProgressEvent, Terminated, executor_path,
+                             interrupted_by_user, stop_if_interrupted, stopped_by)
 from pipeline import metadata as md
 from pipeline.dag import Pipeline
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why `run_id` cannot name a run (it becomes a directory name under the root), or None.
+    Shared with the CLI, which checks a --run_id before any work starts."""
+    if _RUN_ID.match(run_id):
+        return None
+    return f"run id {run_id!r} may contain only letters, digits, '_', '-', '.' and must start with a letter or digit"
 
 
 class PipelineError(RuntimeError):
@@ -57,7 +65,7 @@ class PipelineError(RuntimeError):
 @dataclasses.dataclass
 class ComponentResult:
     component_id: str
-    state: str                       # COMPLETE, CACHED or FAILED
+    state: str                       # COMPLETE, CACHED, FAILED or INTERRUPTED
     execution_id: int
     duration_s: float
     outputs: dict[str, list[Artifact]]
@@ -145,9 +153,9 @@ class LocalRunner:
         root = pipeline.pipeline_root
         _check_writable(root)
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        if not _RUN_ID.match(run_id):
-            raise PipelineError(f"run id {run_id!r} may contain only letters, digits, '_', "
-                                f"'-', '.'", run_id=run_id)
+        problem = run_id_problem(run_id)
+        if problem:
+            raise PipelineError(problem, run_id=run_id)
         with locked_store(root, self.metadata_path) as store:
             try:
                 store.create_run(run_id, pipeline.name, root)
@@ -192,13 +200,16 @@ class _Run:
                 current = component.id
                 self._run_component(component)
         except BaseException as e:
-            interrupted = not isinstance(e, Exception) or interrupted_by_user(e)
+            by_user = interrupted_by_user(e)               # Ctrl-C or SIGTERM, maybe wrapped
+            interrupted = by_user or not isinstance(e, Exception)
             status = md.INTERRUPTED if interrupted else md.FAILED
-            message = f"component {current!r} failed: {type(e).__name__}: {e}"
+            message = (f"component {current!r} was stopped by {stopped_by(e)}" if by_user
+                       else f"component {current!r} failed: {type(e).__name__}: {e}")
             self.store.finish_run(self.run_id, status, message, self.results)
             self._finish(status.lower(), message)
-            if interrupted and isinstance(e, Exception):   # Ctrl-C that TensorFlow wrapped
-                raise KeyboardInterrupt(f"component {current!r} was stopped") from e
+            if interrupted and isinstance(e, Exception):   # Ctrl-C or SIGTERM that TensorFlow wrapped
+                stop = Terminated if stopped_by(e) == "SIGTERM" else KeyboardInterrupt
+                raise stop(f"component {current!r} was stopped") from e
             if interrupted:
                 raise
             raise PipelineError(f"{message} (run {self.run_id}; see {self.run_json})",
@@ -274,24 +285,32 @@ class _Run:
                     results[ospec.publish_as] = output_dict[name][0].uri
             self.store.complete_execution(eid, output_dict, results)
         except BaseException as e:
-            duration = time.monotonic() - start
-            error = f"{type(e).__name__}: {e}" if str(e) or not isinstance(e, KeyboardInterrupt) \
-                else "KeyboardInterrupt (Ctrl-C)"
-            self.store.fail_execution(eid, error)
-            for paths in staged.values():
-                for path in paths:
-                    shutil.rmtree(path, ignore_errors=True)
-            self.components[cid] = ComponentResult(cid, md.FAILED, eid, duration, {}, error)
-            self._set_state(cid, self.components[cid])
-            if interrupted_by_user(e):
-                self.emit(ProgressEvent(cid, f"stopped by Ctrl-C after {duration:.1f} s"))
-            else:
-                self.emit(ProgressEvent(cid, f"FAILED after {duration:.1f} s: {error}"))
+            self._record_unfinished(cid, eid, e, time.monotonic() - start, staged)
             raise
         shutil.rmtree(resume_dir, ignore_errors=True)
         duration = time.monotonic() - start
         self.emit(ProgressEvent(cid, f"complete in {duration:.1f} s"))
         return ComponentResult(cid, md.COMPLETE, eid, duration, output_dict), results
+
+    def _record_unfinished(self, cid: str, eid: int, e: BaseException, duration: float,
+                           staged: dict[str, tuple[str, str]]) -> None:
+        """Records a step that raised: INTERRUPTED when Ctrl-C or SIGTERM stopped it (it is not
+        broken, and `runs`/`show` must not count it as failed), FAILED otherwise. Either way
+        nothing it staged is published and its resume state stays for the next run."""
+        if interrupted_by_user(e):
+            state, error = md.INTERRUPTED, f"stopped by {stopped_by(e)}"
+            self.store.interrupt_execution(eid, error)
+            line = f"{error} after {duration:.1f} s"
+        else:
+            state, error = md.FAILED, f"{type(e).__name__}: {e}"
+            self.store.fail_execution(eid, error)
+            line = f"FAILED after {duration:.1f} s: {error}"
+        for paths in staged.values():
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+        self.components[cid] = ComponentResult(cid, state, eid, duration, {}, error)
+        self._set_state(cid, self.components[cid])
+        self.emit(ProgressEvent(cid, line))
 
     def _note_unusable_attempts(self, component_id: str, resume_dir: str) -> None:
         """Says when an unfinished earlier attempt of this step cannot be continued: its

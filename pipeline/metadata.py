@@ -19,7 +19,9 @@ from components.base import Artifact
 
 # Execution states.
 RUNNING, COMPLETE, FAILED, CACHED = "RUNNING", "COMPLETE", "FAILED", "CACHED"
-# Run statuses (RUNNING, COMPLETE, FAILED as above, plus):
+# An execution or run stopped before it finished (Ctrl-C, SIGTERM, its process died): not a
+# failure of the step, which runs again (and continues from its resume state) on the next run.
+# Run statuses are RUNNING, COMPLETE, FAILED and INTERRUPTED.
 INTERRUPTED = "INTERRUPTED"
 
 _SCHEMA = """
@@ -174,10 +176,18 @@ class MetadataStore:
                                  cached_from, execution_id))
 
     def fail_execution(self, execution_id: int, error: str) -> None:
+        self._end_execution(execution_id, FAILED, error)
+
+    def interrupt_execution(self, execution_id: int, reason: str) -> None:
+        """Marks an execution stopped by Ctrl-C or SIGTERM INTERRUPTED, not FAILED: nothing is
+        wrong with the step, and `runs`/`show` say so."""
+        self._end_execution(execution_id, INTERRUPTED, reason)
+
+    def _end_execution(self, execution_id: int, state: str, error: str) -> None:
         with self._conn:
             self._conn.execute(
                 "UPDATE executions SET state = ?, end_time = ?, error = ? WHERE id = ?",
-                (FAILED, time.time(), error, execution_id))
+                (state, time.time(), error, execution_id))
 
     def record_cached(self, run_id: str, component_id: str, component_type: str,
                       source: ExecutionRecord, inputs: Mapping[str, list[Artifact]]) -> int:
@@ -198,14 +208,14 @@ class MetadataStore:
         return [_execution(r) for r in rows]
 
     def mark_interrupted(self, reason: str) -> list[ExecutionRecord]:
-        """Marks RUNNING executions FAILED and RUNNING runs INTERRUPTED (left by a process that
-        died); returns those executions so their partial outputs can be cleaned up."""
+        """Marks RUNNING executions and runs INTERRUPTED (left by a process that died); returns
+        those executions so their partial outputs can be cleaned up."""
         stale = [_execution(r) for r in self._conn.execute(
             "SELECT * FROM executions WHERE state = ?", (RUNNING,))]
         now = time.time()
         with self._conn:
             self._conn.execute("UPDATE executions SET state = ?, end_time = ?, error = ? "
-                               "WHERE state = ?", (FAILED, now, reason, RUNNING))
+                               "WHERE state = ?", (INTERRUPTED, now, reason, RUNNING))
             self._conn.execute("UPDATE runs SET status = ?, end_time = ?, error = ? "
                                "WHERE status = ?", (INTERRUPTED, now, reason, RUNNING))
         return stale

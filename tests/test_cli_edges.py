@@ -13,7 +13,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import signal
 import tempfile
+import time
 
 import pytest
 
@@ -53,6 +55,9 @@ class EchoExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
         if os.environ.get("EDGE_INTERRUPT"):
             raise KeyboardInterrupt
+        if os.environ.get("EDGE_WAIT"):  # for a signal from the test
+            open(os.environ["EDGE_WAIT"], "w").close()
+            time.sleep(120)
         shutil.copy(input_dict["note"][0].path("note.txt"), output_dict["echo"][0].path("note.txt"))
 
 
@@ -244,7 +249,7 @@ def test_an_early_ctrl_c_does_not_read_the_current_directory(tmp_path, monkeypat
     monkeypatch.setattr(activations.layer, "prefer_wide_vectors", lambda: None)
     monkeypatch.setattr(cli, "_RUN_ROOT", None)
 
-    def interrupted():
+    def interrupted(**kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_config", interrupted)
@@ -310,3 +315,129 @@ def test_a_bad_value_is_reported_before_tensorflow_is_imported(tmp_path):
                           timeout=120)
     assert done.returncode == 2 and "alpha must lie in (0, 1), got 2.0" in done.stderr
     assert "tensorflow imported: False" in done.stdout
+
+
+# ---- SIGTERM, interrupted steps in runs/show ---------------------------------------------------
+
+def test_sigterm_stops_a_run_like_ctrl_c_says_so_and_exits_143(tmp_path):
+    """`timeout`, `docker stop`, an eviction or a job's time limit send SIGTERM: the run is
+    recorded as interrupted, the hint to continue is printed, and the exit status is 128 + 15
+    (Ctrl-C's is 128 + 2)."""
+    root, marker = tmp_path / "root", tmp_path / "waiting"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = (f"import sys\nsys.path[:0] = [{tests_dir!r}, {str(PROJECT_ROOT)!r}]\n"
+              "import test_cli_edges as edges\n"
+              "from pipeline import cli\n"
+              "from pipeline.local_runner import LocalRunner\n"
+              "def run():\n"
+              f"    cli._RUN_ROOT = {str(root)!r}\n"
+              f"    LocalRunner(on_progress=print).run(edges.toy_pipeline({str(root)!r}))\n"
+              "    return 0\n"
+              "cli.command_run = run\n"
+              f"sys.argv = ['actsearch', 'run', '--pipeline_root={root}']\n"
+              "cli.run_main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, text=True,
+                            env={**os.environ, "EDGE_WAIT": str(marker)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, (out, err)
+    assert "[echo] stopped by SIGTERM after" in out
+    assert err.strip() == ("actsearch run: terminated (SIGTERM). Finished steps and trials are kept: "
+                           "run the same command again to continue where it stopped.")
+    doc = json.loads((root / "run.json").read_text())
+    assert doc["status"] == "interrupted" and doc["end_time"] is not None
+    assert doc["components"]["echo"]["state"] == "interrupted"
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        assert store.get_run(doc["run_id"]).status == "INTERRUPTED"
+    result = LocalRunner(on_progress=lambda event: None).run(toy_pipeline(root))
+    assert {cid: r.state for cid, r in result.components.items()} == {"write": "CACHED", "echo": "COMPLETE"}
+
+
+def test_an_interrupted_step_is_shown_as_interrupted_not_failed(tmp_path, monkeypatch, actsearch):
+    root = tmp_path / "root"
+    monkeypatch.setenv("EDGE_INTERRUPT", "1")
+    with pytest.raises(KeyboardInterrupt):
+        fake_run(root, run_id="stopped")
+    code, out, err = actsearch("show", "stopped", f"--pipeline_root={root}")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "run stopped (edge, runner local): INTERRUPTED - component 'echo' was stopped by Ctrl-C"
+    assert lines[-1].split()[:2] == ["echo", "INTERRUPTED"] and "FAILED" not in out
+    code, out, err = actsearch("runs", f"--pipeline_root={root}")
+    assert code == 0, err
+    assert out.splitlines()[1].split()[:2] == ["stopped", "INTERRUPTED"]
+    assert out.rstrip().endswith("1/0/0, 1 interrupted")   # not counted as failed
+
+
+def test_show_imports_tensorflow_quietly_for_the_lineage(tmp_path, monkeypatch):
+    """`show` prints the lineage with the activations library, which imports TensorFlow: its
+    native start-up notes stay out of the terminal, as under `run`."""
+    import components.tuner
+
+    imports = []
+    monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda *args, **kwargs: imports.append("quietly"))
+    monkeypatch.setattr(components.tuner, "read_trials", lambda uri: [])
+    activation = tmp_path / "activation.json"
+    activation.write_text(json.dumps({"expression": "x * sigmoid(beta * x)"}))
+    cli._print_function_lineage(str(activation), str(tmp_path))
+    assert imports == ["quietly"]
+
+
+# ---- --run_id and --output, checked before any work ---------------------------------------------
+
+@pytest.mark.parametrize("run_id,message", [
+    ("a b", "--run_id: run id 'a b' may contain only letters, digits, '_', '-', '.'"),
+    ("../escape", "--run_id: run id '../escape' may contain only letters"),
+    ("", "--run_id: run id '' may contain only letters"),
+    ("taken", "--run_id: run 'taken' already exists under"),
+])
+def test_a_bad_or_taken_run_id_is_a_usage_error_before_any_work(tmp_path, monkeypatch, actsearch, run_id, message):
+    root = tmp_path / "root"
+    fake_run(root, run_id="taken")
+    monkeypatch.setattr(cli, "check_functions", lambda config: pytest.fail("got past the run id check"))
+    for runner in ("local", "kfp-local"):
+        code, out, err = actsearch("run", f"--runner={runner}", f"--run_id={run_id}", f"--pipeline_root={root}")
+        assert code == 2 and out == ""
+        assert err.startswith(f"actsearch run: error: {message}") and err.count("\n") == 1
+
+
+def test_a_run_id_taken_by_a_kfp_local_run_is_refused_too(tmp_path, monkeypatch, actsearch):
+    root = tmp_path / "root"
+    (root / "kfp-local" / "k1").mkdir(parents=True)
+    monkeypatch.setattr(cli, "check_functions", lambda config: pytest.fail("got past the run id check"))
+    code, _, err = actsearch("run", "--run_id=k1", f"--pipeline_root={root}")
+    assert code == 2 and "--run_id: run 'k1' already exists" in err
+
+
+def test_compile_output_problems_are_named_before_any_work(tmp_path, monkeypatch, actsearch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(cli, "build_config", lambda: pytest.fail("got past the --output check"))
+    code, _, err = actsearch("compile", f"--output={tmp_path / 'afile' / 'sub' / 'p.yaml'}")
+    assert code == 2
+    assert f"'{tmp_path / 'afile'}' is a file, not a directory" in err and "File exists" not in err
+    code, _, err = actsearch("compile", f"--output={tmp_path / 'p.txt'}")
+    assert code == 2 and "must end with .yaml or .yml" in err and ".json also works" in err
+    (tmp_path / "dir.yaml").mkdir()
+    code, _, err = actsearch("compile", f"--output={tmp_path / 'dir.yaml'}")
+    assert code == 2 and "is a directory; name the file to write" in err
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--learning_rate=nan", "--learning_rate must be a finite number > 0, got nan"),
+    ("--learning_rate=inf", "--learning_rate must be a finite number > 0, got inf"),
+    ("--weight_decay=-1", "--weight_decay must be a finite number >= 0 (0: none), got -1.0"),
+    ("--warmup_epochs=-5", "--warmup_epochs must be a finite number >= 0 (0: no warm-up), got -5.0"),
+])
+def test_bad_numbers_are_usage_errors_naming_the_flag(tmp_path, monkeypatch, actsearch, flag, message):
+    monkeypatch.setattr(cli, "check_functions", lambda config: pytest.fail("got past the value checks"))
+    code, out, err = actsearch("run", flag, f"--pipeline_root={tmp_path / 'root'}")
+    assert code == 2 and out == ""
+    assert err == f"actsearch run: error: {message}\n" and "TrainConfig" not in err

@@ -160,3 +160,36 @@ def test_early_stopping_reaches_the_tuner_and_zero_switches_it_off():
     assert tuner_quantile() == 0.25 and tuner_quantile(stop_quantile="0.5") == 0.5
     assert tuner_quantile(stop_quantile="0") is None
     assert config_lib.preset("demo", {"resume_root": "/gcs/b/r"}).resume_root == "/gcs/b/r"
+
+
+def _numeric_fields(kind: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_lib.PipelineConfig) if f.type.split(" |")[0] == kind]
+
+
+def test_every_numeric_field_has_a_rule():
+    """NaN passes `x <= 0`-style checks, so every int and float field needs its own rule."""
+    assert set(config_lib.NUMBER_RULES) == set(_numeric_fields("int") + _numeric_fields("float"))
+    assert len(_numeric_fields("float")) >= 8
+
+
+@pytest.mark.parametrize("name", _numeric_fields("float"))
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])
+def test_no_float_field_takes_nan_or_infinity(name, value):
+    with pytest.raises(config_lib.ConfigError, match=f"^--{name} (must|.*lie in).*, got {str(float(value))}$"):
+        config_lib.preset("demo", {name: value}, functions=False)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"learning_rate": "0"}, "--learning_rate must be a finite number > 0, got 0.0"),
+    ({"learning_rate": "-0.1"}, "--learning_rate must be a finite number > 0, got -0.1"),
+    ({"weight_decay": "-1"}, r"--weight_decay must be a finite number >= 0 \(0: none\), got -1.0"),
+    ({"warmup_epochs": "-5"}, r"--warmup_epochs must be a finite number >= 0 \(0: no warm-up\), got -5.0"),
+    ({"validation_fraction": "0.5"}, r"--validation_fraction must lie in \(0, 0.5\), got 0.5"),
+    ({"seed": str(2**32)}, r"--seed must be a non-negative integer below 2\*\*32"),
+    ({"max_trials": 2.5}, "--max_trials must be an integer, got 2.5"),
+    ({"alpha": True}, "--alpha must be a number, got True"),
+])
+def test_out_of_range_numbers_name_the_flag_and_what_is_allowed(overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=f"^{message}"):
+        config_lib.preset("demo", overrides, functions=False)
+    assert config_lib.preset("demo", {"weight_decay": "0", "warmup_epochs": "0"}, functions=False).weight_decay == 0

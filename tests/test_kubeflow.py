@@ -362,7 +362,8 @@ def test_kfp_local_step_resumes_in_a_stable_directory(tmp_path, monkeypatch):
     with MetadataStore(str(root / "metadata.sqlite")) as store:
         assert store.get_run("first").status == "INTERRUPTED"
         search = store.executions("first")[-1]
-        assert search.component_id == "search" and search.state == "FAILED"
+        assert search.component_id == "search" and search.state == "INTERRUPTED"   # stopped, not failed
+        assert search.error == "interrupted: the run was stopped by Ctrl-C before it finished"
         key = search.cache_key.removeprefix("kfp-local:")
         assert os.path.basename(work) == key[:16]       # the step's key is the runner's
 

@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import signal
 import textwrap
+import time
 
 import pytest
 
@@ -132,6 +134,9 @@ class SearchExecutor(BaseExecutor):
             _count(self.context)                      # one line per step actually computed
             if os.environ.get("TOY_FAIL_AT_STEP") == str(step):
                 raise RuntimeError(f"stopped at step {step}")
+            if os.environ.get("TOY_WAIT_AT_STEP") == str(step):  # for a signal from the test
+                open(os.environ["TOY_WAIT_MARKER"], "w").close()
+                time.sleep(120)
             with open(state_path, "w") as f:
                 json.dump({"done": step}, f)
             self.context.progress(f"step {step}", done=step, total=total)
@@ -150,6 +155,12 @@ def build(root, factor: float = 2.0, enable_cache: bool = True) -> Pipeline:
                     factor=10)
     total = Sum(numbers=[scale.outputs["scaled"], scale_b.outputs["scaled"]])
     return Pipeline("toy", [total, scale_b, scale, source], root, enable_cache=enable_cache)
+
+
+def search_pipeline(root) -> Pipeline:
+    """source -> search (5 steps, each checkpointed in its resume directory)."""
+    source = Source()
+    return Pipeline("search", [source, Search(numbers=source.outputs["numbers"], steps=5)], str(root))
 
 
 @pytest.fixture
@@ -275,9 +286,15 @@ def test_keyboard_interrupt_is_recorded_and_propagates(env, monkeypatch):
     monkeypatch.setenv("TOY_INTERRUPT", "scale")
     with pytest.raises(KeyboardInterrupt):
         LocalRunner().run(build(root))
-    assert json.load(open(root / "run.json"))["status"] == "interrupted"
+    doc = json.load(open(root / "run.json"))
+    assert doc["status"] == "interrupted" and doc["error"] == "component 'scale' was stopped by Ctrl-C"
+    assert doc["components"]["scale"]["state"] == "interrupted"
+    assert doc["components"]["scale"]["error"] == "stopped by Ctrl-C"
     with MetadataStore(str(root / "metadata.sqlite")) as store:
-        assert "KeyboardInterrupt" in store.get_run(json.load(open(root / "run.json"))["run_id"]).error
+        run = store.get_run(doc["run_id"])
+        assert run.status == "INTERRUPTED" and run.error == "component 'scale' was stopped by Ctrl-C"
+        stopped = store.executions(run.run_id)[-1]
+        assert (stopped.component_id, stopped.state, stopped.error) == ("scale", "INTERRUPTED", "stopped by Ctrl-C")
     events = []
     with pytest.raises(KeyboardInterrupt):
         LocalRunner(on_progress=events.append).run(build(root))
@@ -323,8 +340,58 @@ def test_killed_process_leaves_running_execution_treated_as_unfinished(env):
     assert not (root / "scale" / "scaled" / f".{killed_id}.tmp").exists()
     with MetadataStore(result.metadata_path) as store:
         killed = store.get_execution(killed_id)
-        assert killed.state == "FAILED" and "interrupted" in killed.error
+        assert killed.state == "INTERRUPTED" and "interrupted" in killed.error
         assert store.get_run(doc["run_id"]).status == "INTERRUPTED"
+
+
+def test_sigterm_is_recorded_as_an_interruption_and_the_next_run_resumes(env, tmp_path):
+    """SIGTERM (docker stop, an eviction, a job's time limit) stops a run as Ctrl-C does once
+    `remember_ctrl_c` is installed: the run and the step are INTERRUPTED, not left RUNNING,
+    and the next run continues the step from its resume state."""
+    root, calls = env
+    marker = tmp_path / "waiting"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = textwrap.dedent(f"""
+        import importlib, sys
+        sys.path[:0] = [{tests_dir!r}, {os.path.dirname(tests_dir)!r}]
+        toy = importlib.import_module({__name__!r})
+        from components.base import remember_ctrl_c
+        from pipeline.local_runner import LocalRunner
+        remember_ctrl_c()
+        try:
+            LocalRunner(on_progress=print).run(toy.search_pipeline({str(root)!r}))
+        except KeyboardInterrupt as stop:
+            print("stopped:", type(stop).__name__, stop)
+            sys.exit(143)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(tests_dir), text=True,
+                            env={**os.environ, "TOY_WAIT_AT_STEP": "3", "TOY_WAIT_MARKER": str(marker)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, (out, err)
+    assert "[search] stopped by SIGTERM after" in out and "stopped: Terminated terminated (SIGTERM)" in out
+    assert "Traceback" not in err
+    doc = json.load(open(root / "run.json"))
+    assert doc["status"] == "interrupted" and doc["end_time"] is not None
+    assert doc["error"] == "component 'search' was stopped by SIGTERM"
+    assert doc["components"]["search"]["state"] == "interrupted"
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        assert store.get_run(doc["run_id"]).status == "INTERRUPTED"
+        stopped = store.get_execution(doc["components"]["search"]["execution_id"])
+        assert (stopped.state, stopped.error) == ("INTERRUPTED", "stopped by SIGTERM")
+    assert calls("search") == 3                       # steps 1-2 checkpointed, 3 was under way
+
+    result = LocalRunner().run(search_pipeline(root))
+    assert states(result) == {"source": "CACHED", "search": "COMPLETE"}
+    assert calls("search") == 3 + 3                   # resumed: steps 3 to 5 only
 
 
 def test_resume_dir_lets_long_work_continue_after_failure(env, monkeypatch):
