@@ -23,7 +23,7 @@ import sqlite3
 import sys
 import time
 import traceback
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import app, flags, logging
 
@@ -43,12 +43,32 @@ flags.DEFINE_enum("target", "kubeflow", ["kubeflow"], "compile: the orchestrator
 flags.DEFINE_string("output", "pipeline.yaml", "compile: where to write the compiled pipeline.")
 flags.DEFINE_string("run_id", None, "run: id of the new run (default: a timestamp).")
 
+
+
+def preset_defaults(name: str) -> str:
+    """What a field is when no flag sets it, per preset, for its --help line (the flags
+    themselves default to None: the preset decides)."""
+    base = getattr(config_lib.PipelineConfig(), name)
+    if isinstance(base, dict):
+        return " Default: per preset, see pipeline/config.py."
+
+    def text(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value)) or "none"
+        return "none" if value is None or value == "" else str(value)
+
+    values = {preset: text(config_lib.PRESETS[preset].get(name, base)) for preset in sorted(config_lib.PRESETS)}
+    if len(set(values.values())) == 1:
+        return f" Default: {text(base)}."
+    return " Default: " + "; ".join(f"{value} ({preset})" for preset, value in values.items()) + "."
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(config_lib.PipelineConfig)}
 for _name, _field in _FIELDS.items():
     if _field.type == "bool":  # --augment, --noaugment and --augment=true all work
-        flags.DEFINE_bool(_name, None, f"{config_lib.FIELD_HELP[_name]}.")
+        flags.DEFINE_bool(_name, None, f"{config_lib.FIELD_HELP[_name]}.{preset_defaults(_name)}")
     else:
-        flags.DEFINE_string(_name, None, f"{config_lib.FIELD_HELP[_name]} ({_field.type}).")
+        flags.DEFINE_string(_name, None, f"{config_lib.FIELD_HELP[_name]} ({_field.type}).{preset_defaults(_name)}")
 
 
 class UsageError(ValueError):

@@ -441,3 +441,13 @@ def test_bad_numbers_are_usage_errors_naming_the_flag(tmp_path, monkeypatch, act
     code, out, err = actsearch("run", flag, f"--pipeline_root={tmp_path / 'root'}")
     assert code == 2 and out == ""
     assert err == f"actsearch run: error: {message}\n" and "TrainConfig" not in err
+
+
+def test_help_gives_each_flag_its_default_per_preset():
+    from pipeline import config as config_lib
+
+    assert cli.preset_defaults("max_trials") == " Default: 30 (cifar10); 24 (demo); 1000 (paper)."
+    assert cli.preset_defaults("alpha") == f" Default: {config_lib.PipelineConfig().alpha}."  # no preset sets it
+    assert cli.preset_defaults("resources") == " Default: per preset, see pipeline/config.py."
+    assert cli.FLAGS["max_trials"].help.endswith("Default: 30 (cifar10); 24 (demo); 1000 (paper).")
+    assert cli.FLAGS["augment"].help.endswith("Default: True (cifar10); False (demo); True (paper).")
