@@ -301,9 +301,12 @@ def _quiet_kernel_retracing_notes() -> None:
     those, matched by this module's function name) are dropped."""
     import logging
 
-    logging.getLogger("tensorflow").addFilter(
-        lambda record: not ("triggered tf.function retracing" in record.getMessage()
-                            and "_fused_kernel.<locals>" in record.getMessage()))
+    logging.getLogger("tensorflow").addFilter(_not_a_kernel_retracing_note)
+
+
+def _not_a_kernel_retracing_note(record) -> bool:
+    message = record.getMessage()
+    return not ("triggered tf.function retracing" in message and "_fused_kernel.<locals>" in message)
 
 
 @functools.lru_cache(maxsize=1024)
