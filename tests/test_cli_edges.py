@@ -21,7 +21,7 @@ import pytest
 
 from components.base import (BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec,
                              register_artifact_type)
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, run_and_signal
 from pipeline import cli
 from pipeline.dag import Pipeline
 from pipeline.local_runner import LocalRunner, PipelineError
@@ -336,19 +336,9 @@ def test_sigterm_stops_a_run_like_ctrl_c_says_so_and_exits_143(tmp_path):
               "cli.command_run = run\n"
               f"sys.argv = ['actsearch', 'run', '--pipeline_root={root}']\n"
               "cli.run_main()\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, text=True,
-                            env={**os.environ, "EDGE_WAIT": str(marker)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, (out, err)
+    code, out, err = run_and_signal([sys.executable, "-c", script], marker, signal.SIGTERM,
+                                    env={**os.environ, "EDGE_WAIT": str(marker)}, cwd=PROJECT_ROOT)
+    assert code == 143, (out, err)
     assert "[echo] stopped by SIGTERM after" in out
     assert err.strip() == ("actsearch run: terminated (SIGTERM). Finished steps and trials are kept: "
                            "run the same command again to continue where it stopped.")

@@ -94,28 +94,17 @@ def test_an_unblessed_export_is_chosen_by_validation_accuracy_not_by_the_test_ac
         evaluate(missing), "elu(x)", False, missing)
 
 
-def _trained_models_with_a_model(tmp_path, source: str, num_classes: int):
-    """A TrainedModels artifact whose elu(x) seed 0 has a small saved model and a result.json,
-    and the Evaluation of its runs (nothing blessed)."""
+def _evaluate_relu_against_elu(tmp_path, trained, run_dir, elu_mean):
+    """Final runs of relu (mean 0.80) and elu(x) (`elu_mean`), four seeds each, the first elu
+    run with the model saved under `run_dir`; returns the Evaluator's artifact for them."""
     import json
     import os
-
-    import keras
 
     from components.base import Artifact
     from components.evaluator import EvaluatorExecutor
 
-    trained = Artifact("TrainedModels", str(tmp_path / "trained"))
-    run_dir = os.path.join("runs", "elu-seed0")
-    os.makedirs(trained.path(run_dir))
-    inputs = keras.Input((8, 8, 1))
-    keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))).save(
-        trained.path(run_dir, "model.keras"))
-    with open(trained.path(run_dir, "result.json"), "w") as f:
-        json.dump({"data": {"source": source, "input_shape": [8, 8, 1], "num_classes": num_classes,
-                            "normalization": {"normalize": "unit"}}}, f)
     with open(trained.path("runs.jsonl"), "w") as f:
-        for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", 0.79, "discovered")):
+        for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", elu_mean, "discovered")):
             for seed in range(4):
                 real = name == "elu(x)" and seed == 0
                 f.write(json.dumps({"function": name, "seed": seed, "kind": kind, "origin": kind,
@@ -126,6 +115,29 @@ def _trained_models_with_a_model(tmp_path, source: str, num_classes: int):
     os.makedirs(evaluation.uri)
     EvaluatorExecutor().Do({"trained_models": [trained]}, {"evaluation": [evaluation]},
                            {"baseline": "relu", "threshold": 0.0, "alpha": 0.05, "min_seeds": 3})
+    return evaluation
+
+
+def _trained_models_with_a_model(tmp_path, source: str, num_classes: int):
+    """A TrainedModels artifact whose elu(x) seed 0 has a small saved model and a result.json,
+    and the Evaluation of its runs (nothing blessed)."""
+    import json
+    import os
+
+    import keras
+
+    from components.base import Artifact
+
+    trained = Artifact("TrainedModels", str(tmp_path / "trained"))
+    run_dir = os.path.join("runs", "elu-seed0")
+    os.makedirs(trained.path(run_dir))
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))).save(
+        trained.path(run_dir, "model.keras"))
+    with open(trained.path(run_dir, "result.json"), "w") as f:
+        json.dump({"data": {"source": source, "input_shape": [8, 8, 1], "num_classes": num_classes,
+                            "normalization": {"normalize": "unit"}}}, f)
+    evaluation = _evaluate_relu_against_elu(tmp_path, trained, run_dir, elu_mean=0.79)
     return trained, evaluation
 
 
@@ -243,7 +255,6 @@ def test_the_exported_model_takes_raw_images_and_normalises_them_as_training_did
     import numpy as np
 
     from components.base import Artifact
-    from components.evaluator import EvaluatorExecutor
     from components.exporter import ExporterExecutor
     from conftest import PROJECT_ROOT
     from trainer.input_pipeline import make_pipeline
@@ -257,18 +268,7 @@ def test_the_exported_model_takes_raw_images_and_normalises_them_as_training_did
                          quiet=True, tensorboard=False, save_model=True, output_dir=trained.path(run_dir))
     result = train(config, data)
     assert result.data["normalization"]["normalize"] == "per_channel"
-    with open(trained.path("runs.jsonl"), "w") as f:
-        for name, mean, kind in (("relu", 0.80, "baseline"), ("elu(x)", 0.90, "discovered")):
-            for seed in range(4):
-                real = name == "elu(x)" and seed == 0
-                f.write(json.dumps({"function": name, "seed": seed, "kind": kind, "origin": kind,
-                                    "test_accuracy": mean + 0.002 * seed, "val_accuracy": mean,
-                                    "learned_parameters": {}, "run_dir": run_dir if real else None,
-                                    "model_path": os.path.join(run_dir, "model.keras") if real else None}) + "\n")
-    evaluation = Artifact("Evaluation", str(tmp_path / "evaluation"))
-    os.makedirs(evaluation.uri)
-    EvaluatorExecutor().Do({"trained_models": [trained]}, {"evaluation": [evaluation]},
-                           {"baseline": "relu", "threshold": 0.0, "alpha": 0.05, "min_seeds": 3})
+    evaluation = _evaluate_relu_against_elu(tmp_path, trained, run_dir, elu_mean=0.90)
     exported = Artifact("ExportedActivation", str(tmp_path / "exported"))
     os.makedirs(exported.uri)
     ExporterExecutor().Do({"evaluation": [evaluation], "trained_models": [trained]}, {"exported": [exported]},

@@ -20,6 +20,7 @@ from components.base import (ARTIFACT_TYPES, Artifact, BaseExecutor, Component,
 from pipeline.dag import Pipeline, PipelineDefinitionError
 from pipeline.local_runner import LocalRunner, PipelineError
 from pipeline.metadata import MetadataStore
+from conftest import run_and_signal
 
 register_artifact_type("Numbers", "A JSON list of numbers (toy type for tests).")
 
@@ -364,19 +365,10 @@ def test_sigterm_is_recorded_as_an_interruption_and_the_next_run_resumes(env, tm
             print("stopped:", type(stop).__name__, stop)
             sys.exit(143)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(tests_dir), text=True,
-                            env={**os.environ, "TOY_WAIT_AT_STEP": "3", "TOY_WAIT_MARKER": str(marker)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, (out, err)
+    code, out, err = run_and_signal([sys.executable, "-c", script], marker, signal.SIGTERM,
+                                    env={**os.environ, "TOY_WAIT_AT_STEP": "3", "TOY_WAIT_MARKER": str(marker)},
+                                    cwd=os.path.dirname(tests_dir))
+    assert code == 143, (out, err)
     assert "[search] stopped by SIGTERM after" in out and "stopped: Terminated terminated (SIGTERM)" in out
     assert "Traceback" not in err
     doc = json.load(open(root / "run.json"))
