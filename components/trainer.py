@@ -73,7 +73,8 @@ def search_origin(item: Mapping[str, Any]) -> str:
 
 def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k: int, extra: list[str]) -> list[dict]:
     """[{function, kind, origin}] : baselines by name, then the top-k distinct functions of the
-    search that are not the same function as a baseline, then extra expressions.
+    search that are not the same function as a baseline, then extra expressions. A baseline
+    the search also ranked says so in its origin, as it is trained once.
 
     A search result is trained in its simplest form (`activations.simplify`: no dead terms or
     parameters), which is the function users get; `searched_as` keeps the search's spelling."""
@@ -82,10 +83,14 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
 
     chosen = [{"function": name, "kind": "baseline", "origin": "baseline"} for name in baselines]
     seen = {activations.fingerprint(expression_for(name)) for name in baselines}
-    for item in top:
+    baseline_of = dict(zip((activations.fingerprint(expression_for(name)) for name in baselines), chosen))
+    for rank, item in enumerate(top, 1):
         if sum(1 for c in chosen if c["kind"] == "discovered") >= top_k:
             break
         fingerprint = item.get("fingerprint") or activations.fingerprint(item["expression"])
+        found = baseline_of.pop(fingerprint, None)
+        if found is not None:  # trained once, as the baseline; the report says the search found it
+            found["origin"] += f"; also the search's #{rank} ({search_origin(item)})"
         if fingerprint not in seen:
             seen.add(fingerprint)
             searched = activations.parse(item["expression"])

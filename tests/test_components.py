@@ -18,7 +18,8 @@ def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_fr
     chosen = functions_to_train(["relu", "swish"], top, top_k=2, extra=["relu(x) + 0 * x", "sin(x)"])
     assert [c["function"] for c in chosen] == ["relu", "swish", "elu(x)", "mish(mul(alpha,x))", "sin(x)"]
     origins = {c["function"]: c["origin"] for c in chosen}
-    # The learnable Swish of trial 01 is the named swish baseline: not trained twice.
+    # The learnable Swish of trial 01 is the named swish baseline: not trained twice, and said.
+    assert origins["swish"] == "baseline; also the search's #1 (search initial candidate, trial 01)"
     assert origins["elu(x)"] == "search initial candidate, trial 03"
     assert origins["mish(mul(alpha,x))"] == "evolved (insert), generation 2, trial 11"
     # A roundabout spelling is trained in its simplest form, and says how the search wrote it.
