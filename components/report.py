@@ -49,6 +49,7 @@ def write_report(
     top_trials: int = 10,
     command: str = "",
     exported: Mapping[str, Any] | None = None,
+    skipped_files: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
     """Writes `report.md`, `report.html` and their figures into `output_dir`.
 
@@ -122,7 +123,7 @@ def write_report(
         doc.table(*_history_table(history))
     if trials:
         _trials_section(doc, trials, top_trials)
-    _reproduce_section(doc, config, runs, evaluation, command)
+    _reproduce_section(doc, config, runs, evaluation, command, skipped_files or [])
     _runs_section(doc, runs, evaluation.metric)
 
     md_path = out / "report.md"
@@ -244,7 +245,12 @@ def _simplest_form(text: str) -> Any:
     return "—" if simplest == expression else _Code(simplest.infix())
 
 
-def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation, command: str) -> None:
+SKIPPED_LISTED = 10
+"""Skipped images named in the report; statistics.json lists all of them."""
+
+
+def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation, command: str,
+                       skipped_files: Sequence[str]) -> None:
     doc.heading("Reproducing this result")
     if command:
         doc.paragraph("The same run from the command line, from the directory it was started in (relative "
@@ -262,6 +268,11 @@ def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Ev
     rows.append([_Code("functions compared"),
                  _Code(", ".join(f.function for f in ev.functions))])
     doc.table(["Setting", "Value"], rows)
+    if skipped_files:
+        named = ", ".join(f"`{path}`" for path in skipped_files[:SKIPPED_LISTED])
+        more = f" and {len(skipped_files) - SKIPPED_LISTED} more" if len(skipped_files) > SKIPPED_LISTED else ""
+        doc.paragraph(f"{len(skipped_files)} image file(s) of the data source could not be decoded and were "
+                      f"left out (`skip_corrupt`): {named}{more}; ExampleGen's statistics.json lists them all.")
 
 
 def _runs_section(doc: "_Document", runs, metric: str) -> None:

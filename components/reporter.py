@@ -23,6 +23,7 @@ class ReporterSpec(ComponentSpec):
         "trained_models": InputSpec("TrainedModels"),
         "search_results": InputSpec("SearchResults", optional=True),
         "exported": InputSpec("ExportedActivation", optional=True),
+        "examples": InputSpec("Examples", optional=True, doc="its statistics.json lists images skipped as corrupt"),
     }
     OUTPUTS = {
         "report": OutputSpec("Report"),
@@ -71,9 +72,14 @@ class ReporterExecutor(BaseExecutor):
         if input_dict.get("exported"):
             with open(os.path.join(input_dict["exported"][0].uri, "activation.json")) as f:
                 exported = json.load(f).get("evaluation")
+        skipped = None
+        if input_dict.get("examples"):
+            from components.example_gen import read_statistics
+
+            skipped = read_statistics(input_dict["examples"][0]).get("skipped_files")
         _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
                                     function_plots=plots, config=config, title=exec_properties["title"],
-                                    command=exec_properties["command"], exported=exported)
+                                    command=exec_properties["command"], exported=exported, skipped_files=skipped)
         self.context.register_result("report", str(html_path))
         self.context.register_result("report_markdown", report.path("report.md"))
 

@@ -163,7 +163,7 @@ def create_pipeline(config) -> Pipeline:
     reporter = Reporter(
         evaluation=evaluator.outputs["evaluation"], trained_models=trainer.outputs["trained_models"],
         search_results=tuner.outputs["search_results"], exported=exporter.outputs["exported"],
-        config=config.to_dict(), title=f"{config.name}: activation functions for {config.model} on {config.data}",
+        examples=example_gen.outputs["examples"], config=config.to_dict(), title=f"{config.name}: activation functions for {config.model} on {config.data}",
         command=command_line(config),
     )
     components = [example_gen, candidate_gen, tuner, trainer, evaluator, exporter, reporter]

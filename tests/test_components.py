@@ -631,6 +631,7 @@ def test_example_gen_resizes_and_skips_corrupt_images_when_asked(tmp_path):
     examples = run(image_size=8, skip_corrupt=True)
     stats = json.load(open(examples.path("statistics.json")))
     assert stats["input_shape"] == [8, 8, 3] and sum(stats["num_examples"].values()) == 20
+    assert [os.path.basename(path) for path in stats["skipped_files"]] == ["broken.png"]  # the report names it
     assert read_examples(examples).arrays("train")[0].shape[1:] == (8, 8, 3)
 
 

@@ -105,6 +105,12 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     for text in ("data.name", "digits", "budget.epochs", "model.width", "seeds (final runs)"):
         assert text in md
     assert "| `precision (final runs)` | `mixed_bfloat16` |" in md  # what `auto` chose
+    assert "could not be decoded" not in md  # nothing was skipped
+    skipped = [f"cat/{i}.jpg" for i in range(12)]
+    md = _write(tmp_path, inputs, skipped_files=skipped)[0].read_text()
+    assert ("12 image file(s) of the data source could not be decoded and were left out (`skip_corrupt`): "
+            "`cat/0.jpg`, `cat/1.jpg`,") in md
+    assert "`cat/9.jpg` and 2 more; ExampleGen's statistics.json lists them all." in md
     assert "Top 10 of 13 search trials" in md
     assert "| Rank | Trial | Expression | Fitness (val. acc. %) | Generation | Parents | Simplest form |" in md
     rows = re.findall(r"^\| (\d+) \| `(\d+)` \| `tanh\(x\)\*(\d+)` \| ([\d.]+) \| \d+ \| ([^|]+) \|", md, re.M)
