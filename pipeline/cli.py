@@ -534,7 +534,21 @@ def run_main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     remember_ctrl_c()
     _show_usage_in_help()
-    app.run(main)
+    try:
+        app.run(main)
+    except SystemExit as stop:
+        if stop.code == 1 and only_asks_for_help(sys.argv[1:]):
+            sys.exit(0)  # absl exits 1 after printing the help it was asked for
+        raise
+
+
+HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
+
+
+def only_asks_for_help(arguments: list[str]) -> bool:
+    """True for `actsearch [command] --help`: nothing on the line but help flags and command
+    names, so the help printed was the whole answer (not a usage error)."""
+    return any(a in HELP_FLAGS for a in arguments) and all(a in HELP_FLAGS or a in COMMANDS for a in arguments)
 
 
 def _show_usage_in_help() -> None:

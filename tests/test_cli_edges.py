@@ -441,3 +441,12 @@ def test_help_gives_each_flag_its_default_per_preset():
     assert cli.preset_defaults("resources") == " Default: per preset, see pipeline/config.py."
     assert cli.FLAGS["max_trials"].help.endswith("Default: 30 (cifar10); 24 (demo); 1000 (paper).")
     assert cli.FLAGS["augment"].help.endswith("Default: True (cifar10); False (demo); True (paper).")
+
+
+@pytest.mark.parametrize("arguments, code", [(["--help"], 0), (["run", "--help"], 0), (["--nosuchflag", "--help"], 1)])
+def test_asking_for_help_exits_0_and_a_usage_error_does_not(arguments, code):
+    script = f"import sys\nfrom pipeline import cli\nsys.argv = ['actsearch', *{arguments!r}]\ncli.run_main()\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+    if code == 0:
+        assert "--max_trials: number of search trials" in done.stdout
