@@ -45,10 +45,13 @@ flags.DEFINE_string("run_id", None, "run: id of the new run (default: a timestam
 
 
 
+_DEFAULT_CONFIG = config_lib.PipelineConfig()  # built once for every flag's help
+
+
 def preset_defaults(name: str) -> str:
     """What a field is when no flag sets it, per preset, for its --help line (the flags
     themselves default to None: the preset decides)."""
-    base = getattr(config_lib.PipelineConfig(), name)
+    base = getattr(_DEFAULT_CONFIG, name)
     if isinstance(base, dict):
         return " Default: per preset, see pipeline/config.py."
 
