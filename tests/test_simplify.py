@@ -47,6 +47,19 @@ from activations.space import get_space
         ("sum_n(x, 1.5, tanh(x), 0.5)", "sum_n(x,2,tanh(x))"),
         ("mish(x) + mish(x) - 2 * mish(x)", "0"),
         ("x + x * 0.1", "mul(1.1,x)"),
+        ("x * 2 * 3", "mul(6,x)"),                              # chains of constants are folded
+        ("2 * (3 * tanh(x))", "mul(6,tanh(x))"),
+        ("x * 2 * 0.5", "x"),
+        ("prod_n(2, x * 3, tanh(x))", "mul(6,prod_n(x,tanh(x)))"),
+        ("x + 0.1 + 0.2", "add(x,0.3)"),                        # not 0.30000000000000004
+        ("x + 0.1 - 0.3", "sub(x,0.2)"),
+        ("(x + 1) - 1", "x"),
+        ("(x + tanh(x)) - x", "tanh(x)"),
+        ("x - (1 - x)", "sub(mul(2,x),1)"),
+        ("(x + 1) - (relu(x) + 0.5)", "sub(add(x,0.5),relu(x))"),
+        ("sum_n(x, x + 1, 2)", "sum_n(mul(2,x),3)"),
+        ("alpha * x + 1 - alpha * x", "1"),                    # alpha cancels, whatever its value
+        ("-(2 * x)", "mul(-2,x)"),
     ],
 )
 def test_rules(text, expected):
@@ -88,6 +101,35 @@ def test_over_many_searched_expressions_the_function_stays_the_same_and_only_shr
                                    rtol=1e-6, atol=1e-9, err_msg=f"{expr} -> {simple}")
         changed += simple != expr
     assert changed >= 10, f"only {changed} of 150 expressions simplified: the test would prove little"
+
+
+def _random_arithmetic(rng: random.Random, depth: int):
+    if depth == 0 or rng.random() < 0.25:
+        return rng.choice(["x", "alpha", "tanh(x)", "relu(x)", str(rng.choice([0.5, 1, 2, 3, 0.1, -1]))])
+    operator = rng.choice(["+", "-", "*", "sum_n", "prod_n", "neg"])
+    if operator == "neg":
+        return f"-({_random_arithmetic(rng, depth - 1)})"
+    args = [_random_arithmetic(rng, depth - 1) for _ in range(2 if operator in "+-*" else rng.randint(2, 4))]
+    return f"({args[0]} {operator} {args[1]})" if operator in "+-*" else f"{operator}({', '.join(args)})"
+
+
+def test_the_rules_alone_keep_the_function_of_nested_arithmetic(monkeypatch):
+    # With the guard off, every rewrite of nested sums, differences and products of constants
+    # and terms must still compute the same function, and simplifying twice changes nothing.
+    monkeypatch.setattr(simplify_module, "_same_function", lambda original, simplified: True)
+    rng = random.Random(3)
+    shrunk = 0
+    for _ in range(300):
+        expr = parse(_random_arithmetic(rng, 4))
+        simple = simplify(expr)
+        assert simple.nodes <= expr.nodes, f"{expr} -> {simple}"
+        assert simplify(simple) == simple, f"{expr} -> {simple} -> {simplify(simple)}"
+        for alpha in (-1.7, 0.6):
+            params = {"alpha": alpha}
+            np.testing.assert_allclose(_function_values(simple, params), _function_values(expr, params),
+                                       rtol=1e-6, atol=1e-9, err_msg=f"{expr} -> {simple}")
+        shrunk += simple.nodes < expr.nodes
+    assert shrunk >= 100, f"only {shrunk} of 300 expressions shrank"
 
 
 def test_a_rewrite_that_changes_the_function_is_refused(monkeypatch):
