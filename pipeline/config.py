@@ -18,7 +18,7 @@ search, final training, evaluation and runtime. Three presets are complete confi
 
 `resources` holds the Kubeflow resource requests per component id (`cpu`, `memory`,
 `accelerator`, `accelerator_count`, `retries`, ...; see `pipeline.kubeflow.RESOURCE_KEYS`); on the
-command line it is JSON and replaces the preset's whole mapping.
+command line it is JSON, laid over the preset's mapping as a merge patch (`merge_resources`).
 
 Any field can be overridden (`with_overrides`), and unknown fields or bad values are rejected
 before any work starts, naming the field and what is allowed.
@@ -232,7 +232,8 @@ FIELD_HELP: dict[str, str] = {
                    "finished outputs, so a preempted or failed step continues and a re-run reuses finished "
                    "steps (empty: a step starts over)",
     "resources": "JSON mapping component id to Kubeflow resource requests, e.g. "
-                 '{"trainer": {"cpu": "8", "memory": "32G"}} (replaces the preset\'s mapping)',
+                 '{"trainer": {"cpu": "8", "memory": "32G"}}, laid over the preset\'s requests '
+                 '(null removes a setting or a step\'s requests)',
 }
 """What each `PipelineConfig` field means and allows: the command line's flag help."""
 
@@ -383,8 +384,19 @@ def command_line(config: PipelineConfig) -> str:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if value != getattr(default, field.name):
+            if field.name == "resources":      # read back as a merge patch over the defaults
+                value = resources_patch(default.resources, value)
             words.append(f"--{field.name}={_as_flag_text(value)}")
     return " ".join(shlex.quote(word) for word in words)
+
+
+def resources_patch(base: Mapping[str, Mapping], target: Mapping[str, Mapping]) -> dict[str, Any]:
+    """The merge patch that turns `base` into `target` (`merge_resources(base, patch) == target`)."""
+    patch: dict[str, Any] = {component: None for component in base if component not in target}
+    for component, settings in target.items():
+        old = base.get(component, {})
+        patch[component] = {key: None for key in old if key not in settings} | dict(settings)
+    return patch
 
 
 def _as_flag_text(value: Any) -> str:
@@ -462,4 +474,31 @@ def preset(name: str, overrides: Mapping[str, Any] | None = None, *, functions: 
     `PipelineConfig.validate`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PipelineConfig().with_overrides({**PRESETS[name], **(overrides or {})}, functions=functions)
+    overrides = dict(overrides or {})
+    if "resources" in overrides:
+        preset_resources = PRESETS[name].get("resources", PipelineConfig().resources)
+        patch = _convert("resources", overrides["resources"], preset_resources, "dict[str, dict]")
+        overrides["resources"] = merge_resources(preset_resources, patch)
+    return PipelineConfig().with_overrides({**PRESETS[name], **overrides}, functions=functions)
+
+
+def merge_resources(base: Mapping[str, Any], patch: Any) -> Any:
+    """`patch` laid over `base` as a JSON merge patch (RFC 7396), one level per component: a
+    component's settings are updated key by key, `null` removes a setting or (for a whole
+    component) all of its requests. So `{"tuner": {"accelerator_count": 8}}` keeps the preset's
+    CPU, memory and accelerator type, and the trainer's requests. A patch that is not a mapping
+    of mappings is returned as it is, for `validate` to report."""
+    if not isinstance(patch, Mapping) or not all(v is None or isinstance(v, Mapping) for v in patch.values()):
+        return patch
+    merged = {component: dict(settings) for component, settings in base.items()}
+    for component, settings in patch.items():
+        if settings is None:
+            merged.pop(component, None)
+            continue
+        target = merged.setdefault(component, {})
+        for key, value in settings.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    return merged

@@ -62,6 +62,20 @@ def test_the_command_line_recreates_the_configuration(name):
     assert config_lib.preset("demo", _flags_of(command)).to_dict() == config.to_dict()
 
 
+def test_resources_from_the_command_line_are_laid_over_the_presets():
+    paper = config_lib.preset("paper")
+    patched = config_lib.preset("paper", {"resources": '{"tuner": {"accelerator_count": 8, "memory": null}, '
+                                                       '"trainer": null, "evaluator": {"cpu": "2"}}'})
+    assert patched.resources == {
+        "tuner": {**{k: v for k, v in paper.resources["tuner"].items() if k != "memory"}, "accelerator_count": 8},
+        "evaluator": {"cpu": "2"}}
+    assert config_lib.preset("demo", {"resources": "{}"}).resources == config_lib.preset("demo").resources
+    # The command line that recreates a run's configuration says what was removed, too.
+    command = config_lib.command_line(patched)
+    assert config_lib.preset("demo", _flags_of(command)).resources == patched.resources
+    assert "null" in _flags_of(command)["resources"]
+
+
 def test_the_command_line_names_only_what_differs_from_the_defaults():
     assert config_lib.command_line(config_lib.preset("demo")) == "actsearch run"
     assert _flags_of(config_lib.command_line(config_lib.preset("demo", {"max_trials": 7}))) == {"max_trials": "7"}
