@@ -538,11 +538,30 @@ def run_main() -> None:
     remember_ctrl_c()
     _show_usage_in_help()
     try:
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except SystemExit as stop:
         if stop.code == 1 and only_asks_for_help(sys.argv[1:]):
             sys.exit(0)  # absl exits 1 after printing the help it was asked for
         raise
+    except BrokenPipeError:
+        # `actsearch runs | head`: the reader left. No traceback; stdout goes to /dev/null so
+        # the interpreter's final flush cannot raise again. 141 = 128 + SIGPIPE, what a shell
+        # reports for a program the closed pipe ended.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag reported as every other usage error is: one line,
+    exit status 2 (absl prints "FATAL Flags parsing error" and exits 1, the status of a failed
+    run)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        command = next((a for a in argv[1:] if a in COMMANDS), None)
+        prefix = f"actsearch {command}" if command else "actsearch"
+        print(f"{prefix}: error: {error} (`actsearch --help` lists every flag)", file=sys.stderr)
+        sys.exit(2)
 
 
 HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")

@@ -450,3 +450,30 @@ def test_asking_for_help_exits_0_and_a_usage_error_does_not(arguments, code):
     assert done.returncode == code, done.stderr[-2000:]
     if code == 0:
         assert "--max_trials: number of search trials" in done.stdout
+
+
+def _cli_script(*arguments: str) -> list[str]:
+    return [sys.executable, "-c", f"import sys\nfrom pipeline import cli\nsys.argv = ['actsearch', *{arguments!r}]\n"
+                                  "cli.run_main()\n"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["runs", "--max_trial=3"], "actsearch runs: error: Unknown command line flag 'max_trial'. Did you mean: max_trials"),
+    (["run", "--max_trials"], "actsearch run: error: Missing value for flag --max_trials"),
+])
+def test_a_bad_flag_is_one_line_and_exit_status_2_like_every_usage_error(arguments, message):
+    done = subprocess.run(_cli_script(*arguments), capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith(message) and "FATAL" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_runs_into_a_closed_pipe_ends_quietly_with_141(tmp_path):
+    fake_run(tmp_path / "root")
+    reader, writer = os.pipe()
+    os.close(reader)  # like `actsearch runs | head -0`: nobody reads
+    done = subprocess.run(_cli_script("runs", f"--pipeline_root={tmp_path / 'root'}"), stdout=writer,
+                          stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT, timeout=120)
+    os.close(writer)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 128 + signal.SIGPIPE
