@@ -31,7 +31,9 @@ class ActivationFileError(ValueError):
 def activation_record(expression: str, sharing: str, learned: Mapping[str, Mapping[str, float]] | None = None,
                       evaluation: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The JSON document `load` reads: expression (canonical), sharing, per-parameter statistics
-    of the learned values (`{name: {"mean", "std", "min", "max"}}`) and the evaluation summary."""
+    of the learned values (`{name: {"mean", ...}}`: `load` needs only the mean; the pipeline's
+    Exporter also writes the spread and counts and a `learned_parameters_note` saying what they
+    cover) and the evaluation summary."""
     expr = parse(expression)
     if sharing not in SHARING_MODES:
         raise ValueError(f"sharing must be one of {SHARING_MODES}, got {sharing!r}")
@@ -50,8 +52,8 @@ def activation_record(expression: str, sharing: str, learned: Mapping[str, Mappi
 def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | None = None) -> Callable[[], ParametricActivation]:
     """A factory of new layers computing the function described by `activation.json` at `path`.
 
-    `initial="learned"` starts each parameter at the mean value it learned in the search's final
-    runs; `"default"` at 1.0. `sharing` overrides the stored sharing mode.
+    `initial="learned"` starts each parameter at its learned `"mean"` (from the pipeline: the mean
+    of its per-layer means over the search's final runs); `"default"` at 1.0. `sharing` overrides the stored sharing mode.
     """
     if initial not in INITIAL_CHOICES:
         raise ValueError(f"initial must be one of {INITIAL_CHOICES}, got {initial!r}")

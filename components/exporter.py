@@ -35,7 +35,7 @@ from typing import Any
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from components.statistics import Evaluation, FunctionStats, percentage_points
-from components.trainer import learned_parameter_statistics, read_runs
+from components.trainer import LEARNED_STATISTICS_NOTE, learned_parameter_statistics, read_runs
 
 
 class ExporterSpec(ComponentSpec):
@@ -224,8 +224,10 @@ class ExporterExecutor(BaseExecutor):
             "why_exported": export_reason(evaluation, function, blessed, runs),
         }
         out = output_dict["exported"][0]
+        learned = learned_parameter_statistics(own_runs)
+        notes = {"learned_parameters_note": LEARNED_STATISTICS_NOTE} if learned else {}
         record = activation_record(str(expression_for(function)), exec_properties["sharing"],
-                                   learned_parameter_statistics(own_runs), summary, name=function,
+                                   learned, summary, name=function, **notes,
                                    origin=own_runs[0].get("origin") if own_runs else None,
                                    searched_as=own_runs[0].get("searched_as") if own_runs else None,
                                    equivalent_to=known_equivalent(function))

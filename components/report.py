@@ -8,14 +8,21 @@ model, budget, seeds, search progress, best trials).
 `report.html` carries every figure as a base64 `data:` URI and its CSS inline, so it can be
 mailed, attached to a pipeline run or opened offline. `report.md` links the same figures as PNG
 files in `report_figures/` next to it.
+
+Functions are written for people: a named baseline by its name (`relu`), every expression in
+infix form (`alpha * x + tanh(x)`, `function_label`); the canonical form the machine files key
+on (`add(mul(alpha,x),tanh(x))`, in runs.jsonl and activation.json) is named once per function,
+under its shape.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,8 +30,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-from components.statistics import BASELINE, BLESSED, Evaluation, FunctionStats, percentage_points
+from components.statistics import BASELINE, BLESSED, NOT_BLESSED, Evaluation, FunctionStats, percentage_points
 
 FIGURES_DIR = "report_figures"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -50,6 +59,7 @@ def write_report(
     command: str = "",
     exported: Mapping[str, Any] | None = None,
     skipped_files: Sequence[str] | None = None,
+    notes: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
     """Writes `report.md`, `report.html` and their figures into `output_dir`.
 
@@ -74,7 +84,11 @@ def write_report(
       command: the shell command that recreates the run, shown for copying (none: not shown).
       exported: the exported function's `function` and `why_exported` (the `evaluation` entry
         of its activation.json; `why_exported` says how it was chosen: blessed, else by mean
-        validation accuracy), named in the summary; None: no export to name.
+        validation accuracy) and optionally `model_seed` (the seed whose model export/model.keras
+        holds; None: no model was saved), named in the summary; None: no export to name.
+      skipped_files: images of the data source left out as corrupt.
+      notes: sentences about the run a reader should not miss (e.g. the search found fewer
+        functions than top_k), shown in the summary.
 
     Returns:
       `(md_path, html_path)`.
@@ -101,12 +115,14 @@ def write_report(
     shapes = _collect_function_figures(evaluation, runs, function_plots or {}, figures_dir)
 
     doc = _Document(title)
-    _summary_section(doc, evaluation, exported)
+    _summary_section(doc, evaluation, exported, notes or [])
     _results_section(doc, evaluation, {run["function"]: run.get("origin") or run.get("kind") for run in runs})
     doc.heading("Accuracy distributions")
-    doc.paragraph(f"{evaluation.metric} of every run, one row per function; the dashed line is "
-                  f"the mean of {evaluation.baseline}. Crosses mark diverged runs, which count "
-                  "as failures.")
+    doc.paragraph(f"{evaluation.metric} of every run, one row per function; each dot is a run, coloured by "
+                  f"the function's verdict (gray: the baseline {function_label(evaluation.baseline)}, green: "
+                  "blessed, blue: not blessed); boxes span the quartiles, with the median as a black line. "
+                  "The dashed line is the baseline's mean. Red crosses mark diverged runs, which count as "
+                  "failures.")
     doc.image(figures["accuracy"], "Accuracy distribution per function")
     _shapes_section(doc, shapes)
     if history:
@@ -137,15 +153,15 @@ def write_report(
 # Sections.
 
 
-def _summary_section(doc: "_Document", ev: Evaluation, exported: Mapping[str, Any] | None) -> None:
+def _summary_section(doc: "_Document", ev: Evaluation, exported: Mapping[str, Any] | None,
+                     notes: Sequence[str]) -> None:
     doc.heading("Summary")
-    doc.verdict(ev.verdict, ev.summary)
+    doc.verdict(ev.verdict, _humanize(ev.summary, ev))
+    for note in notes:
+        doc.paragraph(f"Note: {note}")
     if exported:
-        doc.paragraph(f"Exported (export/activation.json, with a trained model in export/model.keras when one "
-                      f"was saved): {exported['function']}, {exported.get('why_exported', '')}. The model outputs "
-                      "logits (apply softmax for probabilities); activation.json's \"input\" entry says what it "
-                      "takes and its \"output\" entry, when the run named its classes, which output is which class.")
-    settings = (f"Baseline {ev.baseline}; metric {ev.metric}; a function is blessed when its mean "
+        doc.paragraph(_export_sentence(exported, ev))
+    settings = (f"Baseline {function_label(ev.baseline)}; metric {ev.metric}; a function is blessed when its mean "
                 f"gain exceeds {100 * ev.threshold:.2f} pp and its {_p_label(ev.blessing_p)} "
                 f"p-value is below {ev.alpha:g}. Tests need at least {ev.min_seeds} seeds per "
                 "function; p-values are two-sided and Holm-corrected over the functions "
@@ -153,15 +169,32 @@ def _summary_section(doc: "_Document", ev: Evaluation, exported: Mapping[str, An
     doc.paragraph(settings)
 
 
+def _export_sentence(exported: Mapping[str, Any], ev: Evaluation) -> str:
+    """What export/ holds, naming the seed whose model was saved: the report knows whether a
+    model was saved (`model_seed`), so it says so rather than "when one was saved"."""
+    text = (f"Exported: {function_label(str(exported['function']))} in export/activation.json"
+            f" ({_humanize(str(exported.get('why_exported', '')), ev)})")
+    if "model_seed" not in exported:
+        return text + "."
+    seed = exported["model_seed"]
+    if seed is None:
+        return text + ("; no trained model was saved (none of its final runs finished with one), so there is "
+                       "no export/model.keras.")
+    return (text + f"; export/model.keras is the trained model of its seed {seed}, the seed with the best "
+            "validation accuracy. The model outputs logits (apply softmax for probabilities); activation.json's "
+            "\"input\" entry says what it takes and its \"output\" entry, when the run named its classes, which "
+            "output is which class.")
+
+
 def _results_section(doc: "_Document", ev: Evaluation, origins: Mapping[str, str | None]) -> None:
     doc.heading("Results")
-    base = ev.baseline
+    base = function_label(ev.baseline)
     header = ["Function", "Origin", "n", "Mean ± std", "95% CI", f"Δ vs {base}",
               "Welch p (Holm)", "Mann-Whitney p (Holm)", "Win/tie/loss", "Verdict"]
     rows = []
     for f in ev.functions:
         rows.append([
-            _Code(f.function), origins.get(f.function) or "—",
+            _Code(function_label(f.function)), _origin_text(origins.get(f.function)) or "—",
             str(f.n) + (f" ({f.n_diverged} diverged)" if f.n_diverged else ""),
             _pct(f.mean) + (f" ± {100 * f.std:.2f}" if f.std is not None else ""),
             f"[{_pct(f.ci_low)}, {_pct(f.ci_high)}]" if f.ci_low is not None else "—",
@@ -174,11 +207,53 @@ def _results_section(doc: "_Document", ev: Evaluation, origins: Mapping[str, str
     doc.table(header, rows)
     doc.paragraph("Accuracies in percent; Δ in percentage points (pp). 95% CI: Student-t interval "
                   "of the mean over seeds, within 0-100%. p-values: Holm-corrected, "
-                  "raw value in parentheses. Win/tie/loss pairs each run with the baseline run "
-                  "of the same seed, or with the baseline median when that seed is missing.")
-    doc.bullets([(_Code(f.function), f": {f.reason}" + (f" ({f.p_note})" if f.p_note and
-                                                         f.p_note not in f.reason else ""))
+                  "raw value in parentheses. " + _mannwhitney_note(ev) + " Win/tie/loss pairs each run with "
+                  "the baseline run of the same seed, or with the baseline median when that seed is missing. "
+                  + _origin_note(origins))
+    doc.bullets([(_Code(function_label(f.function)), ": " + _humanize(
+        f.reason + (f" ({f.p_note})" if f.p_note and f.p_note not in f.reason else ""), ev))
                  for f in ev.functions if not f.is_baseline])
+
+
+def _mannwhitney_note(ev: Evaluation) -> str:
+    """Why a Mann-Whitney p can stay high however clear the gap: with n and m runs its exact
+    two-sided p is at least 2/C(n+m, n) (3 vs 3 seeds: 0.1), and a reader sees a p of 0.1
+    next to a large gain and wonders."""
+    base = next((f.n for f in ev.functions if f.is_baseline), None)
+    sizes = sorted({f.n for f in ev.functions if not f.is_baseline and f.n})
+    if base and sizes:
+        pairs = ", ".join(f"{n} vs {base} runs: {_fmt_p(_mannwhitney_floor(n, base))}" for n in sizes)
+        here = f" (here {pairs})"
+    else:
+        here = ""
+    return ("The Mann-Whitney test compares ranks, so few seeds bound its smallest possible p-value: with n "
+            f"and m runs a side the exact two-sided p is at least 2/C(n+m, n), e.g. 3 vs 3 cannot go below 0.1{here}, "
+            "before the Holm correction; when values tie, scipy uses a normal approximation instead of the "
+            "exact distribution.")
+
+
+def _mannwhitney_floor(n: int, m: int) -> float:
+    """The smallest exact two-sided Mann-Whitney p-value with n and m observations."""
+    return min(1.0, 2 / math.comb(n + m, n))
+
+
+_OLD_RANK = re.compile(r"the search's #(\d+)")
+
+
+def _origin_text(origin: str | None) -> str | None:
+    """An origin as the report shows it; records written before the rank was spelled out said
+    "the search's #3"."""
+    return _OLD_RANK.sub(r"the search's rank \1", origin) if origin else origin
+
+
+def _origin_note(origins: Mapping[str, str | None]) -> str:
+    """What the Origin column means; the rank of a baseline only when one has it."""
+    text = ("Origin: where the function came from (a baseline, a function the search started from, or one "
+            "evolution bred), with its trial's id as in the trials table below.")
+    if any("the search's rank" in (_origin_text(o) or "") for o in origins.values()):
+        text += (" \"Also the search's rank N\": the search found this baseline too, as the N-th best of the "
+                 "distinct functions it ranked; it is trained once, as the baseline.")
+    return text
 
 
 def _shapes_section(doc: "_Document", shapes: list[tuple[str, list[Path]]]) -> None:
@@ -186,12 +261,15 @@ def _shapes_section(doc: "_Document", shapes: list[tuple[str, list[Path]]]) -> N
         return
     doc.heading("Function shapes and learned parameters")
     doc.paragraph("Each function with its derivative, and where it has learnable parameters, "
-                  "their trained values per layer (mean over seeds; bars span min to max over "
-                  "seeds and channels).")
+                  "their trained values per layer (dots: the mean over seeds of the layer's mean; bars span "
+                  "min to max over seeds and channels).")
     for name, paths in shapes:
-        doc.subheading(_Code(name))
+        label = function_label(name)
+        doc.subheading(_Code(label))
+        if label != name:
+            doc.paragraph(["Canonical form (as runs.jsonl and activation.json write it): ", _Code(name)])
         for path in paths:
-            doc.image(path, f"{name}: {path.stem}")
+            doc.image(path, f"{label}: {path.stem}")
 
 
 def _check_trials(trials) -> None:
@@ -211,8 +289,8 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
     doc.paragraph("Trial is the trial's id (the order in which the search proposed it, from 0, as "
                   "in the Origin column above and the progress lines); Parents are the ids of the "
                   "trials it was bred from: earlier trials, not necessarily among those listed here. "
-                  "Expressions as the search wrote them; where that spelling carries dead terms, "
-                  "the last column gives the same function in its simplest form (the form the "
+                  "Expressions as the search wrote them (in infix form); where that spelling carries dead "
+                  "terms, the last column gives the same function in its simplest form (the form the "
                   "final runs train).")
     rows = []
     for rank, trial in enumerate(best, 1):
@@ -223,7 +301,7 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
         trial_id = trial.get("trial_id")
         stopped = trial.get("stopped_at")
         rows.append([str(rank), "—" if trial_id is None else _Code(str(trial_id)),
-                     _Code(str(trial["expression"])),
+                     _Code(function_label(str(trial["expression"]))),
                      _pct(fitness)
                      + (f" (stopped after epoch {stopped})" if stopped else ""),
                      str(trial.get("generation", "—")),
@@ -258,16 +336,18 @@ def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Ev
         doc.code(command)
     doc.paragraph("The data, model, training budget and seeds of the run. Training every "
                   "function below with these settings reproduces the comparison.")
-    rows = [[_Code(key), _Code(_format_value(value))] for key, value in _flatten(config)]
+    rows = [[_Code(key), _setting_cell(value)] for key, value in _flatten(config)]
     seeds = sorted({int(r["seed"]) for r in runs if "seed" in r})
-    rows.append([_Code("seeds (final runs)"), _Code(", ".join(map(str, seeds)) or "—")])
+    rows.append([_Code("seeds (final runs)"), _setting_cell(", ".join(map(str, seeds)))])
     # `precision auto` picks per machine; this is what it picked for these runs.
     precisions = sorted({str(r["precision"]) for r in runs if r.get("precision")})
     if precisions:
         rows.append([_Code("precision (final runs)"), _Code(", ".join(precisions))])
     rows.append([_Code("functions compared"),
-                 _Code(", ".join(f.function for f in ev.functions))])
+                 _CodeList([function_label(f.function) for f in ev.functions])])
     doc.table(["Setting", "Value"], rows)
+    if any(cell == _UNSET for _, cell in rows):
+        doc.paragraph(f"{_UNSET}: not set or empty (the default applies).")
     if skipped_files:
         named = ", ".join(f"`{path}`" for path in skipped_files[:SKIPPED_LISTED])
         more = f" and {len(skipped_files) - SKIPPED_LISTED} more" if len(skipped_files) > SKIPPED_LISTED else ""
@@ -279,7 +359,7 @@ def _runs_section(doc: "_Document", runs, metric: str) -> None:
     doc.heading("All final runs")
     rows = []
     for r in sorted(runs, key=lambda r: (str(r.get("function")), r.get("seed", 0))):
-        rows.append([_Code(str(r.get("function"))), str(r.get("seed", "—")),
+        rows.append([_Code(function_label(str(r.get("function")))), str(r.get("seed", "—")),
                      _pct(_finite(r.get(metric))), _pct(_finite(r.get("val_accuracy"))),
                      "yes" if r.get("diverged") else "no"])
     doc.table(["Function", "Seed", f"{metric} (%)", "val_accuracy (%)", "Diverged"], rows)
@@ -304,9 +384,20 @@ def _history_table(history) -> tuple[list[str], list[list[Any]]]:
 # Figures (matplotlib's object API: no pyplot, no global backend state).
 
 
+_VERDICT_COLOURS = {BASELINE: ("tab:gray", "baseline"), NOT_BLESSED: ("tab:blue", "not blessed"),
+                    BLESSED: ("tab:green", "blessed")}
+
+
 def _accuracy_figure(ev: Evaluation, runs, path: Path) -> Path:
-    names = [f.function for f in ev.functions]
-    height = 1.2 + 0.45 * len(names)
+    _accuracy_plot(ev, runs).savefig(path)
+    return path
+
+
+def _accuracy_plot(ev: Evaluation, runs) -> Figure:
+    """Runs per function; the legend names the colours (verdicts) and marks, which a reader of
+    the figure alone could not guess."""
+    names = [function_label(f.function) for f in ev.functions]
+    height = 1.6 + 0.45 * len(names)
     fig = Figure(figsize=(8, height), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     data = [np.array(f.values) * 100 for f in ev.functions]
@@ -318,22 +409,39 @@ def _accuracy_figure(ev: Evaluation, runs, path: Path) -> Path:
         diverged = _diverged_flags(f, runs, ev.metric)
         values = np.array(f.values) * 100
         jitter = y + rng.uniform(-0.15, 0.15, size=len(values))
-        color = "tab:green" if f.verdict == BLESSED else \
-            "tab:gray" if f.verdict == BASELINE else "tab:blue"
+        color = _VERDICT_COLOURS.get(f.verdict, _VERDICT_COLOURS[NOT_BLESSED])[0]
         ok = ~diverged
         ax.scatter(values[ok], jitter[ok], s=18, color=color, alpha=0.8, zorder=3)
         if diverged.any():
-            ax.scatter(values[diverged], jitter[diverged], s=30, marker="x", color="tab:red",
-                       zorder=3, label="diverged")
+            ax.scatter(values[diverged], jitter[diverged], s=30, marker="x", color="tab:red", zorder=3)
     ax.axvline(ev.functions[0].mean * 100, color="tab:gray", linestyle="--", linewidth=1)
     ax.set_yticks(positions, [_mpl_text(_shorten(n, 45)) for n in names])
     ax.set_xlabel(f"{ev.metric} (%)")
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path)
-    return path
+    fig.legend(handles=_accuracy_legend(ev, runs), loc="outside upper center", ncols=5, fontsize=8)
+    return fig
+
+
+def _accuracy_legend(ev: Evaluation, runs) -> list[Line2D]:
+    """One entry per verdict colour and mark the figure uses."""
+    verdicts = {f.verdict for f in ev.functions}
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=label)
+               for verdict, (colour, label) in _VERDICT_COLOURS.items() if verdict in verdicts]
+    baseline = _shorten(function_label(ev.baseline), 30)
+    handles.append(Line2D([], [], color="tab:gray", linestyle="--", label=f"mean of {baseline}"))
+    if any(_diverged_flags(f, runs, ev.metric).any() for f in ev.functions):
+        handles.append(Line2D([], [], marker="x", linestyle="", color="tab:red", label="diverged"))
+    return handles
 
 
 def _evolution_figure(history, path: Path) -> Path:
+    _evolution_plot(history).savefig(path)
+    return path
+
+
+def _evolution_plot(history) -> Figure:
+    """Fitness per generation and the candidate counts; generations are whole numbers, also
+    when there is only one (matplotlib's default ticks ran -0.4..0.4 then)."""
     gens = [h["generation"] for h in history]
     counts = [k for k in _COUNT_LABELS if any(k in h for h in history)]
     fig = Figure(figsize=(8, 5.5 if counts else 3.5), dpi=100, layout="constrained")
@@ -359,14 +467,52 @@ def _evolution_figure(history, path: Path) -> Path:
         ax2.legend(ncol=len(counts), loc="upper left")
         ax2.grid(axis="y", alpha=0.3)
     axes[-1].set_xlabel("generation")
-    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    return fig
+
+
+def _parameter_figure(name: str, records: list[Mapping[str, Any]], path: Path) -> Path | None:
+    fig = _parameter_plot(name, records)
+    if fig is None:
+        return None
     fig.savefig(path)
     return path
 
 
-def _parameter_figure(name: str, records: list[Mapping[str, Any]], path: Path) -> Path | None:
-    """Learned parameters per layer: mean over seeds, bars from min to max over seeds/channels."""
-    per_param: dict[str, dict[str, list[float]]] = {}
+def _parameter_plot(name: str, records: list[Mapping[str, Any]]) -> Figure | None:
+    """Learned parameters per layer: the mean over seeds of each layer's mean, bars from the min
+    to the max over seeds and channels (a per-channel layer spans a range its mean hides)."""
+    per_param, layers = _parameter_ranges(name, records)
+    if not per_param:
+        return None
+    fig = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(layers))
+    for offset, (param, by_layer) in enumerate(sorted(per_param.items())):
+        shift = (offset - (len(per_param) - 1) / 2) * 0.08
+        xs, mean, low, high = [], [], [], []
+        for i, layer in enumerate(layers):
+            ranges = by_layer.get(layer)
+            if ranges:
+                centre = float(np.mean([r[0] for r in ranges]))
+                xs.append(i + shift)
+                mean.append(centre)
+                low.append(max(0.0, centre - min(r[1] for r in ranges)))
+                high.append(max(0.0, max(r[2] for r in ranges) - centre))
+        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=_mpl_text(param))
+    # Numbered, not named: names are long, and runs of other versions named sites differently.
+    ax.set_xticks(x, [str(i + 1) for i in range(len(layers))])
+    ax.set_xlabel("activation layer (1 = nearest the input)")
+    ax.set_ylabel("learned value")
+    ax.set_title(_mpl_text(f"Learned parameters per layer: {_shorten(function_label(name), 60)}"), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _parameter_ranges(name: str, records: list[Mapping[str, Any]]):
+    """({parameter: {layer: [(mean, min, max) per run]}}, layers in order of appearance)."""
+    per_param: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     layers: list[str] = []
     for record in records:
         learned = record.get("learned_parameters") or {}
@@ -377,33 +523,28 @@ def _parameter_figure(name: str, records: list[Mapping[str, Any]], path: Path) -
             if layer not in layers:
                 layers.append(layer)
             for param, value in dict(params).items():
-                flat = np.ravel(np.asarray(value, dtype=float))
-                per_param.setdefault(param, {}).setdefault(layer, []).extend(flat.tolist())
-    if not per_param:
-        return None
-    fig = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    x = np.arange(len(layers))
-    for offset, (param, by_layer) in enumerate(sorted(per_param.items())):
-        shift = (offset - (len(per_param) - 1) / 2) * 0.08
-        xs, mean, low, high = [], [], [], []
-        for i, layer in enumerate(layers):
-            values = [v for v in by_layer.get(layer, []) if math.isfinite(v)]
-            if values:
-                xs.append(i + shift)
-                mean.append(np.mean(values))
-                low.append(np.mean(values) - np.min(values))
-                high.append(np.max(values) - np.mean(values))
-        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=_mpl_text(param))
-    # Numbered, not named: names are long, and runs of other versions named sites differently.
-    ax.set_xticks(x, [str(i + 1) for i in range(len(layers))])
-    ax.set_xlabel("activation layer (1 = nearest the input)")
-    ax.set_ylabel("learned value")
-    ax.set_title(_mpl_text(f"Learned parameters per layer: {_shorten(name, 60)}"), fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(path)
-    return path
+                ranges = _layer_range(name, param, value)
+                if ranges is not None:
+                    per_param.setdefault(param, {}).setdefault(layer, []).append(ranges)
+    return per_param, layers
+
+
+def _layer_range(name: str, param: str, value: Any) -> tuple[float, float, float] | None:
+    """(mean, min, max) of one layer's parameter in one run, from a summary `{mean, min, max,
+    ...}` (the Trainer's record), a list of per-channel values, or one number (a layer-shared
+    value, or the mean alone, as records kept it before min and max: its range is the mean)."""
+    if isinstance(value, Mapping):
+        mean = _finite(value.get("mean"))
+        if mean is None:
+            return None
+        low, high = _finite(value.get("min")), _finite(value.get("max"))
+        return mean, mean if low is None else low, mean if high is None else high
+    try:
+        flat = [v for v in np.ravel(np.asarray(value, dtype=float)).tolist() if math.isfinite(v)]
+    except (TypeError, ValueError):
+        raise ReportError(f"learned value of {param!r} in a {name} run must be a number, a list of numbers or "
+                          f"{{mean, min, max}}, got {value!r}") from None
+    return (float(np.mean(flat)), min(flat), max(flat)) if flat else None
 
 
 def _plot_paths(given) -> list[Path]:
@@ -512,9 +653,9 @@ class _Document:
             elif kind == "h3":
                 lines += [f"### {_md(value)}", ""]
             elif kind == "p":
-                lines += [_md(value), ""]
+                lines += [_parts(value, _md), ""]
             elif kind == "verdict":
-                lines += [f"**{value[0]}** — {_md(value[1])}", ""]
+                lines += [f"**{verdict_text(value[0])}** — {_md(value[1])}", ""]
             elif kind == "ul":
                 lines += ["- " + "".join(_md(part) for part in item) for item in value] + [""]
             elif kind == "table":
@@ -539,10 +680,10 @@ class _Document:
             if kind in ("h2", "h3"):
                 body.append(f"<{kind}>{_html(value)}</{kind}>")
             elif kind == "p":
-                body.append(f"<p>{_html(value)}</p>")
+                body.append(f"<p>{_parts(value, _html)}</p>")
             elif kind == "verdict":
                 css = "blessed" if value[0] == BLESSED else "not-blessed"
-                body.append(f'<div class="verdict {css}"><strong>{html.escape(value[0])}</strong>'
+                body.append(f'<div class="verdict {css}"><strong>{html.escape(verdict_text(value[0]))}</strong>'
                             f" {_html(value[1])}</div>")
             elif kind == "ul":
                 items = "".join("<li>" + "".join(_html(p) for p in item) + "</li>"
@@ -599,10 +740,20 @@ img{max-width:100%;height:auto;border:1px solid #eee}
 """
 
 
+def verdict_text(verdict: str) -> str:
+    """A verdict as the report writes it, in Markdown and HTML alike: "NOT BLESSED", not the
+    evaluation's key "NOT_BLESSED"."""
+    return "baseline" if verdict == BASELINE else verdict.replace("_", " ")
+
+
+def _parts(value: Any, render) -> str:
+    """A paragraph: one piece of text, or a list of pieces (plain and code) rendered in a row."""
+    return "".join(render(part) for part in value) if isinstance(value, list) else render(value)
+
+
 def _html(value: Any) -> str:
     if isinstance(value, _Verdict):
-        text = value.replace("_", " ") if value != BASELINE else "baseline"
-        return f'<span class="badge badge-{html.escape(value)}">{html.escape(text)}</span>'
+        return f'<span class="badge badge-{html.escape(value)}">{html.escape(verdict_text(value))}</span>'
     if isinstance(value, _Code):
         return f"<code>{html.escape(value)}</code>"
     if isinstance(value, _CodeList):
@@ -623,7 +774,7 @@ def _md(value: Any) -> str:
     if isinstance(value, _CodeList):
         return ", ".join(f"`{v}`" for v in value)
     if isinstance(value, _Verdict):
-        return f"**{value}**" if value == BLESSED else str(value)
+        return f"**{verdict_text(value)}**" if value == BLESSED else verdict_text(value)
     return str(value)
 
 
@@ -707,6 +858,17 @@ def _flatten(config: Mapping[str, Any], prefix: str = ""):
             yield name, value
 
 
+_UNSET = "—"
+"""A setting that is None or empty: Python's `None` and an empty code span read as noise."""
+
+
+def _setting_cell(value: Any) -> Any:
+    """A settings-table value: `_UNSET` (plain) for None and empty values, else code."""
+    if value is None or (isinstance(value, (str, list, tuple, Mapping)) and not value):
+        return _UNSET
+    return _Code(_format_value(value))
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_format_value(v) for v in value) if value else "[]"
@@ -716,6 +878,37 @@ def _format_value(value: Any) -> str:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@functools.lru_cache(maxsize=1024)
+def function_label(function: str) -> str:
+    """How the report writes a function for people: a name (a named baseline such as `relu`) as
+    given, any expression in infix form (`alpha * x + tanh(x)`, not the canonical
+    `add(mul(alpha,x),tanh(x))`, which the plots' own titles do not use either); text that does
+    not parse as it is."""
+    text = function.strip()
+    if _IDENTIFIER.fullmatch(text):
+        return text
+    import activations
+
+    try:
+        return activations.parse(text).infix()
+    except ValueError:
+        return function
+
+
+def _humanize(text: str, ev: Evaluation) -> str:
+    """`text` (the evaluation's own sentences) with each function written as `function_label`
+    writes it; one pass, longest name first, so no label is rewritten again."""
+    names = sorted((f.function for f in ev.functions if function_label(f.function) != f.function),
+                   key=len, reverse=True)
+    if not names or not text:
+        return text
+    pattern = re.compile("|".join(re.escape(name) for name in names))
+    return pattern.sub(lambda match: function_label(match.group(0)), text)
 
 
 def _shorten(text: str, limit: int) -> str:

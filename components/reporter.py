@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 
 from components.base import BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
 from components.trainer import learned_parameter_statistics, read_runs
@@ -38,8 +39,6 @@ class ReporterSpec(ComponentSpec):
 
 class ReporterExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
-        import activations
-        from components import tb_summaries
         from components.report import write_report
         from components.tuner import read_history, read_trials
 
@@ -58,47 +57,72 @@ class ReporterExecutor(BaseExecutor):
             trials = [t for t in read_trials(search) if t.get("fitness") is not None]
 
         report, logdir = output_dict["report"][0], output_dict["tensorboard"][0]
-        plots_dir = report.path("functions")
-        os.makedirs(plots_dir, exist_ok=True)
-        plots = {}
-        for index, stats in enumerate(evaluation.functions):
-            path = os.path.join(plots_dir, f"function_{index}.png")
-            learned = learned_parameter_statistics([run for run in runs if run["function"] == stats.function])
-            activations.plot(stats.function, path,
-                             parameters={name: values["mean"] for name, values in learned.items()})
-            plots[stats.function] = path
-        config = dict(exec_properties["config"])
-        exported = None
-        if input_dict.get("exported"):
-            with open(os.path.join(input_dict["exported"][0].uri, "activation.json")) as f:
-                exported = json.load(f).get("evaluation")
-        skipped = None
-        if input_dict.get("examples"):
-            from components.example_gen import read_statistics
+        # The plots are drawn outside the report: write_report copies them into its figures
+        # directory, and a second copy under report/ was byte for byte the same.
+        with tempfile.TemporaryDirectory(prefix="function-plots-") as plots_dir:
+            plots = draw_function_plots(evaluation, runs, plots_dir)
+            skipped = None
+            if input_dict.get("examples"):
+                from components.example_gen import read_statistics
 
-            skipped = read_statistics(input_dict["examples"][0]).get("skipped_files")
-        _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
-                                    function_plots=plots, config=config, title=exec_properties["title"],
-                                    command=exec_properties["command"], exported=exported, skipped_files=skipped)
-        self.context.register_result("report", str(html_path))
-        self.context.register_result("report_markdown", report.path("report.md"))
+                skipped = read_statistics(input_dict["examples"][0]).get("skipped_files")
+            note = trained.properties.get("shortfall_note")
+            _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
+                                        function_plots=plots, config=dict(exec_properties["config"]),
+                                        title=exec_properties["title"], command=exec_properties["command"],
+                                        exported=read_exported(input_dict), skipped_files=skipped,
+                                        notes=[note] if note else None)
+            self.context.register_result("report", str(html_path))
+            self.context.register_result("report_markdown", report.path("report.md"))
+            self._write_tensorboard(logdir.uri, trained.uri, runs, trials, history, plots)
+        self.context.progress(f"report written: {os.path.basename(html_path)}, report.md and {len(plots)} "
+                              "function plots")
+
+    @staticmethod
+    def _write_tensorboard(logdir: str, trained_uri: str, runs: list[dict], trials: list[dict] | None,
+                           history: list[dict] | None, plots: dict[str, str]) -> None:
+        """HParams, function images, evolution and each final run's own Keras logs under `logdir`."""
+        from components import tb_summaries
 
         # A final run's own Keras logs (`train/`, `validation/`, histograms, layer images) are
         # copied under its run; its curves are written from the history only when it has none,
         # so TensorBoard does not show each curve twice.
-        keras_logs = {index: os.path.join(trained.uri, run["run_dir"], "logs") for index, run in enumerate(runs)}
+        keras_logs = {index: os.path.join(trained_uri, run["run_dir"], "logs") for index, run in enumerate(runs)}
         keras_logs = {index: path for index, path in keras_logs.items() if os.path.isdir(path)}
         tb_runs = [{k: v for k, v in run.items() if k != "history"} if index in keras_logs else run
                    for index, run in enumerate(runs)]
-        tb_summaries.write_hparams(logdir.uri, tb_runs, trials or None)
-        tb_summaries.write_function_images(logdir.uri, plots)
+        tb_summaries.write_hparams(logdir, tb_runs, trials or None)
+        tb_summaries.write_function_images(logdir, plots)
         if history:
-            tb_summaries.write_evolution(logdir.uri, history)
+            tb_summaries.write_evolution(logdir, history)
         for index, path in keras_logs.items():
             run = runs[index]
-            target = os.path.join(logdir.uri, tb_summaries.final_run_name(run["function"], run["seed"]))
+            target = os.path.join(logdir, tb_summaries.final_run_name(run["function"], run["seed"]))
             shutil.copytree(path, target, dirs_exist_ok=True)
-        self.context.progress(f"report written: {os.path.basename(html_path)}, report.md and {len(plots)} function plots")
+
+
+def draw_function_plots(evaluation, runs: list[dict], plots_dir: str) -> dict[str, str]:
+    """{function: PNG of its shape and derivative}, drawn at the mean learned parameters."""
+    import activations
+
+    plots = {}
+    for index, stats in enumerate(evaluation.functions):
+        path = os.path.join(plots_dir, f"function_{index}.png")
+        learned = learned_parameter_statistics([run for run in runs if run["function"] == stats.function])
+        activations.plot(stats.function, path, parameters={name: values["mean"] for name, values in learned.items()})
+        plots[stats.function] = path
+    return plots
+
+
+def read_exported(input_dict) -> dict | None:
+    """What the report says of the export: activation.json's `evaluation` entry, and the seed
+    whose model export/model.keras holds (`model_seed`; None: no model was saved), so the report
+    names it instead of hedging."""
+    if not input_dict.get("exported"):
+        return None
+    with open(os.path.join(input_dict["exported"][0].uri, "activation.json")) as f:
+        record = json.load(f)
+    return {**(record.get("evaluation") or {}), "model_seed": record.get("model_seed")}
 
 
 class Reporter(Component):

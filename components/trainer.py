@@ -73,8 +73,9 @@ def search_origin(item: Mapping[str, Any]) -> str:
 
 def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k: int, extra: list[str]) -> list[dict]:
     """[{function, kind, origin}] : baselines by name, then the top-k distinct functions of the
-    search that are not the same function as a baseline, then extra expressions. A baseline
-    the search also ranked says so in its origin, as it is trained once.
+    search that are not the same function as a baseline, then extra expressions. Every baseline
+    the search also ranked says so in its origin ("the search's rank N", wherever N is, also
+    below the top-k), as it is trained once, as the baseline.
 
     A search result is trained in its simplest form (`activations.simplify`: no dead terms or
     parameters), which is the function users get; `searched_as` keeps the search's spelling."""
@@ -85,12 +86,12 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
     seen = {activations.fingerprint(expression_for(name)) for name in baselines}
     baseline_of = dict(zip((activations.fingerprint(expression_for(name)) for name in baselines), chosen))
     for rank, item in enumerate(top, 1):
-        if sum(1 for c in chosen if c["kind"] == "discovered") >= top_k:
-            break
         fingerprint = item.get("fingerprint") or activations.fingerprint(item["expression"])
         found = baseline_of.pop(fingerprint, None)
         if found is not None:  # trained once, as the baseline; the report says the search found it
-            found["origin"] += f"; also the search's #{rank} ({search_origin(item)})"
+            found["origin"] += f"; also the search's rank {rank} ({search_origin(item)})"
+        if sum(1 for c in chosen if c["kind"] == "discovered") >= top_k:
+            continue  # the shortlist is full; later items may still be baselines to annotate
         if fingerprint not in seen:
             seen.add(fingerprint)
             searched = activations.parse(item["expression"])
@@ -108,13 +109,19 @@ def functions_to_train(baselines: list[str], top: list[Mapping[str, Any]], top_k
     return chosen
 
 
-def shortfall_note(functions: list[dict], top_k: int) -> str:
-    """A note when the search gave fewer distinct functions than top_k asks for (else "")."""
+def shortfall_note(functions: list[dict], top_k: int, *, for_report: bool = False) -> str:
+    """A note when the search gave fewer distinct functions than top_k asks for (else ""): for
+    the terminal while training, or (`for_report`) as a sentence for the report, which a reader
+    who did not watch the terminal would otherwise miss."""
     discovered = sum(1 for f in functions if f["kind"] == "discovered")
     if discovered >= top_k:
         return ""
-    return (f"note: top_k={top_k}, but the search found {discovered} distinct function"
-            f"{'' if discovered == 1 else 's'} besides the baselines; training those")
+    found = f"{discovered} distinct function{'' if discovered == 1 else 's'} besides the baselines"
+    if for_report:
+        trained = "none" if not discovered else "it" if discovered == 1 else "those"
+        return (f"top_k={top_k} asked for the search's {top_k} best functions, but the search found only "
+                f"{found}; the final runs trained {trained}.")
+    return f"note: top_k={top_k}, but the search found {found}; training those"
 
 
 def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
@@ -133,7 +140,8 @@ def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any]
         "divergence_reason": result.get("error") if failed else result.get("divergence_reason"),
         "num_classes": result.get("num_classes"),
         "learned_parameters": {
-            layer: {name: values.get("mean") for name, values in params.items()} for layer, params in stats.items()
+            layer: {name: parameter_summary(values) for name, values in params.items()}
+            for layer, params in stats.items()
         },
         "history": result.get("history") or {},
         "images_per_sec": result.get("images_per_sec"),
@@ -144,17 +152,63 @@ def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any]
     }
 
 
+SUMMARY_KEYS = ("mean", "std", "min", "max", "size")
+"""What a run keeps of each layer's parameter (`trainer.callbacks.activation_parameter_stats`)."""
+
+
+def parameter_summary(values: Any) -> dict[str, float] | None:
+    """One layer's parameter as the run record keeps it: mean, std, min, max over its channels
+    and their number (`size`). The min and max are kept because with per-channel sharing the
+    layer mean hides the spread the report draws; a bare number (a record written before they
+    were kept) reads as a layer of one value. None: nothing finite to keep."""
+    if isinstance(values, Mapping):
+        summary = {key: float(values[key]) for key in SUMMARY_KEYS if _is_finite(values.get(key))}
+        if "mean" not in summary:
+            return None
+        summary.setdefault("min", summary["mean"])
+        summary.setdefault("max", summary["mean"])
+        return summary
+    if _is_finite(values):
+        return {"mean": float(values), "min": float(values), "max": float(values)}
+    return None
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+LEARNED_STATISTICS_NOTE = (
+    "per parameter: mean (where activations.load starts every layer) and std_of_layer_means over the per-layer "
+    "means of every activation layer of every final run; min and max over every learned value (all channels of "
+    "all layers and runs); values counts those, layers the activation layers, seeds the final runs")
+"""What `learned_parameter_statistics` covers, written beside it into activation.json."""
+
+
 def learned_parameter_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per parameter: mean, std, min, max of the learned values over layers and seeds."""
-    values: dict[str, list[float]] = {}
-    for run in runs:
-        for params in (run.get("learned_parameters") or {}).values():
+    """Per parameter (`LEARNED_STATISTICS_NOTE` says it in the file): the mean and spread of the
+    per-layer means, the min and max over every channel value, and what was counted (values,
+    layers, seeds) named as such; before, min/max/count covered only layer means, so a layer
+    spanning 0.97-1.03 over 64 channels showed as one number."""
+    summaries: dict[str, list[tuple[str, int, dict[str, float]]]] = {}
+    for index, run in enumerate(runs):
+        for layer, params in (run.get("learned_parameters") or {}).items():
             for name, value in params.items():
-                if value is not None and math.isfinite(value):
-                    values.setdefault(name, []).append(float(value))
+                summary = parameter_summary(value)
+                if summary is not None:
+                    summaries.setdefault(name, []).append((layer, index, summary))
+    return {name: _parameter_statistics(entries) for name, entries in summaries.items()}
+
+
+def _parameter_statistics(entries: list[tuple[str, int, dict[str, float]]]) -> dict[str, float]:
+    means = [summary["mean"] for _, _, summary in entries]
     return {
-        name: {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "min": min(v), "max": max(v), "count": len(v)}
-        for name, v in values.items()
+        "mean": statistics.fmean(means),
+        "std_of_layer_means": statistics.pstdev(means),
+        "min": min(summary["min"] for _, _, summary in entries),
+        "max": max(summary["max"] for _, _, summary in entries),
+        "values": sum(int(summary.get("size", 1)) for _, _, summary in entries),
+        "layers": len({layer for layer, _, _ in entries}),
+        "seeds": len({run for _, run, _ in entries}),
     }
 
 
@@ -172,6 +226,7 @@ class TrainerExecutor(BaseExecutor):
         note = shortfall_note(functions, p["top_k"]) if top else ""
         if note:
             self.context.progress(note)
+        report_note = shortfall_note(functions, p["top_k"], for_report=True) if top else ""
         work = self.context.resume_dir
         jobs, plan = [], []
         for function in functions:
@@ -221,7 +276,8 @@ class TrainerExecutor(BaseExecutor):
         with open(out.path("runs.jsonl"), "w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
-        out.properties.update({"num_runs": len(records), "functions": [f["function"] for f in functions]})
+        out.properties.update({"num_runs": len(records), "functions": [f["function"] for f in functions],
+                               "shortfall_note": report_note})  # for the report, as the terminal showed it
 
 
 class Trainer(Component):

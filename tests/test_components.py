@@ -4,7 +4,7 @@ import pytest
 
 from components.exporter import choose_function, export_reason
 from components.statistics import evaluate
-from components.trainer import functions_to_train, learned_parameter_statistics, shortfall_note
+from components.trainer import functions_to_train, learned_parameter_statistics, run_record, shortfall_note
 
 
 def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_from():
@@ -19,7 +19,7 @@ def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_fr
     assert [c["function"] for c in chosen] == ["relu", "swish", "elu(x)", "mish(mul(alpha,x))", "sin(x)"]
     origins = {c["function"]: c["origin"] for c in chosen}
     # The learnable Swish of trial 01 is the named swish baseline: not trained twice, and said.
-    assert origins["swish"] == "baseline; also the search's #1 (search initial candidate, trial 01)"
+    assert origins["swish"] == "baseline; also the search's rank 1 (search initial candidate, trial 01)"
     assert origins["elu(x)"] == "search initial candidate, trial 03"
     assert origins["mish(mul(alpha,x))"] == "evolved (insert), generation 2, trial 11"
     # A roundabout spelling is trained in its simplest form, and says how the search wrote it.
@@ -42,11 +42,51 @@ def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_fr
 
 
 def test_learned_parameter_statistics_ignore_missing_and_non_finite_values():
+    # Records written before min and max were kept hold the layer mean alone: it stands for the layer.
     runs = [{"learned_parameters": {"a1": {"beta": 1.0}, "a2": {"beta": 3.0, "alpha": None}}},
             {"learned_parameters": {"a1": {"beta": float("nan"), "alpha": 0.5}}}, {}]
     stats = learned_parameter_statistics(runs)
-    assert stats["beta"] == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "count": 2}
-    assert stats["alpha"]["count"] == 1
+    assert stats["beta"] == {"mean": 2.0, "std_of_layer_means": 1.0, "min": 1.0, "max": 3.0, "values": 2,
+                             "layers": 2, "seeds": 1}
+    assert stats["alpha"]["seeds"] == 1 and stats["alpha"]["min"] == stats["alpha"]["max"] == 0.5
+
+
+def test_run_records_keep_each_layers_channel_range_and_the_statistics_cover_it():
+    """With per-channel sharing a layer spanning 0.97-1.03 over 64 channels used to reach the
+    record (and activation.json's min/max) as its mean alone."""
+    def result(low, high):
+        return {"test_accuracy": 0.9, "activation_stats": {
+            "act_01": {"alpha": {"mean": 1.0, "std": 0.02, "min": low, "max": high, "size": 64}},
+            "act_02": {"alpha": {"mean": 1.02, "std": 0.0, "min": 1.02, "max": 1.02, "size": 1}}}}
+
+    function = {"function": "mul(alpha,x)", "kind": "discovered"}
+    runs = [run_record(function, seed, result(low, high), f"runs/{seed}")
+            for seed, (low, high) in enumerate([(0.97, 1.03), (0.96, 1.01)])]
+    assert runs[0]["learned_parameters"]["act_01"]["alpha"] == {"mean": 1.0, "std": 0.02, "min": 0.97, "max": 1.03,
+                                                               "size": 64}
+    stats = learned_parameter_statistics(runs)["alpha"]
+    assert stats["min"] == 0.96 and stats["max"] == 1.03  # channel values, not layer means
+    assert stats["mean"] == pytest.approx(1.01)  # the mean of the layer means, where load() starts
+    assert (stats["values"], stats["layers"], stats["seeds"]) == (130, 2, 2)
+    assert stats["std_of_layer_means"] == pytest.approx(0.01)
+
+
+def test_every_baseline_the_search_ranked_says_its_rank_also_below_the_top_k():
+    top = [{"trial_id": "04", "expression": "tanh(x)", "operator": "seed"},
+           {"trial_id": "05", "expression": "elu(x)", "operator": "seed"},
+           {"trial_id": "00", "expression": "relu(x)", "operator": "seed"},
+           {"trial_id": "07", "expression": "sin(x)", "operator": "seed"}]
+    chosen = functions_to_train(["relu"], top, top_k=2, extra=[])
+    assert [c["function"] for c in chosen] == ["relu", "tanh(x)", "elu(x)"]  # still the top 2 only
+    assert chosen[0]["origin"] == "baseline; also the search's rank 3 (search initial candidate, trial 00)"
+
+
+def test_a_top_k_shortfall_has_a_sentence_for_the_report():
+    functions = functions_to_train(["relu"], [{"trial_id": "01", "expression": "tanh(x)"}], top_k=2, extra=[])
+    assert shortfall_note(functions, 2, for_report=True) == (
+        "top_k=2 asked for the search's 2 best functions, but the search found only 1 distinct function besides "
+        "the baselines; the final runs trained it.")
+    assert shortfall_note(functions, 1, for_report=True) == ""
 
 
 def test_exporter_picks_the_blessed_winner_else_the_best_non_baseline():
@@ -204,6 +244,74 @@ def test_the_exported_input_entry_says_how_to_scale_the_sources_own_digits(tmp_p
     data = load_dataset("embedded:digits")
     held = np.concatenate([data.arrays(split)[0] for split in ("train", "validation", "test")])
     assert sorted(map(bytes, scaled)) == sorted(map(bytes, held))
+
+
+def test_the_reporter_says_what_the_terminal_said_and_keeps_one_copy_of_each_plot(tmp_path):
+    """The top_k shortfall the Trainer printed, the exported model's seed, activation.json's
+    note on what its statistics cover, and the function plots in report_figures/ only."""
+    import json
+    import os
+
+    from components.base import Artifact
+    from components.reporter import ReporterExecutor
+
+    trained, evaluation = _trained_models_with_a_model(tmp_path, "embedded:digits", 10)
+    record = _export(tmp_path, trained, evaluation)
+    assert record["model_seed"] == 0
+    with open(trained.path("runs.jsonl")) as f:  # as the Trainer writes them: every run has a directory
+        runs = [json.loads(line) for line in f]
+    with open(trained.path("runs.jsonl"), "w") as f:
+        f.writelines(json.dumps(dict(run, run_dir=run["run_dir"] or f"runs/{run['function']}-{run['seed']}")) + "\n"
+                     for run in runs)
+    assert "learned_parameters_note" not in record  # elu(x) learns nothing: no statistics to explain
+    note = shortfall_note(functions_to_train(["relu"], [{"expression": "elu(x)"}], 3, []), 3, for_report=True)
+    trained.properties["shortfall_note"] = note
+    report, logs = Artifact("Report", str(tmp_path / "report")), Artifact("TensorBoardLogs", str(tmp_path / "tb"))
+    os.makedirs(report.uri)
+    os.makedirs(logs.uri)
+    inputs = {"evaluation": [evaluation], "trained_models": [trained],
+              "exported": [Artifact("ExportedActivation", str(tmp_path / "exported"))]}
+    ReporterExecutor().Do(inputs, {"report": [report], "tensorboard": [logs]},
+                          {"config": {}, "title": "t", "command": ""})
+    md = open(report.path("report.md")).read()
+    assert f"Note: {note}" in md.split("## Results")[0]
+    assert "export/model.keras is the trained model of its seed 0" in md
+    assert sorted(os.listdir(report.uri)) == ["report.html", "report.md", "report_figures"]
+    assert {"function_00_0.png", "function_01_0.png"} <= set(os.listdir(report.path("report_figures")))
+    assert os.listdir(os.path.join(logs.uri, "functions"))  # TensorBoard got the images before they went
+
+
+def test_the_exported_statistics_say_what_they_cover(tmp_path):
+    import json
+    import os
+
+    from components.base import Artifact
+    from components.evaluator import EvaluatorExecutor
+    from components.exporter import ExporterExecutor
+    from components.trainer import LEARNED_STATISTICS_NOTE
+
+    trained = Artifact("TrainedModels", str(tmp_path / "trained"))
+    os.makedirs(trained.uri)
+    with open(trained.path("runs.jsonl"), "w") as f:
+        for name, mean in (("relu", 0.80), ("mul(alpha,x)", 0.90)):
+            for seed in range(3):
+                learned = {f"act_{i}": {"alpha": {"mean": 1.0 + i / 100, "min": 0.97, "max": 1.03 + seed / 100,
+                                                  "size": 64}} for i in range(4)} if name != "relu" else {}
+                f.write(json.dumps({"function": name, "seed": seed, "kind": "discovered", "test_accuracy": mean + seed / 1e3,
+                                    "val_accuracy": mean, "learned_parameters": learned, "model_path": None}) + "\n")
+    evaluation = Artifact("Evaluation", str(tmp_path / "evaluation"))
+    os.makedirs(evaluation.uri)
+    EvaluatorExecutor().Do({"trained_models": [trained]}, {"evaluation": [evaluation]},
+                           {"baseline": "relu", "threshold": 0.0, "alpha": 0.05, "min_seeds": 3})
+    exported = Artifact("ExportedActivation", str(tmp_path / "exported"))
+    os.makedirs(exported.uri)
+    ExporterExecutor().Do({"evaluation": [evaluation], "trained_models": [trained]}, {"exported": [exported]},
+                          {"sharing": "channel"})
+    record = json.load(open(exported.path("activation.json")))
+    assert record["learned_parameters"]["alpha"] == {
+        "mean": pytest.approx(1.015), "std_of_layer_means": pytest.approx(0.01118034), "min": 0.97, "max": 1.05,
+        "values": 4 * 64 * 3, "layers": 4, "seeds": 3}
+    assert record["learned_parameters_note"] == LEARNED_STATISTICS_NOTE
 
 
 def test_evaluator_and_exporter_artifacts_with_a_blessed_winner(tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.report import function_label
 from conftest import PROJECT_ROOT
 from pipeline import config as config_lib
 
@@ -94,10 +95,13 @@ def test_a_run_produces_every_deliverable(finished):
         (t["trial_id"], t["expression"]) for t in trials]
     report = Path(results["report_markdown"]).read_text()
     assert "| Rank | Trial | Expression |" in report
-    assert discovered["function"] in report and "## Search progress" in report
-    # It names the exported function and why that one (here: nothing beat relu).
-    assert (f"Exported (export/activation.json, with a trained model in export/model.keras when one was saved): "
-            f"{discovered['function']}, not blessed: no function of the search beat relu") in report
+    label = function_label(discovered["function"])  # infix form, as everywhere people read it
+    assert f"| `{label}` |" in report and "## Search progress" in report
+    # It names the exported function, why that one (here: nothing beat relu), and whose model it ships.
+    record = read_json(root / "export" / "activation.json")
+    assert (f"Exported: {label} in export/activation.json (not blessed: no function of the search beat relu") in report
+    assert f"export/model.keras is the trained model of its seed {record['model_seed']}," in report
+    assert sorted(os.listdir(root / "report")) == ["report.html", "report.md", "report_figures"]  # one copy of each plot
     # The report's command recreates the run's configuration.
     command = re.search(r"```sh\n(actsearch run .*)\n```", report).group(1)
     flags = dict(word[2:].split("=", 1) for word in shlex.split(command)[2:])

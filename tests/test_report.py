@@ -84,7 +84,7 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     assert "| Function | Origin | n | Mean ± std | 95% CI | Δ vs relu |" in md
     for f in ev.functions:
         row = next(line for line in md.splitlines()
-                   if line.startswith("| `" + f.function.replace("|", "\\|") + "`"))
+                   if line.startswith("| `" + rp.function_label(f.function).replace("|", "\\|") + "`"))
         assert f"{100 * f.mean:.2f}" in row
         assert f"| {ORIGINS.get(f.function, '—')} |" in row  # where the function came from
         if not f.is_baseline:
@@ -113,7 +113,7 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     assert "`cat/9.jpg` and 2 more; ExampleGen's statistics.json lists them all." in md
     assert "Top 10 of 13 search trials" in md
     assert "| Rank | Trial | Expression | Fitness (val. acc. %) | Generation | Parents | Simplest form |" in md
-    rows = re.findall(r"^\| (\d+) \| `(\d+)` \| `tanh\(x\)\*(\d+)` \| ([\d.]+) \| \d+ \| ([^|]+) \|", md, re.M)
+    rows = re.findall(r"^\| (\d+) \| `(\d+)` \| `tanh\(x\) \* (\d+)` \| ([\d.]+) \| \d+ \| ([^|]+) \|", md, re.M)
     assert [int(r[2]) for r in rows] == list(range(11, 1, -1))  # best fitness first
     assert [r[0] for r in rows] == [str(rank) for rank in range(1, 11)]
     # The Trial column shows the trial's id (not its rank), and Parents name trial ids: ones in
@@ -123,7 +123,7 @@ def test_markdown_has_results_table_and_verdicts(tmp_path, inputs):
     for _, trial_id, _, _, parents in rows:
         for parent in re.findall(r"`([^`]+)`", parents):
             assert parent in shown or parent < trial_id, (trial_id, parent)
-    assert "| 1 | `11` | `tanh(x)*11` | 61.00 | 2 | `07`, `08` |" in md
+    assert "| 1 | `11` | `tanh(x) * 11` | 61.00 | 2 | `07`, `08` |" in md
     assert "bad(x)" not in md  # NaN fitness sorts last, outside the top 10
     # The distinct count is a running total, and the table says so.
     assert "| Generation | Best (%) | Median (%) | Distinct so far | Rejected | Duplicates |" in md
@@ -137,9 +137,9 @@ def test_trials_show_the_simplest_form_of_roundabout_expressions(tmp_path, input
               dict(expression="not an expression(", fitness=0.1, generation=0, parents=[])]
     md = _write(tmp_path, inputs, trials=trials)[0].read_text()
     rows = {line.split(" | ")[2]: line for line in md.splitlines() if line.startswith("| ") and line.count(" | ") >= 6}
-    assert rows["`mish(x - beta*zero(x))`"].startswith("| 1 | `12` |")
+    assert rows["`mish(x - beta * zero(x))`"].startswith("| 1 | `12` |")
     assert rows["`not an expression(`"].startswith("| 3 | — |")  # no id given: none shown
-    assert rows["`mish(x - beta*zero(x))`"].endswith("| `mish(x)` |")
+    assert rows["`mish(x - beta * zero(x))`"].endswith("| `mish(x)` |")
     assert rows["`x * sigmoid(beta * x)`"].endswith("| — |")
     assert rows["`not an expression(`"].endswith("| — |")
 
@@ -179,7 +179,7 @@ def test_html_is_self_contained_with_embedded_pngs(tmp_path, inputs):
     assert base64.b64encode((tmp_path / "relu.png").read_bytes()).decode() in images
     assert html_lib.escape(inputs["evaluation"].summary) in text
     assert 'class="badge badge-BLESSED"' in text
-    assert f"<code>{html_lib.escape(EXPR)}</code>" in text
+    assert f"<code>{html_lib.escape(rp.function_label(EXPR))}</code>" in text
 
 
 def test_nothing_beats_baseline_is_stated(tmp_path):
@@ -190,8 +190,8 @@ def test_nothing_beats_baseline_is_stated(tmp_path):
     md_path, html_path = rp.write_report(tmp_path, evaluation=ev.to_dict(), runs=runs,
                                          config={"model": "mlp"},
                                          exported={"function": "worse", "why_exported": "not blessed: because"})
-    assert "**NOT_BLESSED** — No function beat relu" in md_path.read_text()
-    assert "Exported (export/activation.json" in md_path.read_text() and "worse, not blessed: because." in md_path.read_text()
+    assert "**NOT BLESSED** — No function beat relu" in md_path.read_text()
+    assert "Exported: worse in export/activation.json (not blessed: because)." in md_path.read_text()
     assert "No function beat relu" in html_path.read_text()
     # Optional sections are left out when their data is not given.
     assert "Search progress" not in md_path.read_text()
@@ -296,3 +296,128 @@ def test_report_renders_in_headless_chromium(tmp_path, inputs):
     assert 0.005 < dark < 0.5, dark  # text and lines on a light page
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1) > 0.3).mean()
     assert colourful > 0.002, colourful  # the coloured verdict badges and plot lines are visible
+
+
+# ---------------------------------------------------------------------------------------------
+# What the review of a run's report found.
+
+
+def test_parameter_bars_span_seeds_and_channels_not_only_layer_means():
+    """A per-channel layer spanning 0.97-1.03 drew as a point at its mean; now its bar spans
+    min to max over seeds and channels, as the caption says. Old records (the layer mean alone)
+    still draw, as a point."""
+    runs = [{"learned_parameters": {"act_01": {"alpha": {"mean": 0.9985, "min": 0.97, "max": 1.03, "size": 64}},
+                                    "act_02": {"alpha": {"mean": 1.1, "min": 1.05, "max": 1.12}}}},
+            {"learned_parameters": {"act_01": {"alpha": {"mean": 1.0015, "min": 0.98, "max": 1.04, "size": 64}},
+                                    "act_02": {"alpha": 1.2}}}]  # an older record: the mean only
+    fig = rp._parameter_plot("alpha*x", runs)
+    (ax,) = fig.axes
+    (bars,) = ax.collections
+    spans = sorted((float(seg[0][0]), float(seg[0][1]), float(seg[1][1])) for seg in bars.get_segments())
+    assert spans[0] == pytest.approx((0.0, 0.97, 1.04))  # over both seeds and all channels
+    assert spans[1] == pytest.approx((1.0, 1.05, 1.2))
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([1.0, 1.15])  # mean over seeds of the layer means
+    # Old records alone, and per-channel lists, still draw.
+    old = rp._parameter_plot("alpha*x", [{"learned_parameters": {"a": {"alpha": 0.5}}}])
+    assert [list(seg[:, 1]) for seg in old.axes[0].collections[0].get_segments()] == [[0.5, 0.5]]
+    listed = rp._parameter_plot("alpha*x", [{"learned_parameters": {"a": {"alpha": [0.9, 1.0, 1.4]}}}])
+    assert [list(seg[:, 1]) for seg in listed.axes[0].collections[0].get_segments()] == [pytest.approx([0.9, 1.4])]
+
+
+def test_a_single_generation_is_labelled_with_whole_numbers():
+    fig = rp._evolution_plot([dict(generation=0, best=0.9, median=0.8, distinct=2, rejected=0, duplicates=0)])
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[-1].get_xticks() if fig.axes[-1].get_xlim()[0] <= t <= fig.axes[-1].get_xlim()[1]]
+    assert ticks == [0.0]
+
+
+def test_the_accuracy_plot_says_what_its_colours_and_marks_mean(tmp_path, inputs):
+    fig = rp._accuracy_plot(inputs["evaluation"], inputs["runs"])
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["baseline", "not blessed", "blessed", "mean of relu",
+                                                          "diverged"]
+    md = _write(tmp_path, inputs)[0].read_text()
+    assert "coloured by the function's verdict (gray: the baseline relu, green: blessed, blue: not blessed)" in md
+
+
+def test_unset_settings_show_a_dash_not_none_or_an_empty_code_span(tmp_path, inputs):
+    config = {"data_dir": None, "resume_root": "", "beam_options": [], "resources": {}, "augment": False}
+    md = _write(tmp_path, inputs, config=config)[0].read_text()
+    for key in config:
+        if key != "augment":
+            assert f"| `{key}` | — |" in md
+    assert "| `augment` | `False` |" in md
+    assert "`None`" not in md and "``" not in md and "`[]`" not in md
+    assert "—: not set or empty (the default applies)." in md
+
+
+def test_verdicts_are_spelled_the_same_in_the_summary_and_the_badges(tmp_path):
+    runs = [dict(function=f, seed=s, test_accuracy=m + 0.001 * s) for f, m in [("relu", 0.9), ("tanh(x)", 0.8)]
+            for s in range(3)]
+    md_path, html_path = rp.write_report(tmp_path, evaluation=st.evaluate(runs), runs=runs, config={})
+    text = html_path.read_text()
+    assert "<strong>NOT BLESSED</strong>" in text and ">NOT BLESSED</span>" in text
+    assert "NOT_BLESSED" not in text.replace("badge-NOT_BLESSED", "")  # only as a CSS class
+    assert "NOT_BLESSED" not in md_path.read_text()
+    assert "| NOT BLESSED |" in md_path.read_text()
+
+
+def test_the_summary_names_the_seed_whose_model_was_exported(tmp_path, inputs):
+    exported = {"function": EXPR, "why_exported": "not blessed: because", "model_seed": 2}
+    md = _write(tmp_path, inputs, exported=exported)[0].read_text()
+    assert (f"Exported: {rp.function_label(EXPR)} in export/activation.json (not blessed: because); "
+            "export/model.keras is the trained model of its seed 2, the seed with the best validation accuracy.") in md
+    assert "when one was saved" not in md
+    md = _write(tmp_path, inputs, exported=dict(exported, model_seed=None))[0].read_text()
+    assert "no trained model was saved" in md and "export/model.keras is the trained model" not in md
+
+
+def test_the_mann_whitney_floor_is_explained_with_this_runs_seed_counts(tmp_path, inputs):
+    from scipy import stats
+
+    # The bound the report states is scipy's smallest exact p: 3 vs 3 perfectly separated gives 0.1.
+    assert rp._mannwhitney_floor(3, 3) == pytest.approx(stats.mannwhitneyu([4, 5, 6], [1, 2, 3]).pvalue) == 0.1
+    assert rp._mannwhitney_floor(4, 4) == pytest.approx(stats.mannwhitneyu([5, 6, 7, 8], [1, 2, 3, 4]).pvalue)
+    md = _write(tmp_path, inputs)[0].read_text()
+    assert "e.g. 3 vs 3 cannot go below 0.1 (here 2 vs 4 runs: 0.133, 4 vs 4 runs: 0.029, 5 vs 4 runs: 0.016)" in md
+    assert "scipy uses a normal approximation" in md
+
+
+def test_a_baselines_search_rank_is_explained_and_old_records_read_the_same(tmp_path, inputs):
+    for origin in ("baseline; also the search's rank 3 (search initial candidate, trial 02)",
+                   "baseline; also the search's #3 (search initial candidate, trial 02)"):  # as records said before
+        runs = [dict(run, origin=origin) if run["function"] == "relu" else run for run in inputs["runs"]]
+        md = _write(tmp_path, inputs, runs=runs)[0].read_text()
+        assert "| `relu` | baseline; also the search's rank 3 (search initial candidate, trial 02) |" in md
+        assert "\"Also the search's rank N\": the search found this baseline too, as the N-th best" in md
+    assert "the search's rank N" not in _write(tmp_path, inputs)[0].read_text()  # no baseline ranked: not explained
+
+
+def test_notes_such_as_a_top_k_shortfall_are_in_the_summary(tmp_path, inputs):
+    note = "top_k=2 asked for the search's 2 best functions, but the search found only 1 distinct function"
+    md_path, html_path = _write(tmp_path, inputs, notes=[note])
+    summary = md_path.read_text().split("## Results")[0]
+    assert f"Note: {note}" in summary and html_lib.escape(f"Note: {note}") in html_path.read_text()
+
+
+def test_expressions_are_written_in_infix_form_and_baselines_by_name(tmp_path):
+    canonical = "add(mul(alpha,x),tanh(x))"
+    runs = [dict(function=f, seed=s, test_accuracy=m + 0.001 * s, origin=f,
+                 learned_parameters={"act": {"alpha": {"mean": 1.0, "min": 0.9, "max": 1.1}}} if f != "relu" else {})
+            for f, m in [("relu", 0.8), (canonical, 0.9)] for s in range(3)]
+    trials = [dict(trial_id="1", expression=canonical, fitness=0.9, generation=0, parents=[])]
+    md_path, html_path = rp.write_report(tmp_path, evaluation=st.evaluate(runs), runs=runs, trials=trials,
+                                         config={}, exported={"function": canonical, "why_exported": "blessed"})
+    md = md_path.read_text()
+    assert "alpha * x + tanh(x)" in md.split("## Summary")[1].split("\n\n")[1]  # the evaluation's summary line
+    assert "Exported: alpha * x + tanh(x) in export/activation.json" in md
+    assert "| `alpha * x + tanh(x)` | add(mul(alpha,x),tanh(x)) | 3 |" in md  # results (this origin is text)
+    assert "| 1 | `1` | `alpha * x + tanh(x)` |" in md  # trials
+    assert "| `relu` | 0 |" in md and "| `alpha * x + tanh(x)` | 0 |" in md  # all runs
+    assert "| `functions compared` | `relu`, `alpha * x + tanh(x)` |" in md
+    # The canonical form the machine files use is named once, under the function's shape.
+    assert md.count(f"`{canonical}`") == 1
+    assert f"Canonical form (as runs.jsonl and activation.json write it): `{canonical}`" in md
+    labels = [t.get_text() for t in rp._accuracy_plot(st.evaluate(runs), runs).axes[0].get_yticklabels()]
+    assert labels == ["relu", "alpha * x + tanh(x)"]
+    assert rp.function_label("elu(x)") == "elu(x)" and rp.function_label("gelu") == "gelu"
