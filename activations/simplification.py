@@ -20,6 +20,7 @@ expression as it was.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence, Union
 
 import numpy as np
@@ -190,8 +191,8 @@ def _opened_product(name: str, args: Sequence[Expression]) -> Expression | None:
         return None
     factors = _flat_factors(args)
     constants = [factor.value for factor in factors if factor.kind == "constant"]
-    value = _tidy(float(np.prod(constants)))
-    if len(constants) < 2 or len(format_number(value)) > _MAX_FOLDED_DIGITS:
+    value = _tidy(math.prod(constants))
+    if len(constants) < 2 or not np.isfinite(value) or len(format_number(value)) > _MAX_FOLDED_DIGITS:
         return None
     others = [factor for factor in factors if factor.kind != "constant"]
     if value == 0.0 or not others:             # 0 * e is 0: the protected operators are finite
@@ -259,8 +260,9 @@ def _coefficient(term: Expression) -> tuple[float, Expression]:
 
 
 def _scaled(coefficient: float, base: Expression) -> Expression | None:
-    """`coefficient * base` in its simplest form; None when the coefficient is long to write."""
-    if len(format_number(coefficient)) > _MAX_FOLDED_DIGITS:
+    """`coefficient * base` in its simplest form; None when the coefficient is long to write or
+    overflowed (`1e308 * x + 1e308 * x`)."""
+    if not np.isfinite(coefficient) or len(format_number(coefficient)) > _MAX_FOLDED_DIGITS:
         return None
     if coefficient == 0.0 or base == _ONE:
         return Expression.constant(coefficient)

@@ -76,7 +76,7 @@ class QuantileStopping:
             worst = -math.inf if direction == "max" else math.inf
             values = np.array([worst if v is None else v for v in reached], dtype=float)
             q = self.quantile if direction == "max" else 1.0 - self.quantile
-            value = float(np.quantile(values, q, method="linear"))
+            value = _quantile(values, q)
             out.append(value if math.isfinite(value) else None)
         return out
 
@@ -121,6 +121,21 @@ def _running_best(curve: Curve, direction: str) -> list[float | None]:
             best = value if best is None else better(best, value)
         out.append(best)
     return out
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """numpy's linear quantile, except that a position landing exactly on a value returns it even
+    when its neighbour is infinite (numpy computes `v + (inf - v) * 0`, which is NaN): a
+    diverged run at the bottom of the ranking must not switch the rule off for everyone."""
+    ordered = np.sort(values)
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    fraction = position - low
+    if fraction == 0.0 or ordered[low] == ordered[high]:
+        return float(ordered[low])
+    if not (math.isfinite(ordered[low]) and math.isfinite(ordered[high])):
+        return math.inf                        # between a value and a diverged run: undefined
+    return float(ordered[low] + (ordered[high] - ordered[low]) * fraction)
 
 
 def _check_direction(direction: str) -> None:

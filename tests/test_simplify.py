@@ -67,7 +67,8 @@ def test_rules(text, expected):
 
 
 @pytest.mark.parametrize("text", ["x * sigmoid(beta * x)", "max(relu(x), cosh(elu(x)))", "x", "x - relu(x)",
-                                  "x / x", "alpha * x + beta * x", "x / 3 + x", "x + x * 0.123456789"])
+                                  "x / x", "alpha * x + beta * x", "x / 3 + x", "x + x * 0.123456789",
+                                  "mul(mul(1e200, x), 1e200)", "1e308 * x + 1e308 * x"])  # would overflow
 def test_what_no_rule_covers_is_returned_as_it_is(text):
     # x / x is not 1 at x = 0 (the division is sign-safe); x - relu(x) is left alone; learnable
     # coefficients are not gathered (neither parameter can go), nor long constants.

@@ -45,6 +45,17 @@ def test_non_finite_points_count_as_the_worst_and_minimising_objectives_work():
     assert rule.should_stop([3.0], [bar], "min") and not rule.should_stop([2.0], [bar], "min")
 
 
+@pytest.mark.parametrize("direction, sign", [("min", 1.0), ("max", -1.0)])
+def test_a_diverged_run_does_not_switch_the_rule_off_in_either_direction(direction, sign):
+    # The quantile lands exactly on the 4th value, beside the diverged run's infinity: numpy's
+    # interpolation gives NaN there (v + (inf - v) * 0), which used to mean "no bar".
+    rule = QuantileStopping(quantile=0.25)
+    curves = [[sign * 1.0], [sign * 2.0], [sign * 3.0], [sign * 4.0], [None]]
+    assert rule.thresholds(curves, direction) == [pytest.approx(sign * 4.0)]
+    assert rule.thresholds([[sign * v] for v in (1.0, 2.0, 3.0, 4.0, 5.0)] + [[None]], direction) \
+        == [pytest.approx(sign * 4.75)]
+
+
 def test_should_stop_compares_the_best_so_far_with_the_bar_of_its_epoch():
     rule = QuantileStopping()
     bars = [None, 0.6, 0.7]
