@@ -34,7 +34,7 @@ Decisions:
 * When no new function can be bred (every offspring of `max_attempts` a duplicate or rejected)
   a random sample of the space is proposed instead, so evolution does not end below its budget;
   STOPPED then means the space itself has nothing new left.
-* A failed trial (exception, NaN score) stays in the population with the worst fitness and ages
+* A failed trial (exception, NaN or infinite score) stays in the population with the worst fitness and ages
   out; the search goes on. `max_consecutive_failed_trials` defaults to 10 rather than
   KerasTuner's 3 because failing candidates are a normal outcome of a search over functions.
 * At most `population_size` trials are in flight. When all of them are (nothing can be bred
@@ -92,6 +92,7 @@ GENOME = "activation"
 PARENTS = "evolution/parents"
 GENERATION = "evolution/generation"
 OPERATOR = "evolution/operator"
+RESERVED_NAMES = (GENOME, PARENTS, GENERATION, OPERATOR)
 EPOCH_METRIC = "actsearch/epoch"
 """Marks an `update_trial` call as one epoch's objective, for the stopping rule only: how a
 worker of KerasTuner's distributed mode asks the chief's oracle whether to stop a trial."""
@@ -186,7 +187,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         strategy: "evolution", "exhaustive", "random" or "rl" (the Swish paper's controller over
             core units; needs space "swish").
         population_size: N, the population of the evolution and the most trials in flight.
-        tournament_size: candidates drawn at random from the population per parent selection.
+        tournament_size: candidates drawn at random from the population per parent selection
+            (default: 4, or the population size when smaller).
         selection: "aging" (regularized evolution: the oldest leaves) or "elitist" (the worst leaves).
         mutation_rate: probability that a crossover child is also mutated (a child that is not
             crossed over is always mutated).
@@ -218,7 +220,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         space: str | space_module.SearchSpace = "pangaea",
         strategy: str = "evolution",
         population_size: int = 16,
-        tournament_size: int = 4,
+        tournament_size: int | None = None,
         selection: str = "aging",
         mutation_rate: float = 1.0,
         crossover_rate: float = 0.2,
@@ -243,6 +245,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             raise ValueError(f"unknown selection {selection!r}; allowed: {list(SELECTIONS)}")
         _check_int("max_trials", max_trials, 1, allow_none=True)
         _check_int("population_size", population_size, 1)
+        if tournament_size is None:
+            tournament_size = min(4, population_size)
         _check_int("tournament_size", tournament_size, 1)
         if tournament_size > population_size:
             raise ValueError(
@@ -261,6 +265,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             given = [name for name, value in exhaustive_options.items() if value is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to strategy='exhaustive' or 'rl', not {strategy!r}")
+        _check_reserved_names(hyperparameters)
         super().__init__(
             objective=objective,
             max_trials=max_trials,
@@ -436,6 +441,15 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             reply.status = TrialStatus.STOPPED
         return reply
 
+    def score_trial(self, trial):
+        """KerasTuner's score, with an infinite one made NaN: an infinite objective is a broken
+        run as a NaN one is (KerasTuner only catches NaN), so both are INVALID, retried, then
+        FAILED; otherwise `get_best_trials` would rank an infinite score first while the
+        population counts the trial as failed."""
+        super().score_trial(trial)
+        if trial.score is not None and math.isinf(trial.score):
+            trial.score = math.nan
+
     @keras_tuner.synchronized
     def end_trial(self, trial):
         super().end_trial(trial)
@@ -472,8 +486,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
 
     def _settings(self) -> dict:
         """The settings that shape the search, which a resumed search must share (max_trials,
-        stopping and the waiting options may change between runs)."""
+        stopping and the waiting options may change between runs). The objective is among
+        them: the saved fitness values were measured on it."""
         return {
+            "objective": str(self.objective),
             "population_size": self.population_size,
             "tournament_size": self.tournament_size,
             "selection": self.selection,
@@ -826,7 +842,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
     def report(self, trial_id: str, value: float | Mapping[str, float] | None = None, error: str | None = None,
                *, curve: Sequence[float | None] | None = None, stopped_at: int | None = None):
         """Finish a trial from a batch executor: its objective value (or metrics dict), or an
-        `error` message. An error or a NaN value makes the trial INVALID, so KerasTuner's
+        `error` message. An error or a NaN or infinite value makes the trial INVALID, so KerasTuner's
         retries (`max_retries_per_trial`) apply before it is FAILED with the worst fitness.
 
         `curve` (the objective after each epoch) feeds the stopping rule's thresholds for later
@@ -992,6 +1008,20 @@ def activation_from_hp(hp, **layer_kwargs):
 
 
 _ORACLE_ARGUMENTS = frozenset(inspect.signature(EvolutionaryOracle.__init__).parameters) - {"self"}
+
+
+def _check_reserved_names(hyperparameters) -> None:
+    """The oracle owns the hyper-parameters `GENOME` ("activation") and the lineage names; one
+    the user declared would be silently overwritten, and a hypermodel reading it for Keras'
+    `activation=` argument would get an expression text Keras cannot read."""
+    if hyperparameters is None:
+        return
+    taken = [hp.name for hp in hyperparameters.space if hp.name in RESERVED_NAMES]
+    if taken:
+        raise ValueError(
+            f"hyper-parameter name(s) {taken} belong to the oracle: {GENOME!r} holds the searched expression "
+            "(build the layer with activations.oracle.activation_from_hp(hp)) and the others its lineage; give your "
+            "own hyper-parameters other names")
 
 
 class EvolutionaryTuner(keras_tuner.Tuner):

@@ -446,6 +446,8 @@ def test_lazy_resume_of_a_batch_project_and_mismatched_settings(tmp_path):
         ({"seed": 8}, "seed=7 but this oracle has seed=8"),
         ({"seed_functions": ["tanh(x)"]}, r"seed_functions=\[.*\] but this oracle has seed_functions=\['tanh\(x\)'\]"),
         ({"tournament_size": 3, "crossover_rate": 0.5}, "tournament_size=2 .*; crossover_rate=0.2 but"),
+        ({"objective": keras_tuner.Objective("score", "min")},  # the saved fitness was measured on another
+         r"objective='Objective\(name=\"fitness\", direction=\"max\"\)' but this oracle has .*direction=\"min\""),
     ]:
         with pytest.raises(ValueError, match=message):
             make_oracle(max_trials=10, **changed).set_project_dir(tmp_path, "batch")
@@ -515,11 +517,13 @@ def test_failed_trials_get_the_worst_fitness_and_the_search_goes_on(tmp_path):
             raise RuntimeError("loss diverged")
         if "gelu" in text:
             return float("nan")
+        if text == "elu(x)":
+            return float("inf")  # as broken as NaN: it must not rank first in KerasTuner
         return target_fitness(text)
 
     oracle = make_oracle(
         max_trials=12,
-        seed_functions=["tanh(x)", "gelu(x)", "relu(x)", "sigmoid(x)"],
+        seed_functions=["tanh(x)", "gelu(x)", "relu(x)", "sigmoid(x)", "elu(x)"],
         max_retries_per_trial=1,
     )
     log = []
@@ -528,14 +532,14 @@ def test_failed_trials_get_the_worst_fitness_and_the_search_goes_on(tmp_path):
     statuses = {tid: t.status for tid, t in oracle.trials.items()}
     assert len(statuses) == 12
     failed = [tid for tid, status in statuses.items() if status == TrialStatus.FAILED]
-    assert {"00", "01", "03"} <= set(failed)
-    assert log.count("00") == 2 and log.count("01") == 2  # one KerasTuner retry each, then FAILED
+    assert {"00", "01", "03", "04"} <= set(failed)
+    assert log.count("00") == 2 and log.count("01") == 2 and log.count("04") == 2  # one retry each, then FAILED
     for member in oracle.population:
         if member["trial_id"] in failed:
             assert member["fitness"] is None
     assert oracle.counts()["failed"] == len(failed)
     completed = [t for t in oracle.trials.values() if t.status == TrialStatus.COMPLETED]
-    assert completed and tuner.get_best_hyperparameters(1)[0].get(GENOME) != "tanh(x)"
+    assert completed and tuner.get_best_hyperparameters(1)[0].get(GENOME) not in ("tanh(x)", "elu(x)")
 
 
 def test_elitist_selection_keeps_the_best_and_aging_keeps_the_newest():
@@ -690,6 +694,22 @@ def test_seed_functions_are_fingerprinted_and_checked_once(monkeypatch):
     assert genomes(oracle)[:2] == texts[:2] and texts[2] not in genomes(oracle)
     for text in texts:  # at construction only; proposing them reused the results
         assert calls.count(("fingerprint", text)) == 1 and calls.count(("check", text)) == 1
+
+
+def test_the_oracles_hyper_parameter_names_are_refused_in_the_users_space():
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("activation", ["relu", "tanh"])  # would be overwritten by the searched expressions
+    hp.Int("units", 8, 32)
+    with pytest.raises(ValueError, match=r"hyper-parameter name\(s\) \['activation'\] belong to the oracle"):
+        make_oracle(hyperparameters=hp)
+    own = keras_tuner.HyperParameters()
+    own.Int("units", 8, 32)
+    assert make_oracle(hyperparameters=own).hyperparameters.get("units") == 8
+
+
+def test_a_small_population_gets_a_tournament_that_fits():
+    assert EvolutionaryOracle(objective=FITNESS, population_size=3).tournament_size == 3
+    assert EvolutionaryOracle(objective=FITNESS, population_size=16).tournament_size == 4
 
 
 def test_report_needs_a_value_or_an_error():
