@@ -6,13 +6,22 @@ Layout under the log directory (each sub-directory is a TensorBoard "run"):
   `seed`, `stage`) with the metrics `test_accuracy`, `val_accuracy`, and its training curves
   (`epoch_*`; the Reporter copies the run's own Keras logs, `train/` and `validation/`, instead
   when it has them).
-* `search/trial_<id>/` one per search trial: its curves, and an HParams session with `activation`,
-  `stage`, `generation` and the metric `fitness`.
+* `search/trial_<id>/` one per search trial: its curves (`epoch_loss`, `epoch_accuracy`,
+  `epoch_val_loss`, `epoch_val_accuracy`, `epoch_learning_rate` at step = epoch, from 0), its
+  learned activation parameters at the end of training (`learned/<layer>/<parameter>/mean`, and
+  `/min`, `/max` for per-channel ones, at the step of its last epoch), and an HParams session
+  with `activation`, `stage`, `generation` and the metric `fitness`.
 * `functions/` images of the function shapes, one tag per function.
-* `evolution/` best / median fitness and candidate counts per generation (step = generation).
+* `evolution/` best / median fitness and candidate counts (distinct, rejected, duplicates,
+  stopped early) per generation (step = generation).
 * the log directory itself holds the HParams experiment definition: `activation` is a string
-  hyper-parameter whose discrete domain is the set of expressions trained, so the HParams
-  dashboard can filter and sort by it.
+  hyper-parameter whose discrete domain is the set of functions trained, so the HParams
+  dashboard can filter and sort by it. Spellings of one function are one value (a trial's
+  `mul(x,one(x))` and its final run's simplified `x`; a trial's `gelu(x)` and the baseline
+  `gelu`).
+
+Every per-epoch summary, here and in a run's own Keras logs (`trainer.train`), is at step =
+epoch counted from 0, as Keras' TensorBoard callback writes its `epoch_*` scalars.
 
 Run directory names are slugs of the expression plus a short hash (expressions contain
 characters such as `(`, `*` and `|`); the exact expression is always in the hparam value and in
@@ -21,10 +30,11 @@ the summary descriptions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +79,9 @@ def write_scalars(logdir: PathLike, run_name: str,
     """Writes curves (e.g. a Keras `History.history` dict) as scalars of one run.
 
     Each key becomes a tag; a sequence is written at steps `first_step, first_step+1, ...`;
-    a single number at `first_step`. Non-finite values are skipped (TensorBoard cannot plot
-    them and a diverged epoch should not flatten the chart).
+    a single number at `first_step`. Non-finite values and None are skipped (TensorBoard cannot
+    plot them and a diverged epoch should not flatten the chart; JSON records, such as a trial's
+    history, hold NaN as None).
     """
     path = Path(logdir) / run_name
     writer = tf.summary.create_file_writer(str(path))
@@ -78,6 +89,8 @@ def write_scalars(logdir: PathLike, run_name: str,
         for tag, values in scalars.items():
             series = [values] if _is_number(values) else list(values)
             for offset, value in enumerate(series):
+                if value is None:
+                    continue
                 if not _is_number(value):
                     raise SummaryError(f"scalar {tag!r} of run {run_name!r} must be numbers, "
                                        f"got {value!r}")
@@ -102,7 +115,8 @@ def write_hparams(
         mapping (tag -> per-epoch values, e.g. Keras `History.history`) is written as the run's
         curves under `epoch_<tag>`.
       trials: search trials with `trial_id` (or their position), `expression`, `fitness`,
-        optional `generation` and `history`.
+        optional `generation`, `history` (written as for runs) and `activation_stats` (the
+        learned parameters at the end of training, `trainer.train.TrainResult.activation_stats`).
       metrics: metric fields of the final runs.
 
     Returns:
@@ -119,7 +133,7 @@ def write_hparams(
     if not runs and not trials:
         raise SummaryError("nothing to write: pass final runs and/or search trials")
 
-    label = _activation_labels(str(r["function"]) for r in runs)
+    label = _activation_labels([str(r["function"]) for r in runs], [str(t["expression"]) for t in trials])
     expressions = sorted({label(r["function"]) for r in runs} | {label(t["expression"]) for t in trials})
     activation = hp.HParam("activation", hp.Discrete(expressions),
                            description="activation function (canonical expression or name)")
@@ -160,6 +174,8 @@ def write_hparams(
             values[generation] = int(trial["generation"])
         _write_session(Path(logdir) / name, values, {SEARCH_METRIC: trial.get("fitness")},
                        trial.get("history"))
+        if trial.get("activation_stats"):
+            write_learned_parameters(logdir, name, trial["activation_stats"], step=_last_epoch(trial.get("history")))
         names.append(name)
     return names
 
@@ -193,9 +209,10 @@ def write_function_images(logdir: PathLike, plots: Mapping[str, PathLike | Seque
 
 def write_evolution(logdir: PathLike, history: Sequence[Mapping[str, Any]], *,
                     run_name: str = EVOLUTION_RUN) -> list[str]:
-    """Writes evolution progress: `evolution/best`, `evolution/median` and candidate counts,
-    each at step = generation. Returns the tags written."""
-    keys = ("best", "median", "distinct", "rejected", "duplicates")
+    """Writes evolution progress: `evolution/best`, `evolution/median` and candidate counts
+    (`distinct`, `rejected`, `duplicates`, `stopped_early`: the report's columns), each at step =
+    generation. Returns the tags written."""
+    keys = ("best", "median", "distinct", "rejected", "duplicates", "stopped_early")
     writer = tf.summary.create_file_writer(str(Path(logdir) / run_name))
     tags = set()
     with writer.as_default():
@@ -212,20 +229,69 @@ def write_evolution(logdir: PathLike, history: Sequence[Mapping[str, Any]], *,
     return sorted(tags)
 
 
-def _activation_labels(functions: Iterable[str]):
-    """`label(text)`: the HParams value of a function. A search trial or final run that computes a
-    usual name the runs use (`gelu(x)` when the baseline `gelu` was trained) is shown by that
-    name, so one function is one value in the dashboard's filters; other text is kept as given."""
-    from activations.named import expression_for, usual_name
+def _activation_labels(functions: Sequence[str], expressions: Sequence[str] = ()) -> Callable[[Any], str]:
+    """`label(text)`: the HParams value of a function, so one function is one value in the
+    dashboard's filters. Final runs train the simplest form of a search result
+    (`activations.simplify`) while its trials keep the search's spelling, and a trial may spell a
+    baseline's usual name (`gelu(x)` for `gelu`): texts whose simplified forms are equal are one
+    group. A group with a final run shows the run's text (a usual name first); a group of trials
+    only shows its one text, or the simplified form when it has several. Text that does not
+    parse is kept as given."""
+    from activations.named import usual_name
 
-    def canonical(text: str) -> str | None:
-        try:
-            return str(expression_for(text))
-        except ValueError:
-            return None
+    groups: dict[str, list[str]] = {}
+    for text in [*functions, *expressions]:
+        key = _simplest(text)
+        if key is not None and text not in groups.setdefault(key, []):
+            groups[key].append(text)
+    shown = {}
+    for key, texts in groups.items():
+        runs = [t for t in texts if t in functions]
+        if runs:
+            shown[key] = next((t for t in runs if usual_name(t) is not None), runs[0])
+        else:
+            shown[key] = texts[0] if len(texts) == 1 else key
+    return lambda text: shown.get(_simplest(str(text)), str(text))
 
-    names = {canonical(f): f for f in functions if usual_name(f) is not None}
-    return lambda text: names.get(canonical(str(text)), str(text))
+
+@functools.lru_cache(maxsize=4096)
+def _simplest(text: str) -> str | None:
+    """The canonical text of `text`'s simplest form (a usual name resolved), or None when it does
+    not parse. Cached: a dashboard labels every trial and run, often the same text many times."""
+    import activations
+    from activations.named import expression_for
+
+    try:
+        return str(activations.simplify(expression_for(text)))
+    except ValueError:
+        return None
+
+
+def write_learned_parameters(logdir: PathLike, run_name: str,
+                             stats: Mapping[str, Mapping[str, Mapping[str, float]]], *, step: int = 0) -> list[str]:
+    """Writes a run's learned activation parameters (`{layer: {parameter: {mean, min, max,
+    size}}}`, as `trainer.train.TrainResult.activation_stats`) as scalars at `step`.
+
+    A search trial keeps these statistics, not the values themselves, so they are scalars, not
+    histograms: `learned/<layer>/<parameter>/mean`, and `/min` and `/max` for a parameter with
+    one value per channel. Returns the tags written.
+    """
+    scalars = {}
+    for layer, params in stats.items():
+        for name, values in params.items():
+            keys = ("mean",) if int(values.get("size", 1) or 1) == 1 else ("mean", "min", "max")
+            for key in keys:
+                if values.get(key) is not None:
+                    scalars[_tag(f"learned/{layer}/{name}/{key}")] = values[key]
+    if scalars:
+        write_scalars(logdir, run_name, scalars, first_step=step)
+    return sorted(scalars)
+
+
+def _last_epoch(history: Mapping[str, Sequence[Any]] | None) -> int:
+    """The step (epoch from 0) of a history's last epoch; 0 without one."""
+    lengths = [len(values) for values in (history or {}).values() if isinstance(values, Sequence)]
+    return max(lengths) - 1 if lengths else 0
 
 
 def _write_session(path: Path, values: Mapping[Any, Any], results: Mapping[str, Any],
@@ -239,8 +305,9 @@ def _write_session(path: Path, values: Mapping[Any, Any], results: Mapping[str, 
                 tf.summary.scalar(metric, float(value), step=0)
     writer.close()
     if history:
-        # Curves get Keras' `epoch_` prefix so they never mix with the session's metric tags.
-        write_scalars(path.parent, path.name, {f"epoch_{k}": v for k, v in history.items()})
+        # Curves get Keras' `epoch_` prefix so they never mix with the session's metric tags;
+        # `epoch` itself (Keras' 0-based index in a run's history) is the step, not a curve.
+        write_scalars(path.parent, path.name, {f"epoch_{k}": v for k, v in history.items() if k != "epoch"})
 
 
 def _is_number(value: Any) -> bool:

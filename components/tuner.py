@@ -11,13 +11,16 @@ that was interrupted or crashed continues where it stopped: no finished trial is
 
 Artifact layout::
 
-    <uri>/trials.jsonl      every trial: id, expression, fingerprint, fitness, status, lineage, time
+    <uri>/trials.jsonl      every trial: id, expression, fingerprint, fitness, status, lineage, time, its
+                            per-epoch curves (`history`) and learned parameters (`activation_stats`);
+                            records of older searches lack the last two
     <uri>/history.json      per generation: best, median, distinct functions proposed so far (cumulative),
                             duplicates, rejected
     <uri>/top_k.json        the best distinct functions, best first (with `rerank_seeds`: the best
                             2 * top_k re-ranked by `mean_fitness` over their trial and `rerun_fitness`)
     <uri>/counts.json       proposals, duplicates and rejected offspring, completed, failed
-    <uri>/tensorboard/      HParams dashboard (activation x fitness) and evolution curves
+    <uri>/tensorboard/      HParams dashboard (activation x fitness), each trial's curves and learned
+                            parameters, and evolution curves
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from components.base import Artifact, BaseExecutor, Component, ComponentSpec, In
 from components.fanout import load_result, run_jobs
 
 OBJECTIVE = "val_accuracy"
+TRIAL_CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+"""The per-epoch values a trial record keeps (its TensorBoard curves); timing and step counts stay
+in the trial's own result file."""
 MAX_ERRORS_IN_A_ROW = 8
 """Trials in a row whose training raised an error (not diverged) before the search gives up. A search
 with fewer trials than that still fails, at its end, when no trial produced a result."""
@@ -317,8 +323,16 @@ def _trial_records(oracle, results_dir: str) -> list[dict[str, Any]]:
             "seconds": result.get("job_seconds"),
             "images_per_sec": result.get("images_per_sec"),
             "error": error,
+            "history": _curves(result.get("history")),
+            "activation_stats": result.get("activation_stats") or {},
         })
     return trials
+
+
+def _curves(history: dict[str, list] | None) -> dict[str, list[float | None]]:
+    """The `TRIAL_CURVES` of a trial's history (epoch by epoch, from epoch 0), so the report's
+    TensorBoard can draw each trial's training; a failed trial has none."""
+    return {key: list(history[key]) for key in TRIAL_CURVES if key in (history or {})}
 
 
 def _check_some_result(trials: list[dict[str, Any]]) -> None:

@@ -32,14 +32,15 @@ def _write_logs(logdir: Path, tmp_path: Path):
                  history={"loss": [1.0, 0.7, 0.5], "val_accuracy": [0.5, 0.7, 0.79]})
             for i, f in enumerate(FUNCTIONS) for s in range(2)]
     trials = [dict(trial_id=f"{g}{k}", expression=f"tanh(x)*{k}" if k else "relu(x)",
-                   fitness=0.5 + 0.1 * g, generation=g, history={"val_accuracy": [0.3, 0.5]})
+                   fitness=0.5 + 0.1 * g, generation=g, history={"val_accuracy": [0.3, 0.5]},
+                   activation_stats={"act_01": {"beta": {"mean": 1.0 + g, "min": 1.0, "max": 2.0, "size": 1}}})
               for g in range(2) for k in range(2)]
     names = tbs.write_hparams(logdir, runs, trials)
     image_tags = tbs.write_function_images(
         logdir, {f: _png(tmp_path / f"{i}.png", i + 1) for i, f in enumerate(FUNCTIONS)})
     evolution_tags = tbs.write_evolution(logdir, [
         dict(generation=g, best=0.6 + 0.1 * g, median=0.5 + 0.05 * g, distinct=4, rejected=1,
-             duplicates=0) for g in range(3)])
+             duplicates=0, stopped_early=g) for g in range(3)])
     return runs, trials, names, image_tags, evolution_tags
 
 
@@ -70,9 +71,11 @@ def test_tensorboard_serves_scalars_images_and_hparams(server):
     final = tbs.final_run_name(FUNCTIONS[2], 1)
     assert set(tags[final]) == {"epoch_loss", "epoch_val_accuracy", "test_accuracy",
                                 "val_accuracy"}
-    assert set(tags[tbs.trial_run_name("11")]) == {"epoch_val_accuracy", "fitness"}
+    assert set(tags[tbs.trial_run_name("11")]) == {"epoch_val_accuracy", "fitness",
+                                                   "learned/act_01/beta/mean"}
     assert set(evolution_tags) == {"evolution/best", "evolution/median", "evolution/distinct",
-                                   "evolution/rejected", "evolution/duplicates"}
+                                   "evolution/rejected", "evolution/duplicates",
+                                   "evolution/stopped_early"}
     assert set(evolution_tags) <= set(tags["evolution"])
     best = srv.get("/data/plugin/scalars/scalars?"
                    + urlencode({"run": "evolution", "tag": "evolution/best"}))

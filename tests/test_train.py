@@ -14,11 +14,11 @@ import tensorflow as tf
 
 import activations
 from trainer import precision as precision_lib
-from trainer.callbacks import ActivationHistograms, ActivationImages, activation_parameter_stats
+from trainer.callbacks import ActivationHistograms, ActivationImages, activation_parameter_stats, mean_learning_rate
 from trainer.models import build_model
 from trainer.precision import PrecisionError, precision_scope, resolve_precision
 from trainer.sources import load_dataset
-from trainer.train import TrainConfig, TrainConfigError, TrainResult, train
+from trainer.train import TrainConfig, TrainConfigError, TrainResult, learning_rate_schedule, train
 
 SMALL = {"train": 320, "validation": 100, "test": 100}
 
@@ -36,6 +36,18 @@ def tiny(**changes) -> TrainConfig:
 
 def _weights_equal(a: keras.Model, b: keras.Model) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def _event_steps(log_dir: str) -> dict[str, list[tuple[int, float | None]]]:
+    """`{tag: [(step, scalar value or None), ...]}` of every summary under `log_dir`."""
+    found: dict[str, list[tuple[int, float | None]]] = {}
+    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor) if value.HasField("tensor") else None
+                scalar = float(array) if array is not None and array.ndim == 0 and array.dtype.kind == "f" else None
+                found.setdefault(value.tag, []).append((event.step, scalar))
+    return found
 
 
 def _event_tags(log_dir: str) -> set[str]:
@@ -441,6 +453,46 @@ def test_adamw_with_label_smoothing_and_augmentation_trains(digits):
 # Activation summaries
 
 
+def _expected_rates(peak: float, warmup: int, total: int, steps_per_epoch: int) -> list[float]:
+    """The mean rate of each epoch's steps: linear warm-up from 0, then cosine decay to 0."""
+    def rate(step):
+        if step < warmup:
+            return peak * step / warmup
+        return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    return [float(np.mean([rate(s) for s in range(e * steps_per_epoch, (e + 1) * steps_per_epoch)]))
+            for e in range(total // steps_per_epoch)]
+
+
+def test_the_mean_rate_of_a_long_epoch_is_sampled_closely():
+    steps, epochs = 390, 30
+    config = TrainConfig(learning_rate=0.002, epochs=epochs)
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate_schedule(config, steps, steps * epochs))
+    expected = _expected_rates(0.002, steps, steps * epochs, steps)
+    sampled = [mean_learning_rate(optimizer, e * steps, (e + 1) * steps) for e in range(epochs)]
+    assert sampled == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    assert mean_learning_rate(keras.optimizers.SGD(learning_rate=0.01), 0, 10) == pytest.approx(0.01)  # fixed rate
+
+
+def test_each_epoch_logs_the_learning_rate_it_trained_with_and_summaries_share_the_epoch_step(digits, tmp_path):
+    config = tiny(activation="x*sigmoid(beta*x)", epochs=3, learning_rate=0.002,
+                  warmup_epochs=1.0, output_dir=str(tmp_path / "run"))
+    result = train(config, digits)
+
+    # 10 steps an epoch, 30 in all, so the warm-up is capped at a fifth: 6 steps.
+    expected = _expected_rates(0.002, 6, 30, 10)
+    assert result.history["learning_rate"] == pytest.approx(expected, rel=1e-5)
+    assert expected[1] > expected[0] > expected[2] > 0  # warm-up, then decay; the last epoch trained too
+    steps = _event_steps(result.log_dir)
+    assert [step for step, _ in steps["epoch_learning_rate"]] == [0, 1, 2]
+    assert [value for _, value in steps["epoch_learning_rate"]] == pytest.approx(expected, rel=1e-5)
+    # One step unit for everything per epoch: the epoch, from 0, as Keras' epoch_* scalars.
+    layer = next(iter(result.activation_stats))
+    assert [step for step, _ in steps[f"{layer}/beta"]] == [0, 1, 2]
+    assert [step for step, _ in steps[f"activation/{layer}"]] == [2]
+    assert sorted(step for step, _ in steps["epoch_accuracy"]) == [0, 0, 1, 1, 2, 2]  # train/ and validation/
+    assert not [tag for tag in steps if tag.endswith("_vs_iterations")]  # validation metrics: once, per epoch
+
+
 def test_activation_parameters_are_logged_as_histograms_and_images(digits, tmp_path):
     model = build_model("small_cnn", (8, 8, 1), 10, lambda: activations.get("prelu", sharing="channel"))
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -458,6 +510,9 @@ def test_activation_parameters_are_logged_as_histograms_and_images(digits, tmp_p
         assert f"{name}/alpha" in tags
         assert f"activation/{name}" in tags
     assert len(drawn.paths) == 4
+    steps = _event_steps(log_dir)
+    assert [step for step, _ in steps[f"{names[0]}/alpha"]] == [0, 1]
+    assert [step for step, _ in steps[f"activation/{names[0]}"]] == [1]  # the last epoch, not iteration 4
     stats = activation_parameter_stats(model)
     assert set(stats) == set(names)
     alpha = stats[names[0]]["alpha"]

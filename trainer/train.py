@@ -24,8 +24,8 @@ processes) and summarised by a :class:`TrainResult` (JSON-able too). What a run 
 * **Fast** - precision per :mod:`trainer.precision` (``auto`` = mixed bfloat16 on CPUs that
   have it, mixed float16 on GPUs), float32 logits, ``MirroredStrategy`` on several GPUs.
 * **Observable** - with an ``output_dir``: TensorBoard scalars, histograms of every activation
-  parameter, an image of each learned activation, ``history.csv``, ``config.json`` and
-  ``result.json``.
+  parameter, an image of each learned activation (all at step = epoch, from 0),
+  ``history.csv``, ``config.json`` and ``result.json``.
 
 Optimisers: ``sgd`` (momentum, optionally Nesterov), ``adam`` and ``adamw``; the learning rate
 rises linearly during a warm-up and then follows a cosine decay (``schedule="cosine"``) or stays
@@ -62,6 +62,7 @@ from trainer.callbacks import (
     EpochLogger,
     EpochSeeds,
     EpochStats,
+    EpochTensorBoard,
     StepLimit,
     StopBelow,
     activation_parameter_stats,
@@ -299,7 +300,7 @@ class TrainResult:
     tracing included); ``wall_time`` is the whole call, data loading included. ``images_per_sec``
     is the median over epochs of training images per second. ``steps_run`` counts optimizer
     updates (under ``mixed_float16`` a step the loss scale skips is not one).
-    ``history["learning_rate"]`` is the rate after each epoch's last step. ``data["normalization"]``
+    ``history["learning_rate"]`` is the mean rate of each epoch's steps (warm-up and decay show). ``data["normalization"]``
     is what the model's input expects: the saved ``model.keras`` takes normalised images
     (``trainer.input_pipeline.raw_input_model`` wraps it to take raw pixels, as the exported model
     does). ``model`` (the trained Keras model) is kept for the caller but never serialised.
@@ -531,7 +532,7 @@ class _RunCallbacks:
             self.callbacks.append(keras.callbacks.CSVLogger(paths.history, append=True))
         if summaries:
             self.callbacks.append(
-                keras.callbacks.TensorBoard(log_dir=paths.logs, histogram_freq=0, write_graph=False, profile_batch=0)
+                EpochTensorBoard(log_dir=paths.logs, histogram_freq=0, write_graph=False, profile_batch=0)
             )
             self.callbacks.append(ActivationHistograms(summaries))
         if not config.quiet:
