@@ -452,8 +452,13 @@ class _Parser:
 
     def number(self, token: _Token, sign: float = 1.0) -> Expression:
         try:
-            return Expression.constant(sign * float(token.text))
-        except ExpressionError:
+            value = sign * float(token.text)
+            if value == 0.0 and re.search(r"[1-9]", token.text.lower().split("e")[0]):
+                raise self.error(f"number {token.text} underflows a float to 0; write 0 if 0 is meant", token)
+            return Expression.constant(value)
+        except ExpressionError as error:
+            if "underflows" in str(error):
+                raise
             raise self.error(f"number {token.text} overflows a float; constants must be finite", token) from None
 
     def name(self, token: _Token) -> Expression:
@@ -516,11 +521,13 @@ def _unknown_operator_message(name: str, called: bool = False) -> str:
 
 
 _MATH_CONSTANTS = {"e": math.e, "pi": math.pi}
+_NON_FINITE = ("nan", "inf", "infinity")
 
 
 def suspicious_names(expression: Expression) -> list[str]:
     """What in `expression` looks like a typo: parameters named like the input, like an operator
-    applied to it (`X`, `sigmoidx`) or like a mathematical constant (`e`, `pi`), or no use of the
+    applied to it (`X`, `sigmoidx`), like an operator in capitals (`Sigmoid`), like a mathematical
+    constant (`e`, `pi`) or a non-finite number (`nan`, `inf`), or no use of the
     input at all. Any name that is not
     an operator is a parameter, so such typos parse; this names them for a warning."""
     notes = []
@@ -533,6 +540,11 @@ def suspicious_names(expression: Expression) -> list[str]:
             if operator in operators.REGISTRY or operator in operators.ALIASES:
                 notes.append(f"parameter {name!r} looks like {operator}({INPUT_NAME}) written without parentheses")
                 break
+        if name != name.lower() and name.lower() in operators.REGISTRY:
+            notes.append(f"parameter {name!r} looks like the operator {name.lower()}, whose name is lower-case")
+        if name.lower() in _NON_FINITE:
+            notes.append(f"parameter {name!r} is learnable (starting at its initial value, 1.0 unless given), "
+                         "not a non-finite number; constants must be finite")
         if name.lower() in _MATH_CONSTANTS:
             notes.append(f"parameter {name!r} is learnable (starting at its initial value, 1.0 unless given), "
                          f"not the constant {_MATH_CONSTANTS[name.lower()]:.6g}; write the number for a constant")

@@ -377,6 +377,9 @@ def test_the_pointer_stands_under_the_error_in_text_with_tabs_and_lines():
             "write the number for a constant",
             "parameter 'pi' is learnable (starting at its initial value, 1.0 unless given), not the constant 3.14159; "
             "write the number for a constant"]),
+        ("x * Sigmoid * x", ["parameter 'Sigmoid' looks like the operator sigmoid, whose name is lower-case"]),
+        ("nan * x", ["parameter 'nan' is learnable (starting at its initial value, 1.0 unless given), not a "
+                     "non-finite number; constants must be finite"]),
     ],
 )
 def test_likely_typos_are_named(text, notes):
@@ -411,6 +414,10 @@ def test_unhashable_and_overflowing_input_get_the_parsers_errors():
     with pytest.raises(ExpressionError, match="1e400 overflows") as info:
         parse("x * 1e400")
     assert info.value.position == 4
+    with pytest.raises(ExpressionError, match="1e-400 underflows a float to 0") as info:
+        parse("x * 1e-400")
+    assert info.value.position == 4
+    assert parse("0.0e-5 * x") == parse("0 * x")  # zero written long is still zero
 
 
 def _long_leaves(count):
