@@ -93,7 +93,11 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
     values = _learned_means(record, expression, path) if initial == "learned" else None
 
     def factory(**kwargs: Any) -> ParametricActivation:
-        """A new layer; keyword arguments (`initial`, `sharing`, `name`, ...) override the file's."""
+        """A new layer; keyword arguments (`initial`, `sharing`, `name`, ...) override the file's.
+        An `initial` mapping overrides only the parameters it names; the others keep their
+        learned values (a number sets every parameter)."""
+        if isinstance(kwargs.get("initial"), Mapping) and values:
+            kwargs["initial"] = {**values, **kwargs["initial"]}
         return ParametricActivation(expression, **{"sharing": mode, "initial": values or None, **kwargs})
 
     factory.expression = expression  # type: ignore[attr-defined]

@@ -63,6 +63,7 @@ Decisions:
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import itertools
 import json
@@ -73,7 +74,7 @@ import shutil
 import statistics
 import time
 import warnings
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import keras
 import keras_tuner
@@ -1010,6 +1011,30 @@ def activation_from_hp(hp, **layer_kwargs):
 _ORACLE_ARGUMENTS = frozenset(inspect.signature(EvolutionaryOracle.__init__).parameters) - {"self"}
 
 
+def _tuner_arguments() -> frozenset[str]:
+    names = set()
+    for init in (keras_tuner.Tuner.__init__, keras_tuner.engine.base_tuner.BaseTuner.__init__):
+        names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD}
+    return frozenset(names - {"self", "oracle"})
+
+
+def _check_tuner_arguments(kwargs: Mapping[str, Any]) -> None:
+    """A misspelt argument named with the closest of the oracle's and the tuner's own (KerasTuner
+    alone says only "Unrecognized arguments ... for BaseTuner.__init__()", without a hint that
+    the oracle's arguments go here too)."""
+    allowed = _ORACLE_ARGUMENTS | _tuner_arguments()
+    unknown = sorted(set(kwargs) - allowed)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"EvolutionaryTuner got unknown argument(s) {', '.join(hints)}; it takes the arguments of "
+                     f"EvolutionaryOracle ({', '.join(sorted(_ORACLE_ARGUMENTS))}) and of keras_tuner.Tuner "
+                     f"({', '.join(sorted(_tuner_arguments()))})")
+
+
 def _check_reserved_names(hyperparameters) -> None:
     """The oracle owns the hyper-parameters `GENOME` ("activation") and the lineage names; one
     the user declared would be silently overwritten, and a hypermodel reading it for Keras'
@@ -1032,6 +1057,7 @@ class EvolutionaryTuner(keras_tuner.Tuner):
     """
 
     def __init__(self, hypermodel=None, **kwargs):
+        _check_tuner_arguments(kwargs)
         oracle_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _ORACLE_ARGUMENTS}
         super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)
         self._fit_epochs: int | None = None  # of the running trial's `fit`, once it starts (`_FitEpochs`)

@@ -32,6 +32,16 @@ def test_load_starts_every_new_layer_from_the_learned_means(tmp_path):
     np.testing.assert_allclose(np.asarray(first(x[None])), (x / (1 + np.exp(-1.7 * x)))[None], rtol=1e-5)
 
 
+def test_an_initial_mapping_overrides_only_the_parameters_it_names(tmp_path):
+    record = activation_record("alpha * x * sigmoid(beta * x)", "layer",
+                               learned={"alpha": {"mean": 0.1}, "beta": {"mean": 1.7}})
+    make = activations.load(_write(tmp_path, record))
+    assert make(initial={"beta": 3.0}).initial_values == {"alpha": 0.1, "beta": 3.0}
+    assert make(initial=2.0).initial_values == {"alpha": 2.0, "beta": 2.0}
+    with pytest.raises(ValueError, match="gamma"):
+        make(initial={"gamma": 3.0})
+
+
 @pytest.mark.parametrize("record,message", [
     ({"expression": "x*sigmoid(beta*x)", "format_version": 99}, "format_version 99; .*reads format_version 1 .*newer"),
     ({"expression": "x*sigmoid(beta*x)", "format_version": "1"}, "format_version '1'; it must be a whole number"),

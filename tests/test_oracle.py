@@ -707,6 +707,12 @@ def test_the_oracles_hyper_parameter_names_are_refused_in_the_users_space():
     assert make_oracle(hyperparameters=own).hyperparameters.get("units") == 8
 
 
+def test_a_misspelt_tuner_argument_is_named_with_the_closest_one(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) 'populationsize' \(did you mean 'population_size'\?\)"
+                                         r".*EvolutionaryOracle \(.*tournament_size.*keras_tuner.Tuner \(.*project_name"):
+        EvolutionaryTuner(lambda hp: None, objective="val_loss", populationsize=3, directory=tmp_path)
+
+
 def test_a_small_population_gets_a_tournament_that_fits():
     assert EvolutionaryOracle(objective=FITNESS, population_size=3).tournament_size == 3
     assert EvolutionaryOracle(objective=FITNESS, population_size=16).tournament_size == 4
