@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -178,12 +178,15 @@ def check(expr: Expression | str, initial: float | Mapping[str, float] | None = 
     peak = float(np.max(np.abs(out)))
     if peak > OUTPUT_LIMIT:
         return f"outputs reach {peak:.3g} on inputs in [-5, 5] (limit {OUTPUT_LIMIT:g})"
-    if float(np.max(out) - np.min(out)) <= CONSTANT_TOLERANCE * max(1.0, peak):
+    # Each shape test also tries a second parameter setting, as training moves the parameters:
+    # `tanh(alpha*x)` started at alpha = 0 is constant there but trains into tanh.
+    if _constant(out, peak) and _holds_for_other_parameters(expr, values, lambda o, _: _constant(o, _peak(o))):
         return "constant output"
-    zero_fraction = float(np.mean(np.abs(dx) < ZERO_GRADIENT_TOLERANCE))
-    if zero_fraction > MAX_ZERO_GRADIENT_FRACTION:
+    zero_fraction = _zero_gradient_fraction(dx)
+    if zero_fraction > MAX_ZERO_GRADIENT_FRACTION and _holds_for_other_parameters(
+            expr, values, lambda _, d: _zero_gradient_fraction(d) > MAX_ZERO_GRADIENT_FRACTION):
         return f"zero gradient on {zero_fraction:.0%} of the probe points"
-    if _affine(out, peak) and _affine_for_other_parameters(expr, values):
+    if _affine(out, peak) and _holds_for_other_parameters(expr, values, lambda o, _: _affine(o, _peak(o))):
         return "affine in x (a*x + b): a network with it would compute a linear function"
     return None
 
@@ -197,11 +200,25 @@ def _affine(out: np.ndarray, peak: float) -> bool:
     return float(np.max(np.abs(_LINE @ coefficients - out))) <= AFFINE_TOLERANCE * max(1.0, peak)
 
 
-def _affine_for_other_parameters(expr: Expression, values: Mapping[str, float]) -> bool:
-    """Whether the function stays affine once its parameters (at `values`) move: `max(x, alpha*x)`
-    is the identity at alpha = 1 but trains into a leaky ReLU."""
+def _constant(out: np.ndarray, peak: float) -> bool:
+    return float(np.max(out) - np.min(out)) <= CONSTANT_TOLERANCE * max(1.0, peak)
+
+
+def _zero_gradient_fraction(dx: np.ndarray) -> float:
+    return float(np.mean(np.abs(dx) < ZERO_GRADIENT_TOLERANCE))
+
+
+def _peak(out: np.ndarray) -> float:
+    return float(np.max(np.abs(out)))
+
+
+def _holds_for_other_parameters(expr: Expression, values: Mapping[str, float],
+                                test: Callable[[np.ndarray, np.ndarray], bool]) -> bool:
+    """Whether `test(outputs, input gradients)` still holds once the parameters (at `values`)
+    move: `max(x, alpha*x)` is the identity at alpha = 1 but trains into a leaky ReLU, and
+    `(alpha - 1) * swish(x)` is zero at alpha = 1 but trains into a scaled Swish."""
     if not values:
         return True
     with np.errstate(all="ignore"):
-        out = evaluate_numpy(expr, _PROBES, _shifted_values(values))
-    return bool(np.all(np.isfinite(out))) and _affine(out, float(np.max(np.abs(out))))
+        out, dx, _ = gradient_numpy(expr, _PROBES, _shifted_values(values))
+    return bool(np.all(np.isfinite(out)) and np.all(np.isfinite(dx))) and test(out, dx)
