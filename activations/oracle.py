@@ -339,6 +339,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self._check_cache: dict[str, str | None] = seed_checks
         self._features: dict[str, np.ndarray] = {}
         self._synced = False
+        self._saved_retries = 0  # retries the loaded state held (`_queue_unfinished_in_start_order`)
         self._stopped = False
 
     # --- configuration helpers -------------------------------------------------------------------
@@ -521,6 +522,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
 
     def set_state(self, state):
         super().set_state(state)
+        self._saved_retries = len(self._retry_queue)  # see `_queue_unfinished_in_start_order`
         evolution = state.get("evolution")
         if evolution is None:
             raise ValueError("the saved oracle state has no 'evolution' section: it was not written by EvolutionaryOracle")
@@ -555,9 +557,21 @@ class EvolutionaryOracle(keras_tuner.Oracle):
 
     def reload(self):
         super().reload()
+        self._queue_unfinished_in_start_order()
         self._synced = True
         self._reconcile()
         self.save()
+
+    def _queue_unfinished_in_start_order(self) -> None:
+        """KerasTuner's reload appends the trials that were running to the retry queue, which
+        it pops from the end: a stopped batch would come back last trial first, its results
+        would be reported in that order, and the population would age differently from a run
+        that was never stopped. Ordered here so that they pop in the order they first started
+        (before the retries the saved queue already held, as in an uninterrupted run)."""
+        saved = self._saved_retries
+        order = {trial_id: index for index, trial_id in enumerate(self.start_order)}
+        unfinished = sorted(self._retry_queue[saved:], key=lambda trial_id: order.get(trial_id, -1), reverse=True)
+        self._retry_queue[saved:] = unfinished
 
     @keras_tuner.synchronized
     def _maybe_resume(self):
@@ -825,13 +839,19 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         """Up to `n` new trials (all that can run now when None): one generation in batch mode.
 
         Fewer come back at the generation barrier, at the end of the search, or when the
-        budget is spent; an empty list with `is_finished()` true means the search is over.
+        budget is spent; an empty list with `is_finished()` true means the search is over. A
+        batch with trials to retry holds only those, in the order they first started.
         Each trial is created through `create_trial` under its own tuner id.
         """
         _check_int("n", n, 1, allow_none=True)
+        self._maybe_resume()
+        # A batch that retries trials (failed ones, or those a stopped run left unfinished) holds
+        # only those: new proposals wait for their results, so a resumed search breeds from the
+        # same population as one that never stopped.
+        retrying = bool(self._retry_queue)
         trials = []
         index = 0
-        while n is None or len(trials) < n:
+        while (n is None or len(trials) < n) and not (retrying and not self._retry_queue):
             while f"{tuner_id_prefix}{index}" in self.ongoing_trials:
                 index += 1
             trial = self._create_trial(f"{tuner_id_prefix}{index}")  # no IDLE sleep here

@@ -279,6 +279,39 @@ def test_batch_results_in_the_same_order_give_the_same_search():
     assert run() == run()
 
 
+def test_a_batch_stopped_half_reported_resumes_in_its_own_order(tmp_path):
+    # A batch executor stopped after reporting some trials of a generation, then resumed: the
+    # trials still running come back in the order they were first proposed (KerasTuner's reload
+    # queues them so that they would pop last first), so the results are reported in the same
+    # order and the population ages the same as in a run that was never stopped.
+    def report(oracle, trial):
+        oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+
+    def finish(oracle):
+        while batch := oracle.propose_batch():
+            for trial in batch:
+                report(oracle, trial)
+        return genomes(oracle), oracle.population
+
+    reference = make_oracle(max_trials=16, population_size=4)
+    reference.set_project_dir(tmp_path, "whole")
+    expected = finish(reference)
+
+    stopped = make_oracle(max_trials=16, population_size=4)
+    stopped.set_project_dir(tmp_path, "stopped")
+    for trial in stopped.propose_batch():  # the first generation: done
+        report(stopped, trial)
+    second = stopped.propose_batch()
+    report(stopped, second[0])  # then stopped with trials 5, 6 and 7 still running
+    resumed = make_oracle(max_trials=16, population_size=4)
+    resumed.set_project_dir(tmp_path, "stopped")
+    again = resumed.propose_batch()  # only those three: nothing new is bred before their results
+    assert [t.trial_id for t in again] == [t.trial_id for t in second[1:]]
+    for trial in again:
+        report(resumed, trial)
+    assert finish(resumed) == expected
+
+
 # --- 4. kill and resume --------------------------------------------------------------------------
 
 
