@@ -21,7 +21,11 @@ under kfp.local, a shared volume or a ``/gcs/...`` path on a cluster), a step ke
 state in ``<resume_root>/<component_id>/.resume/<cache_key[:16]>/``, the local runner's layout
 and key (component, executor code version, parameters, input fingerprints): a retried or re-run
 step with the same settings continues where it stopped, changed settings start afresh. The
-directory is removed when the step succeeds. Without a resume root (or when an input carries no
+directory is removed when the step succeeds. A step that starts afresh while an earlier
+attempt's folder (another key) holds unfinished work says so (``[<id>] note: an unfinished
+earlier attempt ...``, as the local runner does) and, like the local runner, leaves that folder:
+it is the only copy of that work, and going back to the earlier settings continues it; delete
+it by hand to free its space. Without a resume root (or when an input carries no
 fingerprint, so the key cannot be known) the resume directory is temporary, as before.
 
 Cache: with a resume root, a step compiled with caching on records its finished outputs under
@@ -125,8 +129,10 @@ def execute(executor: str, component_id: str, input_dict: dict[str, list[Artifac
     stable = resume_dir is not None
     if not stable:
         resume_dir = tempfile.mkdtemp(prefix=f"resume-{component_id}-")
-    elif os.path.isdir(resume_dir):   # created on first use by the context, as in the local runner
+    elif os.path.isdir(resume_dir) and os.listdir(resume_dir):  # empty: nothing to continue
         print(f"[{component_id}] continuing from {resume_dir}", flush=True)
+    else:
+        note_unusable_attempts(component_id, resume_dir)
     context = ExecutorContext(component_id=component_id, resume_dir=resume_dir,
                               on_progress=_print_progress)
     try:
@@ -151,6 +157,41 @@ def execute(executor: str, component_id: str, input_dict: dict[str, list[Artifac
     if stable:                                      # done: the next run starts afresh
         shutil.rmtree(resume_dir, ignore_errors=True)
     return results
+
+
+def note_unusable_attempts(component_id: str, resume_dir: str) -> str | None:
+    """Prints (and returns) a note when an unfinished earlier attempt of this step sits next
+    to `resume_dir` but cannot be continued: its settings or the code it hashes changed, so its
+    cache key, and with it its folder, differ. Without it a re-run after a preemption or a fix
+    would start over without a word. It names the newest such folder. The note is the local
+    runner's, and like it the stale folder is left where it is: it is the only copy of that
+    work, and going back to the earlier settings continues it (the note says so, and that
+    deleting it frees its space)."""
+    if os.path.isdir(resume_dir) and os.listdir(resume_dir):
+        return None                                 # this attempt continues its own work
+    stale = _unfinished_siblings(resume_dir)
+    if not stale:
+        return None
+    more = f" and {len(stale) - 1} more beside it" if len(stale) > 1 else ""
+    note = (f"note: an unfinished earlier attempt of this step ({stale[-1]}{more}) had other "
+            f"settings or code, so it cannot be continued: the step starts afresh (delete that "
+            f"folder to free its space, or go back to the earlier settings to continue it)")
+    _print_progress(ProgressEvent(component_id, note))
+    return note
+
+
+def _unfinished_siblings(resume_dir: str) -> list[str]:
+    """Other non-empty resume folders of the same step (other keys), oldest first: a finished
+    attempt removes its folder, so each is work an attempt left unfinished."""
+    parent = os.path.dirname(resume_dir)
+    if not os.path.isdir(parent):
+        return []
+    found = []
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if path != resume_dir and os.path.isdir(path) and os.listdir(path):
+            found.append(path)
+    return sorted(found, key=lambda p: (os.path.getmtime(p), p))
 
 
 def _print_progress(event: ProgressEvent) -> None:

@@ -41,6 +41,7 @@ import secrets
 import sys
 import time
 import warnings
+from fractions import Fraction
 from typing import IO, Any, Callable, Mapping
 
 from absl import logging
@@ -68,11 +69,13 @@ _KFP_CLASSES = ("Artifact", "Dataset", "Model", "Metrics", "HTML", "Markdown")
 RESOURCE_KEYS: dict[str, str] = {
     "cpu": "CPU limit, e.g. '8' or '500m' (set_cpu_limit)",
     "memory": "memory limit, e.g. '32G' or '512Mi' (set_memory_limit)",
-    "cpu_request": "CPU request (set_cpu_request)",
-    "memory_request": "memory request (set_memory_request)",
+    "cpu_request": "CPU request, at most 'cpu' when both are set (set_cpu_request)",
+    "memory_request": "memory request, at most 'memory' when both are set "
+                      "(set_memory_request)",
     "accelerator": "accelerator type, e.g. 'NVIDIA_TESLA_T4' or 'nvidia.com/gpu' "
                    "(set_accelerator_type)",
-    "accelerator_count": "number of accelerators, a non-negative int (set_accelerator_limit)",
+    "accelerator_count": "number of accelerators, an int >= 1 with 'accelerator'; leave both "
+                         "out for none (set_accelerator_limit)",
     "retries": "number of retries on failure, a non-negative int (set_retry)",
     "caching": "bool, caching of this step (set_caching_options)",
     "env": "dict of environment variables {NAME: value} (set_env_variable)",
@@ -309,7 +312,10 @@ def _make_kfp_component(component: Component, image: str, packages: list[str] | 
 def validate_resources(pipeline: Pipeline, resources: Mapping[str, Mapping[str, Any]] | None
                        ) -> dict[str, dict[str, Any]]:
     """Checks a ``{component_id: {key: value}}`` resource spec; returns it normalised
-    (cpu/memory as strings, accelerator_count as int)."""
+    (cpu/memory as strings, accelerator_count as int).
+
+    Everything Kubernetes or KFP would refuse later (after an image build and an upload) is
+    refused here, naming the step, the key and what is allowed."""
     if resources is None:
         return {}
     if not isinstance(resources, Mapping):
@@ -320,60 +326,144 @@ def validate_resources(pipeline: Pipeline, resources: Mapping[str, Mapping[str, 
     for cid, spec in resources.items():
         if cid not in ids:
             raise ResourceSpecError(f"resources: unknown component {cid!r}; components: {ids}")
-        if not isinstance(spec, Mapping):
-            raise ResourceSpecError(f"resources[{cid!r}] must be a dict, got "
-                                    f"{type(spec).__name__}")
-        unknown = sorted(set(spec) - set(RESOURCE_KEYS))
-        if unknown:
-            raise ResourceSpecError(f"resources[{cid!r}]: unknown key(s) {unknown}; allowed: "
-                                    f"{sorted(RESOURCE_KEYS)}")
-        out: dict[str, Any] = {}
-        for key, value in spec.items():
-            where = f"resources[{cid!r}][{key!r}]"
-            if key in ("cpu", "cpu_request"):
-                text = str(value) if isinstance(value, (int, float)) and not isinstance(
-                    value, bool) else value
-                if not isinstance(text, str) or not _CPU.match(text):
-                    raise ResourceSpecError(f"{where} = {value!r}: expected a number of CPUs, "
-                                            f"e.g. '8', '0.5' or '500m'")
-                out[key] = text
-            elif key in ("memory", "memory_request"):
-                text = str(value) if isinstance(value, int) and not isinstance(
-                    value, bool) else value
-                if not isinstance(text, str) or not _MEMORY.match(text):
-                    raise ResourceSpecError(f"{where} = {value!r}: expected an amount of memory, "
-                                            f"e.g. '32G', '512Mi' or '1000000' (an integer with "
-                                            f"an optional E/P/T/G/M/K suffix, or Ei..Ki)")
-                out[key] = text
-            elif key == "accelerator":
-                if not isinstance(value, str) or not value.strip() or any(
-                        c.isspace() for c in value):
-                    raise ResourceSpecError(f"{where} = {value!r}: expected an accelerator type, "
-                                            f"e.g. 'NVIDIA_TESLA_T4' or 'nvidia.com/gpu'")
-                out[key] = value
-            elif key in ("accelerator_count", "retries"):
-                if isinstance(value, str) and value.isdigit():
-                    value = int(value)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ResourceSpecError(f"{where} = {value!r}: expected a non-negative "
-                                            f"integer")
-                out[key] = value
-            elif key == "caching":
-                if not isinstance(value, bool):
-                    raise ResourceSpecError(f"{where} = {value!r}: expected true or false")
-                out[key] = value
-            elif key == "env":
-                if not isinstance(value, Mapping) or not all(
-                        isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
-                        for k, v in value.items()):
-                    raise ResourceSpecError(f"{where}: expected a dict of environment variable "
-                                            f"names to string values, got {value!r}")
-                out[key] = dict(value)
-        if "accelerator_count" in out and "accelerator" not in out:
-            raise ResourceSpecError(f"resources[{cid!r}]: 'accelerator_count' needs "
-                                    f"'accelerator' (the accelerator type) as well")
-        result[cid] = out
+        result[cid] = _validate_step_resources(cid, spec)
     return result
+
+
+def _validate_step_resources(cid: str, spec: Any) -> dict[str, Any]:
+    """One step's resource spec, each value checked and then the values against each other."""
+    if not isinstance(spec, Mapping):
+        raise ResourceSpecError(f"resources[{cid!r}] must be a dict, got "
+                                f"{type(spec).__name__}")
+    unknown = sorted(set(spec) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ResourceSpecError(f"resources[{cid!r}]: unknown key(s) {unknown}; allowed: "
+                                f"{sorted(RESOURCE_KEYS)}")
+    out = {key: _resource_value(f"resources[{cid!r}][{key!r}]", key, value)
+           for key, value in spec.items()}
+    _check_accelerator(cid, out)
+    _check_requests_within_limits(cid, out)
+    return out
+
+
+def _resource_value(where: str, key: str, value: Any) -> Any:
+    """One checked, normalised value of a resource key (`where` names it in errors)."""
+    if key in ("cpu", "cpu_request"):
+        return _cpu_text(where, value)
+    if key in ("memory", "memory_request"):
+        return _memory_text(where, value)
+    if key == "accelerator":
+        if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+            raise ResourceSpecError(f"{where} = {value!r}: expected an accelerator type, "
+                                    f"e.g. 'NVIDIA_TESLA_T4' or 'nvidia.com/gpu'")
+        return value
+    if key in ("accelerator_count", "retries"):
+        return _count(where, value)
+    if key == "caching":
+        if not isinstance(value, bool):
+            raise ResourceSpecError(f"{where} = {value!r}: expected true or false")
+        return value
+    if not isinstance(value, Mapping) or not all(          # key == "env"
+            isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str)
+            for k, v in value.items()):
+        raise ResourceSpecError(f"{where}: expected a dict of environment variable "
+                                f"names to string values, got {value!r}")
+    return dict(value)
+
+
+def _cpu_text(where: str, value: Any) -> str:
+    """A CPU quantity as the string KFP wants; numbers are accepted as a convenience."""
+    text = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else value
+    if not isinstance(text, str) or not _CPU.match(text):
+        raise ResourceSpecError(f"{where} = {value!r}: expected a number of CPUs, "
+                                f"e.g. '8', '0.5' or '500m'")
+    return text
+
+
+def _memory_text(where: str, value: Any) -> str:
+    """A memory quantity as the string KFP wants; an int is a number of bytes."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _MEMORY.match(text):
+        raise ResourceSpecError(f"{where} = {value!r}: expected an amount of memory, "
+                                f"e.g. '32G', '512Mi' or '1000000' (an integer with "
+                                f"an optional E/P/T/G/M/K suffix, or Ei..Ki)")
+    return text
+
+
+def _count(where: str, value: Any) -> int:
+    """A non-negative int, and only an int: a digit string like '3' is refused like 2.5 and
+    true are, so that one rule holds for every count (and a quoted number in a config, often
+    a sign of a templating slip, is caught rather than guessed at)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ResourceSpecError(f"{where} = {value!r}: expected a non-negative integer "
+                                f"(a JSON number such as 2, not a string, float or bool)")
+    return value
+
+
+def _check_accelerator(cid: str, out: Mapping[str, Any]) -> None:
+    """A count needs a type; a type with ``accelerator_count: 0`` is refused, not dropped.
+
+    Why refuse: the spec names an accelerator and asks for none of it, so one of the two is a
+    mistake and nothing says which. Passing the 0 on (KFP would emit ``resourceCount: '0'``)
+    leaves the meaning to the backend; silently dropping the type would turn a mistyped count
+    on a GPU step into a training job that runs on CPU for days. A CPU-only step leaves both keys out: over a preset's
+    requests, ``--resources='{"<step>": {"accelerator": null, "accelerator_count": null}}'``.
+    """
+    if "accelerator_count" in out and "accelerator" not in out:
+        raise ResourceSpecError(f"resources[{cid!r}]: 'accelerator_count' needs "
+                                f"'accelerator' (the accelerator type) as well")
+    if out.get("accelerator_count") == 0 and "accelerator" in out:
+        raise ResourceSpecError(
+            f"resources[{cid!r}]: 'accelerator' is {out['accelerator']!r} but "
+            f"'accelerator_count' is 0; give a count of 1 or more, or remove both keys for a "
+            f"step without accelerators (as a --resources patch: "
+            f"{{\"{cid}\": {{\"accelerator\": null, \"accelerator_count\": null}}}})")
+
+
+def _check_requests_within_limits(cid: str, out: Mapping[str, Any]) -> None:
+    """Kubernetes refuses a pod whose request exceeds its limit, but only when the step is
+    scheduled, long after compiling: refuse it now, both values shown in one unit."""
+    for request, limit, parse, unit in (("cpu_request", "cpu", cpu_quantity, "CPU"),
+                                        ("memory_request", "memory", memory_quantity, "bytes")):
+        if request in out and limit in out and parse(out[request]) > parse(out[limit]):
+            raise ResourceSpecError(
+                f"resources[{cid!r}]: {request} {out[request]!r} "
+                f"({_plain(parse(out[request]))} {unit}) is above the {limit} limit "
+                f"{out[limit]!r} ({_plain(parse(out[limit]))} {unit}); Kubernetes allows a "
+                f"request up to its limit: lower {request!r} or raise {limit!r}")
+
+
+_DECIMAL_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+                   "E": 10**18}
+_BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def cpu_quantity(text: str) -> Fraction:
+    """CPUs in a Kubernetes CPU quantity ('500m' -> 1/2, '2' -> 2, '1.5' -> 3/2), exact."""
+    if not _CPU.match(text):
+        raise ResourceSpecError(f"{text!r} is not a CPU quantity; expected e.g. '8', '0.5' or "
+                                f"'500m'")
+    if text.endswith("m"):
+        return Fraction(text[:-1]) / 1000
+    return Fraction(text)
+
+
+def memory_quantity(text: str) -> int:
+    """Bytes in a Kubernetes memory quantity ('512Mi', '4G', '1Gi', '1000000')."""
+    match = re.match(r"^([0-9]+)([A-Za-z]*)$", text) if _MEMORY.match(text) else None
+    if match is None:
+        raise ResourceSpecError(f"{text!r} is not a memory quantity; expected e.g. '32G', "
+                                f"'512Mi' or '1000000' (bytes)")
+    number, suffix = match.groups()
+    return int(number) * {**_DECIMAL_SUFFIX, **_BINARY_SUFFIX}[suffix]
+
+
+def _plain(quantity: Fraction | int) -> str:
+    """A quantity as a plain number for an error message: 4000000000, 2, 0.5."""
+    if isinstance(quantity, int) or quantity.denominator == 1:
+        return str(int(quantity))
+    return format(float(quantity), "g")
 
 
 def _apply_resources(task: Any, cid: str, spec: dict[str, Any], caching: bool) -> None:
@@ -864,6 +954,6 @@ def _write_json(path: str | None, doc: dict[str, Any]) -> None:
 
 __all__ = [
     "KFP_ARTIFACT_TYPES", "KfpLocalRunResult", "KubeflowError", "RESOURCE_KEYS",
-    "ResourceSpecError", "build_kfp_pipeline", "compile_pipeline", "kfp_name", "kfp_type_name",
-    "run_kfp_local", "validate_resources",
+    "ResourceSpecError", "build_kfp_pipeline", "compile_pipeline", "cpu_quantity", "kfp_name",
+    "kfp_type_name", "memory_quantity", "run_kfp_local", "validate_resources",
 ]

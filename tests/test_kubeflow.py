@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from fractions import Fraction
 
 import pytest
 import yaml
@@ -15,8 +16,8 @@ import kfp_toy_components as toy
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, OutputSpec
 from pipeline import kfp_entry
 from pipeline.dag import Pipeline
-from pipeline.kubeflow import (KFP_LOG, KubeflowError, ResourceSpecError, compile_pipeline, kfp_name,
-                               run_kfp_local)
+from pipeline.kubeflow import (KFP_LOG, KubeflowError, ResourceSpecError, compile_pipeline,
+                               cpu_quantity, kfp_name, memory_quantity, run_kfp_local)
 from pipeline.local_runner import LocalRunner, PipelineError, root_in_use
 from pipeline.metadata import MetadataStore
 
@@ -158,6 +159,26 @@ def test_parameter_values_never_enter_generated_source(tmp_path):
     ({"train_a": {"accelerator": ""}}, r"expected an accelerator type"),
     ({"train_a": {"caching": "no"}}, r"expected true or false"),
     ({"train_a": {"env": {"A B": "1"}}}, r"environment variable"),
+    ({"train_a": {"accelerator": "T4", "accelerator_count": 0}},
+     r"'accelerator' is 'T4' but 'accelerator_count' is 0; give a count of 1 or more, or remove "
+     r"both keys"),
+    ({"train_a": {"accelerator": "T4", "accelerator_count": "1"}},
+     r"\['accelerator_count'\] = '1': expected a non-negative integer"),
+    ({"train_a": {"retries": "3"}}, r"\['retries'\] = '3': expected a non-negative integer"),
+    ({"train_a": {"retries": 2.5}}, r"\['retries'\] = 2.5: expected a non-negative integer"),
+    ({"train_a": {"retries": True}}, r"\['retries'\] = True: expected a non-negative integer"),
+    ({"train_a": {"cpu": "4", "cpu_request": "8"}},
+     r"resources\['train_a'\]: cpu_request '8' \(8 CPU\) is above the cpu limit '4' "
+     r"\(4 CPU\); Kubernetes allows a request up to its limit"),
+    ({"train_a": {"cpu": "500m", "cpu_request": 1}},
+     r"cpu_request '1' \(1 CPU\) is above the cpu limit '500m' \(0.5 CPU\)"),
+    ({"train_a": {"cpu": "1.5", "cpu_request": "1501m"}}, r"cpu_request '1501m'"),
+    ({"train_a": {"memory": "1G", "memory_request": "4G"}},
+     r"resources\['train_a'\]: memory_request '4G' \(4000000000 bytes\) is above the memory "
+     r"limit '1G' \(1000000000 bytes\)"),
+    ({"train_a": {"memory": "2G", "memory_request": "2Gi"}},     # 2Gi is 2147483648 bytes
+     r"memory_request '2Gi' \(2147483648 bytes\) is above the memory limit '2G'"),
+    ({"train_a": {"memory": "512Mi", "memory_request": 536870913}}, r"memory_request '536870913'"),
     ({"train_a": "big"}, r"resources\['train_a'\] must be a dict"),
     (["train_a"], r"resources must be a dict"),
 ])
@@ -169,11 +190,37 @@ def test_bad_resources_are_rejected_before_compiling(tmp_path, resources, messag
 
 def test_numbers_are_accepted_for_cpu_and_memory(tmp_path):
     doc = compile_to_dict(toy.build(tmp_path), tmp_path / "p.yaml",
-                          resources={"source": {"cpu": 2, "memory": 1000000, "cpu_request": "500m",
+                          resources={"source": {"cpu": 2, "memory": 2000000000, "cpu_request": "500m",
                                                 "memory_request": "1Gi"}})
     res = executor_of(doc, "source")["resources"]
-    assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == ("2", "1000000")
+    assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == ("2", "2000000000")
     assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("500m", "1Gi")
+
+
+def test_requests_up_to_their_limits_compile_in_any_unit(tmp_path):
+    steps = {"source": {"cpu": "2", "cpu_request": "2", "memory": "1Gi",
+                        "memory_request": "1073741824"},
+             "train_a": {"cpu": "0.5", "cpu_request": "500m", "memory": "1G",
+                         "memory_request": "953Mi"},
+             "train_b": {"cpu_request": "64", "memory_request": "1Ti"},    # no limit: no bound
+             "evaluate": {"cpu": 1.5, "cpu_request": "1500m", "retries": 0}}
+    doc = compile_to_dict(toy.build(tmp_path), tmp_path / "p.yaml", resources=steps)
+    res = executor_of(doc, "train_a")["resources"]
+    assert (res["resourceCpuRequest"], res["resourceMemoryRequest"]) == ("500m", "953Mi")
+    assert executor_of(doc, "train_b")["resources"]["resourceCpuRequest"] == "64"
+
+
+@pytest.mark.parametrize("text, cpus", [("500m", Fraction(1, 2)), ("2", 2), ("1.5", Fraction(3, 2)),
+                                        ("0.1", Fraction(1, 10)), ("100m", Fraction(1, 10))])
+def test_cpu_quantities_are_parsed_exactly(text, cpus):
+    assert cpu_quantity(text) == cpus
+
+
+@pytest.mark.parametrize("text, size", [("512Mi", 512 * 2**20), ("4G", 4 * 10**9),
+                                        ("1Gi", 2**30), ("1000000", 10**6), ("3K", 3000),
+                                        ("2Ki", 2048), ("1E", 10**18), ("1Ei", 2**60)])
+def test_memory_quantities_are_parsed_in_bytes(text, size):
+    assert memory_quantity(text) == size
 
 
 def test_other_compile_errors(tmp_path):
@@ -348,7 +395,7 @@ def test_run_kfp_local_holds_the_root_lock(tmp_path):
     assert not (root / "kfp-local" / "k").exists() and not (root / "run.json").exists()
 
 
-def test_kfp_local_step_resumes_in_a_stable_directory(tmp_path, monkeypatch):
+def test_kfp_local_step_resumes_in_a_stable_directory(tmp_path, monkeypatch, capsys):
     root, log = tmp_path / "root", tmp_path / "log"
     monkeypatch.setenv("TOY_LOG", str(log))
     monkeypatch.setenv("TOY_STOP_AT", "3")
@@ -368,14 +415,21 @@ def test_kfp_local_step_resumes_in_a_stable_directory(tmp_path, monkeypatch):
         assert os.path.basename(work) == key[:16]       # the step's key is the runner's
 
     monkeypatch.delenv("TOY_STOP_AT")
+    capsys.readouterr()
     changed = run_kfp_local(toy.build_search(root, steps=5), run_id="changed")
     fresh = toy.read_log(log)[3:]
     assert [step for _, step in fresh] == [1, 2, 3, 4, 5] and fresh[0][0] != work
     assert not os.path.exists(fresh[0][0]) and os.path.isdir(work)  # done: removed; other kept
     assert toy.read_values(changed.output("search", "models")) == [5.0]
+    # The step says why it starts afresh, as the local runner does, and names the kept folder.
+    assert (f"[search] note: an unfinished earlier attempt of this step ({work}) had other "
+            f"settings or code, so it cannot be continued: the step starts afresh"
+            in capsys.readouterr().out)
 
     resumed = run_kfp_local(toy.build_search(root, steps=4), run_id="again")
     assert toy.read_log(log)[8:] == [(work, 3), (work, 4)]         # steps 1-2 were reused
+    out = capsys.readouterr().out
+    assert f"[search] continuing from {work}" in out and "note: an unfinished" not in out
     assert toy.read_values(resumed.output("search", "models")) == [4.0]
     assert not os.path.exists(work)
 
@@ -500,6 +554,44 @@ def test_a_step_reuses_its_finished_outputs_only_with_caching_on(tmp_path, capsy
     # No resume root: nowhere to keep a cache.
     _run_train_step(tmp_path, "four", "", cache=True)
     assert "[train] running" in capsys.readouterr().out
+
+
+def test_a_step_that_cannot_continue_an_earlier_attempt_says_so_and_keeps_it(tmp_path, capsys):
+    from pipeline.local_runner import resume_dir_for
+
+    root = str(tmp_path / "root")
+    older, stale = resume_dir_for(root, "train", "0" * 64), resume_dir_for(root, "train", "1" * 64)
+    for path, age in ((older, 100), (stale, 0)):              # unfinished work of other keys
+        os.makedirs(path)
+        with open(os.path.join(path, "state.json"), "w") as f:
+            f.write("{}")
+        os.utime(path, (os.path.getmtime(path) - age,) * 2)
+    os.makedirs(resume_dir_for(root, "train", "2" * 64))       # empty: nothing unfinished
+    _run_train_step(tmp_path, "one", root, cache=False)
+    out = capsys.readouterr().out
+    assert (f"[train] note: an unfinished earlier attempt of this step ({stale} and 1 more "
+            f"beside it) had other settings or code, so it cannot be continued: the step starts "
+            f"afresh (delete that folder to free its space, or go back to the earlier settings "
+            f"to continue it)") in out
+    assert out.index("note: an unfinished") < out.index("[train] complete")
+    # Left in place, as the local runner leaves it: the only copy of that work.
+    assert os.path.isfile(os.path.join(stale, "state.json"))
+    assert os.path.isfile(os.path.join(older, "state.json"))
+
+
+def test_the_unusable_attempt_note_is_silent_when_there_is_nothing_to_say(tmp_path, capsys):
+    own = str(tmp_path / "train" / ".resume" / "a")
+    assert kfp_entry.note_unusable_attempts("train", own) is None        # no folders at all
+    other = tmp_path / "train" / ".resume" / "b"
+    other.mkdir(parents=True)
+    (other / "state.json").write_text("{}")
+    os.makedirs(own)
+    with open(os.path.join(own, "state.json"), "w") as f:
+        f.write("{}")
+    assert kfp_entry.note_unusable_attempts("train", own) is None        # this attempt continues
+    shutil.rmtree(own)
+    assert "starts afresh" in kfp_entry.note_unusable_attempts("train", own)
+    assert f"({other})" in capsys.readouterr().out
 
 
 def test_compiled_steps_carry_the_caching_choice(tmp_path):
