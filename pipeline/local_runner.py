@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -158,7 +159,8 @@ class LocalRunner:
             raise PipelineError(problem, run_id=run_id)
         with locked_store(root, self.metadata_path) as store:
             try:
-                store.create_run(run_id, pipeline.name, root)
+                with _store_errors(store.path):
+                    store.create_run(run_id, pipeline.name, root)
             except ValueError as e:
                 raise PipelineError(str(e), run_id=run_id) from None
             result = _Run(pipeline, store, run_id, self._emit).execute()
@@ -184,6 +186,7 @@ class _Run:
         self.produced: dict[tuple[str, str], list[Artifact]] = {}
         self.components: dict[str, ComponentResult] = {}
         self.results: dict[str, str] = {}
+        self.unwritten: dict[str, str] = {}  # file -> why a bookkeeping write to it failed
         self.doc: dict[str, Any] = {
             "run_id": run_id, "pipeline": pipeline.name, "pipeline_root": self.root,
             "metadata": store.path, "status": "running", "start_time": _iso(time.time()),
@@ -191,33 +194,71 @@ class _Run:
             "components": {c.id: {"state": "pending"} for c in pipeline.components},
             "results": self.results,
         }
-        self._write_run_json()
 
     def execute(self) -> RunResult:
         current = None
         try:
+            self._write_run_json()
             for component in self.pipeline.components:
                 current = component.id
                 self._run_component(component)
         except BaseException as e:
-            by_user = interrupted_by_user(e)               # Ctrl-C or SIGTERM, maybe wrapped
-            interrupted = by_user or not isinstance(e, Exception)
-            status = md.INTERRUPTED if interrupted else md.FAILED
-            message = (f"component {current!r} was stopped by {stopped_by(e)}" if by_user
-                       else f"component {current!r} failed: {type(e).__name__}: {e}")
-            self.store.finish_run(self.run_id, status, message, self.results)
-            self._finish(status.lower(), message)
-            if interrupted and isinstance(e, Exception):   # Ctrl-C or SIGTERM that TensorFlow wrapped
-                stop = Terminated if stopped_by(e) == "SIGTERM" else KeyboardInterrupt
-                raise stop(f"component {current!r} was stopped") from e
-            if interrupted:
+            instead = self._record_stop(e, current)
+            if instead is None:
                 raise
-            raise PipelineError(f"{message} (run {self.run_id}; see {self.run_json})",
-                                component_id=current, run_id=self.run_id) from e
-        self.store.finish_run(self.run_id, md.COMPLETE, None, self.results)
-        self._finish("complete", None)
+            raise instead from e
+        problems = self._record_end(md.COMPLETE, None)
+        if problems:
+            raise PipelineError(f"every component completed, but {_joined(problems)}; run again "
+                                f"to record the run (run {self.run_id})", run_id=self.run_id)
         return RunResult(self.run_id, md.COMPLETE, self.root, self.run_json, self.store.path,
                          self.components, dict(self.results))
+
+    def _record_stop(self, e: BaseException, current: str | None) -> BaseException | None:
+        """Records why the run stopped and returns the exception to raise from `e` (None: `e`
+        itself). A failure becomes a `PipelineError` naming the component; Ctrl-C or SIGTERM
+        that TensorFlow wrapped becomes what it was. Writes that fail here (a full disk fails
+        them too) are named after the cause, never raised instead of it."""
+        by_user = interrupted_by_user(e)               # Ctrl-C or SIGTERM, maybe wrapped
+        interrupted = by_user or not isinstance(e, Exception)
+        message = _stop_message(e, current, by_user)
+        problems = self._record_end(md.INTERRUPTED if interrupted else md.FAILED, message)
+        if interrupted:
+            for problem in problems:
+                logging.warning("%s: %s", message, problem)
+            if not isinstance(e, Exception):
+                return None
+            stop = Terminated if stopped_by(e) == "SIGTERM" else KeyboardInterrupt
+            return stop(f"component {current!r} was stopped")
+        return PipelineError(f"{message} ({self._where(problems)})", component_id=current,
+                             run_id=self.run_id)
+
+    def _record_end(self, status: str, error: str | None) -> list[str]:
+        """Records the run's end in the store and run.json, each write guarded; returns what
+        could not be written during the whole run's bookkeeping (empty when all was)."""
+        self._attempt(self.store.path,
+                      lambda: self.store.finish_run(self.run_id, status, error, self.results))
+        self.doc.update(status=status.lower(), error=error, end_time=_iso(time.time()))
+        self._attempt(self.run_json, self._write_run_json)
+        return [f"{path} could not be written ({why})" for path, why in self.unwritten.items()]
+
+    def _where(self, problems: list[str]) -> str:
+        """Where the failure is recorded, or, when a record could not be written, that it
+        could not (a stale RUNNING record would otherwise pass for an interrupted run)."""
+        if not problems:
+            return f"run {self.run_id}; see {self.run_json}"
+        stale = (f"; `actsearch runs` will show run {self.run_id} as interrupted"
+                 if self.store.path in self.unwritten else "")
+        return f"run {self.run_id}; recording the failure failed too: {_joined(problems)}{stale}"
+
+    def _attempt(self, path: str, write: Callable[[], None]) -> None:
+        """Runs one bookkeeping write on an error path. A failure is remembered per file (the
+        first reason) instead of raised: raising would hide the error being recorded, and
+        whatever filled the disk fails these writes as well."""
+        try:
+            write()
+        except Exception as e:                       # noqa: BLE001 - reported, never masking
+            self.unwritten.setdefault(path, f"{type(e).__name__}: {e}")
 
     # ---- one component -------------------------------------------------------------------
 
@@ -254,35 +295,23 @@ class _Run:
         cid, spec = component.id, component.SPEC_CLASS
         eid = self.store.start_execution(self.run_id, cid, component.type_name, key,
                                          component.exec_properties, input_dict)
-        self.doc["components"][cid] = {"state": "running", "execution_id": eid}
-        self._write_run_json()
-        self.emit(ProgressEvent(cid, f"started (execution {eid})"))
         staged = {name: (os.path.join(self.root, cid, name, f".{eid}.tmp"),
                          os.path.join(self.root, cid, name, str(eid))) for name in spec.OUTPUTS}
-        output_dict = {}
-        for name, (tmp, _) in staged.items():
-            os.makedirs(tmp)
-            output_dict[name] = [Artifact(spec.OUTPUTS[name].type_name, tmp,
-                                          fingerprint=output_fingerprint(key, name))]
         resume_dir = resume_dir_for(self.root, cid, key)
-        self._note_unusable_attempts(cid, resume_dir)
-        context = ExecutorContext(component_id=cid, run_id=self.run_id, execution_id=eid,
-                                  resume_dir=resume_dir, on_progress=self.emit)
         start = time.monotonic()
-        try:
+        try:  # from here on every error is recorded against this execution
+            self.doc["components"][cid] = {"state": "running", "execution_id": eid}
+            self._write_run_json()
+            self.emit(ProgressEvent(cid, f"started (execution {eid})"))
+            output_dict = _stage_outputs(spec, key, staged)
+            self._note_unusable_attempts(cid, resume_dir)
+            context = ExecutorContext(component_id=cid, run_id=self.run_id, execution_id=eid,
+                                      resume_dir=resume_dir, on_progress=self.emit)
             executor = component.EXECUTOR_CLASS(context=context)
             executor.Do(copy.deepcopy(input_dict), output_dict,
                         copy.deepcopy(component.exec_properties))
             stop_if_interrupted(f"component {cid!r}")  # a Ctrl-C swallowed inside the step
-            _check_outputs(cid, output_dict, staged)
-            for name, (tmp, final) in staged.items():
-                os.rename(tmp, final)
-                output_dict[name][0].uri = final
-            results = {name: _published_path(path, staged)
-                       for name, path in context.results.items()}
-            for name, ospec in spec.OUTPUTS.items():
-                if ospec.publish_as:
-                    results[ospec.publish_as] = output_dict[name][0].uri
+            results = _publish(spec, cid, output_dict, staged, context.results)
             self.store.complete_execution(eid, output_dict, results)
         except BaseException as e:
             self._record_unfinished(cid, eid, e, time.monotonic() - start, staged)
@@ -296,20 +325,22 @@ class _Run:
                            staged: dict[str, tuple[str, str]]) -> None:
         """Records a step that raised: INTERRUPTED when Ctrl-C or SIGTERM stopped it (it is not
         broken, and `runs`/`show` must not count it as failed), FAILED otherwise. Either way
-        nothing it staged is published and its resume state stays for the next run."""
-        if interrupted_by_user(e):
-            state, error = md.INTERRUPTED, f"stopped by {stopped_by(e)}"
-            self.store.interrupt_execution(eid, error)
-            line = f"{error} after {duration:.1f} s"
-        else:
-            state, error = md.FAILED, f"{type(e).__name__}: {e}"
-            self.store.fail_execution(eid, error)
-            line = f"FAILED after {duration:.1f} s: {error}"
+        nothing it staged is published and its resume state stays for the next run. The staged
+        outputs go first: on a full disk that frees the space the records need. The records
+        never raise (see `_attempt`): `e` is what the user must see."""
         for paths in staged.values():
             for path in paths:
                 shutil.rmtree(path, ignore_errors=True)
+        if interrupted_by_user(e):
+            state, error = md.INTERRUPTED, f"stopped by {stopped_by(e)}"
+            record, line = self.store.interrupt_execution, f"{error} after {duration:.1f} s"
+        else:
+            state, error = md.FAILED, f"{type(e).__name__}: {e}"
+            record, line = self.store.fail_execution, f"FAILED after {duration:.1f} s: {error}"
+        self._attempt(self.store.path, lambda: record(eid, error))
         self.components[cid] = ComponentResult(cid, state, eid, duration, {}, error)
-        self._set_state(cid, self.components[cid])
+        self._note_state(cid, self.components[cid])
+        self._attempt(self.run_json, self._write_run_json)
         self.emit(ProgressEvent(cid, line))
 
     def _note_unusable_attempts(self, component_id: str, resume_dir: str) -> None:
@@ -337,23 +368,67 @@ class _Run:
             self.results[name] = path
 
     def _set_state(self, component_id: str, result: ComponentResult) -> None:
+        self._note_state(component_id, result)
+        self._write_run_json()
+
+    def _note_state(self, component_id: str, result: ComponentResult) -> None:
+        """Updates run.json's document only; the caller decides how a failed write is met."""
         self.doc["components"][component_id] = {
             "state": result.state.lower(), "execution_id": result.execution_id,
             "duration_s": round(result.duration_s, 3),
             "outputs": {name: [a.uri for a in arts] for name, arts in result.outputs.items()},
             "error": result.error,
         }
-        self._write_run_json()
-
-    def _finish(self, status: str, error: str | None) -> None:
-        self.doc.update(status=status, error=error, end_time=_iso(time.time()))
-        self._write_run_json()
 
     def _write_run_json(self) -> None:
+        """Replaces run.json atomically; a failed write (a full disk) leaves no `.tmp` behind."""
         tmp = self.run_json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.doc, f, indent=2)
-        os.replace(tmp, self.run_json)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.doc, f, indent=2)
+            os.replace(tmp, self.run_json)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+
+
+def _stop_message(e: BaseException, current: str | None, by_user: bool) -> str:
+    """What stopped the run; `current` is None when it stopped before any component."""
+    what = "the run" if current is None else f"component {current!r}"
+    if by_user:
+        return f"{what} was stopped by {stopped_by(e)}"
+    return f"{what} {'could not start' if current is None else 'failed'}: {type(e).__name__}: {e}"
+
+
+def _joined(problems: list[str]) -> str:
+    return "; ".join(problems)
+
+
+def _stage_outputs(spec: type[ComponentSpec], key: str,
+                   staged: dict[str, tuple[str, str]]) -> dict[str, list[Artifact]]:
+    """Creates the staging directories the executor writes into (published by `_publish`)."""
+    output_dict = {}
+    for name, (tmp, _) in staged.items():
+        os.makedirs(tmp)
+        output_dict[name] = [Artifact(spec.OUTPUTS[name].type_name, tmp,
+                                      fingerprint=output_fingerprint(key, name))]
+    return output_dict
+
+
+def _publish(spec: type[ComponentSpec], cid: str, output_dict: dict[str, list[Artifact]],
+             staged: dict[str, tuple[str, str]], registered: Mapping[str, str]) -> dict[str, str]:
+    """Renames the checked staging directories to their final names (so outputs appear only
+    once complete) and returns the execution's results at their published paths."""
+    _check_outputs(cid, output_dict, staged)
+    for name, (tmp, final) in staged.items():
+        os.rename(tmp, final)
+        output_dict[name][0].uri = final
+    results = {name: _published_path(path, staged) for name, path in registered.items()}
+    for name, ospec in spec.OUTPUTS.items():
+        if ospec.publish_as:
+            results[ospec.publish_as] = output_dict[name][0].uri
+    return results
 
 
 def _check_outputs(cid: str, output_dict: dict[str, list[Artifact]],
@@ -431,9 +506,24 @@ def locked_store(root: str, metadata_path: str | None = None) -> Iterator[md.Met
     """Holds pipeline_root's run lock and opens its metadata store for one run. Both runners
     (local and kfp-local) run inside it, so they exclude each other; holding the lock, runs a
     stopped process left RUNNING are known to be dead and are recorded as INTERRUPTED."""
-    with _exclusive(root), md.MetadataStore(
-            metadata_path or os.path.join(root, "metadata.sqlite")) as store:
-        for stale in store.mark_interrupted(
-                "interrupted: the process running it stopped before it finished"):
-            _remove_partial_outputs(root, stale)
-        yield store
+    path = metadata_path or os.path.join(root, "metadata.sqlite")
+    with _exclusive(root):
+        with _store_errors(path):
+            store = md.MetadataStore(path)
+        with store:
+            with _store_errors(path):
+                stale = store.mark_interrupted(
+                    "interrupted: the process running it stopped before it finished")
+            for execution in stale:
+                _remove_partial_outputs(root, execution)
+            yield store
+
+
+@contextlib.contextmanager
+def _store_errors(path: str) -> Iterator[None]:
+    """A store that cannot be opened or written before a run starts (a full disk, a broken
+    file) is a run that could not start: one line naming the store, not a traceback."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise PipelineError(f"cannot use the metadata store {path}: {type(e).__name__}: {e}") from e
