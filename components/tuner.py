@@ -175,12 +175,12 @@ class TunerExecutor(BaseExecutor):
             jobs = {trial.trial_id: _job(trial, examples.uri, p["train_config"], p["train_examples"], work, bars)
                     for trial in batch}
             results = run_jobs(list(jobs.values()), os.path.join(work, "results"),
-                               parallelism=p["parallel_trials"], beam_options=p["beam_options"])
-            for trial, result in zip(batch, results):
+                               parallelism=p["parallel_trials"], beam_options=p["beam_options"],
+                               progress=self._trial_progress(oracle, batch, jobs))
+            for trial, result in zip(batch, results):  # in the batch's order, whatever order they ended in
                 fitness, error = _fitness(result)
                 oracle.report(trial.trial_id, value=fitness, error=error,
                               curve=(result.get("history") or {}).get(OBJECTIVE), stopped_at=result.get("stopped_at"))
-                self._progress(oracle, trial, fitness, error, result.get("stopped_at"))
                 errors_in_a_row = errors_in_a_row + 1 if result.get("failed") else 0
                 if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                     raise TrialsFailingError(
@@ -244,22 +244,40 @@ class TunerExecutor(BaseExecutor):
             f"{item['expression']} {item['mean_fitness']:.4f}" for item in ranked[: p["top_k"]]))
         return ranked + top[len(head):]
 
-    def _progress(self, oracle, trial, fitness: float | None, error: str | None, stopped_at: int | None) -> None:
+    def _trial_progress(self, oracle, batch: list, jobs: dict[str, dict[str, Any]]):
+        """The fan-out's progress callback for one batch: a line per trial as soon as its training
+        ends (with several trials at once, a generation can take hours; the results reach the
+        oracle afterwards, in the batch's order)."""
         from activations.oracle import GENOME, OPERATOR
 
+        trial_of = {jobs[trial.trial_id]["id"]: trial for trial in batch}
         counts = oracle.counts()
-        done = counts["completed"] + counts["failed"]
-        best = max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)
-        outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
-        if stopped_at:
-            outcome += f" (stopped after epoch {stopped_at}: below most earlier trials)"
-        best_text = f"{best:.4f}" if best is not None else "n/a"
-        # Named by its id (as in trials.jsonl, the report and `actsearch show`, counting from 0),
-        # then how many trials have finished.
-        self.context.progress(
-            f"trial {trial.trial_id} ({done} of {oracle.max_trials}) [{trial.hyperparameters.get(OPERATOR)}] "
-            f"{trial.hyperparameters.get(GENOME)}: {outcome}; best so far {best_text}",
-            done=done, total=oracle.max_trials)
+        before = counts["completed"] + counts["failed"]
+        best = [max((row["best_so_far"] for row in oracle.history() if row["best_so_far"] is not None), default=None)]
+
+        def progress(done: int, total: int, result: dict[str, Any] | None) -> None:
+            if result is None:  # finished by an earlier attempt of this step
+                self.context.progress(f"{done} of {total} trials of this batch already done by an earlier attempt",
+                                      done=before + done, total=oracle.max_trials, already_done=True)
+                return
+            trial = trial_of.get(result.get("job_id"))
+            if trial is None:
+                return  # not one of this batch's jobs (no such result is written): nothing to name
+            fitness, error = _fitness(result)
+            if fitness is not None and (best[0] is None or fitness > best[0]):
+                best[0] = fitness
+            outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
+            if result.get("stopped_at"):
+                outcome += f" (stopped after epoch {result['stopped_at']}: below most earlier trials)"
+            best_text = f"{best[0]:.4f}" if best[0] is not None else "n/a"
+            # Named by its id (as in trials.jsonl, the report and `actsearch show`, counting from 0),
+            # then how many trials have finished.
+            self.context.progress(
+                f"trial {trial.trial_id} ({before + done} of {oracle.max_trials}) [{trial.hyperparameters.get(OPERATOR)}] "
+                f"{trial.hyperparameters.get(GENOME)}: {outcome}; best so far {best_text}",
+                done=before + done, total=oracle.max_trials)
+
+        return progress
 
     def _write(self, out: Artifact, oracle, trials: list[dict[str, Any]], top: list[dict[str, Any]],
                top_k: int) -> None:

@@ -474,6 +474,32 @@ def test_the_progress_lines_name_each_trial_by_the_id_the_results_use(tmp_path, 
     assert shown[0][0] == "00"
 
 
+def test_trials_run_side_by_side_are_shown_as_each_ends_not_after_the_batch(tmp_path, monkeypatch):
+    import os
+    import re
+
+    from components import fanout, tuner
+
+    events = []
+
+    def in_reverse(jobs, work_dir, *, parallelism=1, beam_options=(), progress=None, **_):
+        # As parallel workers may: the batch's last trial ends first.
+        assert parallelism == 4 and progress is not None
+        os.makedirs(work_dir, exist_ok=True)
+        for done, job in enumerate(reversed(jobs), 1):
+            progress(done, len(jobs), fanout.execute_job(job, work_dir))
+        events.append("batch returned")
+        return [fanout.load_result(work_dir, job["id"]) for job in jobs]
+
+    monkeypatch.setattr(tuner, "run_jobs", in_reverse)
+    _run_tuner(tmp_path, monkeypatch, lambda config, examples_uri, train_examples=None: {"best_val_accuracy": 0.5},
+               max_trials=8, progress=events.append, parallel_trials=4)
+    shown = [str(event) for event in events if event == "batch returned" or event.total]
+    first = shown[:shown.index("batch returned")]
+    assert [re.match(r"\[tuner\] trial (\S+) \((\d) of 8\)", line).groups() for line in first] == [
+        ("3", "1"), ("2", "2"), ("1", "3"), ("0", "4")]
+
+
 def test_the_tuner_runs_the_rl_controller_and_the_trainer_names_its_proposals(tmp_path, monkeypatch):
     import json
 
