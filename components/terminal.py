@@ -32,10 +32,14 @@ def is_startup_noise(line: str) -> bool:
 def quiet_known_warnings() -> None:
     """Drops two warnings that say nothing about a run, in this process: TensorFlow's
     "triggered tf.function retracing" (every trial builds a new model, so it fires on schedule)
-    and Beam's, on import, that BigQuery's client is missing (nothing here uses BigQuery)."""
+    and Beam's, on import, that BigQuery's client is missing (nothing here uses BigQuery). Also
+    Beam's own log of an exception in a step's pipeline (a traceback printed before the step
+    fails): the failure itself reaches the user as the step's one-line error, with the
+    traceback under --verbosity, which leaves all of this in place."""
     logging.getLogger("tensorflow").addFilter(
         lambda record: "triggered tf.function retracing" not in record.getMessage())
     logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+    logging.getLogger("apache_beam.runners.worker.bundle_processor").setLevel(logging.CRITICAL)
 
 
 BEAM_WORKER_NOTES = {

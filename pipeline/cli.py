@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import sys
@@ -182,6 +183,34 @@ def check_data_source(config: config_lib.PipelineConfig) -> None:
             )
 
 
+def note_compile_settings(pipeline, config: config_lib.PipelineConfig) -> None:
+    """`--resources` is checked as `compile` checks it (a typo in a step name should not wait for
+    the cluster), and settings this run does not use are named: the local runner uses no image
+    or resource requests, and no runner of `actsearch run` a resume root (the pipeline root
+    holds the resume state)."""
+    from pipeline.kubeflow import ResourceSpecError, validate_resources
+
+    try:
+        validate_resources(pipeline, config.resources)
+    except ResourceSpecError as error:
+        raise UsageError(f"--resources: {error}") from None
+    unused = ["resume_root"] + (["image", "resources"] if FLAGS.runner == "local" else [])
+    given = [f"--{name}" for name in unused if FLAGS[name].present]
+    if given:
+        print(f"actsearch: note: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for `actsearch compile`; "
+              f"this run (runner {FLAGS.runner}) does not use {'it' if len(given) == 1 else 'them'}.", flush=True)
+
+
+def check_root_free(root: str) -> None:
+    """A usage error (2) before the banner when another run holds the root; the runner's own
+    lock still decides a race between two starts."""
+    from pipeline.local_runner import root_in_use
+
+    if root_in_use(os.path.abspath(root)):
+        raise UsageError(f"another run is using pipeline_root {os.path.abspath(root)!r}; wait for it to finish, "
+                         "or give this run another --pipeline_root")
+
+
 def check_writable(root: str) -> None:
     root = os.path.abspath(root)
     try:
@@ -215,6 +244,8 @@ def command_run() -> int:
     check_data_source(config)  # first: a bad data path should not leave an empty root behind
     pipeline = create_pipeline(config)
     check_writable(config.pipeline_root)
+    check_root_free(config.pipeline_root)
+    note_compile_settings(pipeline, config)
     min_seeds = pipeline.component("evaluator").exec_properties["min_seeds"]
     if config.seeds < min_seeds:
         print(f"actsearch: note: --seeds={config.seeds} is below the {min_seeds} runs per function a statistical "
@@ -226,14 +257,26 @@ def command_run() -> int:
 
         result = run_kfp_local(pipeline, pipeline_root=config.pipeline_root, run_id=FLAGS.run_id,
                                image=config.image, resources=config.resources,
-                               on_complete=lambda done: publish(done.run_json))
+                               on_complete=lambda done: publish_completed(done.run_json))
     else:
         from pipeline.local_runner import LocalRunner
 
-        runner = LocalRunner(on_progress=_print_progress, on_complete=lambda done: publish(done.run_json))
+        runner = LocalRunner(on_progress=_print_progress, on_complete=lambda done: publish_completed(done.run_json))
         result = runner.run(pipeline, run_id=FLAGS.run_id)
     _print_summary(result.run_json)
     return 0
+
+
+def publish_completed(run_json: str) -> None:
+    """`publish`, with a failure (a full disk) reported as one line that says the run itself is
+    done and recorded, rather than a traceback."""
+    try:
+        publish(run_json)
+    except OSError as error:
+        root = os.path.dirname(os.path.abspath(run_json))
+        raise PipelineError(f"the run completed and is recorded, but its deliverables could not be copied to "
+                            f"{root}/export and {root}/report: {error}; they are in the steps' folders named "
+                            f"in {run_json}") from error
 
 
 def publish(run_json: str) -> None:
@@ -334,7 +377,7 @@ def _print_summary(run_json: str) -> None:
         print(f"TensorBoard:  {results['tensorboard']}")
         beside = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # the venv's, if any
         command = beside if os.path.exists(beside) else "tensorboard"
-        print(f"  open it with: {command} --logdir {results['tensorboard']}")
+        print(f"  open it with: {shlex.quote(command)} --logdir {shlex.quote(results['tensorboard'])}")
 
 
 def command_compile() -> int:

@@ -167,6 +167,10 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"unknown configuration field(s) {unknown}; allowed: {sorted(fields)}")
         values = {name: _convert(name, value, getattr(self, name), fields[name].type) for name, value in overrides.items()}
+        if isinstance(values.get("pipeline_root"), str) and values["pipeline_root"].strip():
+            # runs/demo/ is runs/demo: the root is in the report's settings and command, and a
+            # trailing slash alone must not make a cached report step run again.
+            values["pipeline_root"] = values["pipeline_root"].rstrip("/") or "/"
         return dataclasses.replace(self, **values).validate(functions)
 
     @classmethod

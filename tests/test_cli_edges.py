@@ -477,3 +477,58 @@ def test_runs_into_a_closed_pipe_ends_quietly_with_141(tmp_path):
     os.close(writer)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr[-2000:]
     assert done.returncode == 128 + signal.SIGPIPE
+
+
+def test_a_root_another_run_holds_is_a_usage_error_before_the_banner(tmp_path, monkeypatch, actsearch):
+    import fcntl
+
+    import activations.layer
+
+    monkeypatch.setattr(activations.layer, "prefer_wide_vectors", lambda: None)
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / ".lock", "w") as lock:  # as a running run holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        code, out, err = actsearch("run", f"--pipeline_root={root}")
+    assert code == 2 and f"another run is using pipeline_root {str(root)!r}" in err
+    assert "running" not in out  # no banner for a run that never starts
+
+
+def test_deliverables_that_cannot_be_copied_fail_in_one_line_saying_the_run_is_done(tmp_path, monkeypatch):
+    def full_disk(run_json):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "publish", full_disk)
+    with pytest.raises(PipelineError, match=r"the run completed and is recorded, but its deliverables could not "
+                                            r"be copied .*No space left on device"):
+        cli.publish_completed(str(tmp_path / "run.json"))
+
+
+def test_the_tensorboard_command_is_quoted_for_a_shell(tmp_path, capsys):
+    logs = tmp_path / "with space" / "tensorboard"
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps({"run_id": "r", "status": "COMPLETE", "results": {"tensorboard": str(logs)}}))
+    cli._print_summary(str(run_json))
+    line = next(line for line in capsys.readouterr().out.splitlines() if "open it with" in line)
+    assert line.endswith(f"--logdir '{logs}'")
+
+
+def test_run_checks_resources_as_compile_does_and_names_settings_it_does_not_use(tmp_path, monkeypatch, actsearch,
+                                                                                 capsys):
+    import activations.layer
+    from pipeline import local_runner
+
+    class Reached(Exception):
+        pass
+
+    def stop_here(self, pipeline, run_id=None):
+        raise Reached
+
+    monkeypatch.setattr(activations.layer, "prefer_wide_vectors", lambda: None)
+    code, _, err = actsearch("run", f"--pipeline_root={tmp_path / 'a'}", '--resources={"trainr": {"cpu": "2"}}')
+    assert code == 2 and "actsearch run: error: --resources:" in err and "'trainr'" in err
+    monkeypatch.setattr(local_runner.LocalRunner, "run", stop_here)
+    with pytest.raises(Reached):
+        actsearch("run", f"--pipeline_root={tmp_path / 'b'}", "--image=registry/a:1", "--resume_root=/mnt/x")
+    assert ("actsearch: note: --resume_root, --image are for `actsearch compile`; this run (runner local) does not "
+            "use them.") in capsys.readouterr().out

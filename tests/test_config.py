@@ -76,6 +76,12 @@ def test_resources_from_the_command_line_are_laid_over_the_presets():
     assert "null" in _flags_of(command)["resources"]
 
 
+def test_a_trailing_slash_does_not_change_the_pipeline_root():
+    # It is in the report step's settings: runs/x/ and runs/x must not be two configurations.
+    assert config_lib.preset("demo", {"pipeline_root": "runs/x/"}) == config_lib.preset("demo", {"pipeline_root": "runs/x"})
+    assert config_lib.preset("demo", {"pipeline_root": "/"}).pipeline_root == "/"
+
+
 def test_the_command_line_names_only_what_differs_from_the_defaults():
     assert config_lib.command_line(config_lib.preset("demo")) == "actsearch run"
     assert _flags_of(config_lib.command_line(config_lib.preset("demo", {"max_trials": 7}))) == {"max_trials": "7"}
