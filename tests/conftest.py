@@ -39,3 +39,27 @@ def run_and_signal(command: list[str], marker: pathlib.Path, signum: int, env: d
     finally:
         proc.kill()
     return proc.returncode, out, err
+
+
+def run_tuner(tmp_path, monkeypatch, job, max_trials=12, progress=None, **settings):
+    """Runs the Tuner's executor on two seed candidates with `job` in place of training (no
+    data is read); returns its SearchResults artifact."""
+    from components import training_job
+    from components.base import Artifact, ExecutorContext
+    from components.tuner import TunerExecutor
+
+    monkeypatch.setattr(training_job, "train_job", job)
+    candidates = Artifact("Candidates", str(tmp_path / "candidates"))
+    os.makedirs(candidates.uri, exist_ok=True)
+    with open(candidates.path("candidates.jsonl"), "w") as f:
+        f.write('{"expression": "relu(x)"}\n{"expression": "tanh(x)"}\n')
+    out = Artifact("SearchResults", str(tmp_path / "search"))
+    os.makedirs(out.uri, exist_ok=True)
+    parameters = {"train_config": {}, "space": "pangaea", "strategy": "evolution", "max_trials": max_trials,
+                  "population_size": 4, "tournament_size": 2, "train_examples": None, "parallel_trials": 1,
+                  "beam_options": [], "top_k": 3, "seed": 0, **settings}
+    executor = TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume"),
+                                             on_progress=progress))
+    executor.Do({"examples": [Artifact("Examples", str(tmp_path / "examples"))], "candidates": [candidates]},
+                {"search_results": [out]}, parameters)
+    return out

@@ -5,6 +5,7 @@ import pytest
 from components.exporter import choose_function, export_reason
 from components.statistics import evaluate
 from components.trainer import functions_to_train, learned_parameter_statistics, run_record, shortfall_note
+from conftest import run_tuner
 
 
 def test_functions_to_train_skip_baseline_equivalents_and_say_where_each_came_from():
@@ -411,30 +412,6 @@ def test_the_exported_model_takes_raw_images_and_normalises_them_as_training_did
     np.testing.assert_array_equal(from_uint8, from_float)
 
 
-def _run_tuner(tmp_path, monkeypatch, job, max_trials=12, progress=None, **settings):
-    import os
-
-    from components import training_job
-    from components.base import Artifact, ExecutorContext
-    from components.tuner import TunerExecutor
-
-    monkeypatch.setattr(training_job, "train_job", job)
-    candidates = Artifact("Candidates", str(tmp_path / "candidates"))
-    os.makedirs(candidates.uri, exist_ok=True)
-    with open(candidates.path("candidates.jsonl"), "w") as f:
-        f.write('{"expression": "relu(x)"}\n{"expression": "tanh(x)"}\n')
-    out = Artifact("SearchResults", str(tmp_path / "search"))
-    os.makedirs(out.uri, exist_ok=True)
-    parameters = {"train_config": {}, "space": "pangaea", "strategy": "evolution", "max_trials": max_trials,
-                  "population_size": 4, "tournament_size": 2, "train_examples": None, "parallel_trials": 1,
-                  "beam_options": [], "top_k": 3, "seed": 0, **settings}
-    executor = TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume"),
-                                             on_progress=progress))
-    executor.Do({"examples": [Artifact("Examples", str(tmp_path / "examples"))], "candidates": [candidates]},
-                {"search_results": [out]}, parameters)
-    return out
-
-
 def test_a_search_goes_on_through_any_number_of_diverging_candidates(tmp_path, monkeypatch):
     import json
 
@@ -446,7 +423,7 @@ def test_a_search_goes_on_through_any_number_of_diverging_candidates(tmp_path, m
             return {"best_val_accuracy": 0.5}
         return {"diverged": True, "divergence_reason": "non-finite loss", "best_val_accuracy": None}
 
-    out = _run_tuner(tmp_path, monkeypatch, diverges_but_the_last)  # 11 failures in a row, beyond KerasTuner's 10
+    out = run_tuner(tmp_path, monkeypatch, diverges_but_the_last)  # 11 failures in a row, beyond KerasTuner's 10
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
     assert len(trials) == 12 and [t["fitness"] for t in trials] == [None] * 11 + [0.5]
     assert all(t["error"] == "diverged: non-finite loss" for t in trials[:11])
@@ -461,7 +438,7 @@ def test_the_progress_lines_name_each_trial_by_the_id_the_results_use(tmp_path, 
     def likes_tanh(config, examples_uri, train_examples=None):
         return {"best_val_accuracy": 0.5 + 0.1 * config["activation"].count("tanh")}
 
-    out = _run_tuner(tmp_path, monkeypatch, likes_tanh, max_trials=10, progress=events.append)
+    out = run_tuner(tmp_path, monkeypatch, likes_tanh, max_trials=10, progress=events.append)
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
     lines = [str(event) for event in events if event.total]
     assert lines[1].startswith("[tuner] trial 01 (2 of 10) [seed] tanh(x): val_accuracy 0.6000; best so far 0.6000")
@@ -492,7 +469,7 @@ def test_trials_run_side_by_side_are_shown_as_each_ends_not_after_the_batch(tmp_
         return [fanout.load_result(work_dir, job["id"]) for job in jobs]
 
     monkeypatch.setattr(tuner, "run_jobs", in_reverse)
-    _run_tuner(tmp_path, monkeypatch, lambda config, examples_uri, train_examples=None: {"best_val_accuracy": 0.5},
+    run_tuner(tmp_path, monkeypatch, lambda config, examples_uri, train_examples=None: {"best_val_accuracy": 0.5},
                max_trials=8, progress=events.append, parallel_trials=4)
     shown = [str(event) for event in events if event == "batch returned" or event.total]
     first = shown[:shown.index("batch returned")]
@@ -508,7 +485,7 @@ def test_the_tuner_runs_the_rl_controller_and_the_trainer_names_its_proposals(tm
     def likes_tanh(config, examples_uri, train_examples=None):
         return {"best_val_accuracy": 0.5 + 0.1 * config["activation"].count("tanh")}
 
-    out = _run_tuner(tmp_path, monkeypatch, likes_tanh, max_trials=10, strategy="rl", space="swish")
+    out = run_tuner(tmp_path, monkeypatch, likes_tanh, max_trials=10, strategy="rl", space="swish")
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
     assert [t["operator"] for t in trials] == ["seed"] * 2 + ["controller"] * 8
     state = json.load(open(tmp_path / "resume" / "oracle" / "oracle.json"))
@@ -536,7 +513,7 @@ def test_reranking_orders_the_shortlist_by_the_mean_over_more_seeds(tmp_path, mo
         return {"best_val_accuracy": 0.1}
 
     events = []
-    out = _run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
+    out = run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
                      train_config={"seed": 0}, stop_quantile=0.25, progress=events.append)
     reruns = calls[6:]            # the fan-out tries a job that raised once more
     assert sorted(reruns) == [("relu(x)", 1, None), ("relu(x)", 2, None), ("tanh(x)", 1, None)] + [("tanh(x)", 2, None)] * 2
@@ -554,7 +531,7 @@ def test_reranking_orders_the_shortlist_by_the_mean_over_more_seeds(tmp_path, mo
 
     # Run again (as after a crash before the step finished): nothing is trained twice.
     calls.clear()
-    out = _run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
+    out = run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
                      train_config={"seed": 0}, stop_quantile=0.25)
     assert calls == []
     assert read_top(out)[0]["expression"] == "tanh(x)"
@@ -566,7 +543,7 @@ def test_reranking_orders_the_shortlist_by_the_mean_over_more_seeds(tmp_path, mo
     os.remove(sorted(glob.glob(str(tmp_path / "resume" / "results" / "rerank_*seed2.json")))[0])
     calls.clear()
     events.clear()
-    out = _run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
+    out = run_tuner(tmp_path, monkeypatch, lucky_relu, max_trials=6, top_k=1, rerank_seeds=2,
                      train_config={"seed": 0}, stop_quantile=0.25, progress=events.append)
     assert len(calls) == 1 and read_top(out)[0]["expression"] == "tanh(x)"
     lines = [str(event) for event in events]
@@ -596,7 +573,7 @@ def test_trials_below_most_earlier_ones_stop_early_with_bars_from_the_trials_bef
         return {"best_val_accuracy": max(curve), "history": {"val_accuracy": curve}, "stopped_at": stopped_at}
 
     events = []
-    out = _run_tuner(tmp_path, monkeypatch, curve_by_tanh, max_trials=12, progress=events.append,
+    out = run_tuner(tmp_path, monkeypatch, curve_by_tanh, max_trials=12, progress=events.append,
                      train_config={"epochs": 3}, stop_quantile=0.25)
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
     assert all(not bars for bars in bars_seen[:5])  # no bar before five trials have ended
@@ -611,7 +588,7 @@ def test_trials_below_most_earlier_ones_stop_early_with_bars_from_the_trials_bef
     assert sum("(stopped after epoch 1: below most earlier trials)" in line for line in lines) == len(stopped)
     # Without a quantile no trial gets bars.
     bars_seen.clear()
-    _run_tuner(tmp_path / "off", monkeypatch, curve_by_tanh, max_trials=8, train_config={"epochs": 3})
+    run_tuner(tmp_path / "off", monkeypatch, curve_by_tanh, max_trials=8, train_config={"epochs": 3})
     assert bars_seen and not any(bars_seen)
 
 
@@ -626,7 +603,7 @@ def test_trials_that_keep_raising_stop_the_search_with_the_reason(tmp_path, monk
         raise OSError("examples unreadable")
 
     with pytest.raises(TrialsFailingError, match=f"{MAX_ERRORS_IN_A_ROW} trials in a row .*examples unreadable"):
-        _run_tuner(tmp_path, monkeypatch, raises)
+        run_tuner(tmp_path, monkeypatch, raises)
     # What ran is kept for the next attempt: the oracle saved every reported trial.
     state = json.load(open(tmp_path / "resume" / "oracle" / "oracle.json"))
     assert len(state["evolution"]["ingested"]) == MAX_ERRORS_IN_A_ROW
@@ -647,7 +624,7 @@ def test_a_short_search_whose_every_trial_fails_fails_with_the_reason(tmp_path, 
     assert 4 < MAX_ERRORS_IN_A_ROW
     with pytest.raises(TrialsFailingError, match="none of the 4 search trials produced a result; all of them "
                                                  "failed with: ValueError: the training data has only one class"):
-        _run_tuner(tmp_path, monkeypatch, one_class, max_trials=4)
+        run_tuner(tmp_path, monkeypatch, one_class, max_trials=4)
     assert not os.listdir(tmp_path / "search")  # nothing written for the steps downstream
 
     calls = []
@@ -662,7 +639,7 @@ def test_a_short_search_whose_every_trial_fails_fails_with_the_reason(tmp_path, 
 
     # Nothing of the failed search is kept (a resumed search would not train its trials again):
     # with the cause fixed, the same step starts over and completes, however many trials fail.
-    out = _run_tuner(tmp_path, monkeypatch, mostly_failing, max_trials=4)
+    out = run_tuner(tmp_path, monkeypatch, mostly_failing, max_trials=4)
     assert calls[:2] == ["relu(x)", "tanh(x)"]
     trials = [json.loads(line) for line in open(out.path("trials.jsonl"))]
     assert [t["fitness"] for t in trials] == [None, 0.7, None, None]
@@ -677,7 +654,7 @@ def test_a_short_search_whose_every_trial_fails_fails_with_the_reason(tmp_path, 
     with pytest.raises(TrialsFailingError, match=r"none of the 4 search trials produced a result; 3 of them "
                                                  r"\(the most common reason\) failed with: RuntimeError: model "
                                                  r"cannot be built"):
-        _run_tuner(tmp_path / "another", monkeypatch, diverges_or_raises, max_trials=4)
+        run_tuner(tmp_path / "another", monkeypatch, diverges_or_raises, max_trials=4)
 
 
 def test_the_code_version_covers_all_the_code_a_step_runs(monkeypatch):

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from components import tb_summaries as tbs
+from conftest import run_tuner
 
 
 def _accumulator(path) -> EventAccumulator:
@@ -86,31 +87,10 @@ def _fake_train_job(config, examples_uri, train_examples=None):
             "activation_stats": {"act_01": {"alpha": {"mean": 0.3, "std": 0.0, "min": 0.3, "max": 0.3, "size": 1}}}}
 
 
-def _run_tuner(tmp_path, monkeypatch):
-    from components import training_job
-    from components.base import Artifact, ExecutorContext
-    from components.tuner import TunerExecutor
-
-    monkeypatch.setattr(training_job, "train_job", _fake_train_job)
-    candidates = Artifact("Candidates", str(tmp_path / "candidates"))
-    os.makedirs(candidates.uri, exist_ok=True)
-    with open(candidates.path("candidates.jsonl"), "w") as f:
-        f.write('{"expression": "relu(x)"}\n{"expression": "tanh(x)"}\n')
-    out = Artifact("SearchResults", str(tmp_path / "search"))
-    os.makedirs(out.uri, exist_ok=True)
-    parameters = {"train_config": {}, "space": "pangaea", "strategy": "evolution", "max_trials": 3,
-                  "population_size": 2, "tournament_size": 2, "train_examples": None, "parallel_trials": 1,
-                  "beam_options": [], "top_k": 1, "seed": 0}
-    TunerExecutor(ExecutorContext(component_id="tuner", resume_dir=str(tmp_path / "resume"))).Do(
-        {"examples": [Artifact("Examples", str(tmp_path / "examples"))], "candidates": [candidates]},
-        {"search_results": [out]}, parameters)
-    return out
-
-
 def test_the_tuner_keeps_each_trials_curves_for_its_tensorboard_run(tmp_path, monkeypatch):
     from components.tuner import read_trials
 
-    out = _run_tuner(tmp_path, monkeypatch)
+    out = run_tuner(tmp_path, monkeypatch, _fake_train_job, max_trials=3, population_size=2, top_k=1)
     trials = read_trials(out)
     assert len(trials) == 3
     # The training curves, not the timing columns (those stay in the trial's own result).
@@ -134,7 +114,7 @@ def test_the_tuner_keeps_each_trials_curves_for_its_tensorboard_run(tmp_path, mo
 def test_a_resumed_search_keeps_trial_records_written_before_curves_were_kept(tmp_path, monkeypatch):
     from components.tuner import read_trials
 
-    out = _run_tuner(tmp_path, monkeypatch)
+    out = run_tuner(tmp_path, monkeypatch, _fake_train_job, max_trials=3, population_size=2, top_k=1)
     with open(out.path("trials.jsonl")) as f:
         old = [{k: v for k, v in json.loads(line).items() if k not in ("history", "activation_stats")} for line in f]
     with open(out.path("trials.jsonl"), "w") as f:
