@@ -301,7 +301,7 @@ def test_a_root_in_use_is_refused_without_promising_a_resume(tmp_path):
     with open(root / ".lock", "w") as lock:  # what a running `actsearch run` holds
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         done = actsearch("run", *TINY, f"--pipeline_root={root}", check=False, timeout=120)
-    assert done.returncode == 1 and "another run is using pipeline_root" in done.stderr
+    assert done.returncode == 2 and "another run is using pipeline_root" in done.stderr  # a usage error
     assert "run the same command again" not in done.stderr and "Traceback" not in done.stderr
 
 
