@@ -64,7 +64,10 @@ def load(path: str | os.PathLike, *, initial: str = "learned", sharing: str | No
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except FileNotFoundError:
-        raise ActivationFileError(f"no activation file at {path!r} (expected the Exporter's activation.json)") from None
+        beside = os.path.join(os.path.dirname(path), "export", "activation.json")
+        hint = f"; a run's pipeline root keeps it in export/: {beside!r}" if os.path.isfile(beside) else ""
+        raise ActivationFileError(f"no activation file at {path!r} (expected the Exporter's activation.json){hint}") \
+            from None
     except json.JSONDecodeError as error:
         raise ActivationFileError(f"{path!r} is not valid JSON: {error}") from None
     except UnicodeDecodeError as error:

@@ -95,6 +95,8 @@ class ExampleGenExecutor(BaseExecutor):
             for split in SPLITS
         }
         stats["fingerprint"] = dataset.fingerprint()
+        if p["image_size"]:  # what a user must do to their own images before the exported model
+            stats["resized_to"] = [p["image_size"], p["image_size"]]
         for note in data_warnings(stats["class_counts"]):
             self.context.progress(f"note: {note}")
         with open(out.path("statistics.json"), "w") as f:

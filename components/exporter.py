@@ -38,6 +38,12 @@ from components.statistics import Evaluation, FunctionStats, percentage_points
 from components.trainer import LEARNED_STATISTICS_NOTE, learned_parameter_statistics, read_runs
 
 
+MODEL_LOADING = ("import activations, then keras.saving.load_model('model.keras'): the model's activation layers "
+                 "are activations.ParametricActivation, which Keras finds only once the library is imported")
+"""activation.json's `model_loading`: without the import Keras fails with an opaque "could not be
+deserialized" error, and the report or this file is where a user looks."""
+
+
 class ExporterSpec(ComponentSpec):
     INPUTS = {
         "evaluation": InputSpec("Evaluation"),
@@ -128,6 +134,19 @@ def run_data(trained_uri: str, run: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def read_resize(examples: Artifact | None) -> list[int] | None:
+    """[height, width] the data step resized every image to (`--image_size`), or None."""
+    if examples is None:
+        return None
+    from components.example_gen import read_statistics
+
+    try:
+        size = read_statistics(examples).get("resized_to")
+    except (OSError, ValueError):
+        return None
+    return [int(d) for d in size] if isinstance(size, list) and len(size) == 2 else None
+
+
 def read_class_names(examples: Artifact | None) -> list[str] | None:
     """The class names in label order, from the Examples' statistics.json; None when the input
     is not wired or the artifact does not name them (the `"output"` entry is then left out, not
@@ -143,7 +162,7 @@ def read_class_names(examples: Artifact | None) -> list[str] | None:
     return [str(name) for name in names] if isinstance(names, list) and names else None
 
 
-def input_entry(shape: list[int], data: dict[str, Any]) -> dict[str, Any]:
+def input_entry(shape: list[int], data: dict[str, Any], resized_to: list[int] | None = None) -> dict[str, Any]:
     """The `"input"` entry of activation.json: what the exported model takes. The note says how
     to get there from the source's own images (`trainer.sources.pixel_encoding`): not every
     source stores 0..255 pixels, and an unscaled image gives chance accuracy."""
@@ -160,6 +179,10 @@ def input_entry(shape: list[int], data: dict[str, Any]) -> dict[str, Any]:
     if encoding is not None:
         entry.update(source=data["source"], source_pixels=encoding)
         note = f"feed images of this shape with pixel values 0..255: {encoding['note']}"
+    if resized_to:
+        entry["resized_to"] = resized_to
+        note += (f"; the data step resized every source image to {resized_to[0]}x{resized_to[1]} (bilinear) "
+                 "before training, so resize yours the same way")
     entry["note"] = note + "; the model's first layers apply the training pipeline's normalisation"
     return entry
 
@@ -176,7 +199,8 @@ def output_entry(class_names: list[str] | None, units: int) -> dict[str, Any] | 
 
 
 def export_raw_input_model(trained_uri: str, run: dict[str, Any], path: str,
-                           class_names: list[str] | None = None) -> dict[str, Any]:
+                           class_names: list[str] | None = None, resized_to: list[int] | None = None
+                           ) -> dict[str, Any]:
     """Saves the run's trained model behind its input normalisation at `path` (a model of raw
     0..255 images); returns the entries of activation.json describing what it takes (`"input"`)
     and what it outputs (`"output"`, when the class names are known)."""
@@ -189,7 +213,7 @@ def export_raw_input_model(trained_uri: str, run: dict[str, Any], path: str,
     trained = keras.saving.load_model(os.path.join(trained_uri, run["model_path"]), safe_mode=True)
     model = raw_input_model(trained, data["normalization"])
     model.save(path)
-    entries = {"input": input_entry([int(d) for d in model.input_shape[1:]], data)}
+    entries = {"input": input_entry([int(d) for d in model.input_shape[1:]], data, resized_to)}
     output = output_entry(class_names, int(model.output_shape[-1]))
     if output is not None:
         entries["output"] = output
@@ -238,8 +262,9 @@ class ExporterExecutor(BaseExecutor):
             best = max(finished, key=lambda r: r["val_accuracy"])
             examples = (input_dict.get("examples") or [None])[0]
             record.update(export_raw_input_model(trained.uri, best, out.path("model.keras"),
-                                                 read_class_names(examples)))
+                                                 read_class_names(examples), read_resize(examples)))
             record["model_seed"] = best["seed"]
+            record["model_loading"] = MODEL_LOADING
         with open(out.path("activation.json"), "w") as f:
             json.dump(record, f, indent=2)
         out.properties.update({"function": function, "blessed": blessed, "has_model": bool(finished)})

@@ -181,7 +181,8 @@ def _export_sentence(exported: Mapping[str, Any], ev: Evaluation) -> str:
         return text + ("; no trained model was saved (none of its final runs finished with one), so there is "
                        "no export/model.keras.")
     return (text + f"; export/model.keras is the trained model of its seed {seed}, the seed with the best "
-            "validation accuracy. The model outputs logits (apply softmax for probabilities); activation.json's "
+            "validation accuracy (load it with keras.saving.load_model after `import activations`, which "
+            "registers its activation layers). The model outputs logits (apply softmax for probabilities); activation.json's "
             "\"input\" entry says what it takes and its \"output\" entry, when the run named its classes, which "
             "output is which class.")
 

@@ -213,6 +213,8 @@ def check_root_free(root: str) -> None:
 
 def check_writable(root: str) -> None:
     root = os.path.abspath(root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"pipeline_root {root!r} is a file, not a directory")
     try:
         os.makedirs(root, exist_ok=True)
         probe = os.path.join(root, f".write-test-{os.getpid()}")
@@ -250,6 +252,13 @@ def command_run() -> int:
     if config.seeds < min_seeds:
         print(f"actsearch: note: --seeds={config.seeds} is below the {min_seeds} runs per function a statistical "
               "test needs: the evaluation will report no p-values and bless nothing.", flush=True)
+    starting = len(config.seed_functions) + config.num_candidates
+    if config.strategy != "exhaustive" and config.max_trials <= starting:
+        searcher = "the controller" if config.strategy == "rl" else f"the {config.strategy} strategy"
+        print(f"actsearch: note: --max_trials={config.max_trials} is no more than the {starting} functions the search "
+              f"starts from ({len(config.seed_functions)} seed functions + {config.num_candidates} initial "
+              f"candidates): the trials train those, and {searcher} proposes nothing of its own. Raise "
+              "--max_trials, or lower --num_candidates or --seed_functions.", flush=True)
     print(f"actsearch: running {len(pipeline.components)} components of {config.name!r} "
           f"(preset {FLAGS.preset}, runner {FLAGS.runner}) under {os.path.abspath(config.pipeline_root)}", flush=True)
     if FLAGS.runner == "kfp-local":

@@ -280,11 +280,12 @@ class NumberRule:
     ok: Callable[[float], bool]
     integer: bool = False
     none: bool = False
+    none_means: str = "no limit"
 
 
-def _at_least(minimum: int, none: bool = False) -> NumberRule:
-    return NumberRule(f"must be at least {minimum}" + (" or none (no limit)" if none else ""),
-                      lambda value: value >= minimum, integer=True, none=none)
+def _at_least(minimum: int, none: bool = False, none_means: str = "no limit") -> NumberRule:
+    return NumberRule(f"must be at least {minimum}" + (f" or none ({none_means})" if none else ""),
+                      lambda value: value >= minimum, integer=True, none=none, none_means=none_means)
 
 
 NUMBER_RULES: dict[str, NumberRule] = {
@@ -292,7 +293,7 @@ NUMBER_RULES: dict[str, NumberRule] = {
                                        "final_epochs", "seeds", "top_k", "batch_size", "parallel_trials")},
     "max_examples": _at_least(3, none=True),
     "trial_examples": _at_least(1, none=True),
-    "image_size": _at_least(1, none=True),
+    "image_size": _at_least(1, none=True, none_means="keep the source's size"),
     "num_candidates": _at_least(0),
     "rerank_seeds": _at_least(0),
     "seed": NumberRule("must be a non-negative integer below 2**32", lambda value: 0 <= value < 2**32, integer=True),
@@ -318,7 +319,7 @@ def _check_number(name: str, value: Any, rule: NumberRule) -> None:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     if not (is_int or (not rule.integer and isinstance(value, float))):
         raise ConfigError(f"--{name} must be {'an integer' if rule.integer else 'a number'}"
-                          f"{' or none (no limit)' if rule.none else ''}, got {value!r}")
+                          f"{f' or none ({rule.none_means})' if rule.none else ''}, got {value!r}")
     if not (math.isfinite(value) and rule.ok(value)):
         raise ConfigError(f"--{name} {rule.allowed}, got {value!r}")
 

@@ -530,5 +530,20 @@ def test_run_checks_resources_as_compile_does_and_names_settings_it_does_not_use
     monkeypatch.setattr(local_runner.LocalRunner, "run", stop_here)
     with pytest.raises(Reached):
         actsearch("run", f"--pipeline_root={tmp_path / 'b'}", "--image=registry/a:1", "--resume_root=/mnt/x")
+    out = capsys.readouterr().out
     assert ("actsearch: note: --resume_root, --image are for `actsearch compile`; this run (runner local) does not "
-            "use them.") in capsys.readouterr().out
+            "use them.") in out
+    assert "proposes nothing of its own" not in out  # the demo's budget leaves room for a search
+    with pytest.raises(Reached):
+        actsearch("run", f"--pipeline_root={tmp_path / 'c'}", "--max_trials=4", "--strategy=rl", "--space=swish")
+    assert ("--max_trials=4 is no more than the 14 functions the search starts from (6 seed functions + 8 initial "
+            "candidates): the trials train those, and the controller proposes nothing of its own") in capsys.readouterr().out
+
+
+def test_a_pipeline_root_that_is_a_file_is_named_as_such(tmp_path, monkeypatch, actsearch):
+    import activations.layer
+
+    monkeypatch.setattr(activations.layer, "prefer_wide_vectors", lambda: None)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = actsearch("run", f"--pipeline_root={tmp_path / 'afile'}")
+    assert code == 2 and f"pipeline_root {str(tmp_path / 'afile')!r} is a file, not a directory" in err

@@ -212,9 +212,11 @@ def test_the_export_names_the_class_of_each_logit_from_the_examples_statistics(t
     examples = Artifact("Examples", str(tmp_path / "examples"))
     os.makedirs(examples.uri)
     with open(examples.path("statistics.json"), "w") as f:
-        json.dump({"source": "folder:/data/pets", "class_names": names, "num_classes": 3}, f)
+        json.dump({"source": "folder:/data/pets", "class_names": names, "num_classes": 3, "resized_to": [8, 8]}, f)
     record = _export(tmp_path, trained, evaluation, examples)
     assert record["output"]["kind"] == "logits" and record["output"]["class_names"] == names
+    # --image_size resized the source's images: the user must do the same to theirs.
+    assert record["input"]["resized_to"] == [8, 8] and "resized every source image to 8x8" in record["input"]["note"]
     assert "softmax" in record["output"]["note"]
     assert record["input"]["value_range"] == [0, 255] and record["input"]["source_pixels"]["scale"] == 1.0
     # activations.load reads the file with its new entries.
@@ -258,7 +260,7 @@ def test_the_reporter_says_what_the_terminal_said_and_keeps_one_copy_of_each_plo
 
     trained, evaluation = _trained_models_with_a_model(tmp_path, "embedded:digits", 10)
     record = _export(tmp_path, trained, evaluation)
-    assert record["model_seed"] == 0
+    assert record["model_seed"] == 0 and "import activations" in record["model_loading"]
     with open(trained.path("runs.jsonl")) as f:  # as the Trainer writes them: every run has a directory
         runs = [json.loads(line) for line in f]
     with open(trained.path("runs.jsonl"), "w") as f:
@@ -742,6 +744,7 @@ def test_example_gen_resizes_and_skips_corrupt_images_when_asked(tmp_path):
     examples = run(image_size=8, skip_corrupt=True)
     stats = json.load(open(examples.path("statistics.json")))
     assert stats["input_shape"] == [8, 8, 3] and sum(stats["num_examples"].values()) == 20
+    assert stats["resized_to"] == [8, 8]  # the exported model's "input" entry repeats it
     assert [os.path.basename(path) for path in stats["skipped_files"]] == ["broken.png"]  # the report names it
     assert read_examples(examples).arrays("train")[0].shape[1:] == (8, 8, 3)
 

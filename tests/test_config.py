@@ -103,7 +103,7 @@ def test_unbalanced_parentheses_in_a_list_flag_are_refused_not_dropped(text, mes
     ({"seed": "-1"}, "seed must be a non-negative integer"),
     ({"trial_examples": "0"}, "trial_examples must be at least 1"),
     ({"max_examples": "-5"}, "max_examples must be at least 3"),
-    ({"image_size": "0"}, "image_size must be at least 1"),
+    ({"image_size": "0"}, "image_size must be at least 1 or none \\(keep the source's size\\)"),
 ])
 def test_settings_that_would_fail_hours_in_are_refused_at_once(overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):

@@ -32,6 +32,14 @@ def test_load_starts_every_new_layer_from_the_learned_means(tmp_path):
     np.testing.assert_allclose(np.asarray(first(x[None])), (x / (1 + np.exp(-1.7 * x)))[None], rtol=1e-5)
 
 
+def test_loading_a_pipeline_root_points_at_its_export_folder(tmp_path):
+    (tmp_path / "export").mkdir()
+    _write(tmp_path / "export", activation_record("x*sigmoid(beta*x)", "layer"))
+    with pytest.raises(ActivationFileError, match=r"a run's pipeline root keeps it in export/: .*export/activation.json"):
+        activations.load(tmp_path)
+    assert activations.load(tmp_path / "export")().initial_values == {"beta": 1.0}
+
+
 def test_an_initial_mapping_overrides_only_the_parameters_it_names(tmp_path):
     record = activation_record("alpha * x * sigmoid(beta * x)", "layer",
                                learned={"alpha": {"mean": 0.1}, "beta": {"mean": 1.7}})

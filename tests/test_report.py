@@ -366,7 +366,8 @@ def test_the_summary_names_the_seed_whose_model_was_exported(tmp_path, inputs):
     exported = {"function": EXPR, "why_exported": "not blessed: because", "model_seed": 2}
     md = _write(tmp_path, inputs, exported=exported)[0].read_text()
     assert (f"Exported: {rp.function_label(EXPR)} in export/activation.json (not blessed: because); "
-            "export/model.keras is the trained model of its seed 2, the seed with the best validation accuracy.") in md
+            "export/model.keras is the trained model of its seed 2, the seed with the best validation accuracy (load "
+            "it with keras.saving.load_model after `import activations`") in md
     assert "when one was saved" not in md
     md = _write(tmp_path, inputs, exported=dict(exported, model_seed=None))[0].read_text()
     assert "no trained model was saved" in md and "export/model.keras is the trained model" not in md
