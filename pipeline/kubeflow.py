@@ -864,8 +864,13 @@ class _Tail(io.TextIOBase):
             if self.on_line is not None:
                 self.on_line(line)
             if self.show is not None and self.show(line):
-                self.stream.write(line + "\n")
+                self.stream.write((line if self._colours() else _ANSI.sub("", line)) + "\n")
         return len(text)
+
+    def _colours(self) -> bool:
+        """kfp.local colours its task lines; a file or pipe gets them plain."""
+        isatty = getattr(self.stream, "isatty", None)
+        return bool(isatty and isatty())
 
     def flush(self) -> None:
         self.stream.flush()

@@ -713,3 +713,19 @@ def test_kfp_output_filter_keeps_the_steps_lines_and_warnings_only():
     ]
     keep = _KfpOutputFilter()
     assert [line for line, _ in lines if keep(line)] == [line for line, shown in lines if shown]
+
+
+def test_kfp_locals_colours_reach_a_terminal_but_not_a_file():
+    import io
+
+    from pipeline.kubeflow import _Tail
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    line = "Task \x1b[96m'reporter'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
+    for stream, expected in ((io.StringIO(), "Task 'reporter' finished with status SUCCESS\n"), (Terminal(), line)):
+        tail = _Tail(stream, log=io.StringIO(), show=lambda text: True)
+        tail.write(line)
+        assert stream.getvalue() == expected
