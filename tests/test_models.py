@@ -135,6 +135,35 @@ def test_activation_sites_have_the_same_names_in_every_build():
     assert [layer.name for layer in activation_layers(named)][:2] == ["mine_0", "mine_1"]
 
 
+class _ScaledTanh(keras.layers.Layer):
+    """A user's own activation layer with one learnable weight per channel (no activations type)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return self.scale * keras.ops.tanh(x)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_custom_activation_layers_are_counted_whatever_their_type_or_name(named):
+    """Every layer the factory made is an activation site: its weights count as activation ones."""
+    counter = iter(range(1, 10))
+    factory = (lambda: _ScaledTanh(name=f"mine_{next(counter)}")) if named else _ScaledTanh
+    model = build_model("mlp", (8, 8, 1), 3, factory)
+    sites = activation_layers(model)
+    assert [type(layer) for layer in sites] == [_ScaledTanh, _ScaledTanh]
+    assert [layer.name for layer in sites] == (["mine_1", "mine_2"] if named else ["act_01", "act_02"])
+    assert count_params(model)["activation"] == 256 + 128  # one scale per channel of the hidden layers
+
+
+def test_custom_activation_sites_are_still_found_in_a_clone():
+    """A copy loses build_model's mark but keeps the act_NN names, so it counts the same."""
+    model = build_model("mlp", (8, 8, 1), 3, _ScaledTanh)
+    copy = keras.models.clone_model(model)
+    assert count_params(copy)["activation"] == count_params(model)["activation"] == 256 + 128
+
+
 def test_a_factory_that_reuses_one_layer_is_rejected():
     shared = keras.layers.Activation("relu")
     with pytest.raises(ModelError, match="same layer twice"):

@@ -282,6 +282,7 @@ def test_an_unreadable_backup_starts_the_run_afresh(digits, tmp_path, caplog):
     result = train(config, digits, callbacks=[seen])
     assert seen.epochs == [0, 1, 2] and result.epochs_run == 3
     assert "starting afresh" in caplog.text
+    assert _csv_epochs(tmp_path / "run" / "history.csv") == [0, 1, 2]  # the dropped run's rows went with it
 
 
 def test_a_backup_that_opens_but_does_not_load_falls_back_to_the_previous_copy(digits, tmp_path, caplog):
@@ -296,8 +297,33 @@ def test_a_backup_that_opens_but_does_not_load_falls_back_to_the_previous_copy(d
         f.create_group("vars")
     seen = _SeenEpochs()
     result = train(config, digits, callbacks=[seen])
-    assert seen.epochs[0] >= 1 and seen.epochs[-1] == 3 and result.epochs_run == 4
+    assert seen.epochs == [1, 2, 3] and result.epochs_run == 4  # the previous copy holds one epoch
     assert "resuming from the previous one" in caplog.text
+    # Epoch 1 ran twice; history.csv keeps one row of it, as a plain CSV reader sees it.
+    assert _csv_epochs(tmp_path / "run" / "history.csv") == [0, 1, 2, 3]
+    assert result.history["epoch"] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_history_csv_ends_where_the_resumed_backup_does(digits, tmp_path):
+    """A row written after the backup (a kill between the two) is dropped before the epoch reruns."""
+    config = tiny(epochs=3, tensorboard=False, evaluate_test=False, output_dir=str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(config, digits, callbacks=[_KillAfterSecondEpoch()])
+    history = tmp_path / "run" / "history.csv"
+    lines = history.read_bytes().splitlines(keepends=True)
+    assert lines[-1].startswith(b"1,")
+    history.write_bytes(b"".join(lines) + b"2," + lines[-1][2:])  # epoch 2 logged, not backed up
+    assert _csv_epochs(history) == [0, 1, 2]
+    train(config, digits)
+    assert _csv_epochs(history) == [0, 1, 2]
+
+
+def _csv_epochs(path) -> list[int]:
+    """The epoch column of a history.csv, read as any CSV reader would."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 def test_output_dir_folders_the_trainer_did_not_make_are_never_deleted(digits, tmp_path):
@@ -400,6 +426,16 @@ def test_precision_scope_restores_the_policy_even_on_error():
 # Configuration
 
 
+def test_the_config_json_a_run_writes_reads_back_as_its_config(reference_run):
+    """A run's directory describes it completely: config.json (with its "dataset" entry) loads."""
+    with open(os.path.join(reference_run.output_dir, "config.json"), encoding="utf-8") as f:
+        text = f.read()
+    assert "dataset" in json.loads(text)  # the resume check's record of the data stays
+    assert TrainConfig.from_json(text) == TrainConfig.from_dict(reference_run.config)
+    with pytest.raises(TrainConfigError, match=r"unknown TrainConfig fields \['datasets'\]"):
+        TrainConfig.from_dict({"model": "mlp", "datasets": {}})
+
+
 def test_config_round_trips_and_rejects_bad_values():
     config = tiny(optimizer="adamw", augment="crop_flip", label_smoothing=0.1, output_dir="/tmp/x")
     assert TrainConfig.from_json(config.to_json()) == config
@@ -419,7 +455,14 @@ def test_config_round_trips_and_rejects_bad_values():
                                   ("stop_below", 0.5, "a list of numbers"), ("stop_below", [0.5, "x"], "a list of numbers"),
                                   ("stop_below", [math.nan], "a list of numbers"),
                                   ("augment", 1, "allowed are False, True"), ("augment", 0.0, "allowed are False"),
-                                  ("skip_corrupt", "yes", "True or False")]:
+                                  ("skip_corrupt", "yes", "True or False"),
+                                  # the data fields, by the data module's own rules (not only in train())
+                                  ("splits", [0.5, 0.5, 0.5], "summing to 1"), ("splits", [0.0, 0.5, 0.5], "train > 0"),
+                                  ("max_examples", -5, "non-negative integer"),
+                                  ("max_examples", {"training": 5}, "unknown splits"),
+                                  ("max_examples", {"train": 1.5}, "non-negative integer"),
+                                  ("image_size", 0, "positive int or \\(height, width\\)"),
+                                  ("image_size", [8], "positive int or \\(height, width\\)")]:
         with pytest.raises(TrainConfigError, match=f"TrainConfig.{field}=.*{message}"):
             tiny(**{field: value})
 

@@ -101,6 +101,15 @@ runs of one model, or two seeds, named the same site differently: per-layer resu
 parameters, TensorBoard tags) could not be lined up across runs."""
 
 
+_SITE_MARK = "_actsearch_activation_site"
+"""Attribute :func:`build_model` sets on every layer its activation factory made (the site's
+number, from 1), so :func:`activation_layers` finds a user's own activation layer whatever its
+type or name."""
+_SITE_NAME_PATTERN = re.compile(r"act_\d{2,}")
+"""Names :data:`SITE_NAME` gives: how a site is still recognised in a copy (clone, saved and
+loaded model) that lost the attribute."""
+
+
 def _automatic_name(layer: keras.layers.Layer) -> bool:
     """Whether `layer.name` is the one Keras made up from its class (`re_lu`, `re_lu_4`)."""
     words = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", type(layer).__name__))
@@ -126,6 +135,7 @@ def _checked_factory(activation: ActivationSpec, sharing: str) -> ActivationFact
         seen.add(id(layer))
         if _automatic_name(layer):  # before it is built: its weights take the new name
             layer.name = SITE_NAME.format(len(seen))
+        setattr(layer, _SITE_MARK, len(seen))
         return layer
 
     return make
@@ -416,7 +426,8 @@ def count_params(model: keras.Model) -> dict[str, int]:
     """Parameter counts: ``total``, ``trainable``, ``non_trainable`` and ``activation``.
 
     ``activation`` counts the trainable weights that live in activation layers (the learnable
-    parameters of parametric activation functions).
+    parameters of parametric activation functions, and those of any layer an activation factory
+    made: see :func:`activation_layers`).
     """
     def size(weight) -> int:
         return int(math.prod(weight.shape))
@@ -433,12 +444,23 @@ def count_params(model: keras.Model) -> dict[str, int]:
 
 
 def activation_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The activation layers of a model, in order: parametric ones and plain ``Activation``s."""
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, _ACTIVATION_LAYER_TYPES)
-    ]
+    """The activation layers of a model, in order: every layer an activation factory made.
+
+    Why not by type alone: a factory may return any layer (a user's own ``keras.layers.Layer``
+    subclass with learnable weights); :func:`build_model` marks each one, and names it
+    ``act_NN`` when it kept Keras' automatic name, so it is found by that mark or name. Models not
+    built here are searched by type (:data:`_ACTIVATION_LAYER_TYPES`).
+    """
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if _is_activation_site(layer)]
+
+
+def _is_activation_site(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` sits at an activation site (see :func:`activation_layers`)."""
+    return (
+        getattr(layer, _SITE_MARK, None) is not None
+        or _SITE_NAME_PATTERN.fullmatch(layer.name) is not None
+        or isinstance(layer, _ACTIVATION_LAYER_TYPES)
+    )
 
 
 # What activations.get returns (ParametricActivation, or Keras' fused ReLU / Identity) plus the

@@ -75,8 +75,12 @@ def load_dataset(
         with no splits is divided three ways; a missing validation or test split is carved from
         train. Splits are stratified by class and depend only on the data and ``seed``.
       seed: seed of the split.
-      max_examples: size limit for every split (an int) or per split (``{"train": 1000}``);
-        kept examples are a stratified subset.
+      max_examples: a cap PER SPLIT: an int caps each of train, validation and test (``1000``
+        keeps up to 3000 examples in all), a dict caps the splits it names (``{"train": 1000}``);
+        kept examples are a stratified subset. The CLI's ``--max_examples`` differs: it caps the
+        examples kept in all and divides them among the splits by their fractions (the
+        ExampleGen component turns it into such a dict), so the same number keeps about a
+        third as much there.
       image_size: ``(height, width)`` or one int for square images; images are resized to it.
         Required for folders or TFDS sets whose images differ in size.
       download: ``tfds:`` only - download and prepare a set that is not prepared in

@@ -77,7 +77,7 @@ from trainer.models import (
     portable_model,
 )
 from trainer.precision import PRECISIONS, distribution_strategy, precision_scope
-from trainer.sources import load_dataset
+from trainer.sources import _check_image_size, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,12 @@ MAX_WARMUP_FRACTION = 0.2
 
 class TrainConfigError(ValueError):
     """A training configuration value is invalid; the message names it and what is allowed."""
+
+
+_DATA_KEY = "dataset"
+"""config.json's entry beside the TrainConfig fields: the source and fingerprint of the data the
+run trained on (`train` may get a loaded Dataset whatever `TrainConfig.data` says). The resume
+check compares it; :meth:`TrainConfig.from_dict` skips it, so config.json reads back as a config."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,9 +129,17 @@ class TrainConfig:
       precision: ``auto``, ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
       augment: False, True (pad-crop and flip), ``"crop_flip"``, ``"crop"`` or ``"flip"``.
       normalize: ``per_channel``, ``unit`` or ``symmetric`` (see trainer.input_pipeline.make_pipeline).
-      max_examples, image_size, data_dir, splits, skip_corrupt: passed to
-        ``trainer.sources.load_dataset`` (``skip_corrupt``: leave out unreadable images, listing
-        them in the result, instead of refusing the data).
+      max_examples: a cap PER SPLIT (stratified subsets): an int caps each of train, validation
+        and test (``1000`` keeps up to 3000 examples in all), a dict caps the splits it names
+        (``{"train": 1000}``); None keeps all. Not the same as the CLI's ``--max_examples``
+        (``pipeline/config.py``), which caps the examples kept IN ALL and divides that number
+        among the splits by their fractions: to reproduce a CLI run here, pass
+        ``{"train": round(n * 0.8), "validation": round(n * 0.1), "test": round(n * 0.1)}``
+        (with the run's ``splits``), not ``n``.
+      image_size, data_dir, splits, skip_corrupt: passed to ``trainer.sources.load_dataset``
+        with ``max_examples`` (``skip_corrupt``: leave out unreadable images, listing them in the
+        result, instead of refusing the data). ``splits``, ``max_examples`` and ``image_size``
+        are checked at construction by the data module's own rules.
       output_dir: where logs, backups and results go; None: nothing is written (no resume).
       resume: continue from a backup in ``output_dir`` when one exists.
       tensorboard: write TensorBoard logs (needs ``output_dir``).
@@ -234,8 +248,7 @@ class TrainConfig:
             fail("augment", f"allowed are False, True, {', '.join(data_lib.AUGMENTATIONS)}")
         if self.normalize not in data_lib.NORMALIZATIONS:
             fail("normalize", f"allowed are {', '.join(data_lib.NORMALIZATIONS)}")
-        if not isinstance(self.splits, (list, tuple)) or len(self.splits) != 3:
-            fail("splits", "expected three fractions (train, validation, test)")
+        _check_data_fields(self, fail)
         for name in ("nesterov", "resume", "tensorboard", "save_model", "evaluate_test", "deterministic", "quiet",
                      "skip_corrupt"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -265,12 +278,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Builds a config from :meth:`to_dict` output; unknown keys raise TrainConfigError."""
+        """Builds a config from :meth:`to_dict` output or a run's ``config.json``.
+
+        ``config.json`` holds one entry more, ``"dataset"`` (what data the run trained on, for the
+        resume check); it is skipped, so a run's directory describes its config completely. Any
+        other unknown key raises TrainConfigError: a typo must not silently become a default.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(set(values) - names - {_DATA_KEY})
         if unknown:
-            raise TrainConfigError(f"unknown TrainConfig fields {unknown}: allowed are {', '.join(sorted(names))}")
-        values = dict(values)
+            raise TrainConfigError(f"unknown TrainConfig fields {unknown}: allowed are {', '.join(sorted(names))} "
+                                   f"(and {_DATA_KEY!r}, which config.json adds and is ignored)")
+        values = {k: v for k, v in values.items() if k != _DATA_KEY}
         if isinstance(values.get("image_size"), (list, tuple)):
             values["image_size"] = [int(v) for v in values["image_size"]]
         return cls(**values)
@@ -280,10 +299,30 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
+        """Reads :meth:`to_json` output or the ``config.json`` that :func:`train` writes."""
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _check_data_fields(config: TrainConfig, fail: Callable[[str, str], Any]) -> None:
+    """Checks ``splits``, ``max_examples`` and ``image_size`` by the data module's own rules.
+
+    Why: ``load_dataset`` applies exactly these checks, but only once :func:`train` runs (after
+    the config travelled to another process, maybe); reusing them here makes a bad value fail at
+    construction, and validation and loading can never disagree about what is allowed.
+    """
+    checks: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+        ("splits", data_lib._check_fractions),
+        ("max_examples", data_lib._check_caps),
+        ("image_size", _check_image_size),
+    )
+    for field, check in checks:
+        try:
+            check(getattr(config, field))
+        except data_lib.DataError as error:
+            fail(field, str(error))
 
 
 # --------------------------------------------------------------------------------------------
@@ -676,6 +715,8 @@ def train(
             _compile(model, config, learning_rate_schedule(config, steps_per_epoch, total_steps), one_hot)
         if config.resume and paths.has_backup():
             paths.keep_a_loadable_backup(model)
+        if config.resume:  # after any fallback: the history must end where the restored backup does
+            paths.trim_history(paths.backed_up_epoch())
         # A batch larger than the training split is the whole split: count the images a step takes.
         run = _RunCallbacks(config, paths, epochs, batch_size if drop_remainder else n_train, print_fn)
         if run.backup:
@@ -759,11 +800,6 @@ _NOT_TRAINING = ("output_dir", "resume", "tensorboard", "save_model", "evaluate_
 a backup resumes across them."""
 
 
-_DATA_KEY = "dataset"
-"""config.json's entry beside the TrainConfig fields: the source and fingerprint of the data the
-run trained on (`train` may get a loaded Dataset whatever `TrainConfig.data` says)."""
-
-
 def _stored_config(path: str) -> dict | None:
     """The config.json a run of this trainer wrote at `path`, or None (missing, unreadable, or a
     file of some other program: it must hold a TrainConfig's own fields)."""
@@ -793,6 +829,16 @@ def _changed_fields(stored: dict | None, config: "TrainConfig", data: dict | Non
     return changed
 
 
+def _csv_epoch(line: str, header: str) -> int | None:
+    """The ``epoch`` value of one ``history.csv`` line (None when the line has none)."""
+    try:
+        names = next(csv.reader([header]))
+        values = next(csv.reader([line]))
+        return int(values[names.index("epoch")])
+    except (StopIteration, ValueError, IndexError):
+        return None
+
+
 class _Paths:
     """The files of a run inside ``output_dir`` (all None-safe when there is no output_dir)."""
 
@@ -819,6 +865,32 @@ class _Paths:
                 return int(json.load(f).get("epoch", 0))
         except (OSError, ValueError, TypeError):
             return 0
+
+    def trim_history(self, epochs: int) -> None:
+        """Keeps only the rows of ``history.csv`` of the first ``epochs`` epochs (0-based < epochs).
+
+        Why: the CSV row of an epoch is written before the epoch is backed up, and a resume may
+        fall back to the previous backup (or start afresh); the epochs after the restored backup
+        run again and would append second rows (a CSV reader would see epochs 8 9 9 10). The file
+        is rewritten atomically (a kill mid-write leaves the old one); with no rows left it is
+        removed, so the CSV logger writes its header again.
+        """
+        if not self.root or not os.path.exists(self.history):
+            return
+        with open(self.history, newline="", encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:]
+                            if (epoch := _csv_epoch(line, lines[0])) is not None and epoch < epochs]
+        if len(kept) == len(lines):
+            return
+        if len(kept) <= 1:
+            os.remove(self.history)
+            return
+        partial = self.history + ".partial"
+        with open(partial, "w", newline="", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(partial, self.history)
+        logger.info("history.csv trimmed to the %d epochs of the backup", epochs)
 
     def check_usable(self) -> None:
         """Refuses an output_dir that is a file, lies under one, or cannot be written."""
