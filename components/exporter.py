@@ -134,16 +134,22 @@ def run_data(trained_uri: str, run: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def read_resize(examples: Artifact | None) -> list[int] | None:
-    """[height, width] the data step resized every image to (`--image_size`), or None."""
+def _statistics(examples: Artifact | None) -> dict[str, Any]:
+    """The Examples' statistics.json, or {} when the input is not wired or cannot be read (an
+    entry built from it is then left out, not guessed)."""
     if examples is None:
-        return None
+        return {}
     from components.example_gen import read_statistics
 
     try:
-        size = read_statistics(examples).get("resized_to")
+        return read_statistics(examples)
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def read_resize(examples: Artifact | None) -> list[int] | None:
+    """[height, width] the data step resized every image to (`--image_size`), or None."""
+    size = _statistics(examples).get("resized_to")
     return [int(d) for d in size] if isinstance(size, list) and len(size) == 2 else None
 
 
@@ -151,14 +157,7 @@ def read_class_names(examples: Artifact | None) -> list[str] | None:
     """The class names in label order, from the Examples' statistics.json; None when the input
     is not wired or the artifact does not name them (the `"output"` entry is then left out, not
     guessed)."""
-    if examples is None:
-        return None
-    from components.example_gen import read_statistics
-
-    try:
-        names = read_statistics(examples).get("class_names")
-    except (OSError, ValueError):
-        return None
+    names = _statistics(examples).get("class_names")
     return [str(name) for name in names] if isinstance(names, list) and names else None
 
 
