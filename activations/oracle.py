@@ -1042,7 +1042,8 @@ def _check_tuner_arguments(kwargs: Mapping[str, Any]) -> None:
     """A misspelt argument named with the closest of the oracle's and the tuner's own (KerasTuner
     alone says only "Unrecognized arguments ... for BaseTuner.__init__()", without a hint that
     the oracle's arguments go here too)."""
-    allowed = _ORACLE_ARGUMENTS | _tuner_arguments()
+    tuner_arguments = _tuner_arguments()
+    allowed = _ORACLE_ARGUMENTS | tuner_arguments
     unknown = sorted(set(kwargs) - allowed)
     if not unknown:
         return
@@ -1052,7 +1053,7 @@ def _check_tuner_arguments(kwargs: Mapping[str, Any]) -> None:
         hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ValueError(f"EvolutionaryTuner got unknown argument(s) {', '.join(hints)}; it takes the arguments of "
                      f"EvolutionaryOracle ({', '.join(sorted(_ORACLE_ARGUMENTS))}) and of keras_tuner.Tuner "
-                     f"({', '.join(sorted(_tuner_arguments()))})")
+                     f"({', '.join(sorted(tuner_arguments))})")
 
 
 def _check_reserved_names(hyperparameters) -> None:

@@ -55,7 +55,7 @@ from typing import Any, Mapping, Sequence
 
 from components.base import Artifact, BaseExecutor, ComponentSpec, ExecutorContext, ProgressEvent
 from pipeline import step_cache
-from pipeline.local_runner import cache_key, output_fingerprint, resume_dir_for
+from pipeline.local_runner import cache_key, output_fingerprint, resume_dir_for, unusable_attempt_note
 from components.terminal import quiet_known_warnings
 
 TYPE_KEY = "actsearch_type"
@@ -160,38 +160,12 @@ def execute(executor: str, component_id: str, input_dict: dict[str, list[Artifac
 
 
 def note_unusable_attempts(component_id: str, resume_dir: str) -> str | None:
-    """Prints (and returns) a note when an unfinished earlier attempt of this step sits next
-    to `resume_dir` but cannot be continued: its settings or the code it hashes changed, so its
-    cache key, and with it its folder, differ. Without it a re-run after a preemption or a fix
-    would start over without a word. It names the newest such folder. The note is the local
-    runner's, and like it the stale folder is left where it is: it is the only copy of that
-    work, and going back to the earlier settings continues it (the note says so, and that
-    deleting it frees its space)."""
-    if os.path.isdir(resume_dir) and os.listdir(resume_dir):
-        return None                                 # this attempt continues its own work
-    stale = _unfinished_siblings(resume_dir)
-    if not stale:
-        return None
-    more = f" and {len(stale) - 1} more beside it" if len(stale) > 1 else ""
-    note = (f"note: an unfinished earlier attempt of this step ({stale[-1]}{more}) had other "
-            f"settings or code, so it cannot be continued: the step starts afresh (delete that "
-            f"folder to free its space, or go back to the earlier settings to continue it)")
-    _print_progress(ProgressEvent(component_id, note))
+    """Prints (and returns) the local runner's note on an earlier attempt of this step that
+    cannot be continued (`pipeline.local_runner.unusable_attempt_note`)."""
+    note = unusable_attempt_note(resume_dir)
+    if note:
+        _print_progress(ProgressEvent(component_id, note))
     return note
-
-
-def _unfinished_siblings(resume_dir: str) -> list[str]:
-    """Other non-empty resume folders of the same step (other keys), oldest first: a finished
-    attempt removes its folder, so each is work an attempt left unfinished."""
-    parent = os.path.dirname(resume_dir)
-    if not os.path.isdir(parent):
-        return []
-    found = []
-    for name in os.listdir(parent):
-        path = os.path.join(parent, name)
-        if path != resume_dir and os.path.isdir(path) and os.listdir(path):
-            found.append(path)
-    return sorted(found, key=lambda p: (os.path.getmtime(p), p))
 
 
 def _print_progress(event: ProgressEvent) -> None:

@@ -125,6 +125,38 @@ def resume_dir_for(root: str, component_id: str, key: str) -> str:
     return os.path.join(root, component_id, ".resume", key[:16])
 
 
+def unusable_attempt_note(resume_dir: str) -> str | None:
+    """The note for an unfinished earlier attempt of a step that cannot be continued (its
+    settings or the code it hashes changed, so its cache key and folder differ), naming the
+    newest such folder; None when this attempt continues its own work or there is none. Both
+    runners print it: without it a re-run would start over without a word. The stale folder is
+    left where it is: it is the only copy of that work, and going back to the earlier settings
+    continues it."""
+    if os.path.isdir(resume_dir) and os.listdir(resume_dir):
+        return None
+    stale = _unfinished_siblings(resume_dir)
+    if not stale:
+        return None
+    more = f" and {len(stale) - 1} more beside it" if len(stale) > 1 else ""
+    return (f"note: an unfinished earlier attempt of this step ({stale[-1]}{more}) had other "
+            f"settings or code, so it cannot be continued: the step starts afresh (delete that "
+            f"folder to free its space, or go back to the earlier settings to continue it)")
+
+
+def _unfinished_siblings(resume_dir: str) -> list[str]:
+    """Other non-empty resume folders of the same step (other keys), oldest first: a finished
+    attempt removes its folder, so each is work an attempt left unfinished."""
+    parent = os.path.dirname(resume_dir)
+    if not os.path.isdir(parent):
+        return []
+    found = []
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if path != resume_dir and os.path.isdir(path) and os.listdir(path):
+            found.append(path)
+    return sorted(found, key=lambda p: (os.path.getmtime(p), p))
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -304,7 +336,9 @@ class _Run:
             self._write_run_json()
             self.emit(ProgressEvent(cid, f"started (execution {eid})"))
             output_dict = _stage_outputs(spec, key, staged)
-            self._note_unusable_attempts(cid, resume_dir)
+            note = unusable_attempt_note(resume_dir)
+            if note:
+                self.emit(ProgressEvent(cid, note))
             context = ExecutorContext(component_id=cid, run_id=self.run_id, execution_id=eid,
                                       resume_dir=resume_dir, on_progress=self.emit)
             executor = component.EXECUTOR_CLASS(context=context)
@@ -342,21 +376,6 @@ class _Run:
         self._note_state(cid, self.components[cid])
         self._attempt(self.run_json, self._write_run_json)
         self.emit(ProgressEvent(cid, line))
-
-    def _note_unusable_attempts(self, component_id: str, resume_dir: str) -> None:
-        """Says when an unfinished earlier attempt of this step cannot be continued: its
-        settings or the code it hashes changed, so its cache key (and resume folder) differ.
-        Otherwise a re-run after Ctrl-C would start over without a word."""
-        if os.path.isdir(resume_dir) and os.listdir(resume_dir):
-            return
-        parent = os.path.dirname(resume_dir)
-        others = sorted(name for name in (os.listdir(parent) if os.path.isdir(parent) else [])
-                        if os.path.join(parent, name) != resume_dir and os.listdir(os.path.join(parent, name)))
-        if others:
-            self.emit(ProgressEvent(component_id, (
-                f"note: an unfinished earlier attempt of this step ({os.path.join(parent, others[-1])}) had other "
-                "settings or code, so it cannot be continued: the step starts afresh (delete that folder to "
-                "free its space, or go back to the earlier settings to continue it)")))
 
     # ---- run.json ------------------------------------------------------------------------
 
