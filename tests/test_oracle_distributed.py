@@ -11,6 +11,21 @@ import time
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_TRIALS = 12
 
+FIRST_TRIAL_BARRIER = """
+# KerasTuner's chief leaves once every worker it has heard from was told to stop, and it first hears
+# from a worker at that worker's first trial request. Trials are quick, so a worker slow to start
+# could find the chief gone. Each worker holds its first trial until the other has one as well.
+_first_trial = [True]
+def await_other_worker():
+    if not _first_trial[0]:
+        return
+    _first_trial[0] = False
+    open(os.path.join({barrier!r}, role), "w").close()
+    deadline = time.time() + 60
+    while len(os.listdir({barrier!r})) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+"""
+
 SCRIPT = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
@@ -20,7 +35,9 @@ from activations.oracle import GENOME
 
 role = os.environ["KERASTUNER_TUNER_ID"]
 
+""" + FIRST_TRIAL_BARRIER + """
 def fitness(text):
+    await_other_worker()
     with open({log!r}, "a") as handle:
         handle.write(json.dumps({{"tuner": role, "activation": text, "pid": os.getpid(), "time": time.time()}}) + "\\n")
     time.sleep(0.1)  # a trial takes a while, so both workers get some
@@ -84,8 +101,9 @@ def test_chief_and_two_workers_share_one_evolutionary_search(tmp_path):
     from activations.equivalence import fingerprint
 
     log, summary = tmp_path / "runs.jsonl", tmp_path / "summary.json"
+    (tmp_path / "ready").mkdir()
     _run_chief_and_workers(tmp_path, SCRIPT.format(
-        tests=str(PROJECT_ROOT / "tests"), log=str(log), summary=str(summary),
+        tests=str(PROJECT_ROOT / "tests"), log=str(log), summary=str(summary), barrier=str(tmp_path / "ready"),
         directory=str(tmp_path / "project"), max_trials=MAX_TRIALS))
 
     result = json.loads(summary.read_text())
@@ -113,9 +131,11 @@ from activations.stopping import QuantileStopping
 
 role = os.environ["KERASTUNER_TUNER_ID"]
 
+""" + FIRST_TRIAL_BARRIER + """
 class EpochTuner(EvolutionaryTuner):
     # A trial of four epochs whose fitness climbs to the function's target fitness.
     def run_trial(self, trial, *args, **kwargs):
+        await_other_worker()
         final = target_fitness(trial.hyperparameters.get(GENOME))
         final = final if math.isfinite(final) else 0.0
         model = types.SimpleNamespace(stop_training=False)
@@ -127,14 +147,6 @@ class EpochTuner(EvolutionaryTuner):
         with open({log!r}, "a") as handle:
             handle.write(json.dumps({{"trial": trial.trial_id, "epochs": epoch + 1}}) + "\\n")
         return {{"fitness": value}}
-
-# Trials are quick: a worker that asked for its first trial only after the other had finished the
-# search would find the chief gone (KerasTuner's chief leaves once every worker it knows was told
-# to stop). So the workers start searching together.
-if role != "chief":
-    open(os.path.join({barrier!r}, role), "w").close()
-    while len(os.listdir({barrier!r})) < 2:
-        time.sleep(0.05)
 
 tuner = EpochTuner(objective=keras_tuner.Objective("fitness", "max"), max_trials={max_trials}, population_size=4,
                    tournament_size=2, seed=7, idle_sleep=0.05, seed_functions=DEFAULT_SEEDS[:3],
