@@ -44,6 +44,11 @@ MODEL_LOADING = ("import activations, then keras.saving.load_model('model.keras'
 deserialized" error, and the report or this file is where a user looks."""
 
 
+PRECISION_NOTE = ("model.keras computes in float32 whatever precision the run trained under (its weights were "
+                  "float32 throughout), so it converts to TensorFlow Lite and runs on devices without bfloat16 or "
+                  "float16 arithmetic")
+
+
 class ExporterSpec(ComponentSpec):
     INPUTS = {
         "evaluation": InputSpec("Evaluation"),
@@ -207,12 +212,17 @@ def export_raw_input_model(trained_uri: str, run: dict[str, Any], path: str,
 
     import activations  # noqa: F401  (registers the activation layers the model holds)
     from trainer.input_pipeline import raw_input_model
+    from trainer.precision import float32_copy
 
     data = run_data(trained_uri, run)
     trained = keras.saving.load_model(os.path.join(trained_uri, run["model_path"]), safe_mode=True)
-    model = raw_input_model(trained, data["normalization"])
+    # Shipped in float32 whatever the run trained under: a mixed policy saved with the layers
+    # would make every user's copy compute in bfloat16 or float16 (no TensorFlow Lite, slow or
+    # failing on many devices). The weights are float32 either way.
+    model = float32_copy(raw_input_model(trained, data["normalization"]))
     model.save(path)
-    entries = {"input": input_entry([int(d) for d in model.input_shape[1:]], data, resized_to)}
+    entries = {"input": input_entry([int(d) for d in model.input_shape[1:]], data, resized_to),
+               "precision": {"model": "float32", "trained_under": run.get("precision"), "note": PRECISION_NOTE}}
     output = output_entry(class_names, int(model.output_shape[-1]))
     if output is not None:
         entries["output"] = output

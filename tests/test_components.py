@@ -160,9 +160,9 @@ def _evaluate_relu_against_elu(tmp_path, trained, run_dir, elu_mean):
     return evaluation
 
 
-def _trained_models_with_a_model(tmp_path, source: str, num_classes: int):
-    """A TrainedModels artifact whose elu(x) seed 0 has a small saved model and a result.json,
-    and the Evaluation of its runs (nothing blessed)."""
+def _trained_models_with_a_model(tmp_path, source: str, num_classes: int, model=None):
+    """A TrainedModels artifact whose elu(x) seed 0 has a small saved model (`model`, or a dense
+    layer over 8x8x1 images) and a result.json, and the Evaluation of its runs (nothing blessed)."""
     import json
     import os
 
@@ -173,9 +173,10 @@ def _trained_models_with_a_model(tmp_path, source: str, num_classes: int):
     trained = Artifact("TrainedModels", str(tmp_path / "trained"))
     run_dir = os.path.join("runs", "elu-seed0")
     os.makedirs(trained.path(run_dir))
-    inputs = keras.Input((8, 8, 1))
-    keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs))).save(
-        trained.path(run_dir, "model.keras"))
+    if model is None:
+        inputs = keras.Input((8, 8, 1))
+        model = keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Flatten()(inputs)))
+    model.save(trained.path(run_dir, "model.keras"))
     with open(trained.path(run_dir, "result.json"), "w") as f:
         json.dump({"data": {"source": source, "input_shape": [8, 8, 1], "num_classes": num_classes,
                             "normalization": {"normalize": "unit"}}}, f)
@@ -230,6 +231,37 @@ def test_the_export_names_the_class_of_each_logit_from_the_examples_statistics(t
     with open(examples.path("statistics.json"), "w") as f:
         json.dump({"class_names": ["cat", "dog"]}, f)
     assert "output" not in _export(tmp_path, trained, evaluation, examples)
+
+
+def test_a_model_trained_in_mixed_precision_is_exported_computing_in_float32(tmp_path):
+    """A mixed policy saved with the layers would make every user's copy compute in bfloat16,
+    which TensorFlow Lite cannot convert (the packed bfloat16 kernels use bit operations it lacks)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import activations
+    from trainer.precision import precision_scope
+
+    with precision_scope("mixed_bfloat16"):
+        inputs = keras.Input((8, 8, 1))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        x = activations.get("swish", sharing="channel", initial={"beta": 1.5})(x)
+        mixed = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    assert mixed.layers[2].dtype_policy.name == "mixed_bfloat16"
+    trained, evaluation = _trained_models_with_a_model(tmp_path, "folder:/data/pets", 3, model=mixed)
+    record = _export(tmp_path, trained, evaluation)
+    assert record["precision"]["model"] == "float32" and "TensorFlow Lite" in record["precision"]["note"]
+
+    exported = keras.saving.load_model(tmp_path / "exported" / "model.keras", safe_mode=True)
+    layers = list(exported._flatten_layers())
+    assert {layer.dtype_policy.name for layer in layers} == {"float32"}
+    (swish,) = [layer for layer in layers if isinstance(layer, activations.ParametricActivation)]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(swish.weights[0]), 1.5)  # the trained weights
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)).astype("float32")
+    # The same function as the mixed model (the raw-image model scales by 1/255 first), to bfloat16's precision.
+    np.testing.assert_allclose(exported(images), mixed(images / 255.0).numpy().astype("float32"), atol=0.05)
+    assert tf.lite.TFLiteConverter.from_keras_model(exported).convert()
 
 
 def test_the_exported_input_entry_says_how_to_scale_the_sources_own_digits(tmp_path):

@@ -107,3 +107,33 @@ def distribution_strategy(num_gpus: int | None = None) -> tf.distribute.Strategy
         logger.info("training on %d GPUs with MirroredStrategy", num_gpus)
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """A copy of `model` that computes in float32 throughout, with the same weights.
+
+    A model built under a mixed policy saves that policy with each layer, so it would compute in
+    bfloat16 or float16 wherever it is loaded: TensorFlow Lite cannot convert those ops, and many
+    devices run them slowly or not at all. The weights of a mixed-precision model are float32
+    already, so the copy loses nothing; it only computes more precisely.
+    """
+    copy = model.__class__.from_config(_float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _float32_config(config):
+    """`config` with every mixed dtype policy, and every half-precision tensor dtype, as float32."""
+    if isinstance(config, list):
+        return [_float32_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+        return "float32"
+    out = {key: _float32_config(value) for key, value in config.items()}
+    if out.get("dtype") in _HALF_DTYPES or str(out.get("dtype", "")).startswith("mixed_"):
+        out["dtype"] = "float32"
+    return out
