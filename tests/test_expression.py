@@ -213,6 +213,22 @@ def test_vectorised_forms_have_the_right_derivatives_including_at_zero(name, der
     np.testing.assert_allclose(gradient, derivative(np.float64(x)), atol=1e-5 if name == "sinc" else 2e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("name", ["erf", "erfc"])
+def test_vectorised_erf_matches_the_exact_function_and_its_derivative(name):
+    """The arithmetic form exists so models with erf convert to TensorFlow Lite (no `Erf` op there)."""
+    from scipy import special
+
+    reference = {"erf": special.erf, "erfc": lambda x: 1.0 - special.erf(x)}[name]
+    x = np.float32(np.concatenate([np.linspace(-8, 8, 16001), [0.0, 1e-8, -1e-20, 3.99, 4.01, 1e6, -3e38]]))
+    (_, derivative), (vector, vector_derivative) = _exact_float64_and_vector_float32(name, x)
+    np.testing.assert_allclose(vector, reference(np.float64(x)), rtol=0, atol=5e-7, err_msg=name)
+    if name == "erf":  # odd, and relatively accurate near zero (x P(x^2) / Q(x^2))
+        small = np.abs(x) < 1e-3
+        np.testing.assert_allclose(vector[small], special.erf(np.float64(x[small])), rtol=1e-6)
+    np.testing.assert_allclose(vector_derivative, derivative, rtol=2e-6, atol=1e-12, err_msg=name)
+    assert np.isnan(_float32_vector_form(name, np.float32([np.nan]))).all(), name
+
+
 # The exponential family and the rational softsign (sin, cos, asinh and atan: tests above).
 VECTOR_FORMS = [
     "exp", "expm1", "gaussian", "sinh", "cosh", "sigmoid", "log_sigmoid", "softplus", "elu", "selu", "swish",

@@ -309,8 +309,9 @@ def test_default_implementation_on_tensorflow_is_the_fused_kernel():
 
 def test_a_model_with_the_fused_kernel_converts_to_tensorflow_lite():
     """Deployment: the fused kernels use only operations TensorFlow Lite has (its exponential is
-    written with bit operations; a left shift, which Lite lacks, once made conversion fail)."""
-    model = _small_model("alpha * x * sigmoid(beta * x) + cosh(elu(x))", "channel")
+    written with bit operations; a left shift, which Lite lacks, once made conversion fail; erf is
+    a rational function, as Lite has no `Erf`)."""
+    model = _small_model("alpha * x * sigmoid(beta * x) + cosh(elu(x)) + erf(x)", "channel")
     _set_parameters(model.layers[2])
     converted = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     interpreter = tf.lite.Interpreter(model_content=converted)
