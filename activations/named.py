@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
 import re
 from typing import Mapping, Optional, Union
 
@@ -136,6 +137,8 @@ def usual_initial_values(
 
 def _resolve(name_or_expression: str) -> tuple[Optional[str], Expression]:
     """(the usual name, or None; the expression) for a name, a bare unary operator or any text."""
+    if isinstance(name_or_expression, os.PathLike):
+        raise ValueError(f"{_FILE_HINT}, got the path {os.fspath(name_or_expression)!r}")
     if not isinstance(name_or_expression, str):
         raise ValueError(
             "an activation is a name (e.g. 'swish') or expression text/Expression, "
@@ -155,7 +158,16 @@ def _resolve(name_or_expression: str) -> tuple[Optional[str], Expression]:
                 f"'{op.name}(x, 0)'"
             )
         raise ExpressionError(_unknown_name_message(text))
-    return None, parse(text)
+    try:
+        return None, parse(text)
+    except ExpressionError as error:
+        if text.lower().endswith((".json", ".keras")) or os.path.exists(text):
+            raise ExpressionError(f"{error}\n{_FILE_HINT}") from None
+        raise
+
+
+_FILE_HINT = ("activations.get takes a name or expression text: to load an exported activation.json (or the pipeline root "
+              "holding it) use activations.load(path); a saved model, keras.saving.load_model(path)")
 
 
 def _named_layer(key: str, sharing: str, initial: Initial) -> keras.layers.Layer:

@@ -138,6 +138,22 @@ def test_bad_expression_text_propagates_expression_error():
         activations.get("x * sigmod(x)")
 
 
+def test_a_file_given_to_get_is_pointed_at_load(tmp_path):
+    exported = tmp_path / "export"
+    exported.mkdir()
+    (exported / "activation.json").write_text("{}")
+    for given in ("root/export/activation.json", str(exported / "activation.json"), "export/model.keras"):
+        with pytest.raises(ExpressionError, match=r"(?s)position .*activations\.load\(path\)"):
+            activations.get(given)
+    with pytest.raises(ValueError, match=r"activations\.load\(path\).*got the path"):
+        activations.get(exported / "activation.json")
+    # Division is still division, and an unknown name still gets its closest names.
+    assert str(activations.get("x/2").expression) == str(activations.parse("x/2"))
+    with pytest.raises(ExpressionError) as error:
+        activations.get("x * sigmod(x)")
+    assert "activations.load" not in str(error.value)
+
+
 def test_bad_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="a name .* or expression text"):
         activations.get(3.0)
