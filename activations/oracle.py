@@ -17,8 +17,12 @@ Four strategies share the bookkeeping:
   winners, the oldest member leaving when a new one arrives (``selection="elitist"`` removes the
   worst instead).
 * ``"exhaustive"``: every distinct function of one or two core units of "Searching for
-  Activation Functions" over a chosen operator subset, in a fixed order, then STOPPED.
-* ``"random"``: uniform samples of the search space (the baseline evolution has to beat).
+  Activation Functions" over a chosen operator subset (space "swish"), then STOPPED. The order is
+  a permutation the seed fixes, so a `max_trials` below the space's size trains a sample spread
+  over all of it (`exhaustive_coverage_note` says so when it is).
+* ``"random"``: independent samples from the space's own sampler, the one that fills evolution's
+  first population (PANGAEA: `unary(unary(x))` and `binary(unary(x), unary(x))`); the baseline
+  evolution has to beat.
 * ``"rl"``: the paper's reinforcement-learning search: a controller
   (`activations.controller.CoreUnitController`) samples one or two core units, and every result
   trains it by REINFORCE; a function `check` rejects teaches it the worst reward so far, a
@@ -129,6 +133,27 @@ class _Wait:
 _WAIT = _Wait()
 
 
+def exhaustive_coverage_note(core_units: int, unary_forms: Sequence[str] | None, binary_forms: Sequence[str] | None,
+                             max_trials: int | None) -> str | None:
+    """What an exhaustive search over these core units will leave out, or None when its budget
+    covers the space (`max_trials` None: every function, which is only sensible for small spaces)."""
+    unary, binary = space_module.checked_forms(core_units, unary_forms, binary_forms)
+    count = space_module.core_unit_count(core_units, unary, binary)
+    space = (f"the exhaustive space of {core_units} core unit{'s' if core_units > 1 else ''} over {len(unary)} unary "
+             f"and {len(binary)} binary forms holds {count:,} functions (before duplicates are removed)")
+    smaller = "fewer unary_forms / binary_forms (or core_units=1) give a space a search can cover"
+    if max_trials is None:
+        return None if count <= _UNBOUNDED_ENUMERATION else f"{space}, and max_trials=None trains every one; {smaller}"
+    if max_trials >= count:
+        return None
+    return (f"{space}; max_trials={max_trials} trains at most {max_trials} of them, a sample in an order the seed "
+            f"shuffles; {smaller}")
+
+
+_UNBOUNDED_ENUMERATION = 10_000
+"""Functions an exhaustive search without `max_trials` may enumerate before a warning says so."""
+
+
 def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -197,9 +222,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         seed_functions: expression texts trained first; None means `DEFAULT_SEEDS` for
             "evolution", "random" and "rl" and none for "exhaustive".
         core_units, unary_forms, binary_forms: the core-unit space of ``strategy="exhaustive"``
-            and ``"rl"`` (1 or 2 core units, at most for "rl"; subsets of
-            `activations.space.SWISH_UNARY_FORMS` / `SWISH_BINARY_FORMS`; default all forms,
-            1 unit for "exhaustive" and 2 for "rl").
+            and ``"rl"`` (both need space "swish"): 1 or 2 core units (at most, for "rl"), and
+            non-empty lists from `activations.space.SWISH_UNARY_FORMS` / `SWISH_BINARY_FORMS`;
+            None: every form, 1 unit for "exhaustive" and 2 for "rl". An exhaustive space larger
+            than `max_trials` gets a warning (`exhaustive_coverage_note`).
         offspring_candidates: with K > 1, K novel valid offspring are bred per proposal and the
             one a nearest-neighbour surrogate (distance between the functions' outputs on the
             fingerprint probe points, as in AQuaSurF) ranks best is proposed.
@@ -297,20 +323,16 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             raise ValueError("seed_functions must be a list of expression texts, not a single one")
         self.seed_functions = tuple(self._parse_seed(i, text) for i, text in enumerate(seed_functions))
         seed_fingerprints, seed_checks = _screen_seeds(self.seed_functions)
-        if strategy == "exhaustive":
-            self.core_units = 1 if core_units is None else core_units
-            self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
-            self.binary_forms = tuple(binary_forms or space_module.SWISH_BINARY_FORMS)
-            next(iter(self._enumeration()), None)  # validates the forms and core_units now
-        elif strategy == "rl":
+        if strategy in ("exhaustive", "rl"):
             if self.space.name != "swish":
-                raise ValueError(f"strategy='rl' proposes the Swish paper's core units: use space='swish', "
+                raise ValueError(f"strategy={strategy!r} proposes the Swish paper's core units: use space='swish', "
                                  f"not {self.space.name!r}")
-            self.core_units = 2 if core_units is None else core_units
-            if self.core_units not in (1, 2):
-                raise ValueError(f"core_units must be 1 or 2, got {self.core_units!r}")
-            self.unary_forms = tuple(unary_forms or space_module.SWISH_UNARY_FORMS)
-            self.binary_forms = tuple(binary_forms or space_module.SWISH_BINARY_FORMS)
+            self.core_units = (1 if strategy == "exhaustive" else 2) if core_units is None else core_units
+            unary, binary = space_module.checked_forms(self.core_units, unary_forms, binary_forms)
+            self.unary_forms, self.binary_forms = tuple(unary), tuple(binary)
+            note = exhaustive_coverage_note(self.core_units, unary, binary, max_trials) if strategy == "exhaustive" else None
+            if note:
+                warnings.warn(note, stacklevel=2)
         else:
             self.core_units, self.unary_forms, self.binary_forms = None, (), ()
         self._controller = (CoreUnitController(self.unary_forms, self.binary_forms, self.core_units)
@@ -352,7 +374,9 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             raise ExpressionError(f"seed_functions[{index}] = {text!r} is not a valid expression: {error}") from None
 
     def _enumeration(self):
-        return space_module.enumerate_core_units(self.core_units, self.unary_forms, self.binary_forms)
+        # In an order the seed shuffles: a budget below the space's size samples all of it.
+        return space_module.enumerate_core_units(self.core_units, self.unary_forms, self.binary_forms,
+                                                 order_seed=self.seed)
 
     def set_project_dir(self, directory: str, project_name: str = "evolution", overwrite: bool = False) -> None:
         """Persist to ``<directory>/<project_name>`` when driving the oracle without a Tuner.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import itertools
+import math
 import numbers
 import random
 from typing import Callable, Iterator, Sequence
@@ -327,8 +327,10 @@ def core_unit(binary: str, unary1: str, unary2: str, x1: str = "x", x2: str = "x
 
 def stack_core_units(units: Sequence[tuple[str, str, str]]) -> Expression:
     """Core units `(binary, unary1, unary2)` applied in turn: the first reads x twice, each later
-    one takes the previous unit's output as x1 and the input x as x2 (the paper's "inputs are x
-    or outputs of earlier units"). Parametric forms get parameters beta, beta_2, ..."""
+    one takes the previous unit's output as x1 and the input x as x2. That is one wiring of the
+    paper's "inputs are x or outputs of earlier units": an asymmetric binary form such as
+    `sigmoid(x1)*x2` is not tried the other way round. Parametric forms get parameters beta,
+    beta_2, ..."""
     namer = _Namer()
     text = "x"
     for binary, unary1, unary2 in units:
@@ -348,13 +350,41 @@ def enumerate_core_units(
     core_units: int = 1,
     unary: Sequence[str] | None = None,
     binary: Sequence[str] | None = None,
+    order_seed: int | None = None,
 ) -> Iterator[Expression]:
-    """Every function of `core_units` (1 or 2) core units over the given forms, in a fixed order.
+    """Every function of `core_units` (1 or 2) core units over the given forms (all when None).
 
-    With two units the second takes the first unit's output as x1 and the input x as x2 (the
-    paper's "inputs are x or outputs of earlier units"). Functions are not yet de-duplicated:
+    With two units the second takes the first unit's output as x1 and the input x as x2 (see
+    `stack_core_units`). Without `order_seed` the order is fixed (binary form, then the unary
+    forms, as listed); with one, it is a permutation of the same functions that the seed
+    determines: a search whose budget is smaller than the space then trains a sample spread over
+    every form, not the corner the fixed order starts in. Functions are not de-duplicated:
     callers filter them with `activations.fingerprint`.
     """
+    unary, binary = checked_forms(core_units, unary, binary)
+    radices = (len(binary), len(unary), len(unary)) * core_units
+    count = math.prod(radices)
+    step, offset = (1, 0) if order_seed is None else _coprime_step(count, random.Random(order_seed))
+    for index in range(count):
+        digits, rest = [], (step * index + offset) % count
+        for radix in reversed(radices):
+            rest, digit = divmod(rest, radix)
+            digits.append(digit)
+        digits.reverse()
+        units = [(binary[digits[i]], unary[digits[i + 1]], unary[digits[i + 2]]) for i in range(0, len(digits), 3)]
+        yield stack_core_units(units)
+
+
+def core_unit_count(core_units: int = 1, unary: Sequence[str] | None = None,
+                    binary: Sequence[str] | None = None) -> int:
+    """How many functions `enumerate_core_units` yields (before duplicates are removed)."""
+    unary, binary = checked_forms(core_units, unary, binary)
+    return (len(binary) * len(unary) ** 2) ** core_units
+
+
+def checked_forms(core_units: int, unary: Sequence[str] | None,
+                  binary: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(unary forms, binary forms): all when None; ValueError naming the allowed forms otherwise."""
     unary = list(SWISH_UNARY_FORMS if unary is None else _form_names("unary", unary))
     binary = list(SWISH_BINARY_FORMS if binary is None else _form_names("binary", binary))
     unknown = sorted(set(unary) - set(SWISH_UNARY_FORMS)) + sorted(set(binary) - set(SWISH_BINARY_FORMS))
@@ -363,14 +393,20 @@ def enumerate_core_units(
             f"unknown core-unit forms {unknown}; allowed unary forms: {list(SWISH_UNARY_FORMS)}, "
             f"binary forms: {list(SWISH_BINARY_FORMS)}"
         )
-    if core_units not in (1, 2):
-        raise ValueError(f"core_units must be 1 or 2, got {core_units}")
-    for first in itertools.product(binary, unary, unary):
-        if core_units == 1:
-            yield stack_core_units([first])
-            continue
-        for second in itertools.product(binary, unary, unary):
-            yield stack_core_units([first, second])
+    if isinstance(core_units, bool) or core_units not in (1, 2):
+        raise ValueError(f"core_units must be 1 or 2, got {core_units!r}")
+    return unary, binary
+
+
+def _coprime_step(count: int, rng: random.Random) -> tuple[int, int]:
+    """(step, offset) with gcd(step, count) = 1: index -> (step * index + offset) mod count is then
+    a permutation of range(count), cheap for the 39 million functions of two core units."""
+    if count <= 2:
+        return 1, rng.randrange(count)
+    while True:
+        step = rng.randrange(count // 3, count)  # a large step moves every digit between neighbours
+        if math.gcd(step, count) == 1:
+            return step, rng.randrange(count)
 
 
 def _form_names(what: str, names: Sequence[str]) -> Sequence[str]:

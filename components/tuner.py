@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
@@ -56,6 +57,9 @@ class TunerSpec(ComponentSpec):
         "train_config": Parameter(dict, doc="trainer.train.TrainConfig fields of every trial"),
         "space": Parameter(str, default="pangaea", choices=("pangaea", "swish")),
         "strategy": Parameter(str, default="evolution", choices=("evolution", "random", "exhaustive", "rl")),
+        "core_units": Parameter(int, default=None, doc="exhaustive / rl: 1 or 2 (None: 1 for exhaustive, 2 for rl)"),
+        "unary_forms": Parameter(list, default=[], doc="exhaustive / rl: the core units' unary forms (empty: all)"),
+        "binary_forms": Parameter(list, default=[], doc="exhaustive / rl: the core units' binary forms (empty: all)"),
         "max_trials": Parameter(int, default=24),
         "population_size": Parameter(int, default=8),
         "tournament_size": Parameter(int, default=3),
@@ -132,6 +136,14 @@ def _fitness(result: dict[str, Any]) -> tuple[float | None, str | None]:
     return float(value), None
 
 
+def _core_unit_options(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The oracle's core-unit arguments: only the strategies that take them get them."""
+    if p["strategy"] not in ("exhaustive", "rl"):
+        return {}
+    return {"core_units": p.get("core_units"), "unary_forms": p.get("unary_forms") or None,
+            "binary_forms": p.get("binary_forms") or None}
+
+
 class TunerExecutor(BaseExecutor):
     RUNS = ("components.training_job",)  # each trial / run is a job of train_job
 
@@ -154,6 +166,7 @@ class TunerExecutor(BaseExecutor):
             tournament_size=p["tournament_size"],
             seed_functions=seeds if p["strategy"] != "exhaustive" else None,
             seed=p["seed"],
+            **_core_unit_options(p),
             # Diverging candidates are ordinary results here, however many in a row; trials that
             # raise errors are watched below instead (KerasTuner's own limit would also fire again
             # on every resume, since it counts over the whole saved history).

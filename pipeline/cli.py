@@ -259,6 +259,13 @@ def command_run() -> int:
               f"starts from ({len(config.seed_functions)} seed functions + {config.num_candidates} initial "
               f"candidates): the trials train those, and {searcher} proposes nothing of its own. Raise "
               "--max_trials, or lower --num_candidates or --seed_functions.", flush=True)
+    if config.strategy == "exhaustive":
+        from activations.oracle import exhaustive_coverage_note
+
+        coverage = exhaustive_coverage_note(config.core_units or 1, config.unary_forms or None,
+                                            config.binary_forms or None, config.max_trials)
+        print("actsearch: note: the exhaustive strategy enumerates core units: the seed functions and initial "
+              "candidates are not trained" + (f"; {coverage}" if coverage else ""), flush=True)
     print(f"actsearch: running {len(pipeline.components)} components of {config.name!r} "
           f"(preset {FLAGS.preset}, runner {FLAGS.runner}) under {os.path.abspath(config.pipeline_root)}", flush=True)
     if FLAGS.runner == "kfp-local":

@@ -37,6 +37,8 @@ MODELS = ("mlp", "small_cnn", "resnet20", "resnet56", "resnet56_v2", "wrn_10_4",
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SPACES = ("pangaea", "swish")
 STRATEGIES = ("evolution", "random", "exhaustive", "rl")
+CORE_UNIT_STRATEGIES = ("exhaustive", "rl")
+"""The strategies that propose the Swish paper's core units (space swish, `core_units`, forms)."""
 SHARING = ("layer", "channel")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 RUNNERS = ("local", "kfp-local")
@@ -74,6 +76,9 @@ class PipelineConfig:
     # Search.
     space: str = "pangaea"
     strategy: str = "evolution"
+    core_units: int | None = None
+    unary_forms: list[str] = dataclasses.field(default_factory=list)
+    binary_forms: list[str] = dataclasses.field(default_factory=list)
     num_candidates: int = 8
     seed_functions: list[str] = dataclasses.field(
         default_factory=lambda: ["relu", "swish", "gelu", "elu", "softplus", "tanh"]
@@ -116,9 +121,13 @@ class PipelineConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("space", self.space, SPACES)
         _choice("strategy", self.strategy, STRATEGIES)
-        if self.strategy == "rl" and self.space != "swish":
-            raise ConfigError(f"strategy 'rl' trains a controller over the Swish paper's core units: "
+        if self.strategy in CORE_UNIT_STRATEGIES and self.space != "swish":
+            what = "trains a controller over" if self.strategy == "rl" else "enumerates"
+            raise ConfigError(f"strategy {self.strategy!r} {what} the Swish paper's core units: "
                               f"add --space=swish (space is {self.space!r})")
+        given = [name for name in ("core_units", "unary_forms", "binary_forms") if getattr(self, name)]
+        if given and self.strategy not in CORE_UNIT_STRATEGIES:
+            raise ConfigError(f"{', '.join(given)} only apply to --strategy=exhaustive or rl, not {self.strategy!r}")
         _choice("sharing", self.sharing, SHARING)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if not any(self.data.startswith(scheme) for scheme in ("embedded:", "tfds:", "folder:")):
@@ -148,9 +157,17 @@ class PipelineConfig:
         return self
 
     def check_functions(self) -> "PipelineConfig":
-        """Every seed function and baseline must be a name or expression `activations.get` takes."""
+        """Every seed function and baseline must be a name or expression `activations.get` takes,
+        and the core-unit forms must be the Swish paper's."""
         _check_functions("seed_functions", self.seed_functions)
         _check_functions("baselines", self.baselines)
+        if self.unary_forms or self.binary_forms:
+            from activations.space import checked_forms
+
+            try:
+                checked_forms(self.core_units or 1, self.unary_forms or None, self.binary_forms or None)
+            except ValueError as error:
+                raise ConfigError(f"unary_forms / binary_forms: {error}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,11 +219,17 @@ FIELD_HELP: dict[str, str] = {
                  "with bfloat16 support, else float32)",
     "space": f"search space: {', '.join(SPACES)} (pangaea: PANGAEA's operators and parametric "
              "forms; swish: the Swish paper's unary-binary core units)",
-    "strategy": f"how trials are proposed: {', '.join(STRATEGIES)} (rl needs --space=swish)",
+    "strategy": f"how trials are proposed: {', '.join(STRATEGIES)} (exhaustive and rl need --space=swish)",
+    "core_units": "core units per function of --strategy=exhaustive or rl: 1 or 2 (none: 1 for exhaustive, 2 for rl)",
+    "unary_forms": "comma-separated unary forms of the core units of --strategy=exhaustive or rl, e.g. "
+                   "x,tanh(x),sigmoid(x) (none: all 25 of the Swish paper)",
+    "binary_forms": "comma-separated binary forms of the core units of --strategy=exhaustive or rl, e.g. "
+                    "x1+x2,x1*x2,max(x1,x2) (none: all 10 of the Swish paper)",
     "num_candidates": "functions sampled from the space to join the seed functions in the first population",
     "seed_functions": "comma-separated names or expressions the search starts from",
     "max_trials": "number of search trials (each trains one child network)",
-    "population_size": "functions kept alive by regularized evolution",
+    "population_size": "functions kept alive by regularized evolution; for every strategy also the most trials "
+                       "in flight (with --parallel_trials, the batch the rl controller learns from at once)",
     "tournament_size": "functions drawn per tournament when choosing a parent (at most population_size)",
     "trial_epochs": "training epochs of each search trial",
     "trial_examples": "cap on the training examples of each search trial (none: the whole train split)",
@@ -296,6 +319,8 @@ NUMBER_RULES: dict[str, NumberRule] = {
     "image_size": _at_least(1, none=True, none_means="keep the source's size"),
     "num_candidates": _at_least(0),
     "rerank_seeds": _at_least(0),
+    "core_units": NumberRule("must be 1 or 2 (none: 1 for exhaustive, 2 for rl)", lambda value: value in (1, 2),
+                             integer=True, none=True, none_means="1 for exhaustive, 2 for rl"),
     "seed": NumberRule("must be a non-negative integer below 2**32", lambda value: 0 <= value < 2**32, integer=True),
     "validation_fraction": NumberRule("must lie in (0, 0.5)", lambda value: 0 < value < 0.5),
     "test_fraction": NumberRule("must lie in (0, 0.5)", lambda value: 0 < value < 0.5),

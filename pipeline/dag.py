@@ -145,6 +145,7 @@ def create_pipeline(config) -> Pipeline:
     tuner = Tuner(
         examples=example_gen.outputs["examples"], candidates=candidate_gen.outputs["candidates"],
         train_config=train_config_fields(config, final=False), space=config.space, strategy=config.strategy,
+        core_units=config.core_units, unary_forms=list(config.unary_forms), binary_forms=list(config.binary_forms),
         max_trials=config.max_trials, population_size=config.population_size,
         tournament_size=config.tournament_size, train_examples=config.trial_examples, top_k=config.top_k,
         seed=config.seed, stop_quantile=config.stop_quantile or None, rerank_seeds=config.rerank_seeds,

@@ -540,6 +540,35 @@ def test_run_checks_resources_as_compile_does_and_names_settings_it_does_not_use
             "candidates): the trials train those, and the controller proposes nothing of its own") in capsys.readouterr().out
 
 
+def test_an_exhaustive_run_says_what_it_leaves_out(tmp_path, monkeypatch, actsearch, capsys):
+    import activations.layer
+    from pipeline import local_runner
+
+    class Reached(Exception):
+        pass
+
+    def stop_here(self, pipeline, run_id=None):
+        raise Reached
+
+    monkeypatch.setattr(activations.layer, "prefer_wide_vectors", lambda: None)
+    monkeypatch.setattr(local_runner.LocalRunner, "run", stop_here)
+    code, _, err = actsearch("run", f"--pipeline_root={tmp_path / 'a'}", "--strategy=exhaustive")
+    assert code == 2 and "strategy 'exhaustive' enumerates the Swish paper's core units: add --space=swish" in err
+    with pytest.raises(Reached):
+        actsearch("run", f"--pipeline_root={tmp_path / 'b'}", "--strategy=exhaustive", "--space=swish")
+    out = capsys.readouterr().out
+    assert "the exhaustive strategy enumerates core units: the seed functions and initial candidates are not trained" in out
+    assert "holds 6,250 functions (before duplicates are removed); max_trials=24 trains at most 24 of them" in out
+    with pytest.raises(Reached):  # a space the budget covers: only the first part of the note
+        actsearch("run", f"--pipeline_root={tmp_path / 'c'}", "--strategy=exhaustive", "--space=swish",
+                  "--unary_forms=x,tanh(x)", "--binary_forms=x1+x2,max(x1,x2)")
+    out = capsys.readouterr().out
+    assert "are not trained" in out and "trains at most" not in out
+    code, _, err = actsearch("run", f"--pipeline_root={tmp_path / 'd'}", "--strategy=rl", "--space=swish",
+                             "--unary_forms=x,cot(x)")
+    assert code == 2 and "unary_forms / binary_forms: unknown core-unit forms ['cot(x)']" in err
+
+
 def test_a_pipeline_root_that_is_a_file_is_named_as_such(tmp_path, monkeypatch, actsearch):
     import activations.layer
 

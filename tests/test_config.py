@@ -104,6 +104,12 @@ def test_unbalanced_parentheses_in_a_list_flag_are_refused_not_dropped(text, mes
     ({"trial_examples": "0"}, "trial_examples must be at least 1"),
     ({"max_examples": "-5"}, "max_examples must be at least 3"),
     ({"image_size": "0"}, "image_size must be at least 1 or none \\(keep the source's size\\)"),
+    ({"strategy": "exhaustive"}, "strategy 'exhaustive' enumerates the Swish paper's core units: add --space=swish"),
+    ({"core_units": "2"}, "core_units only apply to --strategy=exhaustive or rl, not 'evolution'"),
+    ({"unary_forms": "x,tanh(x)"}, "unary_forms only apply to --strategy=exhaustive or rl"),
+    ({"strategy": "rl", "space": "swish", "core_units": "3"}, "--core_units must be 1 or 2"),
+    ({"strategy": "exhaustive", "space": "swish", "binary_forms": "x1+x2,x1^x2"},
+     "unary_forms / binary_forms: unknown core-unit forms \\['x1\\^x2'\\]"),
 ])
 def test_settings_that_would_fail_hours_in_are_refused_at_once(overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):
@@ -169,6 +175,22 @@ def test_every_setting_reaches_the_dag_or_the_compiler():
     unread = [f.name for f in dataclasses.fields(config_lib.PipelineConfig)
               if f.name not in compiler_only and not re.search(rf"config\.{f.name}\b", source)]
     assert unread == []
+
+
+def test_the_core_unit_space_reaches_the_oracle():
+    from components.tuner import _core_unit_options
+    from pipeline.dag import create_pipeline
+
+    config = config_lib.preset("demo", {"strategy": "exhaustive", "space": "swish", "core_units": "1",
+                                        "unary_forms": "x,tanh(x),max(x,0)", "binary_forms": "x1+x2,max(x1,x2)"})
+    properties = create_pipeline(config).component("tuner").exec_properties
+    assert properties["unary_forms"] == ["x", "tanh(x)", "max(x,0)"] and properties["binary_forms"] == ["x1+x2", "max(x1,x2)"]
+    assert _core_unit_options(properties) == {"core_units": 1, "unary_forms": ["x", "tanh(x)", "max(x,0)"],
+                                              "binary_forms": ["x1+x2", "max(x1,x2)"]}
+    # Left empty: every form (None to the oracle); other strategies get none of them.
+    default = create_pipeline(config_lib.preset("demo", {"strategy": "rl", "space": "swish"})).component("tuner")
+    assert _core_unit_options(default.exec_properties) == {"core_units": None, "unary_forms": None, "binary_forms": None}
+    assert _core_unit_options(create_pipeline(config_lib.preset("demo")).component("tuner").exec_properties) == {}
 
 
 def test_early_stopping_reaches_the_tuner_and_zero_switches_it_off():

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import keras_tuner
 import numpy as np
@@ -585,16 +586,17 @@ def test_elitist_selection_keeps_the_best_and_aging_keeps_the_newest():
     assert [m["trial_id"] for m in aging.population] == sorted(aging.trials)[-4:]
 
 
-def test_exhaustive_strategy_proposes_every_distinct_function_in_order_then_stops():
+def test_exhaustive_strategy_proposes_every_distinct_function_in_its_seeds_order_then_stops():
     unary, binary = ["x", "-x", "sigmoid(x)", "tanh(x)", "beta*x"], ["x1*x2", "max(x1,x2)", "x1+x2"]
+    oracle = make_oracle(strategy="exhaustive", space="swish", max_trials=None, unary_forms=unary,
+                         binary_forms=binary, seed_functions=())
     expected, seen = [], set()
-    for expr in enumerate_core_units(1, unary, binary):
+    for expr in enumerate_core_units(1, unary, binary, order_seed=oracle.seed):
         fp = fingerprint(expr)
         if fp in seen or check(expr) is not None:
             continue
         seen.add(fp)
         expected.append(str(expr))
-    oracle = make_oracle(strategy="exhaustive", max_trials=None, unary_forms=unary, binary_forms=binary, seed_functions=())
     drive(oracle)
     proposed = genomes(oracle)
     assert proposed == expected and len(expected) >= 20
@@ -603,6 +605,35 @@ def test_exhaustive_strategy_proposes_every_distinct_function_in_order_then_stop
     assert counts["duplicates"] + counts["rejected"] == 5 * 5 * 3 - len(expected)
     assert oracle.is_finished()
     assert oracle.create_trial("again").status == TrialStatus.STOPPED
+    # Whatever the order, the same set of functions: the fixed order's.
+    fixed = {fingerprint(expr) for expr in enumerate_core_units(1, unary, binary) if check(expr) is None}
+    assert {fingerprint(text) for text in proposed} == fixed
+
+
+def test_an_exhaustive_budget_below_the_space_samples_all_of_it_and_says_so():
+    """The fixed order starts with every `x + u(x)`: a budget of 24 used to train only those."""
+    with pytest.warns(UserWarning, match=r"holds 6,250 functions .* max_trials=24 trains at most 24 of them"):
+        oracle = make_oracle(strategy="exhaustive", space="swish", max_trials=24, seed_functions=())
+    drive(oracle)
+    proposed = genomes(oracle)
+    assert len(proposed) == 24
+    outer = {text.split("(", 1)[0] for text in proposed}
+    assert len(outer) >= 4, outer  # several binary forms, not only add(x, ...)
+    with pytest.warns(UserWarning):
+        again = make_oracle(strategy="exhaustive", space="swish", max_trials=24, seed_functions=())
+    drive(again)
+    assert genomes(again) == proposed  # the seed fixes the order
+    with pytest.warns(UserWarning):
+        other = make_oracle(strategy="exhaustive", space="swish", max_trials=24, seed_functions=(), seed=8)
+    drive(other)
+    assert genomes(other) != proposed
+    # A space the budget covers: no warning. Two units without a budget: warned.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_oracle(strategy="exhaustive", space="swish", max_trials=100, unary_forms=["x", "tanh(x)"],
+                    binary_forms=["x1+x2"], seed_functions=())
+    with pytest.warns(UserWarning, match=r"39,062,500 functions .* max_trials=None trains every one"):
+        make_oracle(strategy="exhaustive", space="swish", max_trials=None, core_units=2, seed_functions=())
 
 
 def test_random_strategy_samples_the_space_without_parents():
@@ -681,8 +712,13 @@ def test_surrogate_ranked_offspring_are_valid_and_deterministic():
         ({"strategy": "rl"}, "strategy='rl' proposes the Swish paper's core units: use space='swish', not 'pangaea'"),
         ({"strategy": "rl", "space": "swish", "core_units": 3}, "core_units must be 1 or 2"),
         ({"strategy": "rl", "space": "swish", "binary_forms": ["x1^x2"]}, r"unknown core-unit forms \['x1\^x2'\]"),
-        ({"strategy": "exhaustive", "core_units": 3}, "core_units must be 1 or 2"),
-        ({"strategy": "exhaustive", "unary_forms": ["x", "cot(x)"]}, r"unknown core-unit forms \['cot\(x\)'\]"),
+        ({"strategy": "exhaustive", "space": "swish", "core_units": 3}, "core_units must be 1 or 2"),
+        ({"strategy": "exhaustive", "space": "swish", "unary_forms": ["x", "cot(x)"]},
+         r"unknown core-unit forms \['cot\(x\)'\]"),
+        ({"strategy": "exhaustive"}, "strategy='exhaustive' proposes the Swish paper's core units: use space='swish'"),
+        ({"strategy": "exhaustive", "space": "swish", "unary_forms": "sin(x)"},
+         r"unary must be None \(every form\) or a non-empty list of form names, got 'sin\(x\)'"),
+        ({"strategy": "rl", "space": "swish", "binary_forms": []}, "binary must be None .* non-empty list"),
         ({"seed_functions": ["relu(x)", "relu(x"]}, r"seed_functions\[1\] = 'relu\(x' is not a valid expression"),
         ({"seed_functions": "relu(x)"}, "must be a list of expression texts"),
         ({"offspring_candidates": 0}, "offspring_candidates must be an integer >= 1"),

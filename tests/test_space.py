@@ -95,6 +95,22 @@ def test_swish_space_core_units_and_enumeration():
         list(enumerate_core_units(3))
 
 
+def test_a_seeded_enumeration_is_a_permutation_of_the_fixed_one():
+    from activations.space import core_unit_count
+
+    unary, binary = ["x", "tanh(x)", "sigmoid(x)"], ["x1+x2", "x1*x2"]
+    for units in (1, 2):
+        fixed = [str(e) for e in enumerate_core_units(units, unary, binary)]
+        shuffled = [str(e) for e in enumerate_core_units(units, unary, binary, order_seed=5)]
+        assert len(fixed) == core_unit_count(units, unary, binary) == (2 * 3 * 3) ** units
+        assert sorted(shuffled) == sorted(fixed) and shuffled != fixed
+        assert shuffled == [str(e) for e in enumerate_core_units(units, unary, binary, order_seed=5)]
+    # The first few of a big space spread over its forms rather than sharing the leading ones.
+    first = [str(e) for _, e in zip(range(12), enumerate_core_units(1, order_seed=0))]
+    assert len({text.split("(", 1)[0] for text in first}) >= 4
+    assert core_unit_count(2) == (10 * 25 * 25) ** 2
+
+
 def test_unknown_space_is_a_clear_error():
     with pytest.raises(ValueError, match="allowed"):
         get_space("nasnet")
