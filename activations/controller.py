@@ -74,6 +74,17 @@ class CoreUnitController:
         total = sum(weights)
         return [w / total for w in weights]
 
+    def certainty(self) -> float:
+        """1 minus the policy's entropy relative to a uniform choice, averaged over the positions:
+        0 while it samples uniformly, 1 once every choice is made for certain (what to watch to see
+        the controller learn)."""
+        values = []
+        for position, logits in enumerate(self.logits):
+            if len(logits) > 1:
+                entropy = -sum(p * math.log(p) for p in self.probabilities(position) if p > 0)
+                values.append(1.0 - entropy / math.log(len(logits)))
+        return float(sum(values) / len(values)) if values else 1.0
+
     def sample(self, rng: random.Random) -> list[int]:
         """A token sequence: [units - 1, binary, unary, unary(, binary, unary, unary)]."""
         tokens = [self._draw(0, rng)]

@@ -629,6 +629,13 @@ class EvolutionaryOracle(keras_tuner.Oracle):
     def _running_count(self) -> int:
         return sum(1 for info in self._individuals.values() if info["status"] == _RUNNING)
 
+    def _note_controller(self, generation: int) -> None:
+        """The controller's state after an update, kept with the generation (`history()`)."""
+        counts = self._generation_counts(generation)
+        counts["controller_baseline"] = self._controller.baseline
+        counts["controller_certainty"] = self._controller.certainty()
+        counts["controller_updates"] = self._controller.updates
+
     def _generation_counts(self, generation: int) -> dict:
         while len(self._generations) <= generation:
             self._generations.append({"proposed": 0, "duplicates": 0, "rejected": 0})
@@ -732,6 +739,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             reward = self._rejection_reward(str(expr))
             if reward is not None:
                 self._controller.update(tokens, reward)
+                self._note_controller(self._proposals // self.population_size)
         return self._sample()
 
     def _rejection_reward(self, text: str) -> float | None:
@@ -849,6 +857,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             reward = self._rank(trial.trial_id) if info["status"] == _COMPLETED else self._worst_reward()
             if reward is not None:
                 self._controller.update(info["tokens"], reward)
+                self._note_controller(info["generation"])
         self._population.append(trial.trial_id)
         while len(self._population) > self.population_size:
             if self.selection == "aging":
@@ -986,7 +995,9 @@ class EvolutionaryOracle(keras_tuner.Oracle):
     def history(self) -> list[dict]:
         """Per generation: best, median and best-so-far fitness of its evaluated trials, the
         number of distinct functions proposed so far, its duplicate and rejected offspring, and
-        its trials the stopping rule cut short."""
+        its trials the stopping rule cut short; for "rl", the controller after its last update in
+        the generation (`controller_baseline`, `controller_certainty`, `controller_updates`).
+        A generation is a population's worth of proposals, whatever the strategy."""
         better = max if self.objective.direction == "max" else min
         rows, best_so_far, distinct = [], None, 0
         for generation, counts in enumerate(self._generations):
@@ -1010,6 +1021,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
                     "distinct_fingerprints": distinct,
                     "duplicates": counts["duplicates"],
                     "rejected": counts["rejected"],
+                    **{key: value for key, value in counts.items() if key.startswith("controller_")},
                 }
             )
         return rows

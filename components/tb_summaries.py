@@ -13,7 +13,8 @@ Layout under the log directory (each sub-directory is a TensorBoard "run"):
   with `activation`, `stage`, `generation` and the metric `fitness`.
 * `functions/` images of the function shapes, one tag per function.
 * `evolution/` best / median fitness and candidate counts (distinct, rejected, duplicates,
-  stopped early) per generation (step = generation).
+  stopped early) per generation (step = generation: a population's worth of proposals, for every
+  strategy); with the rl strategy also `controller/` (baseline reward, certainty, updates).
 * the log directory itself holds the HParams experiment definition: `activation` is a string
   hyper-parameter whose discrete domain is the set of functions trained, so the HParams
   dashboard can filter and sort by it. Spellings of one function are one value (a trial's
@@ -208,23 +209,30 @@ def write_function_images(logdir: PathLike, plots: Mapping[str, PathLike | Seque
 
 
 def write_evolution(logdir: PathLike, history: Sequence[Mapping[str, Any]], *,
-                    run_name: str = EVOLUTION_RUN) -> list[str]:
-    """Writes evolution progress: `evolution/best`, `evolution/median` and candidate counts
-    (`distinct`, `rejected`, `duplicates`, `stopped_early`: the report's columns), each at step =
-    generation. Returns the tags written."""
-    keys = ("best", "median", "distinct", "rejected", "duplicates", "stopped_early")
+                    run_name: str = EVOLUTION_RUN, strategy: str | None = None) -> list[str]:
+    """Writes the search's progress: `evolution/best`, `evolution/median` and candidate counts
+    (`distinct`, `rejected`, `duplicates`, `stopped_early`: the report's columns), and for the rl
+    strategy the controller (`controller/baseline`: its running mean reward; `controller/certainty`:
+    0 while it samples uniformly, 1 once every choice is certain; `controller/updates`), each at
+    step = generation (a population's worth of proposals, whatever the strategy, which the
+    descriptions name). Returns the tags written."""
+    keys = {"best": "evolution/best", "median": "evolution/median", "distinct": "evolution/distinct",
+            "rejected": "evolution/rejected", "duplicates": "evolution/duplicates",
+            "stopped_early": "evolution/stopped_early", "controller_baseline": "controller/baseline",
+            "controller_certainty": "controller/certainty", "controller_updates": "controller/updates"}
+    searched = f"the {strategy} search" if strategy else "the search"
+    description = f"{searched}, per generation (a population's worth of proposals)"
     writer = tf.summary.create_file_writer(str(Path(logdir) / run_name))
     tags = set()
     with writer.as_default():
         for index, entry in enumerate(history):
             if not isinstance(entry, Mapping) or "generation" not in entry:
                 raise SummaryError(f"history entry {index} needs 'generation', got {entry!r}")
-            for key in keys:
+            for key, tag in keys.items():
                 value = entry.get(key)
                 if _is_number(value) and math.isfinite(float(value)):
-                    tf.summary.scalar(f"evolution/{key}", float(value),
-                                      step=int(entry["generation"]))
-                    tags.add(f"evolution/{key}")
+                    tf.summary.scalar(tag, float(value), step=int(entry["generation"]), description=description)
+                    tags.add(tag)
     writer.close()
     return sorted(tags)
 

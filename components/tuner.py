@@ -308,7 +308,7 @@ class TunerExecutor(BaseExecutor):
             tb_summaries.write_hparams(logdir, [], [t for t in trials if t["fitness"] is not None] or trials)
         rows = [dict(row, distinct=row["distinct_fingerprints"]) for row in history if row["best"] is not None]
         if rows:
-            tb_summaries.write_evolution(logdir, rows)
+            tb_summaries.write_evolution(logdir, rows, strategy=oracle.strategy)
         out.properties.update({"num_trials": len(trials), "best": top[0]["expression"] if top else None,
                                "best_fitness": top[0]["fitness"] if top else None})
 

@@ -89,3 +89,14 @@ def test_json_state_continues_exactly():
 def test_bad_input_raises_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_certainty_is_zero_for_a_uniform_policy_and_grows_as_it_learns():
+    controller = CoreUnitController(["x", "tanh(x)", "sigmoid(x)"], ["x1+x2", "x1*x2"], max_units=2)
+    assert controller.certainty() == pytest.approx(0.0, abs=1e-12)
+    rng, favourite = random.Random(0), None
+    for step in range(200):
+        tokens = controller.sample(rng)
+        favourite = favourite or tokens
+        controller.update(tokens, 1.0 if tokens == favourite else 0.0)
+    assert 0.0 < controller.certainty() < 1.0

@@ -663,6 +663,15 @@ def test_rl_strategy_proposes_core_units_and_learns_from_every_result():
                 assert controller["updates"] >= completed  # every result taught it (and every rejection)
                 tokens = [info.get("tokens") for info in oracle._individuals.values()]
                 assert sum(t is not None for t in tokens) >= 90
+                # history() shows it learn: updates grow, the policy leaves uniform sampling.
+                rows = oracle.history()
+                updates = [row["controller_updates"] for row in rows]
+                assert updates == sorted(updates) and updates[-1] == controller["updates"]
+                certainty = [row["controller_certainty"] for row in rows]
+                assert 0 <= certainty[0] < certainty[-1] <= 1
+                assert rows[-1]["controller_baseline"] == pytest.approx(controller["baseline"])
+            else:
+                assert not any(key.startswith("controller_") for row in oracle.history() for key in row)
     # The controller's later proposals fit the target better than uniform samples of its space
     # (fitness 0..1; seeds 0-2 gave 0.51-0.75 against 0.43-0.52 when this was written).
     assert np.mean(late["rl"]) > np.mean(late["random"]) + 0.1, late

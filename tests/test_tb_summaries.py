@@ -158,3 +158,14 @@ def test_evolution_counts_include_the_trials_stopped_early(tmp_path):
     tags = tbs.write_evolution(tmp_path, history)
     assert "evolution/stopped_early" in tags
     assert _scalars(tmp_path / tbs.EVOLUTION_RUN)["evolution/stopped_early"] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+
+
+def test_the_rl_controller_gets_its_own_curves_and_every_curve_names_the_strategy(tmp_path):
+    history = [{"generation": g, "best": 0.5, "median": 0.4, "controller_baseline": 0.1 * g,
+                "controller_certainty": 0.05 * g, "controller_updates": 8 * g} for g in range(3)]
+    tags = tbs.write_evolution(tmp_path, history, strategy="rl")
+    assert {"controller/baseline", "controller/certainty", "controller/updates", "evolution/best"} <= set(tags)
+    scalars = _scalars(tmp_path / tbs.EVOLUTION_RUN)
+    assert scalars["controller/updates"] == [(0, 0.0), (1, 8.0), (2, 16.0)]
+    events = _accumulator(tmp_path / tbs.EVOLUTION_RUN)
+    assert "the rl search, per generation" in events.SummaryMetadata("controller/certainty").summary_description
