@@ -678,3 +678,213 @@ def test_tfds_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "internet_reachable", lambda timeout=3.0: False)
     with pytest.raises(D.DataError, match="internet is unreachable"):
         S.load_dataset("tfds:mnist", data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# folder:<path> - the user review of folder sources
+
+
+def _png(path, size=(4, 4), value=0):
+    """An RGB PNG of one colour (``size`` is (width, height)), its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, 255 - value, 7)).save(path)
+    return path
+
+
+def test_folder_split_layout_with_unrecognised_split_names_is_refused(tmp_path):
+    kaggle = tmp_path / "kaggle"
+    for split in ("training_set", "test_set"):
+        _class_folders(kaggle / split, ("cat", "dog"))
+    with pytest.raises(D.DataError) as info:
+        S.load_dataset(f"folder:{kaggle}")
+    message = str(info.value)
+    for fragment in ("test_set, training_set", "(cat, dog)", "train, training, validation", "testing",
+                     f"folder:{kaggle / 'test_set'}"):
+        assert fragment in message
+    # One level too high: the split folders are recognised, but below two data sets.
+    high = tmp_path / "high"
+    for data_set in ("cifar", "mnist"):
+        for split in ("train", "test"):
+            _class_folders(high / data_set / split, ("cat", "dog"))
+    with pytest.raises(D.DataError, match=r"folders cifar, mnist hold no images of their own"):
+        S.load_dataset(f"folder:{high}")
+    # Pointed at one of them, it loads as <split>/<class>/<image>.
+    assert S.load_dataset(f"folder:{kaggle / 'training_set'}", splits=(0.5, 0.5, 0.0)).class_names == ("cat", "dog")
+
+
+def test_folder_sub_folders_warn_and_links_never_count_an_image_twice(tmp_path, caplog):
+    root = tmp_path / "data"
+    for i in range(2):
+        _png(root / "cat" / f"{i}.png", value=i)
+        _png(root / "cat" / "2019" / f"{i}.png", value=10 + i)
+    for i in range(3):
+        _png(root / "dog" / f"{i}.png", value=100 + i)
+    _png(tmp_path / "elsewhere" / "more.png", value=50)
+    _png(tmp_path / "shared" / "x.png", value=60)
+    os.symlink(root, root / "cat" / "up")                                   # back up the tree
+    os.symlink(root / "dog", root / "cat" / "dogs")                         # into another class
+    os.symlink(tmp_path / "elsewhere", root / "cat" / "more")               # out of the tree: read
+    os.symlink(root / "dog" / "0.png", root / "cat" / "from_dog.png")       # a dog image stays a dog
+    os.symlink(tmp_path / "shared" / "x.png", root / "cat" / "x.png")       # ambiguous: left out
+    os.symlink(tmp_path / "shared" / "x.png", root / "dog" / "x.png")
+    with caplog.at_level(logging.WARNING, logger="trainer.sources"):
+        ds = S.load_dataset(f"folder:{root}", splits=(1.0, 0.0, 0.0))
+    assert ds.class_counts()["train"] == {"cat": 5, "dog": 3}
+    assert "class folder(s) hold images in sub-folders" in caplog.text and "cat (3)" in caplog.text
+    assert "not followed" in caplog.text and os.path.join("cat", "up") in caplog.text
+    assert os.path.join("cat", "dogs") in caplog.text
+    assert "linked into several class folders are left out" in caplog.text
+
+
+def test_assign_keeps_a_class_only_example_in_train():
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    for seed in range(20):
+        plan = D._assign({"train": labels}, dict(zip(D.SPLITS, (0.4, 0.3, 0.3))), dict.fromkeys(D.SPLITS), seed)
+        assert 20 in plan["train"][1], seed
+        assert [len(plan[s][1]) for s in D.SPLITS] == [9, 6, 6]
+        assert sorted(np.concatenate([plan[s][1] for s in D.SPLITS]).tolist()) == list(range(21))
+
+
+def test_folder_single_image_class_goes_to_train(tmp_path):
+    _class_folders(tmp_path / "data", ("a", "b"), images=5)
+    _png(tmp_path / "data" / "lonely" / "only.png")
+    for seed in range(8):
+        ds = S.load_dataset(f"folder:{tmp_path / 'data'}", splits=(0.4, 0.3, 0.3), seed=seed)
+        assert ds.class_counts()["train"]["lonely"] == 1, seed
+        assert ds.untrained_classes == ()
+
+
+def test_folder_class_with_only_corrupt_images_is_dropped(tmp_path, caplog):
+    root = tmp_path / "data"
+    _class_folders(root, ("a", "b"), images=4)
+    (root / "c").mkdir()
+    for i in range(3):
+        (root / "c" / f"{i}.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING, logger="trainer.sources"):
+        ds = S.load_dataset(f"folder:{root}", skip_corrupt=True, splits=(0.5, 0.25, 0.25))
+    assert ds.class_names == ("a", "b") and ds.num_examples == {"train": 4, "validation": 2, "test": 2}
+    assert len(ds.skipped_files) == 3
+    assert "class(es) ['c'] have no decodable image and are left out" in caplog.text
+    # Every image of all classes but one corrupt: fewer than 2 classes to learn.
+    for i in range(4):
+        (root / "b" / f"{i}.png").write_bytes(b"")
+    with pytest.raises(D.DataError, match="only the class 'a' has decodable images; classification needs at least 2"):
+        S.load_dataset(f"folder:{root}", skip_corrupt=True)
+
+
+def test_folder_corrupt_images_skipped_before_the_split_is_drawn(tmp_path):
+    """A class whose only good image is among corrupt ones still gets it in train."""
+    root = tmp_path / "data"
+    _class_folders(root, ("a", "b"), images=6)
+    _png(root / "c" / "good.png")
+    for i in range(5):
+        (root / "c" / f"bad{i}.png").write_bytes(b"")
+    for seed in range(6):
+        ds = S.load_dataset(f"folder:{root}", skip_corrupt=True, splits=(0.5, 0.25, 0.25), seed=seed)
+        assert ds.class_counts()["train"]["c"] == 1, seed
+
+
+def test_folder_train_split_lacking_a_class_is_exposed(tmp_path, caplog):
+    root = tmp_path / "data"
+    _class_folders(root / "train", ("a", "b"), images=3)
+    _class_folders(root / "test", ("a", "b", "c"), images=2)
+    with caplog.at_level(logging.WARNING, logger="trainer.sources"):
+        ds = S.load_dataset(f"folder:{root}")
+    assert ds.class_names == ("a", "b", "c") and ds.untrained_classes == ("c",)
+    assert ds.class_counts()["train"]["c"] == 0 and ds.class_counts()["test"]["c"] == 2
+    meta = json.loads(json.dumps(ds.metadata()))
+    assert meta["untrained_classes"] == ["c"] and meta["class_counts"]["test"] == {"a": 2, "b": 2, "c": 2}
+    assert "no train image of class(es) ['c']" in caplog.text
+    # A train split with a single class has nothing to learn, whatever the test split holds.
+    _class_folders(tmp_path / "one" / "train", ("a",), images=3)
+    _class_folders(tmp_path / "one" / "test", ("a", "b"), images=2)
+    with pytest.raises(D.DataError, match=r"only 1 class\(es\) have train images \(none for \['b'\]\)"):
+        S.load_dataset(f"folder:{tmp_path / 'one'}")
+
+
+def test_folder_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    pixels[:, :4] = 255  # left half white, stored 8 wide and 4 high
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            exif = Image.Exif()
+            exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png", exif=exif)
+    ds = S.load_dataset(f"folder:{tmp_path / 'data'}", splits=(0.5, 0.25, 0.25))
+    assert ds.input_shape == (8, 4, 3)
+    upright = ds.arrays("train")[0][0]
+    assert upright[:4].min() == 255 and upright[4:].max() == 0  # the white half is now on top
+
+
+def test_folder_reads_tiff_and_webp_and_warns_of_loose_split_images(tmp_path, caplog):
+    from PIL import features
+
+    root = tmp_path / "data"
+    extensions = ["tif", "TIFF"] + (["webp"] if features.check("webp") else [])
+    for cls in ("a", "b"):
+        for i, ext in enumerate(extensions):
+            (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4), (i * 50, 0, 0)).save(root / "train" / cls / f"{i}.{ext}", lossless=True)
+    _png(root / "train" / "loose.png")
+    with caplog.at_level(logging.WARNING, logger="trainer.sources"):
+        ds = S.load_dataset(f"folder:{root}", splits=(0.5, 0.5, 0.0))
+    assert sum(ds.num_examples.values()) == 2 * len(extensions)
+    assert "1 image(s) directly in split folder train, outside any class folder, are ignored" in caplog.text
+
+
+def test_folder_mixed_size_error_names_the_odd_files(tmp_path):
+    _class_folders(tmp_path / "data", ("a", "b"), images=4)
+    _png(tmp_path / "data" / "b" / "odd.png", size=(5, 6))
+    for i in range(4):
+        _png(tmp_path / "data" / "a" / f"wide{i}.png", size=(7, 4))
+    with pytest.raises(D.DataError) as info:
+        S.load_dataset(f"folder:{tmp_path / 'data'}")
+    message = str(info.value)
+    assert "4x4 (8), 4x7 (4), 6x5 (1)" in message
+    assert f"6x5: {os.path.join('b', 'odd.png')}" in message
+    assert f"4x7: {os.path.join('a', 'wide0.png')}, {os.path.join('a', 'wide1.png')}, " in message
+    assert "and 1 more" in message and "wide3" not in message
+
+
+def test_folder_split_layout_errors_quote_the_layout_found(tmp_path):
+    _class_folders(tmp_path / "one" / "train", ("cat",), images=3)
+    with pytest.raises(D.DataError, match=r"single class 'cat'.*\(<split>/<class>/<image>; found only train/cat\)"):
+        S.load_dataset(f"folder:{tmp_path / 'one'}")
+    for split in ("val", "test"):
+        _class_folders(tmp_path / "no_train" / split, ("cat", "dog"))
+    with pytest.raises(D.DataError, match=r"split folders test, val but no train split.*train, training \(any case\)"):
+        S.load_dataset(f"folder:{tmp_path / 'no_train'}")
+
+
+def test_folder_resize_stretches_and_mixed_modes_give_rgb(tmp_path):
+    """Documented in load_dataset: stretched with PIL bilinear; grey copied to 3 channels; alpha dropped."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    rgba[..., 3] = 0  # fully transparent: the colours are kept, not blended into a background
+    (tmp_path / "data" / "grey").mkdir(parents=True)
+    (tmp_path / "data" / "rgba").mkdir()
+    for i in range(2):
+        _png(tmp_path / "data" / "a" / f"{i}.png")
+        Image.fromarray(grey, "L").save(tmp_path / "data" / "grey" / f"{i}.png")
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "data" / "rgba" / f"{i}.png")
+    ds = S.load_dataset(f"folder:{tmp_path / 'data'}", splits=(1.0, 0.0, 0.0), image_size=(4, 8))
+    images, labels = ds.arrays("train")
+    assert ds.input_shape == (4, 8, 3)
+    stretched = np.asarray(Image.fromarray(grey, "L").resize((8, 4), Image.Resampling.BILINEAR))
+    for channel in range(3):
+        np.testing.assert_array_equal(images[labels == 1][0][..., channel], stretched)
+    colour = np.asarray(Image.fromarray(rgba[..., :3]).resize((8, 4), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(images[labels == 2][0], colour)
+
+
+def test_folder_names_webp_files_a_pil_without_webp_cannot_read(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(S, "IMAGE_EXTENSIONS", tuple(e for e in S.IMAGE_EXTENSIONS if e != ".webp"))
+    monkeypatch.setattr(S, "_UNREADABLE_EXTENSIONS", (".webp",))
+    _class_folders(tmp_path / "data", ("a", "b"))
+    (tmp_path / "data" / "a" / "photo.WEBP").write_bytes(b"RIFF")
+    with caplog.at_level(logging.WARNING, logger="trainer.sources"):
+        ds = S.load_dataset(f"folder:{tmp_path / 'data'}", splits=(0.5, 0.5, 0.0))
+    assert sum(ds.num_examples.values()) == 4
+    assert "1 file(s) this PIL build cannot decode are ignored: " + os.path.join("a", "photo.WEBP") in caplog.text

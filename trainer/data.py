@@ -34,11 +34,17 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from PIL import features as _pil_features
 
 SCHEMES = ("embedded", "tfds", "folder")
 EMBEDDED_SETS = ("digits",)
 SPLITS = ("train", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + (
+    (".webp",) if _pil_features.check("webp") else ()
+)
+"""File endings read from ``folder:`` sources (case-insensitive). PIL reads TIFF itself; WebP
+only when it was built with libwebp, so ``.webp`` is listed only then (and such files are
+named in a warning otherwise, not dropped in silence)."""
 NORMALIZATIONS = ("per_channel", "unit", "symmetric")
 AUGMENTATIONS = ("crop_flip", "crop", "flip")
 DEFAULT_SOURCE = "embedded:digits"
@@ -180,6 +186,22 @@ class Dataset:
     def num_examples(self) -> dict[str, int]:
         return {name: int(self._arrays[name][1].shape[0]) for name in SPLITS}
 
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {class name: examples}}``, zeros included, so a caller can report a class a
+        split lacks (a folder's test split may hold a class its train split has not)."""
+        counts = {}
+        for name in SPLITS:
+            per_class = np.bincount(self._arrays[name][1], minlength=self.num_classes)
+            counts[name] = {c: int(n) for c, n in zip(self.class_names, per_class)}
+        return counts
+
+    @property
+    def untrained_classes(self) -> tuple[str, ...]:
+        """Classes with no train example: the model gets an output for them it never learns,
+        and their validation/test accuracy is zero. Empty for a well-formed source."""
+        train = self.class_counts()["train"]
+        return tuple(c for c in self.class_names if train[c] == 0)
+
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The ``(images, labels)`` numpy arrays of one split (not copies: do not modify)."""
         return self._arrays[_check_split(split)]
@@ -247,6 +269,8 @@ class Dataset:
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "num_examples": self.num_examples,
+            "class_counts": self.class_counts(),
+            "untrained_classes": list(self.untrained_classes),
             "skipped_files": list(self.skipped_files),
         }
         if self.num_examples["train"]:
@@ -354,8 +378,9 @@ def _assign(
 
     Splits the source provides are used as they are; missing validation/test splits are carved
     from ``train`` with their fractions renormalised over the carved splits (so (0.8, 0.1, 0.1)
-    with a provided test split puts 1/9 of train into validation). Size limits keep the first
-    examples of each split's stratified order.
+    with a provided test split puts 1/9 of train into validation), but never a class's last
+    train example (:func:`_carvable`): a class's only image goes to train. Size limits keep the
+    first examples of each split's stratified order.
     """
     if "train" not in pool_labels:
         raise DataError(
@@ -371,14 +396,35 @@ def _assign(
     order = stratified_order(train_labels, seed)
     total = sum(fractions[s] for s in carved)
     n = order.size
+    carvable = _carvable(order, train_labels)
     start = 0
-    # Carved splits take exact rounded shares from the head of the order; train takes the rest.
+    taken = [np.zeros(0, order.dtype)]
+    # Carved splits take exact rounded shares from the head of the order (less each class's
+    # last example, kept for train); train takes the rest.
     for split in carved[1:]:
         count = int(round(n * fractions[split] / total))
-        result[split] = ("train", order[start : start + count][: caps[split]])
+        part = carvable[start : start + count]
+        result[split] = ("train", part[: caps[split]])
+        taken.append(part)
         start += count
-    result["train"] = ("train", order[start:][: caps["train"]])
+    rest = order[~np.isin(order, np.concatenate(taken))]
+    result["train"] = ("train", rest[: caps["train"]])
     return result
+
+
+def _carvable(order: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``order`` without each class's last example in it: what validation/test may be carved from.
+
+    Why: a class with one image (or a few, in a small folder) could land wholly in the carved
+    head, leaving the model an output it never trains on. Each class thus keeps at least one
+    train example. Classes with more than a handful of examples have their last one near the end
+    of the stratified order, far past the carved head, so their split is unchanged.
+    """
+    ordered = np.asarray(labels)[order]
+    _, first_from_end = np.unique(ordered[::-1], return_index=True)
+    keep = np.ones(order.size, bool)
+    keep[order.size - 1 - first_from_end] = False
+    return order[keep]
 
 
 def _pool_limit(

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import socket
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,7 +45,6 @@ from trainer.data import (
     _Pool,
     _pool_limit,
 )
-from trainer.files import walk_files
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +67,13 @@ def load_dataset(
     """Loads a source into a :class:`Dataset` with train, validation and test splits.
 
     Args:
-      source: ``embedded:digits``, ``tfds:<name>`` or ``folder:<path>``.
+      source: ``embedded:digits``, ``tfds:<name>`` or ``folder:<path>``. A folder is
+        ``<class>/<image>`` or ``<split>/<class>/<image>`` with split folders named
+        ``train``/``training``, ``val``/``valid``/``validation``/``dev``, ``test``/``testing``
+        (any case); images in sub-folders of a class folder belong to it (with a warning), a
+        directory link is followed only out of the folder, and a folder whose top-level
+        folders hold no images but alike-named sub-folders (unrecognised split names) is
+        refused. Files: ``IMAGE_EXTENSIONS``; EXIF orientation is applied.
       data_dir: TFDS data directory (``tfds:`` only; default: TFDS's own default).
       splits: (train, validation, test) fractions used for splits the source lacks: a source
         with no splits is divided three ways; a missing validation or test split is carved from
@@ -81,17 +85,27 @@ def load_dataset(
         examples kept in all and divides them among the splits by their fractions (the
         ExampleGen component turns it into such a dict), so the same number keeps about a
         third as much there.
-      image_size: ``(height, width)`` or one int for square images; images are resized to it.
-        Required for folders or TFDS sets whose images differ in size.
+      image_size: ``(height, width)`` or one int for square images; images are resized to it,
+        stretched to exactly that size (the aspect ratio is not kept: crop or pad them yourself
+        first if it matters) with a bilinear filter: PIL's ``BILINEAR`` for folders, antialiased
+        ``tf.image.resize`` for the other sources. Required for folders or TFDS sets whose
+        images differ in size. A folder mixing grey and colour images gives 3 channels, each grey
+        image copied into all three; alpha channels are dropped (not composited).
       download: ``tfds:`` only - download and prepare a set that is not prepared in
         ``data_dir``. When False, or when the internet is unreachable, an unprepared set fails
         at once with a DataError instead of retrying a download for minutes.
       skip_corrupt: ``folder:`` only - skip undecodable images with a warning listing them,
         instead of raising :class:`CorruptImagesError`. Only the images the splits keep (after
-        ``max_examples``) are decoded, and so checked.
+        ``max_examples``) are decoded, and so checked; the splits are drawn again without the
+        skipped ones, and a class left with no decodable image is dropped with a warning.
       cache_dir: ``folder:`` only - keep the decoded splits in this directory as ``.npz``
         files, keyed by the folder's file list (names, sizes, modification times) and every
         argument above, so later runs and other processes skip decoding.
+
+    A class with few examples keeps at least one in train when validation/test are carved. A
+    class with no train example at all (a folder's train split lacking a class its test split
+    has) is kept with a warning and listed in ``Dataset.untrained_classes``; in a folder, fewer
+    than 2 classes with train examples is an error.
 
     Raises:
       DataError: unknown scheme, missing path, unknown TFDS name, no images, corrupt images...
@@ -338,13 +352,23 @@ def _read_tfds_split(builder, split, image_key, label_key, limit, size):
 
 # folder:<path> ------------------------------------------------------------------------------
 
+_Listing = dict[str, dict[str, list[str]]]
+"""``{split: {class name: sorted image paths}}`` of a folder source."""
+
+_CACHE_FORMAT = 2
+"""Part of the decode cache key: bumped when the same files and arguments give other splits."""
+
+
+_UNREADABLE_EXTENSIONS = tuple(e for e in (".webp",) if e not in IMAGE_EXTENSIONS)
+"""Image files this PIL build cannot decode (WebP without libwebp): named in a warning."""
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
 
 def _is_image(entry: os.DirEntry) -> bool:
-    return (
-        not entry.name.startswith(".")
-        and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-        and entry.is_file()
-    )
+    return _is_image_name(entry.name) and entry.is_file()
 
 
 def _subdirs(path: str) -> list[os.DirEntry]:
@@ -353,55 +377,243 @@ def _subdirs(path: str) -> list[os.DirEntry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def _class_files(path: str) -> dict[str, list[str]]:
-    """``{class name: sorted image paths}`` for a ``<class>/<image>`` folder (recursive)."""
-    return {
-        entry.name: sorted(f for f in walk_files(entry.path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        for entry in _subdirs(path)
-    }
+def _loose_images(path: str) -> int:
+    """Images directly in ``path`` (the root or a split folder), outside any class folder."""
+    with os.scandir(path) as it:
+        return sum(1 for e in it if _is_image(e))
 
 
-def _load_folder(
-    spec: DataSpec,
-    fractions: Mapping[str, float],
-    caps: Mapping[str, int | None],
-    seed: int,
-    size: tuple[int, int] | None,
-    skip_corrupt: bool,
-    cache_dir: str | os.PathLike | None = None,
-) -> Dataset:
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _Walker:
+    """Lists class folders, sub-folders included, following links only out of the tree.
+
+    Sub-folders of a class folder belong to it (a user's ``cat/2019/*.jpg``), so they are read.
+    A directory link is skipped (and named in a warning) when its target lies in a class folder
+    or a folder already read through another link (its files are read there), or contains one
+    of those or the root (``ln -s .. cat/up`` would make every image of every class a cat too,
+    and a link up the tree is a cycle).
+    """
+
+    def __init__(self, root: str, class_folders: Sequence[str]):
+        self.root = os.path.realpath(root)
+        self.claimed = [os.path.realpath(f) for f in class_folders]
+        self.visited: set[str] = set()
+        self.skipped_links: list[str] = []
+        self.unreadable: list[str] = []
+        self.real: dict[str, str] = {}
+
+    def _follow(self, link: str) -> bool:
+        real = os.path.realpath(link)
+        seen = [*self.claimed, *self.visited]
+        refused = _within(self.root, real) or any(_within(real, d) or _within(d, real) for d in seen)
+        if refused:
+            self.skipped_links.append(link)
+        else:
+            self.visited.add(real)
+        return not refused
+
+    def images(self, folder: str) -> list[str]:
+        """Sorted image paths under ``folder`` (one class folder), hidden entries skipped; each
+        one's real path goes to :attr:`real` (``realpath`` runs for links only: it costs a
+        system call per path component, 2 s on CIFAR-10's 50,000 files)."""
+        self.visited.add(os.path.realpath(folder))
+        found = []
+        pending = [(folder, os.path.realpath(folder))]
+        while pending:
+            path, real = pending.pop()
+            for entry in self._entries(path):
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        pending.append((entry.path, os.path.join(real, entry.name)))
+                    elif self._follow(entry.path):
+                        pending.append((entry.path, os.path.realpath(entry.path)))
+                elif _is_image_name(entry.name):  # broken links too: reported as unreadable
+                    found.append(entry.path)
+                    linked = entry.is_symlink()
+                    self.real[entry.path] = os.path.realpath(entry.path) if linked else os.path.join(real, entry.name)
+                elif entry.name.lower().endswith(_UNREADABLE_EXTENSIONS):
+                    self.unreadable.append(entry.path)
+        return sorted(found)
+
+    @staticmethod
+    def _entries(path: str) -> list[os.DirEntry]:
+        try:
+            with os.scandir(path) as it:
+                return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as err:
+            logger.warning("cannot read folder %s, its images are left out: %s", path, err)
+            return []
+
+
+def _folder_root(spec: DataSpec) -> str:
     root = os.path.abspath(os.path.expanduser(spec.target))
     if not os.path.exists(root):
         raise DataError(f"image folder {spec.target!r} does not exist (resolved to {root})")
     if not os.path.isdir(root):
         raise DataError(f"image folder {spec.target!r} is not a directory")
+    return root
+
+
+def _split_folders(root: str) -> dict[str, str] | None:
+    """``{split: folder path}`` when ``root`` holds only split folders (``<split>/<class>/<image>``),
+    None for a ``<class>/<image>`` folder; refuses mixes, doubles and a missing train split."""
     top = _subdirs(root)
-    split_named = [e.name for e in top if e.name.lower() in _SPLIT_ALIASES]
-    split_layout = bool(top) and len(split_named) == len(top)
-    if len(split_named) >= 2 and not split_layout:
+    named = [e.name for e in top if e.name.lower() in _SPLIT_ALIASES]
+    if len(named) >= 2 and len(named) < len(top):
         others = [e.name for e in top if e.name.lower() not in _SPLIT_ALIASES]
         raise DataError(
-            f"image folder {root} mixes split folders ({', '.join(split_named)}) with other folders "
+            f"image folder {root} mixes split folders ({', '.join(named)}) with other folders "
             f"({', '.join(others)}): read as <class>/<image>, every split would become a class. Keep only "
             "the split folders (<split>/<class>/<image>) or only class folders (<class>/<image>)"
         )
-    per_split: dict[str, dict[str, list[str]]] = {}
-    if split_layout:
-        for entry in top:
-            ours = _SPLIT_ALIASES[entry.name.lower()]
-            if ours in per_split:
-                raise DataError(
-                    f"image folder {root} has two folders for the {ours!r} split; keep one"
-                )
-            per_split[ours] = _class_files(entry.path)
-    else:
-        per_split["train"] = _class_files(root)
-    class_names = sorted({c for classes in per_split.values() for c, f in classes.items() if f})
-    empty = sorted({c for classes in per_split.values() for c in classes} - set(class_names))
+    if not top or len(named) < len(top):
+        return None
+    found: dict[str, str] = {}
+    for entry in top:
+        ours = _SPLIT_ALIASES[entry.name.lower()]
+        if ours in found:
+            raise DataError(
+                f"image folder {root} has two folders for the {ours!r} split "
+                f"({os.path.basename(found[ours])}, {entry.name}); keep one"
+            )
+        found[ours] = entry.path
+    if "train" not in found:
+        accepted = ", ".join(a for a, s in _SPLIT_ALIASES.items() if s == "train")
+        raise DataError(
+            f"image folder {root} has the split folders {', '.join(named)} but no train split to "
+            f"learn from: name the training images' folder one of {accepted} (any case), beside them"
+        )
+    return found
+
+
+def _refuse_unnamed_splits(root: str, classes: Mapping[str, list[str]]) -> None:
+    """Refuses a ``<class>/<image>`` reading of what looks like ``<split>/<class>/<image>``.
+
+    Why: ``kaggle/{training_set,test_set}/{cat,dog}`` (split names not in the recognised list),
+    or a folder one level above the data, would read as the classes ``test_set`` and
+    ``training_set``, and training "succeeds" on a meaningless task. The sign: no top-level folder
+    holds images of its own, and the folders that do hold them repeat their names across
+    top-level folders.
+    """
+    inner: dict[str, set[str]] = {}
+    for name, files in classes.items():
+        dirs = {os.path.dirname(f) for f in files}
+        if os.path.join(root, name) in dirs:
+            return
+        inner[name] = {os.path.basename(d) for d in dirs}
+    names = [n for held in inner.values() for n in held]
+    repeated = sorted(n for n in set(names) if names.count(n) >= 2)
+    if not repeated:
+        return
+    tops = sorted(n for n, held in inner.items() if held)
+    listed = ", ".join(repeated[:_MAX_LISTED]) + (" ..." if len(repeated) > _MAX_LISTED else "")
+    raise DataError(
+        f"image folder {root} looks like <split>/<class>/<image> with split folders that are not "
+        f"recognised: its folders {', '.join(tops)} hold no images of their own but sub-folders "
+        f"named alike ({listed}), so they would become the classes {', '.join(map(repr, tops))}. "
+        f"Rename the split folders (recognised: {', '.join(_SPLIT_ALIASES)}; any case), or point "
+        f"folder: at one of them (e.g. folder:{os.path.join(root, tops[0])}). If they really are "
+        "classes whose images are sorted into sub-folders, move the images into the class folders"
+    )
+
+
+def _one_class_per_file(
+    root: str, listing: _Listing, folders: Mapping[str, Mapping[str, str]], real: Mapping[str, str]
+) -> _Listing:
+    """The listing with each real file once per split. A file reached (through file links) from
+    several classes stays only in the class folder that really holds it; when none or several do
+    its class is ambiguous, so it is left out, with a warning."""
+    result: _Listing = {}
+    ambiguous: list[str] = []
+    for split, classes in listing.items():
+        owners: dict[str, set[str]] = {}
+        for name, files in classes.items():
+            for f in files:
+                owners.setdefault(real[f], set()).add(name)
+        owner: dict[str, str | None] = {}
+        for path, names in owners.items():
+            if len(names) > 1:
+                holders = [n for n in names if _within(path, os.path.realpath(folders[split][n]))]
+                names = set(holders) if len(holders) == 1 else set()
+                if not names:
+                    ambiguous.append(path)
+            owner[path] = next(iter(names), None)
+        result[split] = {name: _unique_files(files, name, owner, real) for name, files in classes.items()}
+    if ambiguous:
+        logger.warning(
+            "image folder %s: %d image(s) linked into several class folders are left out (their class "
+            "is ambiguous): %s", root, len(ambiguous), ", ".join(sorted(ambiguous)[:_MAX_LISTED]),
+        )
+    return result
+
+
+def _unique_files(
+    files: Sequence[str], name: str, owner: Mapping[str, str | None], real: Mapping[str, str]
+) -> list[str]:
+    """The files of class ``name`` it owns, each real file once."""
+    seen: set[str] = set()
+    kept = []
+    for f in files:
+        if owner[real[f]] == name and real[f] not in seen:
+            seen.add(real[f])
+            kept.append(f)
+    return kept
+
+
+def _warn_about_layout(
+    root: str,
+    listing: _Listing,
+    folders: Mapping[str, Mapping[str, str]],
+    splits: Mapping[str, str] | None,
+    walker: _Walker,
+) -> None:
+    """Warns about what is read or left out in a way users may not expect: links not followed,
+    images in sub-folders of class folders, images loose in split folders."""
+    if walker.skipped_links:
+        logger.warning(
+            "image folder %s: directory link(s) not followed, as they lead back up the tree, into a class "
+            "folder or to a folder already read: %s", root,
+            ", ".join(os.path.relpath(p, root) for p in walker.skipped_links[:_MAX_LISTED]),
+        )
+    if walker.unreadable:
+        logger.warning(
+            "image folder %s: %d file(s) this PIL build cannot decode are ignored: %s", root,
+            len(walker.unreadable), ", ".join(os.path.relpath(p, root) for p in walker.unreadable[:_MAX_LISTED]),
+        )
+    nested = {}
+    for split, classes in listing.items():
+        for name, files in classes.items():
+            folder = folders[split][name]
+            count = sum(os.path.dirname(f) != folder for f in files)
+            if count:
+                nested[os.path.relpath(folder, root)] = count
+    if nested:
+        logger.warning(
+            "image folder %s: class folder(s) hold images in sub-folders, read as images of the class "
+            "folder: %s", root, ", ".join(f"{name} ({n})" for name, n in sorted(nested.items())),
+        )
+    for path in (splits or {}).values():
+        count = _loose_images(path)
+        if count:
+            logger.warning(
+                "image folder %s: %d image(s) directly in split folder %s, outside any class folder, "
+                "are ignored", root, count, os.path.basename(path),
+            )
+
+
+def _check_classes(
+    root: str, listing: _Listing, folders: Mapping[str, Mapping[str, str]], split_layout: bool
+) -> None:
+    """Refuses a folder without images in class folders or with a single class; warns about
+    class folders without images and images outside any class folder."""
+    class_names = _class_names(listing)
+    loose = _loose_images(root)
+    empty = sorted({c for classes in listing.values() for c in classes} - set(class_names))
     if empty and class_names:
         logger.warning("image folder %s: class folder(s) %s hold no images and are left out", root, empty)
-    with os.scandir(root) as it:
-        loose = sum(1 for e in it if _is_image(e))
     if not class_names:
         layout = "<class>/<image> or <split>/<class>/<image>"
         raise DataError(
@@ -414,63 +626,225 @@ def _load_folder(
             "image folder %s: %d image(s) outside any class folder are ignored", root, loose
         )
     if len(class_names) < 2:
+        only = class_names[0]
+        found = [os.path.relpath(folders[s][only], root) for s in listing if listing[s].get(only)]
+        layout = "<split>/<class>/<image>" if split_layout else "<class>/<image>"
         raise DataError(
-            f"image folder {root} has a single class {class_names[0]!r}: classification needs at least "
-            "2 class folders (<class>/<image>)"
+            f"image folder {root} has a single class {only!r}: classification needs at least "
+            f"2 class folders ({layout}; found only {', '.join(found)})"
         )
-    index = {c: i for i, c in enumerate(class_names)}
-    paths: dict[str, list[str]] = {}
-    pools: dict[str, _Pool] = {}
-    for split, classes in per_split.items():
-        files = [(f, index[c]) for c in sorted(classes) for f in classes[c] if c in index]
-        if not files:
-            logger.warning("image folder %s: split %r has no images and is ignored", root, split)
-            continue
-        missing = sorted(set(class_names) - {c for c, f in classes.items() if f})
-        if missing:
-            logger.warning("image folder %s: split %r lacks classes %s", root, split, missing)
-        paths[split] = [f for f, _ in files]
-        pools[split] = _Pool(np.array([label for _, label in files], np.int32))
 
-    plan = _assign({k: p.labels for k, p in pools.items()}, fractions, caps, seed)
+
+def _class_names(listing: _Listing) -> list[str]:
+    """The classes with at least one image in some split, sorted: their label order."""
+    return sorted({c for classes in listing.values() for c, files in classes.items() if files})
+
+
+def _list_folder(root: str) -> _Listing:
+    """Every image of a folder source by split and class, after the layout checks."""
+    splits = _split_folders(root)
+    parents = splits if splits is not None else {"train": root}
+    folders = {split: {e.name: e.path for e in _subdirs(path)} for split, path in parents.items()}
+    walker = _Walker(root, [f for classes in folders.values() for f in classes.values()])
+    listing = {
+        split: {name: walker.images(path) for name, path in classes.items()}
+        for split, classes in folders.items()
+    }
+    if splits is None:
+        _refuse_unnamed_splits(root, listing["train"])
+    listing = _one_class_per_file(root, listing, folders, walker.real)
+    _warn_about_layout(root, listing, folders, splits, walker)
+    _check_classes(root, listing, folders, splits is not None)
+    return listing
+
+
+def _folder_pools(
+    listing: _Listing, class_names: Sequence[str]
+) -> tuple[dict[str, _Pool], dict[str, list[str]]]:
+    """Each split's labels (as undecoded pools) and file paths, in one order."""
+    index = {c: i for i, c in enumerate(class_names)}
+    pools: dict[str, _Pool] = {}
+    paths: dict[str, list[str]] = {}
+    for split, classes in listing.items():
+        files = [(f, index[c]) for c in sorted(classes) if c in index for f in classes[c]]
+        if files:
+            paths[split] = [f for f, _ in files]
+            pools[split] = _Pool(np.array([label for _, label in files], np.int32))
+    return pools, paths
+
+
+def _without(listing: _Listing, bad: set[str]) -> _Listing:
+    """The listing less the ``bad`` files (skipped as corrupt)."""
+    return {
+        split: {name: [f for f in files if f not in bad] for name, files in classes.items()}
+        for split, classes in listing.items()
+    }
+
+
+def _check_decodable_classes(root: str, class_names: Sequence[str], skipped: int) -> None:
+    if not class_names:
+        raise DataError(f"image folder {root}: no image could be decoded ({skipped} corrupt)")
+    if len(class_names) < 2:
+        raise DataError(
+            f"image folder {root}: after skipping {skipped} corrupt image(s) only the class "
+            f"{class_names[0]!r} has decodable images; classification needs at least 2 classes"
+        )
+
+
+def _decode_planned(
+    root: str,
+    listing: _Listing,
+    fractions: Mapping[str, float],
+    caps: Mapping[str, int | None],
+    seed: int,
+    size: tuple[int, int] | None,
+    skip_corrupt: bool,
+) -> tuple[_Listing, list[str], dict[str, _Pool], dict[str, list[str]], dict[str, tuple[str, np.ndarray]],
+           dict[str, np.ndarray | None], list[str]]:
+    """Draws the splits and decodes the images they keep; with ``skip_corrupt``, takes the
+    undecodable ones out and draws again until every kept image decodes.
+
+    Drawing again (rather than leaving holes) keeps the fractions and the rule that a class's
+    only image goes to train true of the images actually used. Returns ``(listing, class_names,
+    pools, paths, plan, decoded, bad)``.
+    """
+    decoded: dict[str, np.ndarray | None] = {}
+    bad: list[str] = []
+    while True:
+        class_names = _class_names(listing)
+        _check_decodable_classes(root, class_names, len(bad))
+        pools, paths = _folder_pools(listing, class_names)
+        plan = _assign({k: p.labels for k, p in pools.items()}, fractions, caps, seed)
+        wanted = [paths[pool][i] for pool, idx in plan.values() for i in idx]
+        new = [f for f in wanted if f not in decoded]
+        decoded.update(_decode_files(new, size))
+        failed = sorted(f for f in new if decoded[f] is None)
+        if not failed:
+            return listing, class_names, pools, paths, plan, decoded, sorted(bad)
+        if not skip_corrupt:
+            raise CorruptImagesError(
+                _corrupt_message(root, failed)
+                + " (pass skip_corrupt=True, --skip_corrupt on the command line, to skip them)",
+                failed,
+            )
+        bad.extend(failed)
+        listing = _without(listing, set(failed))
+
+
+def _corrupt_message(root: str, bad: Sequence[str]) -> str:
+    listed = ", ".join(os.path.relpath(f, root) for f in bad[:_MAX_LISTED])
+    more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+    return f"{len(bad)} corrupt or unreadable image(s) in {root}: {listed}{more}"
+
+
+_FILES_PER_SIZE = 3
+"""Files named for each minority image size in the mixed-size error."""
+
+
+def _check_one_size(root: str, images: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """The (height, width) all images share; else a DataError naming the sizes and, for each but
+    the most common, a few of its files (so a stray image can be found and removed)."""
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for path, image in images.items():
+        by_size.setdefault(image.shape[:2], []).append(path)
+    if not by_size:
+        raise DataError(f"image folder {root}: the splits keep no image (see max_examples)")
+    if len(by_size) == 1:
+        return next(iter(by_size))
+    ranked = sorted(by_size.items(), key=lambda item: (-len(item[1]), item[0]))
+    parts = [f"{h}x{w} ({len(files)})" for (h, w), files in ranked[:5]]
+    named = []
+    for (h, w), files in ranked[1:6]:
+        listed = ", ".join(os.path.relpath(f, root) for f in sorted(files)[:_FILES_PER_SIZE])
+        more = f" and {len(files) - _FILES_PER_SIZE} more" if len(files) > _FILES_PER_SIZE else ""
+        named.append(f"{h}x{w}: {listed}{more}")
+    raise DataError(
+        f"images in {root} differ in size ({', '.join(parts)}; {'; '.join(named)}): pass "
+        "image_size=(height, width) (--image_size=N on the command line), or remove the odd ones"
+    )
+
+
+def _check_splits(
+    root: str,
+    listing: _Listing,
+    class_names: Sequence[str],
+    pools: Mapping[str, _Pool],
+    arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Refuses splits whose train images cover fewer than 2 classes; warns about splits without
+    images, provided evaluation splits missing classes and classes without a train image
+    (which :attr:`Dataset.untrained_classes` also lists, so callers can report them)."""
+    for split in listing:
+        if split not in pools:
+            logger.warning("image folder %s: split %r has no images and is ignored", root, split)
+        elif split != "train":
+            held = {c for c, files in listing[split].items() if files}
+            missing = sorted(set(class_names) - held)
+            if missing:
+                logger.warning("image folder %s: split %r lacks classes %s", root, split, missing)
+    train_labels = arrays["train"][1]
+    untrained = [c for i, c in enumerate(class_names) if not np.any(train_labels == i)]
+    if len(class_names) - len(untrained) < 2:
+        raise DataError(
+            f"image folder {root}: only {len(class_names) - len(untrained)} class(es) have train "
+            f"images (none for {untrained}); classification needs at least 2. Give the train "
+            "split images of more classes"
+        )
+    if untrained:
+        logger.warning(
+            "image folder %s: no train image of class(es) %s: the model gets an output for each it "
+            "never learns (Dataset.untrained_classes lists them)", root, untrained,
+        )
+
+
+def _load_folder(
+    spec: DataSpec,
+    fractions: Mapping[str, float],
+    caps: Mapping[str, int | None],
+    seed: int,
+    size: tuple[int, int] | None,
+    skip_corrupt: bool,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """Reads a ``folder:`` source (see :func:`load_dataset`).
+
+    With ``skip_corrupt``, a class left with no decodable image is dropped with a warning rather
+    than failing the load: the user asked to get past bad files, and keeping the class would give
+    the model an output it never learns. ``Dataset.class_names`` shows the drop. Fewer than two
+    classes with train images still fail.
+    """
+    root = _folder_root(spec)
+    listing = _list_folder(root)
+    listed_classes = _class_names(listing)
     cache_path = None
     if cache_dir is not None:
-        cache_path = _folder_cache_path(
-            cache_dir, root, paths, (fractions, caps, seed, size, skip_corrupt, class_names)
-        )
+        _, paths = _folder_pools(listing, listed_classes)
+        options = (_CACHE_FORMAT, fractions, caps, seed, size, skip_corrupt, listed_classes)
+        cache_path = _folder_cache_path(cache_dir, root, paths, options)
         cached = _read_cache(cache_path, str(spec))
         if cached is not None:
             return cached
-    # Decode only the images the splits keep.
-    wanted = {split: [paths[pool][i] for i in idx] for split, (pool, idx) in plan.items()}
-    decoded = _decode_files([f for files in wanted.values() for f in files], size)
-    bad = sorted(f for f, image in decoded.items() if image is None)
+    listing, class_names, pools, paths, plan, decoded, bad = _decode_planned(
+        root, listing, fractions, caps, seed, size, skip_corrupt
+    )
     if bad:
-        listed = ", ".join(os.path.relpath(f, root) for f in bad[:_MAX_LISTED])
-        more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
-        message = f"{len(bad)} corrupt or unreadable image(s) in {root}: {listed}{more}"
-        if not skip_corrupt:
-            raise CorruptImagesError(message + " (pass skip_corrupt=True, --skip_corrupt on the command line, to skip them)", bad)
-        logger.warning("skipping %s", message)
-    good = [image for image in decoded.values() if image is not None]
-    if not good:
-        raise DataError(f"image folder {root}: no image could be decoded")
-    shapes = Counter(image.shape[:2] for image in good)
-    if len(shapes) > 1:
-        common = ", ".join(f"{h}x{w} ({n})" for (h, w), n in shapes.most_common(5))
-        raise DataError(
-            f"images in {root} differ in size ({common}): pass image_size=(height, width) "
-            "(--image_size=N on the command line)"
+        logger.warning("skipping %s", _corrupt_message(root, bad))
+    dropped = sorted(set(listed_classes) - set(class_names))
+    if dropped:
+        logger.warning(
+            "image folder %s: class(es) %s have no decodable image and are left out", root, dropped
         )
-    channels = max(image.shape[2] for image in good)
-    height, width = next(iter(shapes))
+    wanted = {split: [paths[pool][i] for i in idx] for split, (pool, idx) in plan.items()}
+    good = {f: decoded[f] for files in wanted.values() for f in files}
+    height, width = _check_one_size(root, good)
+    channels = max(image.shape[2] for image in good.values())
     arrays = {}
     for split, (pool, idx) in plan.items():
-        keep = [i for i, f in zip(idx, wanted[split]) if decoded[f] is not None]
-        images = np.zeros((len(keep), height, width, channels), np.uint8)
-        for row, f in enumerate(f for f in wanted[split] if decoded[f] is not None):
+        images = np.zeros((len(idx), height, width, channels), np.uint8)
+        for row, f in enumerate(wanted[split]):
             images[row] = decoded[f]  # a grey image broadcasts over RGB channels
-        arrays[split] = (images, pools[pool].labels[np.asarray(keep, np.int64)])
+        arrays[split] = (images, pools[pool].labels[idx])
+    _check_splits(root, listing, class_names, pools, arrays)
     dataset = Dataset(str(spec), arrays, class_names, skipped_files=bad)
     if cache_path is not None:
         _write_cache(cache_path, dataset)
@@ -518,11 +892,22 @@ def _write_cache(path: str, dataset: Dataset) -> None:
 
 
 def _decode_file(path: str, size: tuple[int, int] | None) -> np.ndarray | None:
-    from PIL import Image
+    """One image file as a ``(height, width, 1 or 3)`` uint8 array, or None when undecodable.
+
+    EXIF orientation is applied first (a phone photo taken upright is stored sideways with a tag
+    saying so). Grey files (and palette files whose colours are all grey) give one channel,
+    others RGB; alpha is dropped, not composited (PIL's conversion keeps the colour values of
+    transparent pixels). With ``size``, the image is stretched to exactly (height, width), the
+    aspect ratio not kept, with PIL's bilinear filter (which averages the source pixels when
+    shrinking). :func:`_load_folder` copies a grey image into all 3 channels when the folder
+    mixes grey and colour images.
+    """
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)
             grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
             if image.mode in ("P", "PA"):  # palette images (GIF, some PNG): grey or colour?
                 rgb = np.asarray(image.convert("RGB"))
