@@ -3,7 +3,9 @@
 Every later step reads the same shards, so a search, the final runs and the evaluation see exactly
 the same train/validation/test split. The shards are written by an Apache Beam pipeline (the
 runner is an option), and `statistics.json` beside them records counts per class and split, the
-image shape and the normalisation statistics.
+image shape, the normalisation statistics, how many images the source held against how many were
+kept (`found_images`, `summary`), and the notes on weak data with the loader's warnings (`notes`,
+`untrained_classes`): the terminal shows those once, the report on every run.
 
 Artifact layout::
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -79,26 +82,26 @@ class ExampleGenExecutor(BaseExecutor):
         p = exec_properties
         fractions = (1.0 - p["validation_fraction"] - p["test_fraction"], p["validation_fraction"], p["test_fraction"])
         self.context.progress(f"reading {p['source']}")
-        dataset = load_dataset(
-            p["source"], data_dir=p["data_dir"], splits=fractions, seed=p["seed"],
-            max_examples=_split_caps(p["max_examples"], fractions), image_size=p["image_size"],
-            skip_corrupt=p["skip_corrupt"],
-        )
-        self.context.progress(f"writing TFRecords with Beam: {dataset.num_examples}")
+        with LoaderWarnings() as loader:
+            dataset = load_dataset(
+                p["source"], data_dir=p["data_dir"], splits=fractions, seed=p["seed"],
+                max_examples=_split_caps(p["max_examples"], fractions), image_size=p["image_size"],
+                skip_corrupt=p["skip_corrupt"],
+            )
+        found = found_images(p["source"], dataset, p["max_examples"])
+        summary = kept_summary(found, dataset.num_classes, dataset.num_examples, p["max_examples"],
+                               len(dataset.skipped_files))
+        self.context.progress(summary)
+        self.context.progress("writing TFRecords with Beam")
         _write_splits(dataset, out.uri, p["num_shards"], p["beam_options"])
-        stats = dataset.metadata()
-        stats["class_counts"] = {
-            split: {
-                name: int(count)
-                for name, count in zip(dataset.class_names, np.bincount(dataset.arrays(split)[1], minlength=dataset.num_classes))
-            }
-            for split in SPLITS
-        }
-        stats["fingerprint"] = dataset.fingerprint()
-        if p["image_size"]:  # what a user must do to their own images before the exported model
-            stats["resized_to"] = [p["image_size"], p["image_size"]]
-        for note in data_warnings(stats["class_counts"]):
-            self.context.progress(f"note: {note}")
+        stats = data_statistics(dataset, p["image_size"])
+        stats.update(found_images=found, max_examples=p["max_examples"], summary=summary)
+        weak = data_warnings(stats["class_counts"])
+        for index, note in enumerate(weak):
+            serious = index == 0 and stats["untrained_classes"]  # data_warnings puts it first
+            self.context.progress(f"{'WARNING' if serious else 'note'}: {note}")
+        # Kept with the data: the terminal shows them once, a cached re-run never again.
+        stats["notes"] = weak + [f"the loader warned: {message}" for message in loader.messages]
         with open(out.path("statistics.json"), "w") as f:
             json.dump(stats, f, indent=2)
         out.properties.update(
@@ -108,15 +111,15 @@ class ExampleGenExecutor(BaseExecutor):
 
     @classmethod
     def external_fingerprint(cls, exec_properties: Mapping[str, Any]) -> str | None:
-        """A folder source is re-read when its files change (names, sizes, times)."""
+        """A folder source is re-read when the images the loader reads change (names, sizes,
+        times). Other files (notes.txt, Thumbs.db, desktop.ini) are left out: touching one must
+        not re-run hours of search. Only `stat`, never the content: it runs on every cached run."""
         source = exec_properties.get("source", "")
         if not source.startswith("folder:"):
             return None
-        from trainer.files import walk_files
-
-        root = os.path.expanduser(source[len("folder:"):])
+        root = _folder_root(source)
         digest = hashlib.sha256()
-        for path in walk_files(root):
+        for path in image_files(root):
             try:
                 stat = os.stat(path)
                 state = f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -126,14 +129,111 @@ class ExampleGenExecutor(BaseExecutor):
         return digest.hexdigest()
 
 
+def data_statistics(dataset, image_size: int | None) -> dict[str, Any]:
+    """The Dataset's metadata with counts per split and class, the classes with no training
+    image, its fingerprint and the resize a user must repeat on their own images."""
+    stats = dataset.metadata()
+    stats["class_counts"] = {
+        split: {
+            name: int(count)
+            for name, count in zip(dataset.class_names, np.bincount(dataset.arrays(split)[1], minlength=dataset.num_classes))
+        }
+        for split in SPLITS
+    }
+    stats["untrained_classes"] = untrained_classes(stats["class_counts"])
+    stats["fingerprint"] = dataset.fingerprint()
+    if image_size:  # what a user must do to their own images before the exported model
+        stats["resized_to"] = [image_size, image_size]
+    return stats
+
+
+def _folder_root(source: str) -> str:
+    return os.path.normpath(os.path.expanduser(source[len("folder:"):]))
+
+
+def image_files(root: str) -> Iterator[str]:
+    """The files under `root` the folder loader would read: its walk and its image extensions
+    (`trainer.files`, free of TensorFlow: the cache key is computed on every cached run)."""
+    from trainer.files import IMAGE_EXTENSIONS, walk_files
+
+    return (path for path in walk_files(root) if path.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def found_images(source: str, dataset, max_examples: int | None) -> int | None:
+    """How many images the source holds, before `max_examples` keeps a subset; None when that is
+    not known without reading the whole source (a capped TFDS or embedded set)."""
+    if source.startswith("folder:"):
+        root = _folder_root(source)
+        # Images directly in the folder, outside any class folder, are ignored by the loader.
+        return sum(1 for path in image_files(root) if os.path.dirname(path) != root)
+    if max_examples is None:  # nothing was capped: everything read was kept or skipped
+        return sum(dataset.num_examples.values()) + len(dataset.skipped_files)
+    return None
+
+
+def kept_summary(found: int | None, num_classes: int, kept: Mapping[str, int], max_examples: int | None,
+                 skipped: int = 0) -> str:
+    """One line saying how much of the source a run uses: a `--max_examples` cap or skipped
+    images are otherwise invisible next to the split sizes."""
+    per_split = ", ".join(f"{kept[split]} {split}" for split in SPLITS)
+    cap = "no cap" if max_examples is None else f"max_examples={max_examples}"
+    if found is None:
+        head = f"the source has {num_classes} classes (its image count is unknown: the cap limited the reading)"
+    else:
+        head = f"found {found} images in {num_classes} classes"
+    corrupt = f"; {skipped} skipped as corrupt" if skipped else ""
+    return f"{head}; kept {sum(kept.values())} ({per_split}; {cap}){corrupt}"
+
+
+class LoaderWarnings(logging.Handler):
+    """Collects what the `trainer` data modules log as warnings while loading (empty class
+    folders, loose images, skipped corrupt files...), so statistics.json keeps them.
+
+    The terminal still shows each as it happens, also when the load then fails: with no other
+    handler for them, Python's last-resort handler printed them, and this handler alone would
+    silence it, so it passes them on to it."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+        self._echo = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+        if self._echo and logging.lastResort is not None:
+            logging.lastResort.handle(record)
+
+    def __enter__(self) -> "LoaderWarnings":
+        logger = logging.getLogger("trainer")
+        self._echo = not logger.hasHandlers()
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("trainer").removeHandler(self)
+
+
 SMALL_EVALUATION_SPLIT = 100
 """Below this many images, one image moves a split's accuracy by more than a percentage point."""
 
 
+def untrained_classes(class_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Classes with no training image: the model has an output for each that it never learned."""
+    return [name for name, count in (class_counts.get("train") or {}).items() if count == 0]  # label order
+
+
 def data_warnings(class_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """What makes a run's comparisons weak, said before hours of training: evaluation splits
-    that miss classes, or so small that one image moves their accuracy by points."""
+    """What makes a run's comparisons weak, said before hours of training, worst first: classes
+    the model never trains on, evaluation splits that miss classes, or so small that one image
+    moves their accuracy by points."""
     notes = []
+    untrained = untrained_classes(class_counts)
+    if untrained:
+        notes.append(f"the train split has no images of class(es) {untrained}: the model has an output for "
+                     "each that it never trained on, so every image of them is misclassified (give training "
+                     "images of them, or remove their folders)")
     for split in ("validation", "test"):
         counts = class_counts.get(split) or {}
         total = sum(counts.values())

@@ -60,6 +60,7 @@ def write_report(
     exported: Mapping[str, Any] | None = None,
     skipped_files: Sequence[str] | None = None,
     notes: Sequence[str] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Writes `report.md`, `report.html` and their figures into `output_dir`.
 
@@ -86,9 +87,13 @@ def write_report(
         of its activation.json; `why_exported` says how it was chosen: blessed, else by mean
         validation accuracy) and optionally `model_seed` (the seed whose model export/model.keras
         holds; None: no model was saved), named in the summary; None: no export to name.
-      skipped_files: images of the data source left out as corrupt.
+      skipped_files: images of the data source left out as corrupt (default: `data`'s
+        `skipped_files`).
       notes: sentences about the run a reader should not miss (e.g. the search found fewer
         functions than top_k), shown in the summary.
+      data: ExampleGen's statistics.json (source, class names, counts per split and class,
+        input shape, resize, its notes and the loader's warnings), shown in a Data section;
+        every key is optional, so an older file without the newer ones works. None: no section.
 
     Returns:
       `(md_path, html_path)`.
@@ -99,6 +104,10 @@ def write_report(
     evaluation = _as_evaluation(evaluation)
     if not isinstance(config, Mapping):
         raise ReportError(f"config must be a mapping of settings, got {type(config).__name__}")
+    if data is not None and not isinstance(data, Mapping):
+        raise ReportError(f"data must be the mapping of statistics.json, got {type(data).__name__}")
+    if skipped_files is None and data:
+        skipped_files = data.get("skipped_files")
     runs = list(runs)
     history = _check_history(history) if history else None
     _check_trials(trials or [])
@@ -115,7 +124,7 @@ def write_report(
     shapes = _collect_function_figures(evaluation, runs, function_plots or {}, figures_dir)
 
     doc = _Document(title)
-    _summary_section(doc, evaluation, exported, notes or [])
+    _summary_section(doc, evaluation, exported, [*(notes or []), *_untrained_note(data)])
     _results_section(doc, evaluation, {run["function"]: run.get("origin") or run.get("kind") for run in runs})
     doc.heading("Accuracy distributions")
     doc.paragraph(f"{evaluation.metric} of every run, one row per function; each dot is a run, coloured by "
@@ -139,6 +148,8 @@ def write_report(
         doc.table(*_history_table(history))
     if trials:
         _trials_section(doc, trials, top_trials)
+    if data:
+        _data_section(doc, data)
     _reproduce_section(doc, config, runs, evaluation, command, skipped_files or [])
     _runs_section(doc, runs, evaluation.metric)
 
@@ -326,6 +337,108 @@ def _simplest_form(text: str) -> Any:
 
 SKIPPED_LISTED = 10
 """Skipped images named in the report; statistics.json lists all of them."""
+
+
+CLASS_TABLE_LIMIT = 12
+"""Up to this many classes the Data section tabulates every class per split; beyond, per-split
+totals (a 100-class table buries the few empty cells that matter)."""
+
+CLASSES_LISTED = 20
+"""Class names written out when there are too many to tabulate; statistics.json has them all."""
+
+_SPLIT_LABELS = {"train": "Train", "validation": "Validation", "test": "Test"}
+
+
+def _untrained_note(data: Mapping[str, Any] | None) -> list[str]:
+    """The summary's note on classes with no training image: every image of them is an error,
+    whatever the activation, which a reader of the results should know first."""
+    data = data or {}
+    untrained = data.get("untrained_classes")
+    if untrained is None:  # an older statistics.json: read it off the train counts
+        train = (data.get("class_counts") or {}).get("train") or {}
+        untrained = [name for name, count in train.items() if count == 0]
+    if not untrained:
+        return []
+    return [f"the train split has no images of class(es) {list(untrained)}: the model has an output for each that it "
+            "never trained on, and every validation or test image of them counts as an error (see Data below)."]
+
+
+def _data_section(doc: "_Document", data: Mapping[str, Any]) -> None:
+    """What the run trained and evaluated on, from ExampleGen's statistics.json: a review of
+    image-folder data found the report silent on it, and the loader's warnings gone after the
+    first run."""
+    doc.heading("Data")
+    doc.paragraph(_data_sentence(data))
+    if data.get("summary"):
+        doc.paragraph(f"What ExampleGen read: {data['summary']}.")
+    counts = data.get("class_counts")
+    names = [str(name) for name in data.get("class_names") or []]
+    if isinstance(counts, Mapping) and counts and names and len(names) <= CLASS_TABLE_LIMIT:
+        doc.table(*_class_count_table(counts, names))
+    elif isinstance(counts, Mapping) and counts:
+        doc.table(*_split_total_table(counts))
+        if names:
+            more = f" and {len(names) - CLASSES_LISTED} more" if len(names) > CLASSES_LISTED else ""
+            doc.paragraph(["Classes, in label order: ", _CodeList(names[:CLASSES_LISTED]), more + "."])
+    elif isinstance(data.get("num_examples"), Mapping):  # an older statistics.json: split sizes only
+        doc.table(["Split", "Images"], [[_SPLIT_LABELS.get(split, split), str(count)]
+                                        for split, count in data["num_examples"].items()])
+    notes = [str(note) for note in data.get("notes") or []]
+    if notes:
+        doc.paragraph("ExampleGen's notes on the data (it printed them once, when it read the source):")
+        doc.bullets([(note,) for note in notes])
+
+
+def _data_sentence(data: Mapping[str, Any]) -> list[Any]:
+    """Source, classes, input shape and resize in one paragraph (pieces, the source as code)."""
+    parts: list[Any] = ["Source: ", _Code(str(data.get("source", "unknown")))]
+    if data.get("num_classes") is not None:
+        parts.append(f"; {data['num_classes']} classes")
+    shape = data.get("input_shape")
+    if shape:
+        parts.append("; input shape " + " x ".join(str(d) for d in shape) + " (height x width x channels)")
+    resized = data.get("resized_to")
+    if resized:
+        parts.append(f"; every image resized to {resized[0]} x {resized[1]} (--image_size): resize your own "
+                     "images the same way before the exported model")
+    mean, std = data.get("channel_mean"), data.get("channel_std")
+    if mean and std:
+        parts.append("; normalised with the train split's per-channel mean "
+                     + ", ".join(f"{v:.3f}" for v in mean) + " and std " + ", ".join(f"{v:.3f}" for v in std)
+                     + " (pixels on the 0-1 scale)")
+    parts.append(".")
+    return parts
+
+
+def _class_count_table(counts: Mapping[str, Mapping[str, int]], names: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """Images per class (rows) and split (columns), with totals; an empty cell reads "0 (none)"
+    so a class missing from a split stands out."""
+    splits = [split for split in _SPLIT_LABELS if split in counts] + [s for s in counts if s not in _SPLIT_LABELS]
+
+    def cell(count: int) -> str:
+        return "0 (none)" if count == 0 else str(count)
+
+    rows = []
+    for name in names:
+        per_split = [int((counts[split] or {}).get(name, 0)) for split in splits]
+        rows.append([name] + [cell(c) for c in per_split] + [str(sum(per_split))])
+    totals = [sum(int(v) for v in (counts[split] or {}).values()) for split in splits]
+    rows.append(["All classes"] + [str(t) for t in totals] + [str(sum(totals))])
+    return ["Class"] + [_SPLIT_LABELS.get(split, split) for split in splits] + ["Total"], rows
+
+
+def _split_total_table(counts: Mapping[str, Mapping[str, int]]) -> tuple[list[str], list[list[str]]]:
+    """Per split: images, the smallest and largest class, and the classes without images."""
+    rows = []
+    for split, per_class in counts.items():
+        per_class = {str(k): int(v) for k, v in (per_class or {}).items()}
+        empty = sorted(name for name, count in per_class.items() if count == 0)
+        fewest = min(per_class.items(), key=lambda item: item[1], default=None)
+        most = max(per_class.items(), key=lambda item: item[1], default=None)
+        rows.append([_SPLIT_LABELS.get(split, split), str(sum(per_class.values())),
+                     f"{fewest[1]} ({fewest[0]})" if fewest else "—", f"{most[1]} ({most[0]})" if most else "—",
+                     _shorten(", ".join(empty), 200) if empty else "none"])
+    return ["Split", "Images", "Fewest per class", "Most per class", "Classes without images"], rows
 
 
 def _reproduce_section(doc: "_Document", config: Mapping[str, Any], runs, ev: Evaluation, command: str,

@@ -24,7 +24,8 @@ class ReporterSpec(ComponentSpec):
         "trained_models": InputSpec("TrainedModels"),
         "search_results": InputSpec("SearchResults", optional=True),
         "exported": InputSpec("ExportedActivation", optional=True),
-        "examples": InputSpec("Examples", optional=True, doc="its statistics.json lists images skipped as corrupt"),
+        "examples": InputSpec("Examples", optional=True,
+                              doc="its statistics.json gives the report's Data section (and the images skipped as corrupt)"),
     }
     OUTPUTS = {
         "report": OutputSpec("Report"),
@@ -61,16 +62,11 @@ class ReporterExecutor(BaseExecutor):
         # directory, and a second copy under report/ was byte for byte the same.
         with tempfile.TemporaryDirectory(prefix="function-plots-") as plots_dir:
             plots = draw_function_plots(evaluation, runs, plots_dir)
-            skipped = None
-            if input_dict.get("examples"):
-                from components.example_gen import read_statistics
-
-                skipped = read_statistics(input_dict["examples"][0]).get("skipped_files")
             note = trained.properties.get("shortfall_note")
             _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
                                         function_plots=plots, config=dict(exec_properties["config"]),
                                         title=exec_properties["title"], command=exec_properties["command"],
-                                        exported=read_exported(input_dict), skipped_files=skipped,
+                                        exported=read_exported(input_dict), data=read_data(input_dict),
                                         notes=[note] if note else None)
             self.context.register_result("report", str(html_path))
             self.context.register_result("report_markdown", report.path("report.md"))
@@ -112,6 +108,17 @@ def draw_function_plots(evaluation, runs: list[dict], plots_dir: str) -> dict[st
         activations.plot(stats.function, path, parameters={name: values["mean"] for name, values in learned.items()})
         plots[stats.function] = path
     return plots
+
+
+def read_data(input_dict) -> dict | None:
+    """The Examples' statistics.json for the report's Data section; None when the input is not
+    wired (the report then has no such section). An unreadable file fails the step, as it did
+    when only the skipped files were read from it: the report must not quietly drop the data."""
+    if not input_dict.get("examples"):
+        return None
+    from components.example_gen import read_statistics
+
+    return read_statistics(input_dict["examples"][0])
 
 
 def read_exported(input_dict) -> dict | None:

@@ -826,3 +826,112 @@ def test_the_cache_key_of_folder_data_follows_the_files_the_loader_reads(tmp_pat
     assert second != first
     os.symlink(tmp_path / "gone.png", tmp_path / "images" / "cat" / "2.png")
     assert key() not in (first, second)
+
+
+def test_files_the_folder_loader_does_not_read_leave_the_cache_key_alone(tmp_path):
+    """notes.txt, Thumbs.db, desktop.ini (or touching one) re-ran hours of search; an image, of
+    any extension the loader reads and in any case, still counts."""
+    import os
+
+    from components.example_gen import ExampleGenExecutor
+    from trainer.files import IMAGE_EXTENSIONS
+
+    root = tmp_path / "images"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "0.png").write_bytes(b"a")
+
+    def key():
+        return ExampleGenExecutor.external_fingerprint({"source": f"folder:{root}/"})
+
+    first = key()
+    for name in ("notes.txt", "cat/Thumbs.db", "cat/desktop.ini"):
+        (root / name).write_text("not an image")
+    assert key() == first
+    os.utime(root / "notes.txt", ns=(1, 1))  # `touch`
+    assert key() == first
+    for extension in IMAGE_EXTENSIONS:
+        (root / "cat" / f"new{extension.upper()}").write_bytes(b"b")
+        changed = key()
+        assert changed != first
+        first = changed
+
+
+def test_weak_data_says_first_and_loudest_which_classes_have_no_training_images():
+    from components.example_gen import data_warnings, untrained_classes
+
+    counts = {"train": {"one": 0, "two": 50, "three": 0}, "validation": {"one": 3, "two": 4, "three": 2},
+              "test": {"one": 200, "two": 200, "three": 200}}
+    notes = data_warnings(counts)
+    assert untrained_classes(counts) == ["one", "three"]
+    assert notes[0].startswith("the train split has no images of class(es) ['one', 'three']: the model has an "
+                               "output for each that it never trained on")
+    assert notes[1].startswith("the validation split has only 9 images")
+    assert len(notes) == 2
+    assert untrained_classes({"validation": {"a": 1}}) == []  # an older statistics.json without train counts
+
+
+def test_example_gen_keeps_its_notes_and_the_loaders_warnings_and_says_how_much_it_kept(tmp_path):
+    """Printed once on the terminal, they were gone on a cached re-run: statistics.json keeps
+    them for the report. The terminal also says how many images the folder holds against how
+    many the splits keep (a --max_examples cap was invisible)."""
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from components.base import Artifact, ExecutorContext
+    from components.example_gen import ExampleGenExecutor
+
+    rng = np.random.default_rng(0)
+    layout = {"train": {"two": 30, "three": 30}, "test": {"one": 6, "two": 6, "three": 6}}
+    for split, classes in layout.items():
+        for cls, count in classes.items():
+            os.makedirs(tmp_path / "images" / split / cls)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(
+                    tmp_path / "images" / split / cls / f"{i}.png")
+    (tmp_path / "images" / "train" / "two" / "notes.txt").write_text("not an image")
+    parameters = {"source": f"folder:{tmp_path / 'images'}", "data_dir": None, "validation_fraction": 0.2,
+                  "test_fraction": 0.2, "max_examples": None, "seed": 0, "num_shards": 1, "beam_options": [],
+                  "image_size": None, "skip_corrupt": False}
+
+    def run(**overrides):
+        lines = []
+        examples = Artifact("Examples", str(tmp_path / f"examples{len(os.listdir(tmp_path))}"))
+        os.makedirs(examples.uri)
+        context = ExecutorContext(on_progress=lambda event: lines.append(event.message))
+        ExampleGenExecutor(context).Do({}, {"examples": [examples]}, {**parameters, **overrides})
+        return json.load(open(examples.path("statistics.json"))), lines
+
+    stats, lines = run()
+    assert stats["summary"] == "found 78 images in 3 classes; kept 78 (45 train, 15 validation, 18 test; no cap)"
+    assert stats["found_images"] == 78 and stats["summary"] in lines
+    assert stats["untrained_classes"] == ["one"]
+    assert stats["notes"][0].startswith("the train split has no images of class(es) ['one']")
+    # The loader's own wording is its business: the note says it is the loader's, and names the class.
+    assert stats["notes"][-1].startswith("the loader warned: image folder ") and "['one']" in stats["notes"][-1]
+    assert f"WARNING: {stats['notes'][0]}" in lines  # the loader's own warning was on the terminal already
+    stats, lines = run(max_examples=20)
+    assert stats["summary"] == "found 78 images in 3 classes; kept 20 (12 train, 4 validation, 4 test; max_examples=20)"
+    assert stats["max_examples"] == 20 and sum(stats["num_examples"].values()) == 20
+
+
+def test_the_loaders_warnings_are_kept_for_the_report_and_still_printed(monkeypatch, capsys):
+    """Kept for statistics.json; the terminal shows them as before (Python's last-resort
+    handler, which a handler of ours would otherwise silence), also when the load then fails."""
+    import logging
+
+    from components.example_gen import LoaderWarnings
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in the CLI: nothing configured
+    logger = logging.getLogger("trainer.sources")
+    with pytest.raises(ValueError), LoaderWarnings() as loader:
+        logger.warning("image folder %s: split %r lacks classes %s", "/data", "train", ["one"])
+        logger.warning("image folder %s: split %r lacks classes %s", "/data", "train", ["one"])
+        logger.info("not a warning")
+        raise ValueError("the load fails")
+    assert loader.messages == ["image folder /data: split 'train' lacks classes ['one']"]
+    assert capsys.readouterr().err.count("split 'train' lacks classes ['one']") == 2
+    logger.warning("after the load")
+    assert len(loader.messages) == 1 and loader not in logging.getLogger("trainer").handlers

@@ -422,3 +422,83 @@ def test_expressions_are_written_in_infix_form_and_baselines_by_name(tmp_path):
     labels = [t.get_text() for t in rp._accuracy_plot(st.evaluate(runs), runs).axes[0].get_yticklabels()]
     assert labels == ["relu", "alpha * x + tanh(x)"]
     assert rp.function_label("elu(x)") == "elu(x)" and rp.function_label("gelu") == "gelu"
+
+
+def _statistics(**overrides):
+    """A statistics.json as ExampleGen writes it for a small image folder."""
+    counts = {"train": {"one": 0, "three": 40, "two": 45}, "validation": {"one": 6, "three": 9, "two": 9},
+              "test": {"one": 0, "three": 12, "two": 12}}
+    stats = {"source": "folder:/data/digits", "class_names": ["one", "three", "two"], "num_classes": 3,
+             "input_shape": [16, 16, 3], "num_examples": {"train": 85, "validation": 24, "test": 24},
+             "skipped_files": [], "channel_mean": [0.5, 0.4, 0.3], "channel_std": [0.2, 0.2, 0.25],
+             "class_counts": counts, "resized_to": [16, 16], "found_images": 20000, "max_examples": 133,
+             "summary": "found 20000 images in 3 classes; kept 133 (85 train, 24 validation, 24 test; max_examples=133)",
+             "untrained_classes": ["one"],
+             "notes": ["the train split has no images of class(es) ['one']: the model has an output for each",
+                       "the validation split has only 24 images: one image moves its accuracy by 4.2 pp",
+                       "the test split has no images of class(es) ['one']: its accuracy says nothing about them",
+                       "the loader warned: image folder /data/digits: split 'train' lacks classes ['one']"]}
+    return {**stats, **overrides}
+
+
+def test_the_data_section_shows_source_counts_per_class_and_examplegens_notes(tmp_path, inputs):
+    md_path, html_path = _write(tmp_path, inputs, data=_statistics())
+    md, page = md_path.read_text(), html_path.read_text()
+    data = md.split("## Data")[1].split("## Reproducing this result")[0]
+    assert "Source: `folder:/data/digits`; 3 classes; input shape 16 x 16 x 3" in data
+    assert "every image resized to 16 x 16 (--image_size)" in data
+    assert "What ExampleGen read: found 20000 images in 3 classes; kept 133 (85 train, 24 validation, 24 test; " \
+           "max_examples=133)." in data
+    assert "| Class | Train | Validation | Test | Total |" in data
+    assert "| one | 0 (none) | 6 | 0 (none) | 6 |" in data
+    assert "| All classes | 85 | 24 | 24 | 133 |" in data
+    for note in _statistics()["notes"]:
+        assert f"- {note}" in data and html_lib.escape(note) in page
+    assert "<h2>Data</h2>" in page and "<td><span class=\"nw\">0 (none)</span></td>" in page
+    # A class the model never trained on is said first, in the summary.
+    summary = md.split("## Results")[0]
+    assert "Note: the train split has no images of class(es) ['one']" in summary
+
+
+def test_many_classes_get_per_split_totals_and_a_shortened_class_list(tmp_path, inputs):
+    names = [f"c{i:03d}" for i in range(100)]
+    counts = {split: {name: (0 if (split, name) == ("test", "c007") else 5) for name in names}
+              for split in ("train", "validation", "test")}
+    md = _write(tmp_path, inputs, data=_statistics(class_names=names, num_classes=100, class_counts=counts,
+                                                   untrained_classes=[], notes=[]))[0].read_text()
+    data = md.split("## Data")[1].split("## Reproducing this result")[0]
+    assert "| Split | Images | Fewest per class | Most per class | Classes without images |" in data
+    assert "| Test | 495 | 0 (c007) | 5 (c000) | c007 |" in data
+    assert "| Train | 500 | 5 (c000) | 5 (c000) | none |" in data
+    assert "`c019` and 80 more." in data and "c020" not in data
+    assert "Note: the train split" not in md and "ExampleGen's notes" not in data
+
+
+def test_an_older_statistics_file_or_none_still_gives_a_report(tmp_path, inputs):
+    old = {"source": "embedded:digits", "class_names": [str(d) for d in range(10)], "num_classes": 10,
+           "input_shape": [8, 8, 1], "num_examples": {"train": 1257, "validation": 180, "test": 360},
+           "skipped_files": ["bad.png"]}
+    md = _write(tmp_path, inputs, data=old)[0].read_text()
+    data = md.split("## Data")[1].split("## Reproducing this result")[0]
+    assert "Source: `embedded:digits`; 10 classes; input shape 8 x 8 x 1" in data
+    assert "| Train | 1257 |" in data and "| Test | 360 |" in data
+    assert "1 image file(s) of the data source could not be decoded" in md  # skipped_files from the data
+    assert "Note: the train split" not in md
+    counts = {"train": {"a": 0, "b": 9}, "validation": {"a": 2, "b": 2}, "test": {"a": 3, "b": 3}}
+    md = _write(tmp_path, inputs, data={**old, "class_names": ["a", "b"], "class_counts": counts})[0].read_text()
+    assert "Note: the train split has no images of class(es) ['a']" in md.split("## Results")[0]
+    assert "## Data" not in _write(tmp_path, inputs)[0].read_text()
+    with pytest.raises(rp.ReportError, match="data must be the mapping of statistics.json"):
+        _write(tmp_path, inputs, data=["not", "a", "mapping"])
+
+
+def test_the_reporter_reads_the_data_section_from_the_examples_input_when_wired(tmp_path):
+    from components.base import Artifact
+    from components.reporter import ReporterSpec, read_data
+
+    assert ReporterSpec.INPUTS["examples"].optional  # a DAG without it still runs
+    assert read_data({}) is None and read_data({"examples": []}) is None
+    examples = Artifact("Examples", str(tmp_path / "examples"))
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "statistics.json").write_text(json.dumps(_statistics()))
+    assert read_data({"examples": [examples]}) == _statistics()

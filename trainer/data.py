@@ -34,17 +34,10 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import features as _pil_features
 
 SCHEMES = ("embedded", "tfds", "folder")
 EMBEDDED_SETS = ("digits",)
 SPLITS = ("train", "validation", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + (
-    (".webp",) if _pil_features.check("webp") else ()
-)
-"""File endings read from ``folder:`` sources (case-insensitive). PIL reads TIFF itself; WebP
-only when it was built with libwebp, so ``.webp`` is listed only then (and such files are
-named in a warning otherwise, not dropped in silence)."""
 NORMALIZATIONS = ("per_channel", "unit", "symmetric")
 AUGMENTATIONS = ("crop_flip", "crop", "flip")
 DEFAULT_SOURCE = "embedded:digits"

@@ -31,7 +31,6 @@ from trainer.data import (
     _MAX_LISTED,
     _SPLIT_ALIASES,
     DEFAULT_SOURCE,
-    IMAGE_EXTENSIONS,
     SPLITS,
     CorruptImagesError,
     DataError,
@@ -45,6 +44,7 @@ from trainer.data import (
     _Pool,
     _pool_limit,
 )
+from trainer.files import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
