@@ -136,7 +136,7 @@ def write_report(
     _shapes_section(doc, shapes)
     if history:
         doc.heading("Search progress")
-        doc.paragraph("Best and median fitness (a trial's best validation accuracy, in percent) of each "
+        doc.paragraph(search_sentence(config) + " Best and median fitness (a trial's best validation accuracy, in percent) of each "
                       "generation of trials (a population's worth of "
                       "proposals, whatever the strategy); how many distinct functions the search "
                       "had proposed by the end of the generation (a running total); and how many "
@@ -252,6 +252,25 @@ def _mannwhitney_floor(n: int, m: int) -> float:
 _OLD_RANK = re.compile(r"the search's #(\d+)")
 
 
+def search_sentence(config: Mapping[str, Any]) -> str:
+    """How the search proposed its trials, in words: the progress and trials tables read
+    differently for evolution, an enumeration, random samples or a learning controller."""
+    strategy, space = config.get("strategy", "evolution"), config.get("space", "pangaea")
+    units = config.get("core_units") or (1 if strategy == "exhaustive" else 2)
+    forms = ("every unary and binary form" if not (config.get("unary_forms") or config.get("binary_forms"))
+             else "the chosen unary and binary forms")
+    kinds = {
+        "evolution": f"regularized evolution (PANGAEA's aging selection) over the {space} space, a population of "
+                     f"{config.get('population_size', '?')} with tournaments of {config.get('tournament_size', '?')}",
+        "random": f"independent random samples of the {space} space (the baseline evolution has to beat)",
+        "exhaustive": f"an exhaustive enumeration of the Swish paper's core units ({units} unit{'s' if units > 1 else ''}, "
+                      f"{forms}) in an order the seed fixes",
+        "rl": f"the Swish paper's reinforcement-learning search: a controller trained by REINFORCE on the trials' "
+              f"fitness samples up to {units} core unit{'s' if units > 1 else ''} over {forms}",
+    }
+    return f"The search proposed its trials by {kinds.get(strategy, strategy)}."
+
+
 def _origin_text(origin: str | None) -> str | None:
     """An origin as the report shows it; records written before the rank was spelled out said
     "the search's #3"."""
@@ -261,7 +280,8 @@ def _origin_text(origin: str | None) -> str | None:
 def _origin_note(origins: Mapping[str, str | None]) -> str:
     """What the Origin column means; the rank of a baseline only when one has it."""
     text = ("Origin: where the function came from (a baseline, a function the search started from, or one "
-            "evolution bred), with its trial's id as in the trials table below.")
+            "the search proposed: bred by evolution, enumerated, sampled or chosen by the controller), with its "
+            "trial's id as in the trials table below.")
     if any("the search's rank" in (_origin_text(o) or "") for o in origins.values()):
         text += (" \"Also the search's rank N\": the search found this baseline too, as the N-th best of the "
                  "distinct functions it ranked; it is trained once, as the baseline.")
@@ -299,8 +319,8 @@ def _trials_section(doc: "_Document", trials: Sequence[Mapping[str, Any]], top: 
     best = sorted(trials, key=key)[:top]
     doc.heading(f"Top {len(best)} of {len(trials)} search trials")
     doc.paragraph("Trial is the trial's id (the order in which the search proposed it, from 0, as "
-                  "in the Origin column above and the progress lines); Parents are the ids of the "
-                  "trials it was bred from: earlier trials, not necessarily among those listed here. "
+                  "in the Origin column above and the progress lines); Parents (evolution only) are the ids "
+                  "of the trials it was bred from: earlier trials, not necessarily among those listed here. "
                   "Expressions as the search wrote them (in infix form); where that spelling carries dead "
                   "terms, the last column gives the same function in its simplest form (the form the "
                   "final runs train).")

@@ -502,3 +502,20 @@ def test_the_reporter_reads_the_data_section_from_the_examples_input_when_wired(
     (tmp_path / "examples").mkdir()
     (tmp_path / "examples" / "statistics.json").write_text(json.dumps(_statistics()))
     assert read_data({"examples": [examples]}) == _statistics()
+
+
+def test_the_search_progress_says_how_each_strategy_proposed_its_trials(tmp_path, inputs):
+    said = {}
+    for strategy in ("evolution", "random", "exhaustive", "rl"):
+        config = {"strategy": strategy, "space": "swish" if strategy in ("exhaustive", "rl") else "pangaea",
+                  "population_size": 8, "tournament_size": 3, "core_units": None, "unary_forms": ["x", "tanh(x)"]}
+        md = _write(tmp_path / strategy, inputs, config=config)[0].read_text()
+        progress = md.split("## Search progress", 1)[1].split("\n\n", 2)[1]
+        said[strategy] = progress.split(" Best and median", 1)[0]
+    assert said["evolution"] == ("The search proposed its trials by regularized evolution (PANGAEA's aging "
+                                 "selection) over the pangaea space, a population of 8 with tournaments of 3.")
+    assert "independent random samples of the pangaea space" in said["random"]
+    assert "exhaustive enumeration of the Swish paper's core units (1 unit, the chosen unary and binary forms)" \
+        in said["exhaustive"]
+    assert "controller trained by REINFORCE" in said["rl"] and "up to 2 core units" in said["rl"]
+    assert "one evolution bred" not in md
