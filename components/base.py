@@ -145,6 +145,9 @@ class Parameter:
     A default of None makes None an accepted value. `in_cache_key=False` marks a parameter that
     says how the work runs, not what it computes (parallelism, runner options): changing it
     neither invalidates cached results nor restarts interrupted work from scratch.
+    `in_resume_key=False` marks one that changes the result but not the work an interrupted
+    execution has done so far (a search's `max_trials`, the final runs' `seeds`): a finished
+    execution is not reused under a new value, but an unfinished one continues under it.
     """
 
     type: type
@@ -152,6 +155,7 @@ class Parameter:
     choices: tuple | None = None
     doc: str = ""
     in_cache_key: bool = True
+    in_resume_key: bool = True
 
     @property
     def required(self) -> bool:

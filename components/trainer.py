@@ -34,10 +34,12 @@ class TrainerSpec(ComponentSpec):
     OUTPUTS = {"trained_models": OutputSpec("TrainedModels")}
     PARAMETERS = {
         "train_config": Parameter(dict, doc="trainer.train.TrainConfig fields shared by every run"),
-        "baselines": Parameter(list, default=["relu", "swish", "gelu"]),
-        "functions": Parameter(list, default=[], doc="further expressions to train"),
-        "top_k": Parameter(int, default=3),
-        "seeds": Parameter(int, default=3),
+        # Runs are named by function and seed: an interrupted step keeps the finished ones
+        # when functions or seeds are added or removed.
+        "baselines": Parameter(list, default=["relu", "swish", "gelu"], in_resume_key=False),
+        "functions": Parameter(list, default=[], doc="further expressions to train", in_resume_key=False),
+        "top_k": Parameter(int, default=3, in_resume_key=False),
+        "seeds": Parameter(int, default=3, in_resume_key=False),
         "parallelism": Parameter(int, default=1, in_cache_key=False),
         "beam_options": Parameter(list, default=[], in_cache_key=False),
     }

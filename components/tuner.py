@@ -60,14 +60,15 @@ class TunerSpec(ComponentSpec):
         "core_units": Parameter(int, default=None, doc="exhaustive / rl: 1 or 2 (None: 1 for exhaustive, 2 for rl)"),
         "unary_forms": Parameter(list, default=[], doc="exhaustive / rl: the core units' unary forms (empty: all)"),
         "binary_forms": Parameter(list, default=[], doc="exhaustive / rl: the core units' binary forms (empty: all)"),
-        "max_trials": Parameter(int, default=24),
+        # An interrupted search continues under a new budget (the oracle keeps its trials).
+        "max_trials": Parameter(int, default=24, in_resume_key=False),
         "population_size": Parameter(int, default=8),
         "tournament_size": Parameter(int, default=3),
         "train_examples": Parameter(int, default=None, doc="cap on training examples per trial"),
         # Kept in the cache key: above 1, trials are proposed a generation at a time.
         "parallel_trials": Parameter(int, default=1),
         "beam_options": Parameter(list, default=[], in_cache_key=False),
-        "top_k": Parameter(int, default=3),
+        "top_k": Parameter(int, default=3, in_resume_key=False),
         "seed": Parameter(int, default=0),
         "stop_quantile": Parameter(float, default=None,
                                    doc="stop a trial after an epoch below this quantile of earlier trials "

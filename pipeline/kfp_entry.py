@@ -210,7 +210,8 @@ def run_step(plan_json: str, artifacts: Mapping[str, Any], exec_properties: str,
     if key is not None:
         for name, arts in output_dict.items():
             arts[0].fingerprint = output_fingerprint(key, name)
-    resume_dir = resume_dir_for(resume_root, cid, key) if key else None
+    resume_dir = resume_dir_for(resume_root, cid, step_cache_key(plan, input_dict, properties, for_resume=True)) \
+        if key else None
     cached = step_cache.entry_path(resume_root, cid, key) if key and plan.get("cache") else None
 
     reused = _reuse(cached, output_dict) if cached else None
@@ -241,14 +242,15 @@ def _reuse(cached: str, output_dict: Mapping[str, list[Artifact]]
 
 
 def step_cache_key(plan: Mapping[str, Any], input_dict: Mapping[str, list[Artifact]],
-                   exec_properties: Mapping[str, Any]) -> str | None:
-    """The local runner's cache key of this step, or None when an input carries no
-    fingerprint (it was not made by one of these steps), so its key cannot be known."""
+                   exec_properties: Mapping[str, Any], *, for_resume: bool = False) -> str | None:
+    """The local runner's cache key (`for_resume`: resume key) of this step, or None when an
+    input carries no fingerprint (it was not made by one of these steps), so its key cannot be
+    known."""
     if any(a.fingerprint is None for arts in input_dict.values() for a in arts):
         return None
     return cache_key(plan["component_id"], plan["component_type"],
                      load_spec_class(plan["spec"]), load_executor_class(plan["executor"]),
-                     exec_properties, input_dict)
+                     exec_properties, input_dict, for_resume=for_resume)
 
 
 def _parse_properties(cid: str, exec_properties: str) -> dict[str, Any]:

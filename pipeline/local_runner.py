@@ -88,17 +88,22 @@ class RunResult:
         return self.components[component_id].outputs[name][0]
 
 
-def compute_cache_key(component: Component, input_dict: dict[str, list[Artifact]]) -> str:
-    """Hash of component identity, executor code version, parameters and input fingerprints."""
+def compute_cache_key(component: Component, input_dict: dict[str, list[Artifact]], *,
+                      for_resume: bool = False) -> str:
+    """Hash of component identity, executor code version, parameters and input fingerprints
+    (`for_resume`: without the parameters an unfinished execution may continue under)."""
     return cache_key(component.id, component.type_name, component.SPEC_CLASS,
-                     component.EXECUTOR_CLASS, component.exec_properties, input_dict)
+                     component.EXECUTOR_CLASS, component.exec_properties, input_dict, for_resume=for_resume)
 
 
 def cache_key(component_id: str, component_type: str, spec: type[ComponentSpec],
               executor: type[BaseExecutor], exec_properties: Mapping[str, Any],
-              input_dict: Mapping[str, list[Artifact]]) -> str:
+              input_dict: Mapping[str, list[Artifact]], *, for_resume: bool = False) -> str:
     """`compute_cache_key` from its parts, for a Kubeflow step, which has no `Component` but
     must name its resume directory exactly as this runner does."""
+    def counts(parameter) -> bool:
+        return parameter.in_cache_key and (parameter.in_resume_key or not for_resume)
+
     payload = {
         "component_id": component_id,
         "component_type": component_type,
@@ -106,7 +111,7 @@ def cache_key(component_id: str, component_type: str, spec: type[ComponentSpec],
         "executor": executor_path(executor),
         "executor_version": executor.code_version(),
         "exec_properties": {name: value for name, value in exec_properties.items()
-                            if spec.PARAMETERS[name].in_cache_key},
+                            if counts(spec.PARAMETERS[name])},
         "external": executor.external_fingerprint(exec_properties),
         "inputs": {name: [a.fingerprint for a in arts] for name, arts in input_dict.items()},
     }
@@ -120,8 +125,9 @@ def output_fingerprint(key: str, output_name: str) -> str:
 
 
 def resume_dir_for(root: str, component_id: str, key: str) -> str:
-    """Where an execution with cache key `key` keeps its resume state under `root`: the same
-    settings find the same directory again, changed settings a fresh one."""
+    """Where an execution with resume key `key` (`cache_key(..., for_resume=True)`) keeps its
+    resume state under `root`: the same settings find the same directory again, changed settings
+    a fresh one (except the parameters marked `in_resume_key=False`)."""
     return os.path.join(root, component_id, ".resume", key[:16])
 
 
@@ -329,7 +335,7 @@ class _Run:
                                          component.exec_properties, input_dict)
         staged = {name: (os.path.join(self.root, cid, name, f".{eid}.tmp"),
                          os.path.join(self.root, cid, name, str(eid))) for name in spec.OUTPUTS}
-        resume_dir = resume_dir_for(self.root, cid, key)
+        resume_dir = resume_dir_for(self.root, cid, compute_cache_key(component, input_dict, for_resume=True))
         start = time.monotonic()
         try:  # from here on every error is recorded against this execution
             self.doc["components"][cid] = {"state": "running", "execution_id": eid}

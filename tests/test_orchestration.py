@@ -408,6 +408,36 @@ def test_resume_dir_lets_long_work_continue_after_failure(env, monkeypatch):
     assert steps[0].eta_s is not None and "(4/5" in str(steps[0])
 
 
+class ExtendableSearchSpec(SearchSpec):
+    PARAMETERS = {"steps": Parameter(int, default=5, in_resume_key=False)}
+
+
+class ExtendableSearch(Component):
+    SPEC_CLASS, EXECUTOR_CLASS = ExtendableSearchSpec, SearchExecutor
+
+
+def test_an_unfinished_step_continues_under_a_new_budget_but_a_finished_one_is_not_reused(env, monkeypatch):
+    """A search's budget (`in_resume_key=False`): raising it after a crash keeps the steps done."""
+    root, calls = env
+
+    def pipeline(steps):
+        source = Source()
+        return Pipeline("search", [source, ExtendableSearch(component_id="search", numbers=source.outputs["numbers"],
+                                                            steps=steps)], root)
+
+    monkeypatch.setenv("TOY_FAIL_AT_STEP", "4")
+    with pytest.raises(PipelineError, match="stopped at step 4"):
+        LocalRunner().run(pipeline(5))
+    monkeypatch.delenv("TOY_FAIL_AT_STEP")
+    result = LocalRunner().run(pipeline(7))
+    assert calls("search") == 4 + 4                   # steps 4 to 7: the three done were kept
+    assert _read(result.output("search", "best")) == [7.0]
+    assert states(LocalRunner().run(pipeline(7)))["search"] == "CACHED"
+    result = LocalRunner().run(pipeline(8))           # a finished search is not stretched: a new one
+    assert states(result)["search"] == "COMPLETE" and calls("search") == 8 + 8
+    assert _read(result.output("search", "best")) == [8.0]
+
+
 def test_the_eta_of_a_resumed_step_follows_this_attempts_pace(monkeypatch):
     import components.base as base
 
