@@ -333,8 +333,7 @@ class _Run:
         cid, spec = component.id, component.SPEC_CLASS
         eid = self.store.start_execution(self.run_id, cid, component.type_name, key,
                                          component.exec_properties, input_dict)
-        staged = {name: (os.path.join(self.root, cid, name, f".{eid}.tmp"),
-                         os.path.join(self.root, cid, name, str(eid))) for name in spec.OUTPUTS}
+        staged = {name: _output_dirs(self.root, cid, name, eid, self.run_id) for name in spec.OUTPUTS}
         resume_dir = resume_dir_for(self.root, cid, compute_cache_key(component, input_dict, for_resume=True))
         start = time.monotonic()
         try:  # from here on every error is recorded against this execution
@@ -430,6 +429,20 @@ def _joined(problems: list[str]) -> str:
     return "; ".join(problems)
 
 
+def _output_dirs(root: str, cid: str, name: str, eid: int, run_id: str) -> tuple[str, str]:
+    """(staging, final) directory of an output of execution `eid`: `<eid>`, or `<eid>-<run id>`
+    when that name is taken on disk. A store that lost its records (metadata.sqlite deleted or
+    truncated) numbers executions from 1 again; the directories of the lost executions are left
+    alone rather than clobbered (a rename onto them failed, or replaced an empty one)."""
+    base = os.path.join(root, cid, name)
+    for label in (str(eid), f"{eid}-{run_id}"):
+        tmp, final = os.path.join(base, f".{label}.tmp"), os.path.join(base, label)
+        if not os.path.lexists(tmp) and not os.path.lexists(final):
+            return tmp, final
+    raise PipelineError(f"component {cid!r}: the output directories of execution {eid} already exist under "
+                        f"{base} (from a run {run_id!r}?); move them away and run again", component_id=cid)
+
+
 def _stage_outputs(spec: type[ComponentSpec], key: str,
                    staged: dict[str, tuple[str, str]]) -> dict[str, list[Artifact]]:
     """Creates the staging directories the executor writes into (published by `_publish`)."""
@@ -482,6 +495,9 @@ def _published_path(path: str, staged: dict[str, tuple[str, str]]) -> str:
 
 def _remove_partial_outputs(root: str, execution: md.ExecutionRecord) -> None:
     pattern_dirs = (f".{execution.id}.tmp", str(execution.id))
+    if execution.run_id:  # `_output_dirs`' second choice
+        label = glob.escape(f"{execution.id}-{execution.run_id}")
+        pattern_dirs += (f".{label}.tmp", label)
     for name in pattern_dirs:
         for path in glob.glob(os.path.join(glob.escape(root), glob.escape(execution.component_id),
                                            "*", name)):

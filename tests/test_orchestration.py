@@ -438,6 +438,20 @@ def test_an_unfinished_step_continues_under_a_new_budget_but_a_finished_one_is_n
     assert _read(result.output("search", "best")) == [8.0]
 
 
+def test_a_lost_metadata_store_does_not_clobber_the_outputs_on_disk(env):
+    """A deleted or truncated metadata.sqlite numbers executions from 1 again: its first rerun
+    used to fail renaming onto the earlier `<component>/<output>/1`."""
+    root, calls = env
+    first = LocalRunner().run(build(root))
+    published = first.output("scale", "scaled").uri
+    (root / "metadata.sqlite").write_bytes(b"")
+    second = LocalRunner().run(build(root))
+    assert set(states(second).values()) == {"COMPLETE"} and total_of(second) == total_of(first)
+    again = second.output("scale", "scaled").uri
+    assert again != published and os.path.basename(again) == f"{os.path.basename(published)}-{second.run_id}"
+    assert _read(first.output("scale", "scaled")) == _read(second.output("scale", "scaled"))  # both kept
+
+
 def test_the_eta_of_a_resumed_step_follows_this_attempts_pace(monkeypatch):
     import components.base as base
 
