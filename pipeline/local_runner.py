@@ -218,9 +218,10 @@ class _Run:
 
     def __init__(self, pipeline: Pipeline, store: md.MetadataStore, run_id: str,
                  emit: Callable[[ProgressEvent], None]) -> None:
-        self.pipeline, self.store, self.run_id, self.emit = pipeline, store, run_id, emit
+        self.pipeline, self.store, self.run_id = pipeline, store, run_id
         self.root = pipeline.pipeline_root
         self.run_json = os.path.join(self.root, "run.json")
+        self.emit = _with_heartbeat(emit, self.run_json)
         self.produced: dict[tuple[str, str], list[Artifact]] = {}
         self.components: dict[str, ComponentResult] = {}
         self.results: dict[str, str] = {}
@@ -542,6 +543,26 @@ def _exclusive(root: str) -> Iterator[None]:
         yield
 
 
+def _with_heartbeat(emit: Callable[[ProgressEvent], None], run_json: str) -> Callable[[ProgressEvent], None]:
+    """`emit` that also touches run.json: its time then says when a run that was killed was last
+    alive, which the next run records as its end (`locked_store`) instead of its own start."""
+    def emit_and_touch(event: ProgressEvent) -> None:
+        emit(event)
+        try:
+            os.utime(run_json)
+        except OSError:
+            pass  # not written yet, or a full disk: the end time is then only less exact
+
+    return emit_and_touch
+
+
+def _last_alive(root: str) -> float | None:
+    try:
+        return os.path.getmtime(os.path.join(root, "run.json"))
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def locked_store(root: str, metadata_path: str | None = None) -> Iterator[md.MetadataStore]:
     """Holds pipeline_root's run lock and opens its metadata store for one run. Both runners
@@ -554,7 +575,7 @@ def locked_store(root: str, metadata_path: str | None = None) -> Iterator[md.Met
         with store:
             with _store_errors(path):
                 stale = store.mark_interrupted(
-                    "interrupted: the process running it stopped before it finished")
+                    "interrupted: the process running it stopped before it finished", last_alive=_last_alive(root))
             for execution in stale:
                 _remove_partial_outputs(root, execution)
             yield store

@@ -207,17 +207,19 @@ class MetadataStore:
             (cache_key, COMPLETE))
         return [_execution(r) for r in rows]
 
-    def mark_interrupted(self, reason: str) -> list[ExecutionRecord]:
+    def mark_interrupted(self, reason: str, last_alive: float | None = None) -> list[ExecutionRecord]:
         """Marks RUNNING executions and runs INTERRUPTED (left by a process that died); returns
-        those executions so their partial outputs can be cleaned up."""
+        those executions so their partial outputs can be cleaned up. Their end time is
+        `last_alive` (when the dead process was last seen) when known and not before their start;
+        else now, which makes a run killed yesterday look as if it took a day."""
         stale = [_execution(r) for r in self._conn.execute(
             "SELECT * FROM executions WHERE state = ?", (RUNNING,))]
-        now = time.time()
+        end = time.time() if last_alive is None else min(last_alive, time.time())
         with self._conn:
-            self._conn.execute("UPDATE executions SET state = ?, end_time = ?, error = ? "
-                               "WHERE state = ?", (INTERRUPTED, now, reason, RUNNING))
-            self._conn.execute("UPDATE runs SET status = ?, end_time = ?, error = ? "
-                               "WHERE status = ?", (INTERRUPTED, now, reason, RUNNING))
+            self._conn.execute("UPDATE executions SET state = ?, end_time = MAX(start_time, ?), error = ? "
+                               "WHERE state = ?", (INTERRUPTED, end, reason, RUNNING))
+            self._conn.execute("UPDATE runs SET status = ?, end_time = MAX(start_time, ?), error = ? "
+                               "WHERE status = ?", (INTERRUPTED, end, reason, RUNNING))
         return stale
 
     def get_execution(self, execution_id: int) -> ExecutionRecord | None:

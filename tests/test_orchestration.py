@@ -334,6 +334,8 @@ def test_killed_process_leaves_running_execution_treated_as_unfinished(env):
     assert doc["status"] == "running" and doc["components"]["scale"]["state"] == "running"
     killed_id = doc["components"]["scale"]["execution_id"]
     assert (root / "scale" / "scaled" / f".{killed_id}.tmp").is_dir()
+    last_alive = os.path.getmtime(root / "run.json")
+    time.sleep(1.0)
 
     result = LocalRunner().run(build(root))
     assert states(result) == {"source": "CACHED", "scale_b": "CACHED", "scale": "COMPLETE",
@@ -342,7 +344,11 @@ def test_killed_process_leaves_running_execution_treated_as_unfinished(env):
     with MetadataStore(result.metadata_path) as store:
         killed = store.get_execution(killed_id)
         assert killed.state == "INTERRUPTED" and "interrupted" in killed.error
-        assert store.get_run(doc["run_id"]).status == "INTERRUPTED"
+        run = store.get_run(doc["run_id"])
+        assert run.status == "INTERRUPTED"
+        # Its end is when the killed process was last alive (run.json's time), not when the
+        # next run noticed: `actsearch runs` then shows how long it really ran.
+        assert run.end_time == pytest.approx(last_alive, abs=0.5) and killed.end_time == pytest.approx(last_alive, abs=0.5)
 
 
 def test_sigterm_is_recorded_as_an_interruption_and_the_next_run_resumes(env, tmp_path):
