@@ -70,13 +70,14 @@ class ReporterExecutor(BaseExecutor):
                                         notes=[note] if note else None)
             self.context.register_result("report", str(html_path))
             self.context.register_result("report_markdown", report.path("report.md"))
-            self._write_tensorboard(logdir.uri, trained.uri, runs, trials, history, plots)
+            self._write_tensorboard(logdir.uri, trained.uri, runs, trials, history, plots,
+                                    (exec_properties.get("config") or {}).get("strategy"))
         self.context.progress(f"report written: {os.path.basename(html_path)}, report.md and {len(plots)} "
                               "function plots")
 
     @staticmethod
     def _write_tensorboard(logdir: str, trained_uri: str, runs: list[dict], trials: list[dict] | None,
-                           history: list[dict] | None, plots: dict[str, str]) -> None:
+                           history: list[dict] | None, plots: dict[str, str], strategy: str | None = None) -> None:
         """HParams, function images, evolution and each final run's own Keras logs under `logdir`."""
         from components import tb_summaries
 
@@ -90,7 +91,7 @@ class ReporterExecutor(BaseExecutor):
         tb_summaries.write_hparams(logdir, tb_runs, trials or None)
         tb_summaries.write_function_images(logdir, plots)
         if history:
-            tb_summaries.write_evolution(logdir, history)
+            tb_summaries.write_evolution(logdir, history, strategy=strategy)
         for index, path in keras_logs.items():
             run = runs[index]
             target = os.path.join(logdir, tb_summaries.final_run_name(run["function"], run["seed"]))
