@@ -48,7 +48,13 @@ Decisions:
   workers stay until the last result is in (retries can still be served; KerasTuner's chief
   would otherwise wait 20 s polls for them).
 * All state is plain JSON (`get_state` / `set_state`, RNG state included) and every file the
-  oracle writes is written atomically (temporary file + rename). `reload()` repairs the windows in
+  oracle writes is written atomically and durably (temporary file synced, renamed, directory
+  synced), the oracle's state keeping its last good version as ``oracle.json.previous``. A file
+  found unreadable on resume anyway (empty or cut short: a damaged disk, a file system without
+  these guarantees) is named, never a bare json error: the oracle's state falls back to the
+  previous save (safe: see `_read_own_state`); a trial's ``trial.json`` is rebuilt from the
+  oracle's record of the trial (its result kept, or, when the oracle had not recorded one, the
+  trial runs again); what cannot be recovered fails saying what to do. `reload()` repairs the windows in
   which a process can die between two writes: a trial file written but never recorded is dropped
   (its proposal is made again from the saved RNG state), and a trial that ended on disk but not in
   the oracle state is finished rather than re-run. A Tuner killed before it first wrote its own
@@ -84,7 +90,9 @@ import keras
 import keras_tuner
 import numpy as np
 from keras_tuner.engine.trial import Trial, TrialStatus
+from keras_tuner.src.backend import io as backend_io
 from keras_tuner.src.engine import metrics_tracking
+from keras_tuner.src.engine.objective import MultiObjective
 
 from activations import space as space_module
 from activations.controller import CoreUnitController
@@ -189,18 +197,129 @@ def _rng_state_from_json(data) -> tuple:
     return (version, tuple(internal), gauss)
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    """Write JSON so a reader sees the old or the new content, never a torn file."""
+PREVIOUS_SUFFIX = ".previous"
+"""`<project>/oracle.json.previous`: the oracle's state as it was before its last save."""
+
+
+class StateFileError(RuntimeError):
+    """A saved-state file that cannot be used to resume: empty, cut short, not JSON, or missing.
+
+    The message names the file (json's own error does not) and, where raised to the user, says
+    what to do; `path` is the file.
+    """
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def _read_json(path: str) -> dict:
+    """The JSON object in `path`, or `StateFileError` naming the file and why it is unusable.
+
+    A crash at power loss after an un-synced write, or a full disk, leaves a file empty or cut
+    short, and json's own error ("Expecting value: line 1 column 1") names no file. Errors of
+    the file system itself (permissions, I/O) are not caught: they already name the file, and
+    the file is not lost.
+    """
+    remote = "://" in path
+    if not (backend_io.exists(path) if remote else os.path.exists(path)):
+        raise StateFileError(path, f"{path} is missing")
+    with (backend_io.File(path, "r") if remote else open(path)) as handle:
+        try:
+            text = handle.read()
+        except UnicodeDecodeError:
+            raise StateFileError(path, f"{path} is not text (damaged)") from None
+    if not text.strip():
+        raise StateFileError(path, f"{path} is empty ({len(text)} bytes), as a write lost at a crash or on a full "
+                                   "disk leaves it")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise StateFileError(path, f"{path} is not complete JSON ({error}; {len(text)} bytes), as a write cut short "
+                                   "by a crash or a full disk leaves it") from None
+    if not isinstance(obj, dict):
+        raise StateFileError(path, f"{path} holds a JSON {type(obj).__name__}, not the object a saved state is")
+    return obj
+
+
+def _write_json_atomic(path: str, obj, keep_previous: bool = False) -> None:
+    """Write JSON so a reader sees the old or the new content, never a torn file, even after a
+    power loss: the data is synced before the rename and the directory after it (a rename alone
+    can reach the disk before the data, leaving an empty file under the new name).
+
+    `keep_previous` first keeps the current file, when it is readable, as ``path.previous``:
+    the fallback `EvolutionaryOracle.reload` uses if the file is ever found unreadable anyway
+    (a file system without these guarantees, a damaged disk, a file an older version wrote).
+    """
     text = json.dumps(obj)
     if "://" in path:  # remote file systems: KerasTuner's own writer
         from keras_tuner.src import utils
 
         utils.save_json(path, obj)
         return
+    if keep_previous:
+        _keep_previous(path)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)  # a full disk: leave no partial file behind
+        raise
+    _fsync_directory(os.path.dirname(path))
+
+
+def _keep_previous(path: str) -> None:
+    """Keep `path` as ``path.previous`` (a hard link: no copy, and the data was synced when it
+    was written). An unreadable or missing `path` is not kept: the older good copy stays."""
+    try:
+        _read_json(path)
+    except StateFileError:
+        return
+    previous = path + PREVIOUS_SUFFIX
+    tmp = f"{previous}.tmp{os.getpid()}"
+    _remove_quietly(tmp)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _read_trial(path: str) -> Trial:
+    """KerasTuner's `Trial.load`, with an unreadable file a `StateFileError` naming it."""
+    try:
+        return Trial.from_state(_read_json(path))
+    except KeyError as error:
+        raise StateFileError(path, f"{path} lacks {error} and is not a trial's state") from None
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in `directory` durable (POSIX; skipped where directories cannot be opened)."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 class EvolutionaryOracle(keras_tuner.Oracle):
@@ -570,9 +689,10 @@ class EvolutionaryOracle(keras_tuner.Oracle):
     # --- persistence -----------------------------------------------------------------------------
 
     def save(self):
+        """Write the state, keeping the last good one as ``oracle.json.previous`` (`reload`)."""
         self._synced = True
         if self._has_project_dir():
-            _write_json_atomic(self._get_oracle_fname(), self.get_state())
+            _write_json_atomic(self._get_oracle_fname(), self.get_state(), keep_previous=True)
 
     def _save_trial(self, trial):
         if self._has_project_dir():
@@ -580,11 +700,127 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             _write_json_atomic(path, trial.get_state())
 
     def reload(self):
-        super().reload()
+        """KerasTuner's reload (the trial files, then the oracle's state; the trials that were
+        running are queued to run again), done here so that an unreadable file is named and,
+        where that is safe, worked around (`_read_own_state`, `_load_trials`) rather than
+        failing every rerun with json's bare error; then the repairs of `_reconcile`."""
+        state = self._read_own_state()
+        rerun = self._load_trials(state)
+        try:
+            self.set_state(state)
+        except KeyError as error:  # as KerasTuner's reload
+            raise RuntimeError(
+                f"{self._get_oracle_fname()} lacks {error} and is not an oracle's state: pass overwrite=True or "
+                f"another project_name to start a new search instead of reloading {self._project_dir}"
+            ) from error
+        for trial in self.ongoing_trials.values():
+            self._retry_queue.append(trial.trial_id)
+        self.ongoing_trials = {}
+        self._run_again(rerun)
         self._queue_unfinished_in_start_order()
         self._synced = True
         self._reconcile()
         self.save()
+
+    def _read_own_state(self) -> dict:
+        """The oracle's saved state, or the one before it when the file is unreadable.
+
+        Falling back one save is safe because the trial files are the record of what ran, and
+        each is written before the oracle's state that refers to it: one save back, either a
+        trial that ended on disk is not yet in the population (`_reconcile` ingests it from its
+        file, once: it is ingested only while its record still says running), or the last
+        proposal is not yet recorded (its file is dropped and the proposal made again from the
+        saved random state, as after a kill at that point). No finished trial is lost or counted twice;
+        a retried trial may get one extra attempt.
+        """
+        path = self._get_oracle_fname()
+        try:
+            return _read_json(path)
+        except StateFileError as error:
+            current = error
+        previous = path + PREVIOUS_SUFFIX
+        try:
+            state = _read_json(previous)
+        except StateFileError as error:
+            raise StateFileError(
+                path, f"cannot resume the search: {current}, and so is its previous copy ({error}). Restore one of "
+                "them from a backup, or start a new search (overwrite=True or another project name); the finished "
+                "trials' results are in the trial_*/trial.json files next to them") from None
+        warnings.warn(f"{current}; resuming from the previous save, {previous}: the last save (at most one trial's "
+                      "bookkeeping) is redone from the trial files", RuntimeWarning, stacklevel=3)
+        return state
+
+    def _load_trials(self, state: dict) -> list[str]:
+        """Read every ``trial_*/trial.json`` as KerasTuner does; rebuild a recorded trial whose
+        file is unreadable or missing from the oracle's record of it (`_trial_from_record`).
+        Returns the ids of those rebuilt trials whose result is lost, which must run again.
+
+        An unreadable file of a trial the state never recorded is skipped: `_reconcile` would
+        drop that trial anyway, and its proposal, made again, writes the file afresh."""
+        unreadable = {}
+        for path in backend_io.glob(os.path.join(self._project_dir, "trial_*", "trial.json")):
+            try:
+                trial = _read_trial(path)
+            except StateFileError as error:
+                unreadable[os.path.basename(os.path.dirname(path))[len("trial_"):]] = error
+                continue
+            self.trials[trial.trial_id] = trial
+        rerun = []
+        for trial_id in state.get("start_order") or []:
+            if trial_id in self.trials:
+                continue
+            path = os.path.join(self._get_trial_dir(trial_id), "trial.json")
+            error = unreadable.get(trial_id) or StateFileError(path, f"{path} is missing")
+            trial, result_known = self._trial_from_record(trial_id, state, error)
+            self.trials[trial_id] = trial
+            self._save_trial(trial)  # a readable file again: the next resume has nothing to repair
+            if not result_known:
+                rerun.append(trial_id)
+        return rerun
+
+    def _trial_from_record(self, trial_id: str, state: dict, error: StateFileError) -> tuple[Trial, bool]:
+        """A KerasTuner trial rebuilt from the oracle's record of it (function, lineage, status,
+        fitness), and whether its result was recorded. A finished trial keeps its result (its
+        score; other metrics and the message of a failure are lost with the file); one the
+        oracle had not seen end gets no result and runs again (`_run_again`)."""
+        info = ((state.get("evolution") or {}).get("individuals") or {}).get(trial_id)
+        if info is None:
+            raise StateFileError(
+                error.path, f"{error}, and the oracle's state has no record of trial {trial_id} to rebuild it from: "
+                f"restore the file from a backup, or start a new search (overwrite=True or another project name)")
+        config = state.get("hyperparameters") or self.hyperparameters.get_config()
+        space = keras_tuner.HyperParameters.from_config(config)
+        values = self._default_values(space)
+        values.update({GENOME: info["expression"], PARENTS: ",".join(info["parents"]),
+                       GENERATION: info["generation"], OPERATOR: info["operator"]})
+        space.values = values
+        statuses = {_COMPLETED: TrialStatus.COMPLETED, _FAILED: TrialStatus.FAILED}
+        status = statuses.get(info["status"], TrialStatus.RUNNING)
+        trial = Trial(space, trial_id=trial_id, status=status)
+        if status == TrialStatus.COMPLETED:
+            trial.score, trial.best_step = info["fitness"], 0
+            if not isinstance(self.objective, MultiObjective):
+                trial.metrics.register(self.objective.name, direction=self.objective.direction)
+                trial.metrics.update(self.objective.name, info["fitness"], step=0)
+            outcome = (f"rebuilt trial {trial_id} from the oracle's record, with its fitness {info['fitness']!r} "
+                       "(its other metrics are lost)")
+        elif status == TrialStatus.FAILED:
+            trial.message = f"failed; its error message was lost with its unreadable trial.json ({error})"
+            outcome = f"rebuilt trial {trial_id} from the oracle's record, as failed (its error message is lost)"
+        else:
+            outcome = f"the oracle had not recorded trial {trial_id}'s result ({info['expression']}): it runs again"
+        warnings.warn(f"{error}; {outcome}", RuntimeWarning, stacklevel=4)
+        return trial, status != TrialStatus.RUNNING
+
+    def _run_again(self, trial_ids: Sequence[str]) -> None:
+        """Queue rebuilt trials whose result was lost to run again; one that had ended on disk
+        is taken off the ended trials, and its run is not counted against its retries."""
+        for trial_id in trial_ids:
+            if trial_id in self.end_order:
+                self.end_order.remove(trial_id)
+                self._run_times[trial_id] = max(0, self._run_times[trial_id] - 1)
+            if trial_id not in self._retry_queue:
+                self._retry_queue.append(trial_id)
 
     def _queue_unfinished_in_start_order(self) -> None:
         """KerasTuner's reload appends the trials that were running to the retry queue, which
@@ -604,7 +840,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         if self._synced:
             return
         self._synced = True
-        if self._has_project_dir() and not self.trials and os.path.exists(self._get_oracle_fname()):
+        fname = self._get_oracle_fname() if self._has_project_dir() else None
+        if fname and not self.trials and (os.path.exists(fname) or os.path.exists(fname + PREVIOUS_SUFFIX)):
             self.reload()
 
     def _reconcile(self) -> None:
@@ -641,10 +878,11 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             self._generations.append({"proposed": 0, "duplicates": 0, "rejected": 0})
         return self._generations[generation]
 
-    def _default_values(self) -> dict:
-        """Default values of the other (active) hyper-parameters a hypermodel declared."""
+    def _default_values(self, space: keras_tuner.HyperParameters | None = None) -> dict:
+        """Default values of the other (active) hyper-parameters a hypermodel declared (in
+        `space`, the oracle's own by default)."""
         hps = keras_tuner.HyperParameters()
-        for hp in self.hyperparameters.space:
+        for hp in (space or self.hyperparameters).space:
             hps.merge([hp])
             if hps.is_active(hp):
                 hps.values[hp.name] = hp.default
@@ -1119,6 +1357,29 @@ class EvolutionaryTuner(keras_tuner.Tuner):
         super().__init__(oracle=EvolutionaryOracle(**oracle_kwargs), hypermodel=hypermodel, **kwargs)
         self._fit_epochs: int | None = None  # of the running trial's `fit`, once it starts (`_FitEpochs`)
         self._ctrl_c = CtrlC()
+
+    def save(self):
+        """KerasTuner's save, with the tuner's own ``<tuner_id>.json`` written atomically too
+        (KerasTuner writes it in place, so a crash can leave it empty)."""
+        if not self._is_worker():
+            self.oracle.save()
+        _write_json_atomic(self._get_tuner_fname(), self.get_state())
+
+    def reload(self):
+        """KerasTuner's reload, where an unreadable ``<tuner_id>.json`` is named and then
+        ignored: KerasTuner's Tuner keeps nothing in it (its state is ``{}``), so nothing is lost."""
+        if not self._is_worker():
+            self.oracle.reload()
+        try:
+            state = _read_json(self._get_tuner_fname())
+        except StateFileError as error:
+            if type(self).get_state is not EvolutionaryTuner.get_state:  # a subclass that keeps state there
+                raise StateFileError(error.path, f"{error}: restore it from a backup, or delete it to resume "
+                                                 f"without {type(self).__name__}'s own state") from None
+            warnings.warn(f"{error}; it holds no search state, so the search resumes without it",
+                          RuntimeWarning, stacklevel=2)
+            state = {}
+        self.set_state(state)
 
     def search(self, *fit_args, **fit_kwargs):
         """KerasTuner's search, which Ctrl-C stops even when the KeyboardInterrupt lands in a

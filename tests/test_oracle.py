@@ -494,6 +494,179 @@ def test_lazy_resume_of_a_batch_project_and_mismatched_settings(tmp_path):
     assert not fresh.trials
 
 
+# --- 4b. unreadable saved files (a write lost at a power cut, a full disk) -------------------------
+
+
+def _stopped_search(directory, reports, in_flight=False):
+    """A one-worker search with a project directory, stopped after `reports` results (and with
+    one more trial running when `in_flight`); returns the project path."""
+    oracle = make_oracle()
+    oracle.set_project_dir(directory, "p")
+    for _ in range(reports):
+        trial = oracle.create_trial("worker")
+        oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+    if in_flight:
+        oracle.create_trial("worker")
+    return directory / "p"
+
+
+def _spoil(path, how):
+    """Leave `path` as a crash or a full disk can: empty, or cut short mid-write."""
+    text = path.read_text()
+    path.write_text("" if how == "empty" else text[: len(text) // 2])
+
+
+def _resume(directory):
+    oracle = make_oracle()
+    oracle.set_project_dir(directory, "p")
+    return oracle
+
+
+def _finish(oracle):
+    """Run a resumed search to the end as `drive` does; returns the ids of the trials it ran (so
+    a finished trial run again shows)."""
+    ran = []
+    while (trial := oracle.create_trial("worker")).status == TrialStatus.RUNNING:
+        ran.append(trial.trial_id)
+        oracle.report(trial.trial_id, target_fitness(trial.hyperparameters.get(GENOME)))
+    return ran
+
+
+def _assert_same_search_as_uninterrupted(oracle):
+    reference = make_oracle()
+    drive(reference)
+    assert genomes(oracle) == genomes(reference)
+    assert oracle.population == reference.population
+    assert _trial_record(oracle) == _trial_record(reference)
+    assert sorted(oracle._ingested) == sorted(reference._ingested), "a trial was counted twice or lost"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names a synced file descriptor through /proc")
+def test_atomic_writes_sync_the_data_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(src), str(dst))),
+                                                         real_replace(src, dst)))
+    path = tmp_path / "state.json"
+    oracle_module._write_json_atomic(str(path), {"a": 1})
+    (fsync_data, rename, fsync_dir) = events
+    assert fsync_data[0] == "fsync" and rename[0] == "replace" and fsync_data[1] == rename[1] != str(path)
+    assert rename[2] == str(path) and fsync_dir == ("fsync", str(tmp_path))
+    assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["state.json"]
+
+
+@pytest.mark.parametrize("how", ["empty", "cut"])
+@pytest.mark.parametrize("in_flight", [False, True], ids=["after_a_result", "with_a_trial_running"])
+def test_an_unreadable_oracle_state_resumes_from_the_previous_save(tmp_path, how, in_flight):
+    # One save back is the state before the last result was ingested (that trial's result is then
+    # taken from its trial file, once) or before the last proposal (proposed again, the same).
+    project = _stopped_search(tmp_path, 5, in_flight)
+    assert json.loads((project / "oracle.json.previous").read_text())["evolution"]["proposals"] >= 5
+    _spoil(project / "oracle.json", how)
+    with pytest.warns(RuntimeWarning, match=r"oracle\.json is (empty|not complete JSON).*resuming from the previous "
+                                            r"save, .*oracle\.json\.previous"):
+        oracle = _resume(tmp_path)
+    json.loads((project / "oracle.json").read_text())  # written afresh by the reload
+    json.loads((project / "oracle.json.previous").read_text())  # the good copy, not the spoilt file
+    ran = _finish(oracle)
+    assert not set(ran) & {f"{i:02d}" for i in range(5)}, "a finished trial ran again"
+    _assert_same_search_as_uninterrupted(oracle)
+
+
+def test_an_oracle_state_unreadable_with_its_previous_copy_says_what_to_do(tmp_path):
+    project = _stopped_search(tmp_path, 3)
+    _spoil(project / "oracle.json", "empty")
+    _spoil(project / "oracle.json.previous", "cut")
+    with pytest.raises(oracle_module.StateFileError, match=r"cannot resume the search: .*oracle\.json is empty .*"
+                                                           r"oracle\.json\.previous is not complete JSON.*overwrite=True"):
+        make_oracle().set_project_dir(tmp_path, "p")
+
+
+@pytest.mark.parametrize("how", ["empty", "cut", "deleted", "not_a_trial"])
+def test_an_unreadable_trial_file_of_a_finished_trial_is_rebuilt_from_the_oracles_record(tmp_path, how):
+    project = _stopped_search(tmp_path, 6)
+    before = json.loads((project / "trial_02" / "trial.json").read_text())
+    if how == "deleted":
+        for path in (project / "trial_02").iterdir():
+            path.unlink()
+        (project / "trial_02").rmdir()
+    elif how == "not_a_trial":
+        (project / "trial_02" / "trial.json").write_text("{}")
+    else:
+        _spoil(project / "trial_02" / "trial.json", how)
+    with pytest.warns(RuntimeWarning, match=r"trial_02.trial\.json (is empty|is not complete JSON|is missing|lacks 'trial_id').*rebuilt "
+                                            r"trial 02 from the oracle's record, with its fitness"):
+        oracle = _resume(tmp_path)
+    ran = _finish(oracle)
+    assert "02" not in ran
+    rebuilt = oracle.trials["02"]
+    assert rebuilt.status == TrialStatus.COMPLETED and rebuilt.score == before["score"]
+    assert rebuilt.hyperparameters.values == before["hyperparameters"]["values"]
+    assert json.loads((project / "trial_02" / "trial.json").read_text())["score"] == before["score"]
+    _assert_same_search_as_uninterrupted(oracle)
+
+
+def test_an_unreadable_trial_file_of_a_running_trial_runs_it_again(tmp_path):
+    project = _stopped_search(tmp_path, 5, in_flight=True)
+    _spoil(project / "trial_05" / "trial.json", "empty")
+    with pytest.warns(RuntimeWarning, match=r"trial_05.trial\.json is empty.*had not recorded trial 05's result .*"
+                                            r"it runs again"):
+        oracle = _resume(tmp_path)
+    ran = _finish(oracle)
+    assert ran[0] == "05"
+    _assert_same_search_as_uninterrupted(oracle)
+
+
+def test_a_result_lost_with_both_its_trial_file_and_the_last_save_runs_again(tmp_path):
+    # The previous save has trial 04 ended but not yet in the population, and its trial file,
+    # which held the result, is gone too: 04 runs again, and is not counted as ended meanwhile.
+    project = _stopped_search(tmp_path, 5)
+    _spoil(project / "oracle.json", "empty")
+    _spoil(project / "trial_04" / "trial.json", "empty")
+    with pytest.warns(RuntimeWarning) as warned:
+        oracle = _resume(tmp_path)
+    messages = [str(warning.message) for warning in warned]
+    assert any("oracle.json is empty" in message and "previous save" in message for message in messages)
+    assert any("trial_04/trial.json is empty" in message and "had not recorded trial 04's result" in message
+               for message in messages)
+    assert "04" not in oracle.end_order and oracle._run_times["04"] == 0
+    ran = _finish(oracle)
+    assert ran[0] == "04" and not set(ran) & {"00", "01", "02", "03"}
+    _assert_same_search_as_uninterrupted(oracle)
+
+
+def test_an_unreadable_trial_file_the_oracle_has_no_record_of_says_what_to_do(tmp_path):
+    project = _stopped_search(tmp_path, 3)
+    state = json.loads((project / "oracle.json").read_text())
+    del state["evolution"]["individuals"]["01"]
+    (project / "oracle.json").write_text(json.dumps(state))
+    _spoil(project / "trial_01" / "trial.json", "cut")
+    with pytest.raises(oracle_module.StateFileError, match=r"trial_01.trial\.json is not complete JSON.*no record of "
+                                                           r"trial 01 .*restore the file from a backup"):
+        make_oracle().set_project_dir(tmp_path, "p")
+
+
+class CheapEvolutionaryTuner(EvolutionaryTuner):
+    def run_trial(self, trial, *args, **kwargs):
+        return {"fitness": target_fitness(trial.hyperparameters.get(GENOME))}
+
+
+def test_the_evolutionary_tuner_writes_its_own_file_atomically_and_resumes_without_an_unreadable_one(tmp_path):
+    settings = dict(objective=FITNESS, population_size=4, tournament_size=2, seed=7, seed_functions=DEFAULT_SEEDS[:3],
+                    idle_sleep=0.0, directory=tmp_path, project_name="t")
+    CheapEvolutionaryTuner(lambda hp: None, max_trials=5, **settings).search(verbose=0)
+    tuner_file = tmp_path / "t" / "tuner0.json"
+    assert json.loads(tuner_file.read_text()) == {}
+    _spoil(tuner_file, "empty")
+    with pytest.warns(RuntimeWarning, match=r"tuner0\.json is empty.*holds no search state"):
+        tuner = CheapEvolutionaryTuner(lambda hp: None, max_trials=8, **settings)
+    assert len(tuner.oracle.trials) == 5
+    tuner.search(verbose=0)
+    assert len(tuner.oracle.trials) == 8 and json.loads(tuner_file.read_text()) == {}
+
+
 # --- 5. determinism, counting, failures, strategies, history, errors ----------------------------
 
 
