@@ -16,12 +16,28 @@ was interrupted re-runs only the jobs without a result file. A job that raises i
 failure result (`{"failed": true, "error": ...}`), so one bad candidate never sinks the batch.
 
 Each start of a job is counted (`<job_id>.attempts`). A job that raised is run once more (a
-transient error such as a full disk should not decide a comparison); a job that took its process
-down (killed, out of memory) and was started `MAX_STARTS_WITHOUT_RESULT` times is recorded as failed
-instead of being started on every resume for ever. A Ctrl-C (KeyboardInterrupt) does not count as a
-start: the user stopped the run, the job did not crash. A killed driver is indistinguishable from a
-job that took its process down, hence three starts, not two: a user who kills a run twice while the
-same job runs does not turn it into a failure. A run that *diverged* is a result, never retried.
+transient error such as a full disk should not decide a comparison; the progress callback is told,
+`retry_note`); a job that took its process down (killed, out of memory) and was started
+`MAX_STARTS_WITHOUT_RESULT` times in a row *without progress* is recorded as failed
+(`"process_died": true`) instead of being started on every resume for ever. A Ctrl-C
+(KeyboardInterrupt) does not count as a start: the user stopped the run, the job did not crash.
+
+A killed run (the OOM killer, a pre-emption, `kill -9` of the whole run) also leaves a start
+without a result, although its job was getting on: a 300-epoch final run killed three times at
+epochs 71, 139 and 207 must not be written off. So a job may name a progress signal, a file or
+folder that changes only when it gets further (`progress_path`: the job's `"progress"` entry, else
+its function's `progress_path` attribute; training runs name their `history.csv`, one row per
+epoch). Each start records the signal's size and time (`progress_mark`); a start after which it
+changed does not count against the job. A job that takes its process down at once every time
+changes nothing, so it is still written off after three starts (a job without a signal counts
+every start, as before). The signal must change only when the job gets further: one rewritten at
+every start would keep a crashing job running for ever.
+
+Files are written through a temporary file, flushed to disk and renamed (`_write_json`). One that
+does not parse all the same (0 bytes or cut short after a power loss on a file system that
+reorders the rename before the data) is moved aside with a warning naming it and treated as
+missing: an unreadable result makes the job run again, an unreadable attempts file counts as no
+start. Before, it raised `JSONDecodeError` on every rerun, failing the step for ever.
 
 Without a `--runner` option the worker processes are ours (Beam's FnApiRunner running
 `components.local_workers`): `parallelism` alone sets how many there are, so `beam_options` that
@@ -32,7 +48,7 @@ segfault in TensorFlow) would leave FnApiRunner waiting for ever: the driver see
 whose job it was, stops the pipeline as on Ctrl-C, keeps the start of the job that died (it took
 its process down), takes back the others' and runs the jobs left in a new pipeline
 (`_run_to_the_end`). A job that always takes its process down is thus recorded as failed after
-`MAX_STARTS_WITHOUT_RESULT` starts, and the search goes on.
+`MAX_STARTS_WITHOUT_RESULT` starts without progress, and the search goes on.
 """
 
 from __future__ import annotations
@@ -56,7 +72,13 @@ ProgressFn = Callable[[int, int, Mapping[str, Any] | None], None]
 MAX_ATTEMPTS = 2
 """Starts of a job that raised: once, and once more (a transient error should not decide)."""
 MAX_STARTS_WITHOUT_RESULT = 3
-"""Starts of a job that never wrote a result (its process died) before it is recorded as failed."""
+"""Starts in a row of a job that neither wrote a result nor made progress (its process died each
+time) before it is recorded as failed. Three, not two: without a progress signal a killed run looks
+the same as a job that took its process down."""
+RETRY_NOTE = "; trying it once more"
+"""What a progress line adds for a failed result the fan-out runs once more (`retry_note`)."""
+UNREADABLE_SUFFIX = ".unreadable"
+"""Where a result or attempts file that does not parse is moved (kept for a look, out of the way)."""
 
 
 LOCAL_RUNNER_SETTINGS = {
@@ -88,26 +110,165 @@ def _result_path(work_dir: str, job_id: str) -> str:
     return os.path.join(work_dir, f"{job_id}.json")
 
 
+def _attempts_path(work_dir: str, job_id: str) -> str:
+    return os.path.join(work_dir, f"{job_id}.attempts")
+
+
 def _write_json(path: str, value: Any) -> None:
+    """Writes `value` atomically: a temporary file, flushed to the disk before the rename. Without
+    the fsync a power loss can leave the renamed file empty or cut short (the rename reaches the
+    disk before the data on some file systems)."""
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
 
 
-def attempts(work_dir: str, job_id: str) -> int:
-    """How many times the job was started in `work_dir`."""
+def _read_json(path: str, valid: Callable[[Any], bool], treated_as: str) -> Any | None:
+    """The parsed file, None when it is missing or unreadable. An unreadable one (does not parse,
+    or `valid` rejects it: a crash mid-write) is moved to `<path>.unreadable` with a warning naming
+    it, so that it is reported once and the next reader finds it missing, as it is treated."""
     try:
-        with open(os.path.join(work_dir, f"{job_id}.attempts")) as f:
-            return int(f.read() or 0)
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+        if valid(value):
+            return value
+        problem = f"unexpected content {type(value).__name__}"
     except FileNotFoundError:
-        return 0
+        return None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"{type(error).__name__}: {error}"
+    try:
+        os.replace(path, path + UNREADABLE_SUFFIX)
+        kept = f"moved to {path + UNREADABLE_SUFFIX}"
+    except OSError as error:
+        kept = f"could not be moved aside ({error})"
+    logging.warning("%s is unreadable (%s; cut short by a crash while it was written?): treated as %s; %s",
+                    path, problem, treated_as, kept)
+    return None
+
+
+def _start_record(work_dir: str, job_id: str) -> dict[str, Any]:
+    """The job's attempts file: {"starts", "without_progress" (starts in a row that neither wrote a
+    result nor changed the progress signal), "progress" (the signal's mark at the last start),
+    "failures" (starts that wrote a failure result)}. A file of a bare count (written before
+    progress was tracked) counts all its starts as without progress, its failures as unknown
+    (None); an unreadable one as no start."""
+    value = _read_json(_attempts_path(work_dir, job_id),
+                       lambda v: isinstance(v, dict) or (isinstance(v, int) and not isinstance(v, bool)),
+                       "no start of the job yet")
+    if value is None:
+        return {"starts": 0, "without_progress": 0, "progress": None, "failures": 0}
+    if isinstance(value, int):
+        return {"starts": value, "without_progress": value, "progress": None, "failures": None}
+    failures = value.get("failures")
+    return {"starts": int(value.get("starts", 0)), "without_progress": int(value.get("without_progress", 0)),
+            "progress": value.get("progress"), "failures": None if failures is None else int(failures)}
+
+
+def attempts(work_dir: str, job_id: str) -> int:
+    """How many times the job was started in `work_dir` (with or without progress)."""
+    return _start_record(work_dir, job_id)["starts"]
+
+
+def progress_path(job: Mapping[str, Any]) -> str | None:
+    """The file or folder that shows a job getting further: the job's `"progress"` entry, else
+    what its function's `progress_path` attribute returns for the job's arguments (so the fan-out
+    needs no knowledge of what a job does), else None (every start counts against the job)."""
+    if job.get("progress"):
+        return str(job["progress"])
+    try:
+        hook = getattr(_resolve(job["fn"]), "progress_path", None)
+        return hook(**job.get("args", {})) if hook else None
+    except Exception:  # noqa: BLE001 - a job that cannot even be resolved fails when it runs, with its error
+        return None
+
+
+def progress_mark(path: str | None) -> list[int] | None:
+    """What a progress signal looks like now: [size, mtime_ns] of a file; [total size, latest
+    mtime_ns, number of files] of a folder; None when there is nothing (yet)."""
+    if not path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not os.path.isdir(path):
+        return [info.st_size, info.st_mtime_ns]
+    size, latest, count = 0, info.st_mtime_ns, 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                entry = os.stat(os.path.join(root, name))
+            except OSError:  # removed while we looked
+                continue
+            size, latest, count = size + entry.st_size, max(latest, entry.st_mtime_ns), count + 1
+    return [size, latest, count]
+
+
+def starts_without_progress(work_dir: str, job: Mapping[str, Any]) -> int:
+    """The job's starts in a row after which its progress signal stayed as it was: 0 when it
+    changed since the last start (that start got somewhere; a kill of the whole run, not a job
+    that takes its process down), else the recorded count."""
+    record = _start_record(work_dir, job["id"])
+    mark = progress_mark(progress_path(job))
+    return 0 if mark is not None and mark != record["progress"] else record["without_progress"]
+
+
+def _count_start(work_dir: str, job: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts a start of the job (with its progress mark); returns the record before it, which
+    `_uncount_start` puts back when the start does not count (Ctrl-C, stopped by the driver)."""
+    before = _start_record(work_dir, job["id"])
+    _write_json(_attempts_path(work_dir, job["id"]), dict(
+        before, starts=before["starts"] + 1, without_progress=starts_without_progress(work_dir, job) + 1,
+        progress=progress_mark(progress_path(job))))
+    return before
+
+
+def _uncount_start(work_dir: str, job_id: str, before: Mapping[str, Any]) -> None:
+    _write_json(_attempts_path(work_dir, job_id), dict(before))
+
+
+def _ended_start(work_dir: str, job_id: str, failed: bool) -> None:
+    """Records a start that wrote a result: it did not take its process down, so the count of
+    starts in a row without progress begins again (a job that raised, then was killed in its
+    retry, is judged by the starts after its result); a failure result is counted (`_retried`)."""
+    record = _start_record(work_dir, job_id)
+    failures = (record["failures"] or 0) + 1 if failed else record["failures"]
+    _write_json(_attempts_path(work_dir, job_id), dict(record, without_progress=0, failures=failures))
+
+
+def _retried(work_dir: str, job_id: str, result: Mapping[str, Any]) -> bool:
+    """Whether a failure result is run once more: the job raised (or returned a failure) once so
+    far. Counted by failures, not starts: kills of the whole run add starts, and a job killed twice
+    that then hit a transient error deserves its second try all the same. A job recorded as failed
+    because its process died is not run again; neither is a diverged run (a result). With an
+    attempts file of a bare count (written before failures were counted), by its starts."""
+    if not result.get("failed") or result.get("process_died"):
+        return False
+    record = _start_record(work_dir, job_id)
+    failures = record["starts"] if record["failures"] is None else record["failures"]
+    return failures < MAX_ATTEMPTS
+
+
+def retry_note(result: Mapping[str, Any] | None) -> str:
+    """`RETRY_NOTE` for a result the fan-out reported as failed and will run once more (its
+    `"retrying"` entry), else "": a progress line then reads as the first of two attempts."""
+    return RETRY_NOTE if result and result.get("retrying") else ""
+
+
+def _as_reported(work_dir: str, job_id: str, result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The result handed to the progress callback: marked `"retrying"` when it will run again."""
+    if result is None:
+        return None
+    return dict(result, retrying=True) if _retried(work_dir, job_id, result) else dict(result)
 
 
 def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> dict[str, Any]:
     """Runs one job and writes its result file (atomically); returns the result."""
     local_workers.set_worker_entry({"job": job["id"]})  # before the start is counted: a death is charged to this job
-    started = attempts(work_dir, job["id"])
-    _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started + 1)
+    started = _count_start(work_dir, job)
     slot = None
     if parallelism > 1:
         slot = local_workers.claim_worker_slot(work_dir, parallelism)
@@ -118,7 +279,7 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
         stop_if_interrupted(f"job {job['id']}")  # a Ctrl-C swallowed inside the job: its result is not one
     except BaseException as error:  # noqa: BLE001
         if interrupted_by_user(error):  # the user stopped the run: not one of the job's starts
-            _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), started)
+            _uncount_start(work_dir, job["id"], started)
             if isinstance(error, KeyboardInterrupt):
                 raise
             raise KeyboardInterrupt(f"job {job['id']} was stopped") from error  # TensorFlow wrapped it
@@ -130,18 +291,19 @@ def execute_job(job: Mapping[str, Any], work_dir: str, parallelism: int = 1) -> 
     result.setdefault("job_id", job["id"])
     result.setdefault("worker_slot", slot)
     result.setdefault("job_seconds", time.time() - start)
+    # Counted before the result is written: the driver, seeing the result, reads whether it is retried.
+    _ended_start(work_dir, job["id"], bool(result.get("failed")))
     _write_json(_result_path(work_dir, job["id"]), result)
     local_workers.set_worker_entry({"job": None})
     return result
 
 
 def load_result(work_dir: str, job_id: str) -> dict[str, Any] | None:
-    """The result a job wrote into `work_dir`, None if it has not finished."""
-    path = _result_path(work_dir, job_id)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """The result a job wrote into `work_dir`, None if it has not finished. A result file that
+    does not parse (cut short by a crash) counts as missing, with a warning naming it: the job
+    runs again instead of the step failing on every rerun."""
+    return _read_json(_result_path(work_dir, job_id), lambda value: isinstance(value, dict),
+                      "missing: the job runs again")
 
 
 def _option_name(item: str) -> str:
@@ -250,22 +412,57 @@ def _run_beam(jobs: Sequence[Mapping[str, Any]], work_dir: str, parallelism: int
         )
 
 
-def _needs_run(work_dir: str, job_id: str) -> bool:
-    """Whether a job must (still) run; records a job that keeps killing its process as failed."""
-    result, started = load_result(work_dir, job_id), attempts(work_dir, job_id)
-    if result is None and started >= MAX_STARTS_WITHOUT_RESULT:
-        logging.warning("job %s is recorded as failed: started %d times, it never finished (its process died)",
-                        job_id, started)
-        _write_json(_result_path(work_dir, job_id), {
-            "failed": True, "job_id": job_id,
-            "error": f"started {started} times and never finished: its process died (killed, out of memory "
-                     "or crashed)"})
-        return False
-    return result is None or (bool(result.get("failed")) and started < MAX_ATTEMPTS)
+def _status(work_dir: str, job: Mapping[str, Any]) -> str:
+    """"done", "pending" (no result yet, or a failure run once more) or "written off": a job that
+    took its process down `MAX_STARTS_WITHOUT_RESULT` times in a row without progress, which this
+    records as failed (it would be started on every resume for ever)."""
+    result = load_result(work_dir, job["id"])
+    if result is not None and not _retried(work_dir, job["id"], result):
+        return "done"
+    without = starts_without_progress(work_dir, job)
+    if without < MAX_STARTS_WITHOUT_RESULT:
+        return "pending"
+    _write_off(work_dir, job, without, result)
+    return "written off"
+
+
+def _write_off(work_dir: str, job: Mapping[str, Any], without: int, earlier: Mapping[str, Any] | None) -> None:
+    """Records a job whose process died at each of its last `without` starts as failed. The
+    result says `process_died`: an infrastructure failure (memory, kills), not a property of
+    what the job computes, which consumers must not score as one (a diverged run)."""
+    path = _result_path(work_dir, job["id"])
+    signal = " without progress" if progress_path(job) else ""
+    error = (f"started {without} times{signal} and never finished: its process died (killed, out of memory "
+             "or crashed)")
+    if earlier and earlier.get("error"):
+        error += f"; before that it failed with: {earlier['error']}"
+    logging.warning("job %s is recorded as failed: %s. To run it again, delete %s and %s", job["id"], error,
+                    path, _attempts_path(work_dir, job["id"]))
+    _write_json(path, {"failed": True, "process_died": True, "job_id": job["id"], "error": error})
+
+
+def _triage(jobs: Sequence[Mapping[str, Any]], work_dir: str) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """(the jobs that must still run, the ids of the jobs written off just now)."""
+    statuses = {job["id"]: _status(work_dir, job) for job in jobs}
+    return ([job for job in jobs if statuses[job["id"]] == "pending"],
+            [job_id for job_id, status in statuses.items() if status == "written off"])
 
 
 def _pending(jobs: Sequence[Mapping[str, Any]], work_dir: str) -> list[Mapping[str, Any]]:
-    return [job for job in jobs if _needs_run(work_dir, job["id"])]
+    return _triage(jobs, work_dir)[0]
+
+
+def _report_resumed(jobs, pending, written_off: Sequence[str], work_dir: str, progress: ProgressFn | None) -> None:
+    """Says what a batch found from earlier attempts: how many jobs were done (`progress(done,
+    total, None)`, also when all were), then each job written off now, with its failure result
+    (it was not done by an earlier attempt: it never finished)."""
+    if not progress:
+        return
+    done = len(jobs) - len(pending) - len(written_off)
+    if done:
+        progress(done, len(jobs), None)
+    for count, job_id in enumerate(written_off, 1):
+        progress(done + count, len(jobs), load_result(work_dir, job_id))
 
 
 def run_jobs(
@@ -287,11 +484,11 @@ def run_jobs(
         raise ValueError("job ids must be unique")
     os.makedirs(work_dir, exist_ok=True)
     for attempt in range(MAX_ATTEMPTS):
-        pending = _pending(jobs, work_dir)
+        pending, written_off = _triage(jobs, work_dir)
+        if attempt == 0:
+            _report_resumed(jobs, pending, written_off, work_dir, progress)
         if not pending:
             break
-        if progress and attempt == 0 and len(pending) < len(jobs):
-            progress(len(jobs) - len(pending), len(jobs), None)  # what an earlier run finished
         _run_to_the_end(jobs, pending, work_dir, parallelism, beam_options, progress, poll_seconds)
     results = [load_result(work_dir, job_id) for job_id in ids]
     missing = [job_id for job_id, result in zip(ids, results) if result is None]
@@ -304,8 +501,9 @@ def _run_to_the_end(jobs, pending, work_dir: str, parallelism: int, beam_options
                     progress: ProgressFn | None, poll_seconds: float) -> None:
     """Runs `pending`, and after a worker process died (which stops the pipeline) the jobs left in a
     new pipeline. The loop ends: each death either uses up a start of the job that died, recorded as
-    failed after MAX_STARTS_WITHOUT_RESULT (`_needs_run`), or counts as a death with no job running
-    (an idle worker killed), of which that many end the fan-out."""
+    failed after MAX_STARTS_WITHOUT_RESULT starts in a row without progress (`_status`; a job that
+    progressed between deaths gets closer to its end), or counts as a death with no job running (an
+    idle worker killed), of which that many end the fan-out."""
     deaths_without_job = 0
     while pending:
         died = _run_pending(jobs, pending, work_dir, parallelism, beam_options, progress, poll_seconds)
@@ -327,7 +525,7 @@ def _report_recorded_failures(jobs, pending, died: Sequence[str], work_dir: str,
     recorded = [job_id for job_id in dict.fromkeys(died) if job_id not in left]
     done = len(jobs) - len(pending) - len(recorded)
     for count, job_id in enumerate(recorded, 1):
-        progress(done + count, len(jobs), load_result(work_dir, job_id))
+        progress(done + count, len(jobs), _as_reported(work_dir, job_id, load_result(work_dir, job_id)))
 
 
 def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: Sequence[str],
@@ -340,11 +538,11 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
             result = execute_job(job, work_dir)
             done += 1
             if progress:
-                progress(done, total, result)
+                progress(done, total, _as_reported(work_dir, job["id"], result))
         return []
     errors: list[BaseException] = []
     before = {job["id"]: load_result(work_dir, job["id"]) for job in pending}  # a failure being retried
-    starts = {job["id"]: attempts(work_dir, job["id"]) for job in pending}
+    starts = {job["id"]: _start_record(work_dir, job["id"]) for job in pending}
     local = not names_runner(beam_options)  # Beam's FnApiRunner in this process
     workers = local and parallelism > 1  # ... with worker processes of ours
     if workers:
@@ -397,8 +595,9 @@ def _died_jobs(error: BaseException, work_dir: str, before: Mapping[str, Any]) -
                             "the jobs left run in a new one")
         else:
             logging.warning("job %s took its Beam worker process down (killed, out of memory or crashed) at its "
-                            "start %d of at most %d: stopping its Beam pipeline, the jobs left run in a new one",
-                            job_id, attempts(work_dir, job_id), MAX_STARTS_WITHOUT_RESULT)
+                            "start %d in a row without progress, of at most %d: stopping its Beam pipeline, the "
+                            "jobs left run in a new one", job_id,
+                            _start_record(work_dir, job_id)["without_progress"], MAX_STARTS_WITHOUT_RESULT)
     return died
 
 
@@ -415,7 +614,7 @@ def _follow(thread: threading.Thread, pending, work_dir: str, before: Mapping[st
             if job["id"] not in seen and result is not None and result != before[job["id"]]:
                 seen.add(job["id"])
                 if progress:
-                    progress(done + len(seen), total, result)
+                    progress(done + len(seen), total, _as_reported(work_dir, job["id"], result))
         if not thread.is_alive():
             return
         died = local_workers.died_workers(registry) if registry else []
@@ -423,11 +622,13 @@ def _follow(thread: threading.Thread, pending, work_dir: str, before: Mapping[st
             raise local_workers.WorkerDied(died)
 
 
-def _take_back_starts(work_dir: str, pending, before: Mapping[str, Any], starts: Mapping[str, int]) -> None:
+def _take_back_starts(work_dir: str, pending, before: Mapping[str, Any],
+                      starts: Mapping[str, Mapping[str, Any]]) -> None:
     """The jobs the driver stopped (no new result) get back the start they were counted: they did
     not take their process down, the user stopped the run or another job's process died (as
     `execute_job` does in-process on Ctrl-C). Called once no worker process is left, so none can
     start a job behind it."""
     for job in pending:
-        if load_result(work_dir, job["id"]) == before[job["id"]] and attempts(work_dir, job["id"]) != starts[job["id"]]:
-            _write_json(os.path.join(work_dir, f"{job['id']}.attempts"), starts[job["id"]])
+        unchanged = load_result(work_dir, job["id"]) == before[job["id"]]
+        if unchanged and _start_record(work_dir, job["id"]) != starts[job["id"]]:
+            _uncount_start(work_dir, job["id"], starts[job["id"]])

@@ -62,12 +62,13 @@ class ReporterExecutor(BaseExecutor):
         # directory, and a second copy under report/ was byte for byte the same.
         with tempfile.TemporaryDirectory(prefix="function-plots-") as plots_dir:
             plots = draw_function_plots(evaluation, runs, plots_dir)
-            note = trained.properties.get("shortfall_note")
+            notes = [note for note in (trained.properties.get("shortfall_note"),
+                                       trained.properties.get("lost_runs_note")) if note]
             _, html_path = write_report(report.uri, evaluation=evaluation, runs=runs, history=history, trials=trials,
                                         function_plots=plots, config=dict(exec_properties["config"]),
                                         title=exec_properties["title"], command=exec_properties["command"],
                                         exported=read_exported(input_dict), data=read_data(input_dict),
-                                        notes=[note] if note else None)
+                                        notes=notes or None)
             self.context.register_result("report", str(html_path))
             self.context.register_result("report_markdown", report.path("report.md"))
             self._write_tensorboard(logdir.uri, trained.uri, runs, trials, history, plots,

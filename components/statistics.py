@@ -346,6 +346,8 @@ def _group_runs(runs, metric, chance):
         if not isinstance(record, Mapping):
             raise EvaluationError(f"run {index} is a {type(record).__name__}, expected a dict "
                                   "with keys function, seed, " + metric)
+        if record.get("lost"):  # its process died, not its training: no evidence either way
+            continue
         missing = [k for k in ("function", "seed") if k not in record]
         if missing:
             raise EvaluationError(f"run {index} lacks {missing}; each run needs function, seed "

@@ -8,7 +8,9 @@ its last epoch through the trainer's own backup).
 Artifact layout::
 
     <uri>/runs.jsonl                  one record per run (function, seed, accuracies, divergence,
-                                      learned parameters, history, paths relative to <uri>)
+                                      learned parameters, history, paths relative to <uri>); a run
+                                      whose process died (`lost`) is kept here but left out by
+                                      `read_runs`, so it never enters the statistics
     <uri>/runs/<run id>/              model.keras, TensorBoard logs, history, result.json
 """
 
@@ -23,7 +25,7 @@ import statistics
 from typing import Any, Mapping
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
-from components.fanout import run_jobs
+from components.fanout import retry_note, run_jobs
 
 
 class TrainerSpec(ComponentSpec):
@@ -127,8 +129,14 @@ def shortfall_note(functions: list[dict], top_k: int, *, for_report: bool = Fals
 
 
 def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
-    """The per-run record the Evaluator, Exporter and report read."""
+    """The per-run record the Evaluator, Exporter and report read.
+
+    A run that raised counts as diverged (at chance level in the statistics: the function could
+    not be trained). A run the fan-out wrote off because its process died at each start (out of
+    memory, killed) is `lost` instead: that says nothing about the function, and scoring it at
+    chance turned a 0.98 ReLU seed into 0.1 and could flip the verdict."""
     failed = bool(result.get("failed"))
+    lost = failed and bool(result.get("process_died"))
     stats = result.get("activation_stats") or {}
     return {
         "function": function["function"],
@@ -138,8 +146,10 @@ def run_record(function: Mapping[str, str], seed: int, result: Mapping[str, Any]
         "seed": seed,
         "test_accuracy": None if failed else result.get("test_accuracy"),
         "val_accuracy": None if failed else result.get("best_val_accuracy"),
-        "diverged": failed or bool(result.get("diverged")),
-        "divergence_reason": result.get("error") if failed else result.get("divergence_reason"),
+        "diverged": (failed and not lost) or bool(result.get("diverged")),
+        "divergence_reason": None if lost else result.get("error") if failed else result.get("divergence_reason"),
+        "lost": lost,
+        "lost_reason": result.get("error") if lost else None,
         "num_classes": result.get("num_classes"),
         "learned_parameters": {
             layer: {name: parameter_summary(values) for name, values in params.items()}
@@ -254,7 +264,7 @@ class TrainerExecutor(BaseExecutor):
                 return
             text = f"run {done} of {total}"
             if result.get("failed"):
-                text += f": failed ({result.get('error')})"
+                text += f": failed ({result.get('error')}){retry_note(result)}"
             else:
                 accuracy = result.get("test_accuracy")
                 text += (f": {result.get('config', {}).get('activation')} seed {result.get('config', {}).get('seed')}, "
@@ -278,8 +288,12 @@ class TrainerExecutor(BaseExecutor):
         with open(out.path("runs.jsonl"), "w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
+        lost = lost_runs_note(records)
+        if lost:
+            self.context.progress(lost)
         out.properties.update({"num_runs": len(records), "functions": [f["function"] for f in functions],
-                               "shortfall_note": report_note})  # for the report, as the terminal showed it
+                               "shortfall_note": report_note,  # for the report, as the terminal showed it
+                               "lost_runs_note": lost})
 
 
 class Trainer(Component):
@@ -287,7 +301,21 @@ class Trainer(Component):
     EXECUTOR_CLASS = TrainerExecutor
 
 
-def read_runs(trained_models: Artifact | str) -> list[dict[str, Any]]:
+def lost_runs_note(records: list[Mapping[str, Any]]) -> str:
+    """A sentence naming the runs whose process died (left out of the statistics), else ""."""
+    lost = [f"{r['function']} seed {r['seed']}" for r in records if r.get("lost")]
+    if not lost:
+        return ""
+    return (f"{len(lost)} run{'' if len(lost) == 1 else 's'} left out of the statistics because the training "
+            f"process died at every start (out of memory or killed, not a property of the function): "
+            f"{', '.join(lost)}")
+
+
+def read_runs(trained_models: Artifact | str, include_lost: bool = False) -> list[dict[str, Any]]:
+    """The runs of a TrainedModels artifact; without `include_lost`, not the `lost` ones (their
+    process died): the Evaluator passes these to the statistics, where a missing accuracy would
+    count at chance level as a diverged run does."""
     uri = trained_models.uri if isinstance(trained_models, Artifact) else trained_models
     with open(os.path.join(uri, "runs.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        runs = [json.loads(line) for line in f if line.strip()]
+    return runs if include_lost else [run for run in runs if not run.get("lost")]

@@ -8,6 +8,7 @@ runner. The Examples are read once per process and kept for the next job.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping
 
 _DATASETS: dict[tuple[str, int | None], Any] = {}
@@ -35,6 +36,23 @@ def _finite_or_none(value):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+HISTORY_FILE = "history.csv"
+"""What `trainer.train` appends a row to after each epoch in its `output_dir` (its CSVLogger); a
+resumed run trims it to the restored backup's epochs, and a fresh start removes it."""
+
+
+def progress_path(config: Mapping[str, Any], examples_uri: str | None = None,
+                  train_examples: int | None = None) -> str | None:
+    """The run's `history.csv`, the fan-out's progress signal for a `train_job` (None without an
+    `output_dir`): it changes only when an epoch ends, so a start after which it changed got
+    somewhere (the whole run was killed) rather than taking its process down at once."""
+    del examples_uri, train_examples  # the same arguments as train_job
+    output_dir = config.get("output_dir")
+    if not output_dir:
+        return None
+    return os.path.join(os.path.abspath(os.path.expanduser(os.fspath(output_dir))), HISTORY_FILE)
+
+
 def train_job(config: Mapping[str, Any], examples_uri: str, train_examples: int | None = None) -> dict[str, Any]:
     """Runs one training; returns the JSON-able `TrainResult` fields plus `num_classes`."""
     from trainer.train import TrainConfig, train
@@ -46,3 +64,6 @@ def train_job(config: Mapping[str, Any], examples_uri: str, train_examples: int 
     for key in ("best_val_accuracy", "final_val_accuracy", "test_accuracy"):
         record[key] = _finite_or_none(record.get(key))
     return record
+
+
+train_job.progress_path = progress_path  # read by components.fanout.progress_path

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from components.base import Artifact, BaseExecutor, Component, ComponentSpec, InputSpec, OutputSpec, Parameter
-from components.fanout import load_result, run_jobs
+from components.fanout import load_result, retry_note, run_jobs
 
 OBJECTIVE = "val_accuracy"
 TRIAL_CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -243,7 +243,7 @@ class TunerExecutor(BaseExecutor):
                                       done=done, total=total, already_done=True)
                 return
             fitness, error = _fitness(result)
-            outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
+            outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error}){retry_note(result)}"
             self.context.progress(f"re-run {done} of {total} ({result.get('job_id')}): {outcome}",
                                   done=done, total=total)
 
@@ -281,6 +281,7 @@ class TunerExecutor(BaseExecutor):
             if fitness is not None and (best[0] is None or fitness > best[0]):
                 best[0] = fitness
             outcome = f"{OBJECTIVE} {fitness:.4f}" if fitness is not None else f"failed ({error})"
+            outcome += retry_note(result)  # the first of two attempts: the same line follows for the second
             if result.get("stopped_at"):
                 outcome += f" (stopped after epoch {result['stopped_at']}: below most earlier trials)"
             best_text = f"{best[0]:.4f}" if best[0] is not None else "n/a"

@@ -41,6 +41,7 @@ def test_a_job_that_keeps_killing_its_process_is_recorded_as_failed(tmp_path):
     (tmp_path / "job1.attempts").write_text("3")
     (_, result) = run_jobs(_jobs([5, 6]), str(tmp_path))
     assert result["failed"] and "started 3 times and never finished" in result["error"]
+    assert result["process_died"]  # an infrastructure failure, which the Trainer keeps out of the statistics
     assert attempts(str(tmp_path), "job1") == 3
 
 

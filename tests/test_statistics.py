@@ -332,3 +332,11 @@ def test_a_gain_that_rounds_to_zero_is_never_written_with_a_minus_sign():
     assert "gain +0.00 pp is not above the threshold +0.00 pp" in ev["same"].reason
     assert "(best: same, +0.00 pp)" in ev.summary
     assert st.percentage_points(-0.0091) == "-0.91 pp" and st.percentage_points(0.0123) == "+1.23 pp"
+
+
+def test_a_lost_run_is_no_evidence_and_is_left_out():
+    """A run whose process died (written off by the fan-out) is not a diverged run at chance."""
+    runs = _runs("relu", [0.90, 0.91, 0.92]) + _runs("elu", [0.93, 0.94, 0.95])
+    lost = dict(_runs("relu", [0.1], seeds=[3])[0], lost=True, diverged=True)
+    with_lost, without = st.evaluate(runs + [lost]), st.evaluate(runs)
+    assert with_lost["relu"].values == without["relu"].values and with_lost["relu"].n_diverged == 0
