@@ -76,7 +76,7 @@ class ExampleGenExecutor(BaseExecutor):
     """Loads the source with `trainer.sources.load_dataset` and writes it with Beam."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
-        from trainer.sources import load_dataset
+        from trainer.sources import UNTRAINED_WARNING, load_dataset
 
         out = output_dict["examples"][0]
         p = exec_properties
@@ -101,7 +101,8 @@ class ExampleGenExecutor(BaseExecutor):
             serious = index == 0 and stats["untrained_classes"]  # data_warnings puts it first
             self.context.progress(f"{'WARNING' if serious else 'note'}: {note}")
         # Kept with the data: the terminal shows them once, a cached re-run never again.
-        stats["notes"] = weak + [f"the loader warned: {message}" for message in loader.messages]
+        stats["notes"] = weak + [f"the loader warned: {message}" for message in loader.messages
+                                 if UNTRAINED_WARNING not in message]  # said first, above
         with open(out.path("statistics.json"), "w") as f:
             json.dump(stats, f, indent=2)
         out.properties.update(

@@ -792,9 +792,14 @@ def _check_splits(
         )
     if untrained:
         logger.warning(
-            "image folder %s: no train image of class(es) %s: the model gets an output for each it "
-            "never learns (Dataset.untrained_classes lists them)", root, untrained,
+            "image folder %s: " + UNTRAINED_WARNING + " %s: the model gets an output for each it never learns "
+            "(Dataset.untrained_classes lists them)", root, untrained,
         )
+
+
+UNTRAINED_WARNING = "no train image of class(es)"
+"""The start of the loader's warning about classes without train images (callers that report
+`Dataset.untrained_classes` themselves leave it out)."""
 
 
 def _load_folder(
