@@ -158,6 +158,10 @@ def exhaustive_coverage_note(core_units: int, unary_forms: Sequence[str] | None,
             f"shuffles; {smaller}")
 
 
+ENUMERATION_ORDER = "keyed-v1"
+"""The exhaustive order a saved state's `enumeration_cursor` counts in (`keyed_permutation` of the
+seed); states without the key counted in the fixed order, and resume in it."""
+
 _UNBOUNDED_ENUMERATION = 10_000
 """Functions an exhaustive search without `max_trials` may enumerate before a warning says so."""
 
@@ -475,6 +479,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self._seed_cursor = 0
         self._enum_cursor = 0
         self._enum_iterator = None
+        self._enumeration_order = ENUMERATION_ORDER
         # Speed only: expression text -> fingerprint, and fingerprint -> `check`'s verdict.
         self._fingerprint_cache: dict[str, str] = seed_fingerprints
         self._check_cache: dict[str, str | None] = seed_checks
@@ -494,8 +499,9 @@ class EvolutionaryOracle(keras_tuner.Oracle):
 
     def _enumeration(self):
         # In an order the seed shuffles: a budget below the space's size samples all of it.
+        order_seed = None if self._enumeration_order == "fixed" else self.seed
         return space_module.enumerate_core_units(self.core_units, self.unary_forms, self.binary_forms,
-                                                 order_seed=self.seed)
+                                                 order_seed=order_seed)
 
     def set_project_dir(self, directory: str, project_name: str = "evolution", overwrite: bool = False) -> None:
         """Persist to ``<directory>/<project_name>`` when driving the oracle without a Tuner.
@@ -624,6 +630,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
             "proposals": self._proposals,
             "seed_cursor": self._seed_cursor,
             "enumeration_cursor": self._enum_cursor,
+            "enumeration_order": self._enumeration_order,
             "controller": self._controller.to_json() if self._controller else None,
             "settings": self._settings(),
         }
@@ -681,6 +688,8 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self._proposals = int(evolution["proposals"])
         self._seed_cursor = int(evolution["seed_cursor"])
         self._enum_cursor = int(evolution["enumeration_cursor"])
+        # A state saved before the order was keyed counted its cursor in the fixed order.
+        self._enumeration_order = evolution.get("enumeration_order", "fixed")
         self._enum_iterator = None
         if self._controller is not None:
             self._controller = CoreUnitController.from_json(evolution["controller"])

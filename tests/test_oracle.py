@@ -809,6 +809,31 @@ def test_an_exhaustive_budget_below_the_space_samples_all_of_it_and_says_so():
         make_oracle(strategy="exhaustive", space="swish", max_trials=None, core_units=2, seed_functions=())
 
 
+def test_an_exhaustive_search_saved_before_the_order_was_keyed_resumes_in_its_fixed_order(tmp_path):
+    """Its cursor counted in the fixed order: read in the keyed one it would skip functions."""
+    unary, binary = ["x", "-x", "sigmoid(x)", "tanh(x)"], ["x1*x2", "x1+x2"]
+    settings = dict(strategy="exhaustive", space="swish", unary_forms=unary, binary_forms=binary, seed_functions=())
+    oracle = make_oracle(max_trials=4, **settings)
+    oracle.set_project_dir(tmp_path, "old")
+    _finish(oracle)
+    state_path = tmp_path / "old" / "oracle.json"
+    state = json.loads(state_path.read_text())
+    assert state["evolution"].pop("enumeration_order") == "keyed-v1"
+    # As the earlier version saved it: the fixed order's first four distinct functions, its cursor.
+    fixed, seen = [], set()
+    for expr in enumerate_core_units(1, unary, binary):
+        fp = fingerprint(expr)
+        if fp not in seen and check(expr) is None:
+            fixed.append((str(expr), fp))
+        seen.add(fp)
+    assert sorted(genomes(oracle)) != [text for text, _ in fixed[:4]]  # the keyed order differs
+    state_path.write_text(json.dumps(state))
+    resumed = make_oracle(max_trials=4, **settings)
+    resumed.set_project_dir(tmp_path, "old")
+    assert resumed._enumeration_order == "fixed"
+    assert list(resumed._enumeration())[:3] == list(enumerate_core_units(1, unary, binary))[:3]
+
+
 def test_random_strategy_samples_the_space_without_parents():
     oracle = make_oracle(strategy="random", max_trials=12)
     drive(oracle)

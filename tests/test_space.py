@@ -105,9 +105,11 @@ def test_a_seeded_enumeration_is_a_permutation_of_the_fixed_one():
         assert len(fixed) == core_unit_count(units, unary, binary) == (2 * 3 * 3) ** units
         assert sorted(shuffled) == sorted(fixed) and shuffled != fixed
         assert shuffled == [str(e) for e in enumerate_core_units(units, unary, binary, order_seed=5)]
-    # The first few of a big space spread over its forms rather than sharing the leading ones.
-    first = [str(e) for _, e in zip(range(12), enumerate_core_units(1, order_seed=0))]
-    assert len({text.split("(", 1)[0] for text in first}) >= 4
+    # A budget's first trials spread over the forms for every seed (an affine order, tried first,
+    # put all 24 in one binary form for about one seed in a hundred).
+    for seed in range(200):
+        first = [str(e) for _, e in zip(range(24), enumerate_core_units(1, order_seed=seed))]
+        assert len({text.split("(", 1)[0] for text in first}) >= 4, seed
     assert core_unit_count(2) == (10 * 25 * 25) ** 2
 
 
