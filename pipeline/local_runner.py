@@ -495,14 +495,26 @@ def _published_path(path: str, staged: dict[str, tuple[str, str]]) -> str:
 
 
 def _remove_partial_outputs(root: str, execution: md.ExecutionRecord) -> None:
-    pattern_dirs = (f".{execution.id}.tmp", str(execution.id))
+    """Removes what an interrupted execution staged or had published. A published `<id>` older
+    than the execution belongs to an execution of a lost store with the same number
+    (`_output_dirs`), not to this one: it stays."""
+    names = [f".{execution.id}.tmp", str(execution.id)]
     if execution.run_id:  # `_output_dirs`' second choice
         label = glob.escape(f"{execution.id}-{execution.run_id}")
-        pattern_dirs += (f".{label}.tmp", label)
-    for name in pattern_dirs:
-        for path in glob.glob(os.path.join(glob.escape(root), glob.escape(execution.component_id),
-                                           "*", name)):
+        names += [f".{label}.tmp", label]
+    for name in names:
+        for path in glob.glob(os.path.join(glob.escape(root), glob.escape(execution.component_id), "*", name)):
+            if name == str(execution.id) and _older_than(path, execution.start_time):
+                continue
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _older_than(path: str, start_time: float) -> bool:
+    """Whether `path` was last changed before `start_time` (1 s of file-system time rounding)."""
+    try:
+        return os.path.getmtime(path) < start_time - 1.0
+    except OSError:
+        return False
 
 
 def _check_writable(root: str) -> None:
@@ -556,11 +568,16 @@ def _with_heartbeat(emit: Callable[[ProgressEvent], None], run_json: str) -> Cal
     return emit_and_touch
 
 
-def _last_alive(root: str) -> float | None:
+def _last_alive(root: str) -> dict[str, float]:
+    """{run id: when it was last alive} for the run run.json belongs to (the local runner
+    touches it with every progress line); empty when there is none to read."""
+    path = os.path.join(root, "run.json")
     try:
-        return os.path.getmtime(os.path.join(root, "run.json"))
-    except OSError:
-        return None
+        with open(path) as f:
+            run_id = json.load(f).get("run_id")
+        return {run_id: os.path.getmtime(path)} if isinstance(run_id, str) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 @contextlib.contextmanager

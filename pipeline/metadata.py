@@ -207,19 +207,24 @@ class MetadataStore:
             (cache_key, COMPLETE))
         return [_execution(r) for r in rows]
 
-    def mark_interrupted(self, reason: str, last_alive: float | None = None) -> list[ExecutionRecord]:
+    def mark_interrupted(self, reason: str, last_alive: Mapping[str, float] | None = None) -> list[ExecutionRecord]:
         """Marks RUNNING executions and runs INTERRUPTED (left by a process that died); returns
-        those executions so their partial outputs can be cleaned up. Their end time is
-        `last_alive` (when the dead process was last seen) when known and not before their start;
-        else now, which makes a run killed yesterday look as if it took a day."""
+        those executions so their partial outputs can be cleaned up. A run's end time (and its
+        executions') is `last_alive[run_id]`, when its dead process was last seen, if known and
+        not before their start; else now, which makes a run killed yesterday look as if it took a
+        day."""
         stale = [_execution(r) for r in self._conn.execute(
             "SELECT * FROM executions WHERE state = ?", (RUNNING,))]
-        end = time.time() if last_alive is None else min(last_alive, time.time())
+        now = time.time()
+        running = [row[0] for row in self._conn.execute("SELECT run_id FROM runs WHERE status = ?", (RUNNING,))]
+        runs = set(running) | {execution.run_id for execution in stale}
         with self._conn:
-            self._conn.execute("UPDATE executions SET state = ?, end_time = MAX(start_time, ?), error = ? "
-                               "WHERE state = ?", (INTERRUPTED, end, reason, RUNNING))
-            self._conn.execute("UPDATE runs SET status = ?, end_time = MAX(start_time, ?), error = ? "
-                               "WHERE status = ?", (INTERRUPTED, end, reason, RUNNING))
+            for run_id in runs:
+                end = min((last_alive or {}).get(run_id, now), now)
+                self._conn.execute("UPDATE executions SET state = ?, end_time = MAX(start_time, ?), error = ? "
+                                   "WHERE state = ? AND run_id = ?", (INTERRUPTED, end, reason, RUNNING, run_id))
+                self._conn.execute("UPDATE runs SET status = ?, end_time = MAX(start_time, ?), error = ? "
+                                   "WHERE status = ? AND run_id = ?", (INTERRUPTED, end, reason, RUNNING, run_id))
         return stale
 
     def get_execution(self, execution_id: int) -> ExecutionRecord | None:

@@ -457,6 +457,24 @@ def test_a_lost_metadata_store_does_not_clobber_the_outputs_on_disk(env):
     assert again != published and os.path.basename(again) == f"{os.path.basename(published)}-{second.run_id}"
     assert _read(first.output("scale", "scaled")) == _read(second.output("scale", "scaled"))  # both kept
 
+    # Lost again, and this time the rerun is killed mid-step: cleaning up after it removes its own
+    # directories, not the earlier store's execution of the same number.
+    (root / "metadata.sqlite").write_bytes(b"")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = textwrap.dedent(f"""
+        import importlib, sys
+        sys.path[:0] = [{tests_dir!r}, {os.path.dirname(tests_dir)!r}]
+        toy = importlib.import_module({__name__!r})
+        from pipeline.local_runner import LocalRunner
+        LocalRunner().run(toy.build({str(root)!r}))
+    """)
+    time.sleep(1.1)  # the killed execution starts after the earlier outputs were last changed
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TOY_KILL": "scale"},
+                          cwd=os.path.dirname(tests_dir), capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    third = LocalRunner().run(build(root))
+    assert os.path.isdir(published) and _read(first.output("scale", "scaled")) == _read(third.output("scale", "scaled"))
+
 
 def test_the_eta_of_a_resumed_step_follows_this_attempts_pace(monkeypatch):
     import components.base as base
@@ -647,3 +665,17 @@ def test_root_in_use_follows_the_run_lock(tmp_path):
     with _exclusive(root):
         assert root_in_use(root)
     assert not root_in_use(root)  # released: a RUNNING record here was stopped
+
+
+def test_a_dead_run_ends_when_its_own_record_last_moved_and_another_when_it_is_noticed(tmp_path):
+    """run.json belongs to one run (the kfp-local runner does not touch it while it runs): its
+    time says nothing about another run the same store left RUNNING."""
+    with MetadataStore(str(tmp_path / "metadata.sqlite")) as store:
+        store.create_run("a", "toy", str(tmp_path))
+        store.create_run("b", "toy", str(tmp_path))
+        alive = store.get_run("b").start_time  # after a's start, before now
+        time.sleep(0.05)
+        before = time.time()
+        store.mark_interrupted("died", last_alive={"a": alive, "other": alive})
+        assert store.get_run("a").end_time == pytest.approx(alive, abs=1e-6)
+        assert store.get_run("b").end_time >= before
