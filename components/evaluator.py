@@ -26,7 +26,7 @@ class EvaluatorSpec(ComponentSpec):
 
 class EvaluatorExecutor(BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
-        runs = read_runs(input_dict["trained_models"][0])
+        runs = read_runs(input_dict["trained_models"][0], include_lost=True)  # `evaluate` leaves them out, by name
         p = exec_properties
         evaluation = evaluate(
             runs, baseline=p["baseline"], threshold=p["threshold"], alpha=p["alpha"], min_seeds=p["min_seeds"]

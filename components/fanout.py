@@ -25,13 +25,17 @@ transient error such as a full disk should not decide a comparison; the progress
 A killed run (the OOM killer, a pre-emption, `kill -9` of the whole run) also leaves a start
 without a result, although its job was getting on: a 300-epoch final run killed three times at
 epochs 71, 139 and 207 must not be written off. So a job may name a progress signal, a file or
-folder that changes only when it gets further (`progress_path`: the job's `"progress"` entry, else
-its function's `progress_path` attribute; training runs name their `history.csv`, one row per
-epoch). Each start records the signal's size and time (`progress_mark`); a start after which it
-changed does not count against the job. A job that takes its process down at once every time
-changes nothing, so it is still written off after three starts (a job without a signal counts
-every start, as before). The signal must change only when the job gets further: one rewritten at
-every start would keep a crashing job running for ever.
+folder that grows as it gets further (`progress_path`: the job's `"progress"` entry, else its
+function's `progress_path` attribute; training runs name their `history.csv`, one row per epoch),
+and the fan-out reads from it how far the job has got (`progress_count`: its function's
+`progress_count` attribute, else the lines of the file or the files of the folder; training runs
+count their epochs). The attempts file keeps the highest count seen (`progress_max`); a start after
+which the count exceeded it got further and does not count against the job. A high-water mark,
+not a file's size and time: a training run rewrites or removes its history at each start
+(`trim_history`, down to its backup's epochs), so a run killed after its first epoch at every start
+(out of memory while saving its backup) changed the file each time and was never written off. A job
+that takes its process down before it gets further than ever is still written off after three
+starts (a job without a signal counts every start, as before).
 
 Files are written through a temporary file, flushed to disk and renamed (`_write_json`). One that
 does not parse all the same (0 bytes or cut short after a power loss on a file system that
@@ -151,25 +155,36 @@ def _read_json(path: str, valid: Callable[[Any], bool], treated_as: str) -> Any 
 
 def _start_record(work_dir: str, job_id: str) -> dict[str, Any]:
     """The job's attempts file: {"starts", "without_progress" (starts in a row that neither wrote a
-    result nor changed the progress signal), "progress" (the signal's mark at the last start),
-    "failures" (starts that wrote a failure result)}. A file of a bare count (written before
-    progress was tracked) counts all its starts as without progress, its failures as unknown
-    (None); an unreadable one as no start."""
+    result nor got the job further than ever), "progress_max" (the highest progress count seen at a
+    start), "failures" (starts that wrote a failure result)}. Older files stay readable: a bare count
+    (written before progress was tracked) counts all its starts as without progress, its failures as
+    unknown (None); a size-and-time mark (`"progress"`, before the count) says no count, so 0, was
+    seen; an unreadable file counts as no start."""
     value = _read_json(_attempts_path(work_dir, job_id),
                        lambda v: isinstance(v, dict) or (isinstance(v, int) and not isinstance(v, bool)),
                        "no start of the job yet")
     if value is None:
-        return {"starts": 0, "without_progress": 0, "progress": None, "failures": 0}
+        return {"starts": 0, "without_progress": 0, "progress_max": 0, "failures": 0}
     if isinstance(value, int):
-        return {"starts": value, "without_progress": value, "progress": None, "failures": None}
-    failures = value.get("failures")
+        return {"starts": value, "without_progress": value, "progress_max": 0, "failures": None}
+    failures, most = value.get("failures"), value.get("progress_max")
     return {"starts": int(value.get("starts", 0)), "without_progress": int(value.get("without_progress", 0)),
-            "progress": value.get("progress"), "failures": None if failures is None else int(failures)}
+            "progress_max": most if isinstance(most, int) and not isinstance(most, bool) else 0,
+            "failures": None if failures is None else int(failures)}
 
 
 def attempts(work_dir: str, job_id: str) -> int:
     """How many times the job was started in `work_dir` (with or without progress)."""
     return _start_record(work_dir, job_id)["starts"]
+
+
+def _job_hook(job: Mapping[str, Any], name: str) -> Callable[..., Any] | None:
+    """The attribute `name` of the job's function (None when it has none or does not resolve: a
+    job that cannot even be resolved fails when it runs, with its own error)."""
+    try:
+        return getattr(_resolve(job["fn"]), name, None)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def progress_path(job: Mapping[str, Any]) -> str | None:
@@ -178,51 +193,61 @@ def progress_path(job: Mapping[str, Any]) -> str | None:
     needs no knowledge of what a job does), else None (every start counts against the job)."""
     if job.get("progress"):
         return str(job["progress"])
+    hook = _job_hook(job, "progress_path")
     try:
-        hook = getattr(_resolve(job["fn"]), "progress_path", None)
         return hook(**job.get("args", {})) if hook else None
-    except Exception:  # noqa: BLE001 - a job that cannot even be resolved fails when it runs, with its error
+    except Exception:  # noqa: BLE001 - arguments it cannot take fail when the job runs
         return None
 
 
-def progress_mark(path: str | None) -> list[int] | None:
-    """What a progress signal looks like now: [size, mtime_ns] of a file; [total size, latest
-    mtime_ns, number of files] of a folder; None when there is nothing (yet)."""
-    if not path:
-        return None
+def count_entries(path: str) -> int:
+    """How far a progress signal says its job got, by default: the non-empty lines of a file (a log
+    with a line per step), the files in a folder; 0 when there is nothing (yet)."""
+    if os.path.isdir(path):
+        return sum(len(files) for _, _, files in os.walk(path))
     try:
-        info = os.stat(path)
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
     except OSError:
-        return None
-    if not os.path.isdir(path):
-        return [info.st_size, info.st_mtime_ns]
-    size, latest, count = 0, info.st_mtime_ns, 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                entry = os.stat(os.path.join(root, name))
-            except OSError:  # removed while we looked
-                continue
-            size, latest, count = size + entry.st_size, max(latest, entry.st_mtime_ns), count + 1
-    return [size, latest, count]
+        return 0
+
+
+def progress_count(job: Mapping[str, Any]) -> int:
+    """How far the job has got by its progress signal: its function's `progress_count` attribute
+    applied to `progress_path(job)`, else `count_entries`; 0 without a signal. A number, not the
+    signal's look: only a count above the highest seen shows that a start got further."""
+    path = progress_path(job)
+    if not path:
+        return 0
+    count = _job_hook(job, "progress_count") or count_entries
+    try:
+        return max(0, int(count(path)))
+    except Exception:  # noqa: BLE001 - a signal that cannot be read shows no progress
+        return 0
+
+
+def _without_progress(record: Mapping[str, Any], count: int) -> int:
+    """The starts in a row without progress once the count is `count`: 0 when it exceeds the
+    highest count seen at an earlier start (the last start got further than ever)."""
+    return 0 if count > record["progress_max"] else record["without_progress"]
 
 
 def starts_without_progress(work_dir: str, job: Mapping[str, Any]) -> int:
-    """The job's starts in a row after which its progress signal stayed as it was: 0 when it
-    changed since the last start (that start got somewhere; a kill of the whole run, not a job
-    that takes its process down), else the recorded count."""
-    record = _start_record(work_dir, job["id"])
-    mark = progress_mark(progress_path(job))
-    return 0 if mark is not None and mark != record["progress"] else record["without_progress"]
+    """The job's starts in a row that did not get it further than ever: 0 when its progress count
+    rose above the recorded maximum since the last start (that start got somewhere: a kill of the
+    whole run, not a job that takes its process down), else the recorded count."""
+    return _without_progress(_start_record(work_dir, job["id"]), progress_count(job))
 
 
 def _count_start(work_dir: str, job: Mapping[str, Any]) -> dict[str, Any]:
-    """Counts a start of the job (with its progress mark); returns the record before it, which
-    `_uncount_start` puts back when the start does not count (Ctrl-C, stopped by the driver)."""
+    """Counts a start of the job and raises its progress high-water mark; returns the record before
+    it, which `_uncount_start` puts back when the start does not count (Ctrl-C, stopped by the
+    driver)."""
     before = _start_record(work_dir, job["id"])
+    count = progress_count(job)
     _write_json(_attempts_path(work_dir, job["id"]), dict(
-        before, starts=before["starts"] + 1, without_progress=starts_without_progress(work_dir, job) + 1,
-        progress=progress_mark(progress_path(job))))
+        before, starts=before["starts"] + 1, without_progress=_without_progress(before, count) + 1,
+        progress_max=max(count, before["progress_max"])))
     return before
 
 
@@ -561,7 +586,7 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
         thread.start()
         _follow(thread, pending, work_dir, before, done, total, progress, poll_seconds, registry)
     except BaseException as error:  # Ctrl-C above all, or a dead worker: stop what was started
-        died = _died_jobs(error, work_dir, before)
+        died = _died_jobs(error, work_dir, pending, before)
         stopped = [job for job in pending if job["id"] not in died]  # the job that died keeps its start
         threads = local_workers.REPORTS.abandon() if workers else set()
 
@@ -582,23 +607,32 @@ def _run_pending(jobs, pending, work_dir: str, parallelism: int, beam_options: S
     return []
 
 
-def _died_jobs(error: BaseException, work_dir: str, before: Mapping[str, Any]) -> list[str | None]:
+def _died_jobs(error: BaseException, work_dir: str, pending, before: Mapping[str, Any]) -> list[str | None]:
     """For a `local_workers.WorkerDied`: the pending jobs (None: none) that died with their worker
     process; a job that had written its new result was over. Logs the deaths."""
     if not isinstance(error, local_workers.WorkerDied):
         return []
     died = [job_id if job_id in before and load_result(work_dir, job_id) == before[job_id] else None
             for job_id in error.jobs]
+    jobs = {job["id"]: job for job in pending}
     for job_id in died:
         if job_id is None:
             logging.warning("a Beam worker process died while running no job: stopping its Beam pipeline, "
                             "the jobs left run in a new one")
         else:
-            logging.warning("job %s took its Beam worker process down (killed, out of memory or crashed) at its "
-                            "start %d in a row without progress, of at most %d: stopping its Beam pipeline, the "
-                            "jobs left run in a new one", job_id,
-                            _start_record(work_dir, job_id)["without_progress"], MAX_STARTS_WITHOUT_RESULT)
+            logging.warning("job %s took its Beam worker process down (killed, out of memory or crashed) %s: "
+                            "stopping its Beam pipeline, the jobs left run in a new one", job_id,
+                            _death_count(work_dir, jobs[job_id]))
     return died
+
+
+def _death_count(work_dir: str, job: Mapping[str, Any]) -> str:
+    """Where the start that just died leaves the job, judged now: the count recorded at its start
+    would miss the progress it made before it died."""
+    without = starts_without_progress(work_dir, job)
+    if not without:
+        return "after getting further than ever, so this start does not count against it"
+    return f"at its start {without} in a row without progress, of at most {MAX_STARTS_WITHOUT_RESULT}"
 
 
 def _follow(thread: threading.Thread, pending, work_dir: str, before: Mapping[str, Any], done: int, total: int,

@@ -31,6 +31,10 @@ Rules, stated once so reports can point at them:
   *and* the p-value named by `blessing_p` (default Holm-corrected Welch) is below `alpha`.
   Note that Mann-Whitney U with three seeds per side cannot go below p = 0.1, which is why the
   t-test governs by default.
+* **Lost runs are left out.** A run marked `lost` (its training process died at every start: out
+  of memory, killed) says nothing about its function and is skipped. A function whose runs were
+  all lost is named in the summary, never dropped in silence; a baseline whose runs were all lost
+  is named as such in the error (it was trained, its processes died).
 """
 
 from __future__ import annotations
@@ -208,11 +212,9 @@ def evaluate(
       EvaluationError: no runs, no baseline runs, malformed records or invalid settings.
     """
     _check_settings(threshold, alpha, min_seeds, blessing_p, tie_tolerance, chance)
-    grouped = _group_runs(runs, metric, chance)
+    grouped, lost = _group_runs(runs, metric, chance)
     if baseline not in grouped:
-        raise EvaluationError(
-            f"baseline {baseline!r} has no runs; functions present: {sorted(grouped)}. "
-            "Train the baseline with the same data, budget and seeds, or pass baseline=<name>.")
+        raise EvaluationError(_no_baseline_message(baseline, sorted(grouped), lost))
 
     base_values = np.array([v for v, _, _, _ in grouped[baseline]], dtype=float)
     base_by_seed: dict[int, list[float]] = {}
@@ -263,7 +265,41 @@ def evaluate(
     settings = dict(baseline=baseline, metric=metric, threshold=float(threshold),
                     alpha=float(alpha), min_seeds=int(min_seeds), blessing_p=blessing_p,
                     tie_tolerance=float(tie_tolerance))
-    return Evaluation(functions=functions, summary=_summary(functions, **settings), **settings)
+    summary = _summary(functions, **settings) + _all_lost_note(lost, grouped)
+    return Evaluation(functions=functions, summary=summary, **settings)
+
+
+RERUN_LOST = ("deleting their `.attempts` and result (`.json`) files under the trainer's resume directory "
+              "(its `results/` folder) runs them again")
+"""How to run lost runs again (the fan-out's files of a run; the Trainer's `results/` folder)."""
+
+
+def _seeds(seeds: Sequence[Any]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(seed) for seed in seeds)}"
+
+
+def _no_baseline_message(baseline: str, present: list[str], lost: Mapping[str, list[Any]]) -> str:
+    """Why there is no baseline to compare with. Runs lost to dead processes are left out, so a
+    baseline that was trained can have none left: saying "train the baseline" sent the user to
+    train what was trained; this names the lost runs and how to run them again."""
+    if lost.get(baseline):
+        seeds = lost[baseline]
+        return (f"baseline {baseline!r} has no runs left: its {len(seeds)} run{'s' if len(seeds) > 1 else ''} "
+                f"({_seeds(seeds)}) {'were' if len(seeds) > 1 else 'was'} lost, the training process died at "
+                f"every start (out of memory or killed); {RERUN_LOST}. Functions present: {present}.")
+    return (f"baseline {baseline!r} has no runs; functions present: {present}. Train the baseline with the "
+            "same data, budget and seeds, or pass baseline=<name>. Runs lost to dead training processes "
+            f"(out of memory, killed) are left out: if it was trained, {RERUN_LOST}.")
+
+
+def _all_lost_note(lost: Mapping[str, list[Any]], grouped: Mapping[str, Any]) -> str:
+    """The summary's note on functions whose runs were all lost: left out of the comparison, they
+    must not vanish from it unnoticed."""
+    gone = [f"{name} ({_seeds(seeds)})" for name, seeds in sorted(lost.items()) if name not in grouped]
+    if not gone:
+        return ""
+    return (f" Not compared, every run lost (the training process died at every start: out of memory or "
+            f"killed, not a property of the function): {'; '.join(gone)}; {RERUN_LOST}.")
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -337,16 +373,19 @@ def _number(value: Any) -> float | None:
 
 
 def _group_runs(runs, metric, chance):
-    """function -> list of (metric value, seed, diverged, val_accuracy), validated."""
+    """(function -> list of (metric value, seed, diverged, val_accuracy), validated; function ->
+    seeds of its `lost` runs, left out)."""
     if isinstance(runs, (str, bytes)) or not isinstance(runs, Iterable):
         raise EvaluationError("runs must be a list of run records (dicts), got "
                               f"{type(runs).__name__}")
     grouped: dict[str, list[tuple[float, int, bool, float | None]]] = {}
+    lost: dict[str, list[Any]] = {}
     for index, record in enumerate(runs):
         if not isinstance(record, Mapping):
             raise EvaluationError(f"run {index} is a {type(record).__name__}, expected a dict "
                                   "with keys function, seed, " + metric)
         if record.get("lost"):  # its process died, not its training: no evidence either way
+            lost.setdefault(str(record.get("function", "?")), []).append(record.get("seed", "?"))
             continue
         missing = [k for k in ("function", "seed") if k not in record]
         if missing:
@@ -369,9 +408,11 @@ def _group_runs(runs, metric, chance):
         grouped.setdefault(name, []).append((value, int(seed), diverged,
                                              _number(record.get("val_accuracy"))))
     if not grouped:
-        raise EvaluationError("no runs to evaluate: pass at least the baseline's runs and one "
-                              "candidate's runs")
-    return grouped
+        every = "; ".join(f"{name} ({_seeds(seeds)})" for name, seeds in sorted(lost.items()))
+        raise EvaluationError("no runs to evaluate: pass at least the baseline's runs and one candidate's runs"
+                              + (f"; every run was lost, the training process died at every start (out of "
+                                 f"memory or killed): {every}; {RERUN_LOST}" if lost else ""))
+    return grouped, lost
 
 
 def _chance_level(record: Mapping[str, Any], chance: float | None) -> float:

@@ -7,6 +7,7 @@ runner. The Examples are read once per process and kept for the next job.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from typing import Any, Mapping
@@ -44,8 +45,7 @@ resumed run trims it to the restored backup's epochs, and a fresh start removes 
 def progress_path(config: Mapping[str, Any], examples_uri: str | None = None,
                   train_examples: int | None = None) -> str | None:
     """The run's `history.csv`, the fan-out's progress signal for a `train_job` (None without an
-    `output_dir`): it changes only when an epoch ends, so a start after which it changed got
-    somewhere (the whole run was killed) rather than taking its process down at once."""
+    `output_dir`): it gets a row when an epoch ends, read as a count by `progress_count`."""
     del examples_uri, train_examples  # the same arguments as train_job
     output_dir = config.get("output_dir")
     if not output_dir:
@@ -66,4 +66,17 @@ def train_job(config: Mapping[str, Any], examples_uri: str, train_examples: int 
     return record
 
 
+def progress_count(history: str) -> int:
+    """The epochs `history.csv` holds (distinct `epoch` values; 0 without the file): the fan-out's
+    high-water mark for a `train_job`. Not the file's size or time, which change at every start
+    (the run trims or removes its history back to its backup's epochs), so a run killed after its
+    first epoch at each start would look as if it got on; its epoch count stays at 1."""
+    try:
+        with open(history, newline="", encoding="utf-8") as f:
+            return len({row["epoch"] for row in csv.DictReader(f) if row.get("epoch")})
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return 0
+
+
 train_job.progress_path = progress_path  # read by components.fanout.progress_path
+train_job.progress_count = progress_count  # read by components.fanout.progress_count

@@ -50,6 +50,29 @@ def epochs_then_sigkill(history: str, total: int, per_start: int) -> dict:
 epochs_then_sigkill.progress_path = epochs.progress_path
 
 
+def first_epoch_then_out_of_memory(config: dict, examples_uri: str, train_examples=None) -> dict:
+    """A training run killed at every start after its first epoch, while it saves its backup (out of
+    memory): as `trainer.train`, it trims its history to its backup's epochs (none: the file goes),
+    then logs epoch 0 anew. Its history.csv changes at every start, yet it never gets further."""
+    from trainer.train import _Paths
+
+    paths = _Paths(config["output_dir"])
+    paths.trim_history(paths.backed_up_epoch())
+    header = "" if os.path.exists(paths.history) else "epoch,loss\n"
+    with open(paths.history, "a") as f:
+        f.write(header + "0,2.3\n")
+    raise Killed
+
+
+def _hooks_of_train_job(fn):
+    from components import training_job
+
+    fn.progress_path, fn.progress_count = training_job.progress_path, training_job.progress_count
+
+
+_hooks_of_train_job(first_epoch_then_out_of_memory)
+
+
 def _job(history, killed_after=None, total=10, job_id="run"):
     return {"id": job_id, "fn": f"{HERE}:epochs", "args": {"history": str(history), "total": total,
                                                             "killed_after": killed_after}}
@@ -104,6 +127,69 @@ def test_a_job_that_progressed_once_then_dies_at_once_is_written_off_three_start
         _killed_start(_job(history, killed_after=0), work)
     (result,) = run_jobs([_job(history)], str(work))
     assert result["process_died"] and len(history.read_text().splitlines()) == 3
+
+
+def test_a_run_that_rewrites_its_history_and_dies_after_one_epoch_at_every_start_is_written_off(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "run"
+    work.mkdir()
+    out.mkdir()
+    job = {"id": "run", "fn": f"{HERE}:first_epoch_then_out_of_memory",
+           "args": {"config": {"output_dir": str(out)}, "examples_uri": "/examples"}}
+    # The first start got an epoch further than ever; the three after it did not.
+    for start in range(MAX_STARTS_WITHOUT_RESULT + 1):
+        _killed_start(job, work)
+        assert (out / "history.csv").read_text() == "epoch,loss\n0,2.3\n"
+        assert fanout.starts_without_progress(str(work), job) == start
+    (result,) = run_jobs([job], str(work))  # not started a fifth time
+    assert result["process_died"] and "started 3 times without progress" in result["error"]
+    assert attempts(str(work), "run") == MAX_STARTS_WITHOUT_RESULT + 1
+
+
+def test_a_training_run_is_judged_by_the_epochs_of_its_history_not_by_its_size_or_time(tmp_path):
+    from components import training_job
+
+    history = tmp_path / "run" / "history.csv"
+    run = {"id": "relu-seed0", "fn": "components.training_job:train_job",
+           "args": {"config": {"output_dir": str(tmp_path / "run")}, "examples_uri": "/examples"}}
+    assert fanout.progress_count(run) == 0  # nothing yet
+    history.parent.mkdir()
+    history.write_text("epoch,accuracy,loss\n0,0.5,2.1\n1,0.6,1.9\n2,0.7,1.")  # the last row cut by a kill
+    assert fanout.progress_count(run) == training_job.progress_count(str(history)) == 3
+    history.write_text("epoch,accuracy,loss\n")
+    assert fanout.progress_count(run) == 0
+
+
+def test_an_attempts_file_of_size_and_time_marks_is_still_read(tmp_path):
+    history, work = tmp_path / "history.csv", tmp_path / "work"
+    work.mkdir()
+    (work / "run.attempts").write_text(json.dumps({"starts": 2, "without_progress": 2, "progress": [4, 10 ** 18],
+                                                   "failures": 0}))
+    assert fanout._start_record(str(work), "run") == {"starts": 2, "without_progress": 2, "progress_max": 0,
+                                                      "failures": 0}
+    assert fanout.starts_without_progress(str(work), _job(history)) == 2  # no epoch yet: no progress
+    history.write_text("0\n")
+    assert fanout.starts_without_progress(str(work), _job(history)) == 0
+    assert run_jobs([_job(history)], str(work))[0]["epochs"] == 10 and attempts(str(work), "run") == 3
+
+
+def test_a_worker_death_is_logged_with_the_count_as_it_stands_when_the_job_died(tmp_path, caplog):
+    from components.local_workers import WorkerDied
+
+    history, work = tmp_path / "history.csv", tmp_path / "work"
+    work.mkdir()
+    job = _job(history)
+    fanout._count_start(str(work), job)
+    fanout._count_start(str(work), job)  # two starts without progress, as recorded at the second one
+    with caplog.at_level(logging.WARNING):
+        assert fanout._died_jobs(WorkerDied(["run"]), str(work), [job], {"run": None}) == ["run"]
+    assert "at its start 2 in a row without progress, of at most 3" in caplog.text
+    caplog.clear()
+    history.write_text("0\n1\n")  # the start that died got further before it died
+    with caplog.at_level(logging.WARNING):
+        fanout._died_jobs(WorkerDied(["run"]), str(work), [job], {"run": None})
+    assert "job run took its Beam worker process down" in caplog.text
+    assert "after getting further than ever, so this start does not count against it" in caplog.text
+    assert "in a row" not in caplog.text
 
 
 def test_training_jobs_name_their_history_csv_as_their_progress(tmp_path):

@@ -340,3 +340,37 @@ def test_a_lost_run_is_no_evidence_and_is_left_out():
     lost = dict(_runs("relu", [0.1], seeds=[3])[0], lost=True, diverged=True)
     with_lost, without = st.evaluate(runs + [lost]), st.evaluate(runs)
     assert with_lost["relu"].values == without["relu"].values and with_lost["relu"].n_diverged == 0
+
+
+def _lost(function, seeds):
+    return [dict(function=function, seed=s, test_accuracy=None, diverged=False, lost=True,
+                 lost_reason="started 3 times without progress and never finished") for s in seeds]
+
+
+def test_a_baseline_whose_runs_were_all_lost_is_named_as_lost_not_as_untrained():
+    runs = _lost("relu", [0, 1, 2]) + _runs("swish", [0.9, 0.91, 0.92])
+    with pytest.raises(st.EvaluationError) as error:
+        st.evaluate(runs)
+    message = str(error.value)
+    assert message.startswith("baseline 'relu' has no runs left: its 3 runs (seeds 0, 1, 2) were lost")
+    assert "Train the baseline" not in message and "`.attempts` and result" in message and "swish" in message
+
+
+def test_without_lost_records_a_missing_baseline_still_says_lost_runs_are_left_out():
+    with pytest.raises(st.EvaluationError, match=r"has no runs; .*swish.*Runs lost to dead training processes "
+                                                 r".*left out: .*`\.attempts` and result .*resume directory"):
+        st.evaluate(_runs("swish", [0.9, 0.91, 0.92]))
+    with pytest.raises(st.EvaluationError, match=r"no runs to evaluate.*every run was lost.*relu \(seed 0\)"):
+        st.evaluate(_lost("relu", [0]))
+
+
+def test_a_candidate_whose_runs_were_all_lost_is_named_in_the_summary(rng):
+    runs = _runs("relu", _normal(0.90, 4, rng)) + _runs("swish", _normal(0.93, 4, rng)) + _lost("gelu", [0, 1])
+    runs += _lost("swish", [4])  # partly lost: compared on the runs it has, not named
+    ev = st.evaluate(runs)
+    assert [f.function for f in ev.functions] == ["relu", "swish"] and ev["swish"].n == 4
+    assert ev.summary.startswith("swish beat relu")
+    assert ("Not compared, every run lost (the training process died at every start: out of memory or killed, "
+            "not a property of the function): gelu (seeds 0, 1);") in ev.summary
+    assert "swish (seed" not in ev.summary
+    assert st.Evaluation.from_json(ev.to_json()).summary == ev.summary
