@@ -149,7 +149,8 @@ def exhaustive_coverage_note(core_units: int, unary_forms: Sequence[str] | None,
     count = space_module.core_unit_count(core_units, unary, binary)
     space = (f"the exhaustive space of {core_units} core unit{'s' if core_units > 1 else ''} over {len(unary)} unary "
              f"and {len(binary)} binary forms holds {count:,} functions (before duplicates are removed)")
-    smaller = "fewer unary_forms / binary_forms (or core_units=1) give a space a search can cover"
+    smaller = "fewer unary_forms / binary_forms " + ("(or core_units=1) " if core_units > 1 else "") + \
+        "give a space a search can cover"
     if max_trials is None:
         return None if count <= _UNBOUNDED_ENUMERATION else f"{space}, and max_trials=None trains every one; {smaller}"
     if max_trials >= count:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -148,17 +149,13 @@ def _core_unit_options(p: Mapping[str, Any]) -> dict[str, Any]:
 class TunerExecutor(BaseExecutor):
     RUNS = ("components.training_job",)  # each trial / run is a job of train_job
 
-    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+    @staticmethod
+    def _oracle(p: Mapping[str, Any], seeds: list[str]):
         import keras_tuner
 
         from activations.oracle import EvolutionaryOracle
-        from components.candidate_gen import read_candidates
 
-        p = exec_properties
-        examples = input_dict["examples"][0]
-        seeds = [c["expression"] for c in read_candidates(input_dict["candidates"][0])]
-        work = self.context.resume_dir
-        oracle = EvolutionaryOracle(
+        return EvolutionaryOracle(
             objective=keras_tuner.Objective(OBJECTIVE, "max"),
             max_trials=p["max_trials"],
             space=p["space"],
@@ -174,6 +171,19 @@ class TunerExecutor(BaseExecutor):
             max_consecutive_failed_trials=None,
             stopping=stopping_rule(p.get("stop_quantile"), p["train_config"].get("epochs", 1), p["population_size"]),
         )
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        from components.candidate_gen import read_candidates
+
+        p = exec_properties
+        examples = input_dict["examples"][0]
+        seeds = [c["expression"] for c in read_candidates(input_dict["candidates"][0])]
+        work = self.context.resume_dir
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", UserWarning)
+            oracle = self._oracle(p, seeds)
+        for warning in said:  # the step's own note lines, not a Python warning with a source line
+            self.context.progress(f"note: {warning.message}")
         oracle.verbose = 0  # one progress line per trial below replaces KerasTuner's tables
         oracle.set_project_dir(work, "oracle")
         errors_in_a_row = 0

@@ -256,7 +256,7 @@ def command_run() -> int:
     if config.strategy != "exhaustive" and config.max_trials <= starting:
         searcher = "the controller" if config.strategy == "rl" else f"the {config.strategy} strategy"
         print(f"actsearch: note: --max_trials={config.max_trials} is no more than the {starting} functions the search "
-              f"starts from ({len(config.seed_functions)} seed functions + {config.num_candidates} initial "
+              f"starts from ({len(config.seed_functions)} seed functions + {config.num_candidates} sampled "
               f"candidates): the trials train those, and {searcher} proposes nothing of its own. Raise "
               "--max_trials, or lower --num_candidates or --seed_functions.", flush=True)
     if config.strategy == "exhaustive":
@@ -264,7 +264,7 @@ def command_run() -> int:
 
         coverage = exhaustive_coverage_note(config.core_units or 1, config.unary_forms or None,
                                             config.binary_forms or None, config.max_trials)
-        print("actsearch: note: the exhaustive strategy enumerates core units: the seed functions and initial "
+        print("actsearch: note: the exhaustive strategy enumerates core units: the seed functions and sampled "
               "candidates are not trained" + (f"; {coverage}" if coverage else ""), flush=True)
     print(f"actsearch: running {len(pipeline.components)} components of {config.name!r} "
           f"(preset {FLAGS.preset}, runner {FLAGS.runner}) under {os.path.abspath(config.pipeline_root)}", flush=True)

@@ -536,7 +536,7 @@ def test_run_checks_resources_as_compile_does_and_names_settings_it_does_not_use
     assert "proposes nothing of its own" not in out  # the demo's budget leaves room for a search
     with pytest.raises(Reached):
         actsearch("run", f"--pipeline_root={tmp_path / 'c'}", "--max_trials=4", "--strategy=rl", "--space=swish")
-    assert ("--max_trials=4 is no more than the 14 functions the search starts from (6 seed functions + 8 initial "
+    assert ("--max_trials=4 is no more than the 14 functions the search starts from (6 seed functions + 8 sampled "
             "candidates): the trials train those, and the controller proposes nothing of its own") in capsys.readouterr().out
 
 
@@ -557,7 +557,7 @@ def test_an_exhaustive_run_says_what_it_leaves_out(tmp_path, monkeypatch, actsea
     with pytest.raises(Reached):
         actsearch("run", f"--pipeline_root={tmp_path / 'b'}", "--strategy=exhaustive", "--space=swish")
     out = capsys.readouterr().out
-    assert "the exhaustive strategy enumerates core units: the seed functions and initial candidates are not trained" in out
+    assert "the exhaustive strategy enumerates core units: the seed functions and sampled candidates are not trained" in out
     assert "holds 6,250 functions (before duplicates are removed); max_trials=24 trains at most 24 of them" in out
     with pytest.raises(Reached):  # a space the budget covers: only the first part of the note
         actsearch("run", f"--pipeline_root={tmp_path / 'c'}", "--strategy=exhaustive", "--space=swish",
