@@ -136,7 +136,7 @@ def write_report(
     _shapes_section(doc, shapes)
     if history:
         doc.heading("Search progress")
-        doc.paragraph(search_sentence(config) + " Best and median fitness (a trial's best validation accuracy, in percent) of each "
+        doc.paragraph(search_sentence(config, trials) + " Best and median fitness (a trial's best validation accuracy, in percent) of each "
                       "generation of trials (a population's worth of "
                       "proposals, whatever the strategy); how many distinct functions the search "
                       "had proposed by the end of the generation (a running total); and how many "
@@ -252,9 +252,10 @@ def _mannwhitney_floor(n: int, m: int) -> float:
 _OLD_RANK = re.compile(r"the search's #(\d+)")
 
 
-def search_sentence(config: Mapping[str, Any]) -> str:
+def search_sentence(config: Mapping[str, Any], trials: Sequence[Mapping[str, Any]] | None = None) -> str:
     """How the search proposed its trials, in words: the progress and trials tables read
-    differently for evolution, an enumeration, random samples or a learning controller."""
+    differently for evolution, an enumeration, random samples or a learning controller; and how
+    many trials only trained the functions it started from (with a small budget, all of them)."""
     strategy, space = config.get("strategy", "evolution"), config.get("space", "pangaea")
     units = config.get("core_units") or (1 if strategy == "exhaustive" else 2)
     forms = ("every unary and binary form" if not (config.get("unary_forms") or config.get("binary_forms"))
@@ -266,9 +267,17 @@ def search_sentence(config: Mapping[str, Any]) -> str:
         "exhaustive": f"an exhaustive enumeration of the Swish paper's core units ({units} unit{'s' if units > 1 else ''}, "
                       f"{forms}) in an order the seed fixes",
         "rl": f"the Swish paper's reinforcement-learning search: a controller trained by REINFORCE on the trials' "
-              f"fitness samples up to {units} core unit{'s' if units > 1 else ''} over {forms}",
+              f"fitness samples {'up to 2 core units' if units > 1 else 'one core unit'} over {forms}",
     }
-    return f"The search proposed its trials by {kinds.get(strategy, strategy)}."
+    sentence = f"The search proposed its trials by {kinds.get(strategy, strategy)}."
+    started = sum(1 for trial in trials or () if trial.get("operator") == "seed")
+    if started and started == len(trials):
+        sentence += (f" All {started} trials trained the functions it started from (seed functions and sampled "
+                     "candidates): the strategy itself proposed none (raise max_trials).")
+    elif started:
+        sentence += (f" {started} of its {len(trials)} trials trained the functions it started from (seed functions "
+                     "and sampled candidates).")
+    return sentence
 
 
 def _origin_text(origin: str | None) -> str | None:

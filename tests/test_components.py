@@ -733,11 +733,11 @@ def test_weak_evaluation_splits_are_named_before_training():
     from components.example_gen import data_warnings
 
     counts = {"train": {"cat": 38, "dog": 1}, "validation": {"cat": 150, "dog": 0}, "test": {"cat": 4, "dog": 4}}
-    notes = data_warnings(counts)
+    notes = data_warnings(counts, [])
     assert notes[0].startswith("the validation split has no images of class(es) ['dog']")
     assert notes[1].startswith("the test split has only 8 images: one image moves its accuracy by 12.5 pp")
     assert len(notes) == 2
-    assert data_warnings({"validation": {"a": 60, "b": 60}, "test": {"a": 50, "b": 50}}) == []
+    assert data_warnings({"validation": {"a": 60, "b": 60}, "test": {"a": 50, "b": 50}}, []) == []
 
 
 def test_example_gen_resizes_and_skips_corrupt_images_when_asked(tmp_path):
@@ -857,17 +857,40 @@ def test_files_the_folder_loader_does_not_read_leave_the_cache_key_alone(tmp_pat
 
 
 def test_weak_data_says_first_and_loudest_which_classes_have_no_training_images():
-    from components.example_gen import data_warnings, untrained_classes
+    from components import example_gen
+    from components.example_gen import data_warnings
 
     counts = {"train": {"one": 0, "two": 50, "three": 0}, "validation": {"one": 3, "two": 4, "three": 2},
               "test": {"one": 200, "two": 200, "three": 200}}
-    notes = data_warnings(counts)
-    assert untrained_classes(counts) == ["one", "three"]
+    notes = data_warnings(counts, ["one", "three"])  # Dataset.untrained_classes, not counted again
     assert notes[0].startswith("the train split has no images of class(es) ['one', 'three']: the model has an "
                                "output for each that it never trained on")
     assert notes[1].startswith("the validation split has only 9 images")
     assert len(notes) == 2
-    assert untrained_classes({"validation": {"a": 1}}) == []  # an older statistics.json without train counts
+    assert not hasattr(example_gen, "untrained_classes")  # one rule, the Dataset's
+
+
+def test_example_gen_statistics_are_the_datasets_metadata_not_counted_again():
+    """class_counts and untrained_classes come from Dataset.metadata(), not from counts of its
+    own (two rules that could drift); statistics.json keeps its keys."""
+    import numpy as np
+
+    from components.example_gen import data_statistics
+    from trainer.data import Dataset
+
+    def split(labels):
+        return np.zeros((len(labels), 2, 2, 1), np.uint8), np.array(labels, np.int32)
+
+    dataset = Dataset("folder:/x", {"train": split([0, 0, 1]), "validation": split([1]), "test": split([2])},
+                      ["a", "b", "c"], source_images=7)
+    stats = data_statistics(dataset, 8)
+    assert stats["class_counts"]["train"] == {"a": 2, "b": 1, "c": 0} and stats["untrained_classes"] == ["c"]
+    assert {"fingerprint", "resized_to", "num_examples", "skipped_files"} <= set(stats)
+    assert "source_images" not in stats  # found_images says it, under its own key
+    metadata = dataset.metadata()
+    dataset.metadata = lambda: {**metadata, "class_counts": "the Dataset's", "untrained_classes": "the Dataset's"}
+    stats = data_statistics(dataset, None)
+    assert stats["class_counts"] == stats["untrained_classes"] == "the Dataset's"
 
 
 def test_example_gen_keeps_its_notes_and_the_loaders_warnings_and_says_how_much_it_kept(tmp_path):
@@ -917,6 +940,41 @@ def test_example_gen_keeps_its_notes_and_the_loaders_warnings_and_says_how_much_
     assert stats["max_examples"] == 20 and sum(stats["num_examples"].values()) == 20
 
 
+def test_example_gen_counts_the_images_the_loader_listed(tmp_path):
+    """found_images is the loader's count: a walk by other rules counted an image loose in a split
+    folder (ignored by the loader) and a file reached through a link twice ("found 14, kept 19")."""
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from components.base import Artifact
+    from components.example_gen import ExampleGenExecutor, found_images
+    from trainer.data import Dataset
+
+    root = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        os.makedirs(root / "train" / cls)
+        for i in range(5):
+            Image.fromarray(np.full((4, 4, 3), i * 40, np.uint8)).save(root / "train" / cls / f"{i}.png")
+    Image.new("RGB", (4, 4)).save(root / "train" / "loose.png")
+    os.symlink(root / "train" / "dog" / "0.png", root / "train" / "cat" / "from_dog.png")
+    examples = Artifact("Examples", str(tmp_path / "examples"))
+    os.makedirs(examples.uri)
+    ExampleGenExecutor().Do({}, {"examples": [examples]}, {
+        "source": f"folder:{root}", "data_dir": None, "validation_fraction": 0.2, "test_fraction": 0.2,
+        "max_examples": None, "seed": 0, "num_shards": 1, "beam_options": [], "image_size": None,
+        "skip_corrupt": False})
+    stats = json.load(open(examples.path("statistics.json")))
+    assert stats["found_images"] == 10 == sum(stats["num_examples"].values())
+    assert stats["summary"].startswith("found 10 images in 2 classes; kept 10 ")
+    # Sources that do not say: every image read when nothing was capped, else unknown.
+    empty = np.zeros((1, 2, 2, 1), np.uint8), np.zeros(1, np.int32)
+    unknown = Dataset("tfds:x", dict.fromkeys(("train", "validation", "test"), empty), ["a"], skipped_files=["b"])
+    assert found_images(unknown, None) == 4 and found_images(unknown, 3) is None
+
+
 def test_the_loaders_warnings_are_kept_for_the_report_and_still_printed(monkeypatch, capsys):
     """Kept for statistics.json; the terminal shows them as before (Python's last-resort
     handler, which a handler of ours would otherwise silence), also when the load then fails."""
@@ -935,3 +993,16 @@ def test_the_loaders_warnings_are_kept_for_the_report_and_still_printed(monkeypa
     assert capsys.readouterr().err.count("split 'train' lacks classes ['one']") == 2
     logger.warning("after the load")
     assert len(loader.messages) == 1 and loader not in logging.getLogger("trainer").handlers
+
+
+def test_the_oracles_warnings_reach_the_terminal_as_the_tuners_note_lines(tmp_path, monkeypatch, recwarn):
+    """Not as a raw Python warning with a source line, and under every runner (compiled ones too)."""
+    from conftest import run_tuner
+
+    events = []
+    run_tuner(tmp_path, monkeypatch, lambda config, examples_uri, train_examples=None: {"best_val_accuracy": 0.5},
+              max_trials=3, progress=events.append, strategy="exhaustive", space="swish",
+              unary_forms=["x", "tanh(x)"], binary_forms=["x1+x2", "x1*x2"])
+    notes = [event.message for event in events if event.message.startswith("note: ")]
+    assert len(notes) == 1 and "holds 8 functions" in notes[0] and "max_trials=3 trains at most 3" in notes[0]
+    assert not [w for w in recwarn if "exhaustive space" in str(w.message)]

@@ -519,3 +519,9 @@ def test_the_search_progress_says_how_each_strategy_proposed_its_trials(tmp_path
         in said["exhaustive"]
     assert "controller trained by REINFORCE" in said["rl"] and "up to 2 core units" in said["rl"]
     assert "one evolution bred" not in md
+    # A budget the starting functions used up: the sentence says the strategy proposed nothing.
+    seeds_only = [dict(trial, operator="seed") for trial in inputs["trials"]]
+    assert "the strategy itself proposed none" in rp.search_sentence({"strategy": "rl"}, seeds_only)
+    some = [dict(trial, operator="seed" if i < 3 else "controller") for i, trial in enumerate(inputs["trials"])]
+    assert f"3 of its {len(some)} trials trained the functions it started from" in rp.search_sentence({"strategy": "rl"}, some)
+    assert "samples one core unit" in rp.search_sentence({"strategy": "rl", "core_units": 1})
