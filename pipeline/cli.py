@@ -30,7 +30,7 @@ from absl import app, flags, logging
 
 from components.base import remember_ctrl_c, stopped_by
 from pipeline import config as config_lib
-from pipeline.local_runner import PipelineError, run_id_problem
+from pipeline.local_runner import PipelineError, last_alive, run_id_problem
 from pipeline.metadata import MetadataStore
 from components.terminal import import_tensorflow_quietly, quiet_known_warnings
 
@@ -436,10 +436,12 @@ def command_runs() -> int:
     with _read_metadata(root) as store:
         runs = store.list_runs()
         live = _live_status(root)
+        alive = last_alive(root)  # a killed run is recorded as ended only by the next run
         print(f"{'run id':<28} {'status':<12} {'runner':<10} {'started':<20} {'took':>8}  "
               "components (complete/cached/failed)")
         for run in runs:
-            took = f"{run.end_time - run.start_time:7.0f}s" if run.end_time else "       -"
+            end = run.end_time or (alive.get(run.run_id) if live(run.status) != run.status else None)
+            took = f"{end - run.start_time:7.0f}s" if end else "       -"
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time))
             print(f"{run.run_id:<28} {live(run.status):<12} {run.runner:<10} {started:<20} {took}  "
                   f"{_component_counts([live(e.state) for e in store.executions(run.run_id)])}")

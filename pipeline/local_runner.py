@@ -568,7 +568,7 @@ def _with_heartbeat(emit: Callable[[ProgressEvent], None], run_json: str) -> Cal
     return emit_and_touch
 
 
-def _last_alive(root: str) -> dict[str, float]:
+def last_alive(root: str) -> dict[str, float]:
     """{run id: when it was last alive} for the run run.json belongs to (the local runner
     touches it with every progress line); empty when there is none to read."""
     path = os.path.join(root, "run.json")
@@ -592,7 +592,7 @@ def locked_store(root: str, metadata_path: str | None = None) -> Iterator[md.Met
         with store:
             with _store_errors(path):
                 stale = store.mark_interrupted(
-                    "interrupted: the process running it stopped before it finished", last_alive=_last_alive(root))
+                    "interrupted: the process running it stopped before it finished", last_alive=last_alive(root))
             for execution in stale:
                 _remove_partial_outputs(root, execution)
             yield store

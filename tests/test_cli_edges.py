@@ -576,3 +576,19 @@ def test_a_pipeline_root_that_is_a_file_is_named_as_such(tmp_path, monkeypatch, 
     (tmp_path / "afile").write_text("x")
     code, _, err = actsearch("run", f"--pipeline_root={tmp_path / 'afile'}")
     assert code == 2 and f"pipeline_root {str(tmp_path / 'afile')!r} is a file, not a directory" in err
+
+
+def test_runs_shows_how_long_a_killed_run_ran_before_the_next_run_records_it(tmp_path, actsearch):
+    """The store says RUNNING until the next run on the root; run.json's time (touched with every
+    progress line) says when the killed run was last alive."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with MetadataStore(str(root / "metadata.sqlite")) as store:
+        store.create_run("killed-1", "toy", str(root))
+        started = store.get_run("killed-1").start_time
+    (root / "run.json").write_text(json.dumps({"run_id": "killed-1", "status": "running"}))
+    os.utime(root / "run.json", (started + 42, started + 42))
+    code, out, err = actsearch("runs", f"--pipeline_root={root}")
+    assert code == 0, err
+    row = out.splitlines()[1].split()
+    assert row[:2] == ["killed-1", "INTERRUPTED"] and "42s" in row
