@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ class ExampleGenExecutor(BaseExecutor):
                 max_examples=_split_caps(p["max_examples"], fractions), image_size=p["image_size"],
                 skip_corrupt=p["skip_corrupt"],
             )
-        found = found_images(p["source"], dataset, p["max_examples"])
+        found = found_images(dataset, p["max_examples"])
         summary = kept_summary(found, dataset.num_classes, dataset.num_examples, p["max_examples"],
                                len(dataset.skipped_files))
         self.context.progress(summary)
@@ -96,7 +96,7 @@ class ExampleGenExecutor(BaseExecutor):
         _write_splits(dataset, out.uri, p["num_shards"], p["beam_options"])
         stats = data_statistics(dataset, p["image_size"])
         stats.update(found_images=found, max_examples=p["max_examples"], summary=summary)
-        weak = data_warnings(stats["class_counts"])
+        weak = data_warnings(stats["class_counts"], stats["untrained_classes"])
         for index, note in enumerate(weak):
             serious = index == 0 and stats["untrained_classes"]  # data_warnings puts it first
             self.context.progress(f"{'WARNING' if serious else 'note'}: {note}")
@@ -131,17 +131,9 @@ class ExampleGenExecutor(BaseExecutor):
 
 
 def data_statistics(dataset, image_size: int | None) -> dict[str, Any]:
-    """The Dataset's metadata with counts per split and class, the classes with no training
-    image, its fingerprint and the resize a user must repeat on their own images."""
+    """The Dataset's metadata (counts per split and class, the classes with no training image...)
+    with its fingerprint and the resize a user must repeat on their own images."""
     stats = dataset.metadata()
-    stats["class_counts"] = {
-        split: {
-            name: int(count)
-            for name, count in zip(dataset.class_names, np.bincount(dataset.arrays(split)[1], minlength=dataset.num_classes))
-        }
-        for split in SPLITS
-    }
-    stats["untrained_classes"] = untrained_classes(stats["class_counts"])
     stats["fingerprint"] = dataset.fingerprint()
     if image_size:  # what a user must do to their own images before the exported model
         stats["resized_to"] = [image_size, image_size]
@@ -160,13 +152,15 @@ def image_files(root: str) -> Iterator[str]:
     return (path for path in walk_files(root) if path.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def found_images(source: str, dataset, max_examples: int | None) -> int | None:
+def found_images(dataset, max_examples: int | None) -> int | None:
     """How many images the source holds, before `max_examples` keeps a subset; None when that is
-    not known without reading the whole source (a capped TFDS or embedded set)."""
-    if source.startswith("folder:"):
-        root = _folder_root(source)
-        # Images directly in the folder, outside any class folder, are ignored by the loader.
-        return sum(1 for path in image_files(root) if os.path.dirname(path) != root)
+    not known without reading the whole source (a capped TFDS set).
+
+    The loader's own count (`Dataset.source_images`, a folder's listed images) comes first: a
+    walk of our own by other rules (loose images in split folders, a file reached through two
+    links, links the loader refuses) once said "found 14, kept 19"."""
+    if dataset.source_images is not None:
+        return dataset.source_images
     if max_examples is None:  # nothing was capped: everything read was kept or skipped
         return sum(dataset.num_examples.values()) + len(dataset.skipped_files)
     return None
@@ -220,17 +214,12 @@ SMALL_EVALUATION_SPLIT = 100
 """Below this many images, one image moves a split's accuracy by more than a percentage point."""
 
 
-def untrained_classes(class_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """Classes with no training image: the model has an output for each that it never learned."""
-    return [name for name, count in (class_counts.get("train") or {}).items() if count == 0]  # label order
-
-
-def data_warnings(class_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
+def data_warnings(class_counts: Mapping[str, Mapping[str, int]], untrained: Sequence[str]) -> list[str]:
     """What makes a run's comparisons weak, said before hours of training, worst first: classes
-    the model never trains on, evaluation splits that miss classes, or so small that one image
-    moves their accuracy by points."""
+    the model never trains on (`untrained`: `Dataset.untrained_classes`), evaluation splits that
+    miss classes, or so small that one image moves their accuracy by points."""
     notes = []
-    untrained = untrained_classes(class_counts)
+    untrained = list(untrained)
     if untrained:
         notes.append(f"the train split has no images of class(es) {untrained}: the model has an output for "
                      "each that it never trained on, so every image of them is misclassified (give training "

@@ -135,6 +135,7 @@ class Dataset:
         class_names: Sequence[str],
         *,
         skipped_files: Sequence[str] = (),
+        source_images: int | None = None,
     ):
         missing = [s for s in SPLITS if s not in splits]
         if missing:
@@ -142,6 +143,9 @@ class Dataset:
         self.source = source
         self.class_names = tuple(str(c) for c in class_names)
         self.skipped_files = tuple(skipped_files)
+        # How many images the source held before caps and skips (a folder's listed files), so a
+        # caller need not count them again by other rules; None when the source does not know.
+        self.source_images = source_images
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         shape = None
         for name in SPLITS:
@@ -367,26 +371,39 @@ def _assign(
     caps: Mapping[str, int | None],
     seed: int,
 ) -> dict[str, tuple[str, np.ndarray]]:
-    """Maps each split to ``(pool name, example indices)``.
+    """Maps each split to ``(pool name, example indices)``: :func:`_plan` over each pool's
+    :func:`stratified_order`."""
+    orders = {name: stratified_order(labels, seed) for name, labels in pool_labels.items()}
+    return _plan(orders, pool_labels, fractions, caps)
 
+
+def _plan(
+    orders: Mapping[str, np.ndarray],
+    pool_labels: Mapping[str, np.ndarray],
+    fractions: Mapping[str, float],
+    caps: Mapping[str, int | None],
+) -> dict[str, tuple[str, np.ndarray]]:
+    """Maps each split to ``(pool name, example indices)`` given each pool's order.
+
+    An order may leave examples of its pool out (the folder reader drops corrupt files from a
+    fixed order, so the other files keep their places and a capped draw keeps its images).
     Splits the source provides are used as they are; missing validation/test splits are carved
     from ``train`` with their fractions renormalised over the carved splits (so (0.8, 0.1, 0.1)
     with a provided test split puts 1/9 of train into validation), but never a class's last
     train example (:func:`_carvable`): a class's only image goes to train. Size limits keep the
-    first examples of each split's stratified order.
+    first examples of each split's order.
     """
-    if "train" not in pool_labels:
+    if "train" not in orders:
         raise DataError(
-            f"the source has the splits {sorted(pool_labels)} but no train split to learn from"
+            f"the source has the splits {sorted(orders)} but no train split to learn from"
         )
     result: dict[str, tuple[str, np.ndarray]] = {}
-    carved = ["train"] + [s for s in SPLITS[1:] if s not in pool_labels]
+    carved = ["train"] + [s for s in SPLITS[1:] if s not in orders]
     for split in SPLITS:
-        if split in pool_labels and split not in carved:
-            order = stratified_order(pool_labels[split], seed)
-            result[split] = (split, order[: caps[split]])
+        if split in orders and split not in carved:
+            result[split] = (split, orders[split][: caps[split]])
     train_labels = pool_labels["train"]
-    order = stratified_order(train_labels, seed)
+    order = orders["train"]
     total = sum(fractions[s] for s in carved)
     n = order.size
     carvable = _carvable(order, train_labels)

@@ -15,11 +15,13 @@ Sources are named by a URI-like string:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,13 +38,14 @@ from trainer.data import (
     DataError,
     Dataset,
     DataSpec,
-    _assign,
     _check_caps,
     _check_fractions,
     _is_int,
     _materialise,
+    _plan,
     _Pool,
     _pool_limit,
+    stratified_order,
 )
 from trainer.files import IMAGE_EXTENSIONS
 
@@ -71,9 +74,11 @@ def load_dataset(
         ``<class>/<image>`` or ``<split>/<class>/<image>`` with split folders named
         ``train``/``training``, ``val``/``valid``/``validation``/``dev``, ``test``/``testing``
         (any case); images in sub-folders of a class folder belong to it (with a warning), a
-        directory link is followed only out of the folder, and a folder whose top-level
-        folders hold no images but alike-named sub-folders (unrecognised split names) is
-        refused. Files: ``IMAGE_EXTENSIONS``; EXIF orientation is applied.
+        directory link (a linked class folder too) is followed only out of the folder, an image
+        in several splits (through links) is kept in the first of train, validation, test (with
+        a warning), and a folder whose top-level folders hold no images but alike-named
+        sub-folders (unrecognised split names) is refused. Files: ``IMAGE_EXTENSIONS``; EXIF
+        orientation is applied. ``Dataset.source_images`` counts the images listed.
       data_dir: TFDS data directory (``tfds:`` only; default: TFDS's own default).
       splits: (train, validation, test) fractions used for splits the source lacks: a source
         with no splits is divided three ways; a missing validation or test split is carved from
@@ -96,8 +101,9 @@ def load_dataset(
         at once with a DataError instead of retrying a download for minutes.
       skip_corrupt: ``folder:`` only - skip undecodable images with a warning listing them,
         instead of raising :class:`CorruptImagesError`. Only the images the splits keep (after
-        ``max_examples``) are decoded, and so checked; the splits are drawn again without the
-        skipped ones, and a class left with no decodable image is dropped with a warning.
+        ``max_examples``) are decoded, and so checked; a skipped image leaves the split order
+        and the next images in it take its place, and a class left with no decodable image is
+        dropped with a warning.
       cache_dir: ``folder:`` only - keep the decoded splits in this directory as ``.npz``
         files, keyed by the folder's file list (names, sizes, modification times) and every
         argument above, so later runs and other processes skip decoding.
@@ -121,7 +127,8 @@ def load_dataset(
     if spec.scheme == "embedded":
         pools, class_names = _digits_pools(size)
         arrays = _materialise(pools, fractions, caps, seed)
-        return Dataset(str(spec), arrays, class_names)
+        held = sum(pool.labels.size for pool in pools.values())
+        return Dataset(str(spec), arrays, class_names, source_images=held)
     if spec.scheme == "tfds":
         pools, class_names = _tfds_pools(spec.target, data_dir, download, fractions, caps, size)
         arrays = _materialise(pools, fractions, caps, seed)
@@ -355,7 +362,7 @@ def _read_tfds_split(builder, split, image_key, label_key, limit, size):
 _Listing = dict[str, dict[str, list[str]]]
 """``{split: {class name: sorted image paths}}`` of a folder source."""
 
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 """Part of the decode cache key: bumped when the same files and arguments give other splits."""
 
 
@@ -390,16 +397,22 @@ def _within(path: str, folder: str) -> bool:
 class _Walker:
     """Lists class folders, sub-folders included, following links only out of the tree.
 
-    Sub-folders of a class folder belong to it (a user's ``cat/2019/*.jpg``), so they are read.
+    Sub-folders of a class folder belong to it, so they are read: a user's ``cat/2019/*.jpg``
+    beside images directly in ``cat/``, or ``cat/2019`` and ``dog/2020``. (Class folders that
+    hold no images of their own but alike-named sub-folders, ``cat/2019`` and ``dog/2019``, look
+    like an unrecognised ``<split>/<class>/<image>`` layout and are refused by
+    :func:`_refuse_unnamed_splits`.)
     A directory link is skipped (and named in a warning) when its target lies in a class folder
     or a folder already read through another link (its files are read there), or contains one
     of those or the root (``ln -s .. cat/up`` would make every image of every class a cat too,
-    and a link up the tree is a cycle).
+    and a link up the tree is a cycle). A class folder that is itself a link is checked the same
+    way: ``test/cat -> ../train/cat`` would put the same images in train and test.
     """
 
     def __init__(self, root: str, class_folders: Sequence[str]):
         self.root = os.path.realpath(root)
-        self.claimed = [os.path.realpath(f) for f in class_folders]
+        # Only real class folders claim their tree: a linked one must pass `_follow` like others.
+        self.claimed = [os.path.realpath(f) for f in class_folders if not os.path.islink(f)]
         self.visited: set[str] = set()
         self.skipped_links: list[str] = []
         self.unreadable: list[str] = []
@@ -419,6 +432,8 @@ class _Walker:
         """Sorted image paths under ``folder`` (one class folder), hidden entries skipped; each
         one's real path goes to :attr:`real` (``realpath`` runs for links only: it costs a
         system call per path component, 2 s on CIFAR-10's 50,000 files)."""
+        if os.path.islink(folder) and not self._follow(folder):
+            return []
         self.visited.add(os.path.realpath(folder))
         found = []
         pending = [(folder, os.path.realpath(folder))]
@@ -504,8 +519,9 @@ def _refuse_unnamed_splits(root: str, classes: Mapping[str, list[str]]) -> None:
         if os.path.join(root, name) in dirs:
             return
         inner[name] = {os.path.basename(d) for d in dirs}
-    names = [n for held in inner.values() for n in held]
-    repeated = sorted(n for n in set(names) if names.count(n) >= 2)
+    # One pass: list.count per name took 32 s for 50,000 one-image folders.
+    counts = Counter(n for held in inner.values() for n in held)
+    repeated = sorted(n for n, count in counts.items() if count >= 2)
     if not repeated:
         return
     tops = sorted(n for n, held in inner.items() if held)
@@ -546,6 +562,36 @@ def _one_class_per_file(
         logger.warning(
             "image folder %s: %d image(s) linked into several class folders are left out (their class "
             "is ambiguous): %s", root, len(ambiguous), ", ".join(sorted(ambiguous)[:_MAX_LISTED]),
+        )
+    return result
+
+
+def _one_split_per_file(root: str, listing: _Listing, real: Mapping[str, str]) -> _Listing:
+    """The listing with each real file in one split only: the first of train, validation, test
+    that holds it, with a warning naming the others.
+
+    Why: a file linked from one split folder into another (or two split folders linked to one
+    place) puts the same image in train and test, and test accuracy silently measures recall.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    for split in SPLITS:  # train first: an image the model learns stays there
+        for files in listing.get(split, {}).values():
+            for f in files:
+                first.setdefault(real[f], (split, f))
+    result: _Listing = {}
+    repeated: list[str] = []
+    for split, classes in listing.items():
+        result[split] = {}
+        for name, files in classes.items():
+            result[split][name] = [f for f in files if first[real[f]][0] == split]
+            repeated += [f for f in files if first[real[f]][0] != split]
+    if repeated:
+        named = [f"{os.path.relpath(f, root)} (= {os.path.relpath(first[real[f]][1], root)})"
+                 for f in repeated[:_MAX_LISTED]]
+        logger.warning(
+            "image folder %s: %d image(s) are the same file as one in an earlier split and are left "
+            "out of the later split (an image in both train and test inflates test accuracy): %s%s",
+            root, len(repeated), ", ".join(named), " ..." if len(repeated) > _MAX_LISTED else "",
         )
     return result
 
@@ -643,7 +689,8 @@ def _class_names(listing: _Listing) -> list[str]:
 def _list_folder(root: str) -> _Listing:
     """Every image of a folder source by split and class, after the layout checks."""
     splits = _split_folders(root)
-    parents = splits if splits is not None else {"train": root}
+    # Train first: of two links to one folder, the first walked is read (see _Walker).
+    parents = {s: splits[s] for s in SPLITS if s in splits} if splits is not None else {"train": root}
     folders = {split: {e.name: e.path for e in _subdirs(path)} for split, path in parents.items()}
     walker = _Walker(root, [f for classes in folders.values() for f in classes.values()])
     listing = {
@@ -653,6 +700,7 @@ def _list_folder(root: str) -> _Listing:
     if splits is None:
         _refuse_unnamed_splits(root, listing["train"])
     listing = _one_class_per_file(root, listing, folders, walker.real)
+    listing = _one_split_per_file(root, listing, walker.real)
     _warn_about_layout(root, listing, folders, splits, walker)
     _check_classes(root, listing, folders, splits is not None)
     return listing
@@ -691,6 +739,17 @@ def _check_decodable_classes(root: str, class_names: Sequence[str], skipped: int
         )
 
 
+@dataclasses.dataclass
+class _Drawn:
+    """The splits drawn from a folder, every kept image decoded (see :func:`_decode_planned`)."""
+
+    listing: _Listing  # less the corrupt files
+    class_names: list[str]  # the classes with a file left
+    splits: dict[str, tuple[list[str], np.ndarray]]  # {split: (kept paths, labels)}
+    decoded: dict[str, np.ndarray]  # the kept images only, by path
+    bad: list[str]  # the corrupt files found, sorted
+
+
 def _decode_planned(
     root: str,
     listing: _Listing,
@@ -699,36 +758,79 @@ def _decode_planned(
     seed: int,
     size: tuple[int, int] | None,
     skip_corrupt: bool,
-) -> tuple[_Listing, list[str], dict[str, _Pool], dict[str, list[str]], dict[str, tuple[str, np.ndarray]],
-           dict[str, np.ndarray | None], list[str]]:
+) -> _Drawn:
     """Draws the splits and decodes the images they keep; with ``skip_corrupt``, takes the
     undecodable ones out and draws again until every kept image decodes.
 
-    Drawing again (rather than leaving holes) keeps the fractions and the rule that a class's
-    only image goes to train true of the images actually used. Returns ``(listing, class_names,
-    pools, paths, plan, decoded, bad)``.
+    Each pool's order is drawn once, over every listed file, and a corrupt file is only taken
+    out of it: the other files keep their places, so a capped split keeps the images it had and
+    tops up past its end for the ones taken out (a fresh order each round picked a mostly new
+    set: 39,486 decodes to keep 6,250 of 50,000 files). Only the kept images stay decoded. A
+    folder without corrupt files gets :func:`_assign`'s splits. Drawing again (rather than
+    leaving holes) keeps the fractions and the rule that a class's only image goes to train
+    true of the images actually used.
     """
-    decoded: dict[str, np.ndarray | None] = {}
+    listed = _class_names(listing)
+    pools, paths = _folder_pools(listing, listed)
+    labels = {name: pool.labels for name, pool in pools.items()}
+    orders = {name: stratified_order(pool_labels, seed) for name, pool_labels in labels.items()}
+    dead: dict[str, list[int]] = {name: [] for name in orders}  # indices of corrupt files
+    decoded: dict[str, np.ndarray] = {}
     bad: list[str] = []
     while True:
-        class_names = _class_names(listing)
-        _check_decodable_classes(root, class_names, len(bad))
-        pools, paths = _folder_pools(listing, class_names)
-        plan = _assign({k: p.labels for k, p in pools.items()}, fractions, caps, seed)
-        wanted = [paths[pool][i] for pool, idx in plan.values() for i in idx]
-        new = [f for f in wanted if f not in decoded]
-        decoded.update(_decode_files(new, size))
-        failed = sorted(f for f in new if decoded[f] is None)
+        live = _live_orders(orders, dead)
+        _check_train_images(root, live, len(bad))
+        plan = _plan(live, labels, fractions, caps)
+        wanted = {paths[pool][i]: (pool, i) for pool, idx in plan.values() for i in idx}
+        fresh = _decode_files([f for f in wanted if f not in decoded], size)
+        decoded = {f: decoded[f] if f in decoded else fresh[f] for f in wanted}  # the kept only
+        failed = sorted(f for f, image in fresh.items() if image is None)
         if not failed:
-            return listing, class_names, pools, paths, plan, decoded, sorted(bad)
+            break
         if not skip_corrupt:
             raise CorruptImagesError(
                 _corrupt_message(root, failed)
                 + " (pass skip_corrupt=True, --skip_corrupt on the command line, to skip them)",
                 failed,
             )
-        bad.extend(failed)
-        listing = _without(listing, set(failed))
+        bad += failed
+        for f in failed:
+            pool, i = wanted[f]
+            dead[pool].append(i)
+        _check_decodable_classes(root, _class_names(_without(listing, set(bad))), len(bad))
+    left = _without(listing, set(bad))
+    class_names = _class_names(left)
+    relabel = np.array([class_names.index(c) if c in class_names else -1 for c in listed], np.int32)
+    splits = {
+        split: ([paths[pool][i] for i in idx], relabel[labels[pool][idx]])
+        for split, (pool, idx) in plan.items()
+    }
+    return _Drawn(left, class_names, splits, decoded, sorted(bad))
+
+
+def _live_orders(orders: Mapping[str, np.ndarray], dead: Mapping[str, list[int]]) -> dict[str, np.ndarray]:
+    """Each pool's order less its corrupt files, in place; a pool left empty is dropped (a
+    provided split with no decodable image is then carved from train, as if absent)."""
+    live = {}
+    for name, order in orders.items():
+        kept = order[~np.isin(order, dead[name])] if dead[name] else order
+        if kept.size:
+            live[name] = kept
+    return live
+
+
+def _check_train_images(root: str, live: Mapping[str, np.ndarray], skipped: int) -> None:
+    """Refuses split folders whose train folder has no (decodable) image, saying so: the
+    generic "no train split" read as if the folder were missing."""
+    if "train" in live:
+        return
+    folder = os.path.basename((_split_folders(root) or {}).get("train", "train"))
+    what = f"no decodable image ({skipped} corrupt skipped)" if skipped else "no images in class folders"
+    raise DataError(
+        f"image folder {root}: its train folder {folder!r} has {what}, so there is nothing to learn "
+        f"from (the other split folders are for evaluation). Put the training images in "
+        f"{folder}/<class>/<image>"
+    )
 
 
 def _corrupt_message(root: str, bad: Sequence[str]) -> str:
@@ -768,17 +870,16 @@ def _check_splits(
     root: str,
     listing: _Listing,
     class_names: Sequence[str],
-    pools: Mapping[str, _Pool],
     arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
 ) -> None:
-    """Refuses splits whose train images cover fewer than 2 classes; warns about splits without
-    images, provided evaluation splits missing classes and classes without a train image
+    """Refuses splits whose train images cover fewer than 2 classes; warns about split folders
+    without images, provided evaluation splits missing classes and classes without a train image
     (which :attr:`Dataset.untrained_classes` also lists, so callers can report them)."""
-    for split in listing:
-        if split not in pools:
+    for split, classes in listing.items():
+        held = {c for c, files in classes.items() if files}
+        if not held:
             logger.warning("image folder %s: split %r has no images and is ignored", root, split)
         elif split != "train":
-            held = {c for c, files in listing[split].items() if files}
             missing = sorted(set(class_names) - held)
             if missing:
                 logger.warning("image folder %s: split %r lacks classes %s", root, split, missing)
@@ -821,6 +922,7 @@ def _load_folder(
     root = _folder_root(spec)
     listing = _list_folder(root)
     listed_classes = _class_names(listing)
+    found = sum(len(files) for classes in listing.values() for files in classes.values())
     cache_path = None
     if cache_dir is not None:
         _, paths = _folder_pools(listing, listed_classes)
@@ -829,39 +931,42 @@ def _load_folder(
         cached = _read_cache(cache_path, str(spec))
         if cached is not None:
             return cached
-    listing, class_names, pools, paths, plan, decoded, bad = _decode_planned(
-        root, listing, fractions, caps, seed, size, skip_corrupt
-    )
-    if bad:
-        logger.warning("skipping %s", _corrupt_message(root, bad))
-    dropped = sorted(set(listed_classes) - set(class_names))
+    drawn = _decode_planned(root, listing, fractions, caps, seed, size, skip_corrupt)
+    if drawn.bad:
+        logger.warning("skipping %s", _corrupt_message(root, drawn.bad))
+    dropped = sorted(set(listed_classes) - set(drawn.class_names))
     if dropped:
         logger.warning(
             "image folder %s: class(es) %s have no decodable image and are left out", root, dropped
         )
-    wanted = {split: [paths[pool][i] for i in idx] for split, (pool, idx) in plan.items()}
-    good = {f: decoded[f] for files in wanted.values() for f in files}
-    height, width = _check_one_size(root, good)
-    channels = max(image.shape[2] for image in good.values())
+    height, width = _check_one_size(root, drawn.decoded)
+    channels = max(image.shape[2] for image in drawn.decoded.values())
     arrays = {}
-    for split, (pool, idx) in plan.items():
-        images = np.zeros((len(idx), height, width, channels), np.uint8)
-        for row, f in enumerate(wanted[split]):
-            images[row] = decoded[f]  # a grey image broadcasts over RGB channels
-        arrays[split] = (images, pools[pool].labels[idx])
-    _check_splits(root, listing, class_names, pools, arrays)
-    dataset = Dataset(str(spec), arrays, class_names, skipped_files=bad)
+    for split, (files, labels) in drawn.splits.items():
+        images = np.zeros((len(files), height, width, channels), np.uint8)
+        for row, f in enumerate(files):
+            images[row] = drawn.decoded[f]  # a grey image broadcasts over RGB channels
+        arrays[split] = (images, labels)
+    _check_splits(root, drawn.listing, drawn.class_names, arrays)
+    dataset = Dataset(str(spec), arrays, drawn.class_names, skipped_files=drawn.bad, source_images=found)
     if cache_path is not None:
         _write_cache(cache_path, dataset)
     return dataset
 
 
 def _folder_cache_path(cache_dir, root: str, paths: Mapping[str, list[str]], options) -> str:
+    """The cache file of a folder's decoded splits: a hash of the arguments and of every listed
+    file's name, size and modification time (a broken link hashes as "unreadable": decoding
+    reports it, the key must not crash on it)."""
     digest = hashlib.sha256(repr((root, sorted(paths), options)).encode())
     for split in sorted(paths):
         for path in paths[split]:
-            info = os.stat(path)
-            digest.update(f"{split}\0{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+            try:
+                info = os.stat(path)
+                state = f"{info.st_size}\0{info.st_mtime_ns}"
+            except OSError:
+                state = "unreadable"
+            digest.update(f"{split}\0{path}\0{state}\n".encode())
     name = f"folder-{os.path.basename(root) or 'root'}-{digest.hexdigest()[:20]}.npz"
     return os.path.join(os.fspath(cache_dir), name)
 
@@ -874,6 +979,7 @@ def _read_cache(path: str, source: str) -> Dataset | None:
             arrays = {s: (saved[f"{s}_images"], saved[f"{s}_labels"]) for s in SPLITS}
             class_names = [str(c) for c in saved["class_names"]]
             skipped = [str(f) for f in saved["skipped_files"]]
+            found = int(saved["source_images"])
     except (OSError, ValueError, KeyError) as err:
         logger.warning("ignoring unreadable data cache %s: %s", path, err)
         return None
@@ -882,13 +988,14 @@ def _read_cache(path: str, source: str) -> Dataset | None:
             "skipping %d corrupt image(s) (cached): %s", len(skipped), ", ".join(skipped)
         )
     logger.info("read decoded images from cache %s", path)
-    return Dataset(source, arrays, class_names, skipped_files=skipped)
+    return Dataset(source, arrays, class_names, skipped_files=skipped, source_images=found)
 
 
 def _write_cache(path: str, dataset: Dataset) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     payload = {"class_names": np.array(dataset.class_names, dtype=str),
-               "skipped_files": np.array(dataset.skipped_files, dtype=str)}
+               "skipped_files": np.array(dataset.skipped_files, dtype=str),
+               "source_images": np.array(dataset.source_images, dtype=np.int64)}
     for split in SPLITS:
         payload[f"{split}_images"], payload[f"{split}_labels"] = dataset.arrays(split)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
