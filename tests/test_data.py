@@ -699,14 +699,18 @@ def test_folder_split_layout_with_unrecognised_split_names_is_refused(tmp_path):
         S.load_dataset(f"folder:{kaggle}")
     message = str(info.value)
     for fragment in ("test_set, training_set", "(cat, dog)", "train, training, validation", "testing",
-                     f"folder:{kaggle / 'test_set'}"):
+                     f"folder:{kaggle / 'training_set'}"):  # the example is the training folder
         assert fragment in message
+    # One stray image directly in a split folder does not switch the check off.
+    _png(kaggle / "training_set" / "stray.png", value=7)
+    with pytest.raises(D.DataError, match=r"looks like <split>/<class>/<image>"):
+        S.load_dataset(f"folder:{kaggle}")
     # One level too high: the split folders are recognised, but below two data sets.
     high = tmp_path / "high"
     for data_set in ("cifar", "mnist"):
         for split in ("train", "test"):
             _class_folders(high / data_set / split, ("cat", "dog"))
-    with pytest.raises(D.DataError, match=r"folders cifar, mnist hold no images of their own"):
+    with pytest.raises(D.DataError, match=r"sit in sub-folders of cifar, mnist named alike \(test, train\)"):
         S.load_dataset(f"folder:{high}")
     # Pointed at one of them, it loads as <split>/<class>/<image>.
     assert S.load_dataset(f"folder:{kaggle / 'training_set'}", splits=(0.5, 0.5, 0.0)).class_names == ("cat", "dog")
@@ -1021,3 +1025,17 @@ def test_folder_names_webp_files_a_pil_without_webp_cannot_read(tmp_path, monkey
         ds = S.load_dataset(f"folder:{tmp_path / 'data'}", splits=(0.5, 0.5, 0.0))
     assert sum(ds.num_examples.values()) == 4
     assert "1 file(s) this PIL build cannot decode are ignored: " + os.path.join("a", "photo.WEBP") in caplog.text
+
+
+def test_a_train_cap_keeps_a_tiny_class_in_train():
+    """`max_examples` on a large folder used to leave a one-image class out of train entirely."""
+    labels = np.array([0] * 60 + [1] * 60 + [2])
+    for seed in range(20):
+        plan = D._assign({"train": labels}, {"train": 0.8, "validation": 0.1, "test": 0.1},
+                         {"train": 30, "validation": 5, "test": 5}, seed)
+        train = labels[plan["train"][1]]
+        assert train.size == 30 and set(train) == {0, 1, 2}, seed
+    # Without a cap that needs it, the plan is what it was.
+    uncapped = D._assign({"train": labels}, {"train": 0.8, "validation": 0.1, "test": 0.1},
+                         {"train": None, "validation": None, "test": None}, 0)
+    assert 2 in labels[uncapped["train"][1]]

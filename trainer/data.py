@@ -418,8 +418,29 @@ def _plan(
         taken.append(part)
         start += count
     rest = order[~np.isin(order, np.concatenate(taken))]
-    result["train"] = ("train", rest[: caps["train"]])
+    result["train"] = ("train", _cap_keeping_classes(rest, train_labels, caps["train"]))
     return result
+
+
+def _cap_keeping_classes(order: np.ndarray, labels: np.ndarray, cap: int | None) -> np.ndarray:
+    """The first ``cap`` examples of ``order``, except that a class the cap would leave out
+    entirely gets its first example in, in place of the last example of a class that has
+    several: a tiny class of a large folder could otherwise vanish from train under
+    ``max_examples``, and the model would have an output it never trains on."""
+    head = order[:cap]
+    if cap is None or cap <= 0 or head.size == order.size:
+        return head
+    labels = np.asarray(labels)
+    head = head.copy()
+    missing = [order[np.flatnonzero(labels[order] == cls)[0]] for cls in np.unique(labels[order])
+               if not np.any(labels[head] == cls)]
+    for example in missing:
+        counts = np.bincount(labels[head], minlength=labels.max() + 1)
+        for position in range(head.size - 1, -1, -1):
+            if counts[labels[head[position]]] > 1:
+                head[position] = example
+                break
+    return head
 
 
 def _carvable(order: np.ndarray, labels: np.ndarray) -> np.ndarray:

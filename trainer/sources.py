@@ -509,30 +509,39 @@ def _refuse_unnamed_splits(root: str, classes: Mapping[str, list[str]]) -> None:
 
     Why: ``kaggle/{training_set,test_set}/{cat,dog}`` (split names not in the recognised list),
     or a folder one level above the data, would read as the classes ``test_set`` and
-    ``training_set``, and training "succeeds" on a meaningless task. The sign: no top-level folder
-    holds images of its own, and the folders that do hold them repeat their names across
-    top-level folders.
+    ``training_set``, and training "succeeds" on a meaningless task. The sign: most images sit in
+    sub-folders of the top-level folders, and those sub-folders repeat their names across
+    top-level folders. "Most", not "all": one stray image in ``training_set/`` used to switch
+    the check off.
     """
-    inner: dict[str, set[str]] = {}
+    inner: dict[str, Counter] = {}
+    direct = nested = 0
     for name, files in classes.items():
-        dirs = {os.path.dirname(f) for f in files}
-        if os.path.join(root, name) in dirs:
-            return
-        inner[name] = {os.path.basename(d) for d in dirs}
+        folder = os.path.join(root, name)
+        held = Counter()
+        for f in files:
+            rel = os.path.relpath(os.path.dirname(f), folder)
+            if rel == os.curdir:
+                direct += 1
+            else:
+                nested += 1
+                held[rel.split(os.sep)[0]] += 1
+        inner[name] = held
     # One pass: list.count per name took 32 s for 50,000 one-image folders.
     counts = Counter(n for held in inner.values() for n in held)
     repeated = sorted(n for n, count in counts.items() if count >= 2)
-    if not repeated:
+    if not repeated or nested <= direct:
         return
     tops = sorted(n for n, held in inner.items() if held)
+    example = max(tops, key=lambda n: ("train" in n.lower(), sum(inner[n].values())))
     listed = ", ".join(repeated[:_MAX_LISTED]) + (" ..." if len(repeated) > _MAX_LISTED else "")
     raise DataError(
         f"image folder {root} looks like <split>/<class>/<image> with split folders that are not "
-        f"recognised: its folders {', '.join(tops)} hold no images of their own but sub-folders "
-        f"named alike ({listed}), so they would become the classes {', '.join(map(repr, tops))}. "
+        f"recognised: {nested} of its {nested + direct} images sit in sub-folders of {', '.join(tops)} "
+        f"named alike ({listed}), so {', '.join(map(repr, tops))} would become the classes. "
         f"Rename the split folders (recognised: {', '.join(_SPLIT_ALIASES)}; any case), or point "
-        f"folder: at one of them (e.g. folder:{os.path.join(root, tops[0])}). If they really are "
-        "classes whose images are sorted into sub-folders, move the images into the class folders"
+        f"folder: at one of them (e.g. folder:{os.path.join(root, example)}). If they really are "
+        "classes whose images are sorted into sub-folders, move the images into the class folders."
     )
 
 
