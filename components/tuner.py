@@ -151,6 +151,7 @@ class TunerExecutor(BaseExecutor):
 
     @staticmethod
     def _oracle(p: Mapping[str, Any], seeds: list[str]):
+        """The step's EvolutionaryOracle from its parameters and the candidates' expressions."""
         import keras_tuner
 
         from activations.oracle import EvolutionaryOracle
