@@ -338,12 +338,18 @@ def _distinct_top(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return top
 
 
+def _trial_order(trial_id: str) -> tuple[int, str]:
+    return (int(trial_id), trial_id) if trial_id.isdigit() else (1 << 62, trial_id)
+
+
 def _trial_records(oracle, results_dir: str) -> list[dict[str, Any]]:
-    """One record per trial of the search (the lines of trials.jsonl), by trial id."""
+    """One record per trial of the search (the lines of trials.jsonl), in the order of their
+    ids as numbers: KerasTuner pads the ids to the width of `max_trials`, so a search resumed
+    under a larger budget mixes "7" with "08", which sort wrongly as text."""
     import activations
 
     trials = []
-    for trial_id in sorted(oracle.trials):
+    for trial_id in sorted(oracle.trials, key=_trial_order):
         try:
             info = oracle.lineage(trial_id)
         except KeyError:  # a trial the oracle dropped while repairing an interrupted save

@@ -1006,3 +1006,17 @@ def test_the_oracles_warnings_reach_the_terminal_as_the_tuners_note_lines(tmp_pa
     notes = [event.message for event in events if event.message.startswith("note: ")]
     assert len(notes) == 1 and "holds 8 functions" in notes[0] and "max_trials=3 trains at most 3" in notes[0]
     assert not [w for w in recwarn if "exhaustive space" in str(w.message)]
+
+
+def test_trial_records_follow_the_ids_as_numbers_across_a_budget_that_grew(tmp_path):
+    """A search resumed under a larger max_trials gets ids of another width ("7", then "08")."""
+    import types
+
+    from components.tuner import _trial_records
+
+    ids = ["0", "1", "7", "08", "09", "10", "2"]
+    oracle = types.SimpleNamespace(
+        trials={tid: types.SimpleNamespace(message=None) for tid in ids},
+        lineage=lambda tid: {"expression": "relu(x)", "fingerprint": f"fp{tid}", "fitness": 0.5, "status": "completed"})
+    records = _trial_records(oracle, str(tmp_path))
+    assert [r["trial_id"] for r in records] == ["0", "1", "2", "7", "08", "09", "10"]
