@@ -247,7 +247,7 @@ def _read_json(path: str) -> dict:
     return obj
 
 
-def _write_json_atomic(path: str, obj, keep_previous: bool = False) -> None:
+def _write_json_atomic(path: str, obj, keep_previous: bool = False, known_good: bool = False) -> None:
     """Write JSON so a reader sees the old or the new content, never a torn file, even after a
     power loss: the data is synced before the rename and the directory after it (a rename alone
     can reach the disk before the data, leaving an empty file under the new name).
@@ -255,6 +255,7 @@ def _write_json_atomic(path: str, obj, keep_previous: bool = False) -> None:
     `keep_previous` first keeps the current file, when it is readable, as ``path.previous``:
     the fallback `EvolutionaryOracle.reload` uses if the file is ever found unreadable anyway
     (a file system without these guarantees, a damaged disk, a file an older version wrote).
+    `known_good`: the caller wrote the current file itself, so it is not read back to check.
     """
     text = json.dumps(obj)
     if "://" in path:  # remote file systems: KerasTuner's own writer
@@ -263,7 +264,7 @@ def _write_json_atomic(path: str, obj, keep_previous: bool = False) -> None:
         utils.save_json(path, obj)
         return
     if keep_previous:
-        _keep_previous(path)
+        _keep_previous(path, known_good)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as handle:
@@ -277,13 +278,17 @@ def _write_json_atomic(path: str, obj, keep_previous: bool = False) -> None:
     _fsync_directory(os.path.dirname(path))
 
 
-def _keep_previous(path: str) -> None:
+def _keep_previous(path: str, known_good: bool = False) -> None:
     """Keep `path` as ``path.previous`` (a hard link: no copy, and the data was synced when it
-    was written). An unreadable or missing `path` is not kept: the older good copy stays."""
-    try:
-        _read_json(path)
-    except StateFileError:
+    was written). An unreadable or missing `path` is not kept: the older good copy stays. Unless
+    `known_good`, the file is parsed first to tell."""
+    if known_good and not os.path.exists(path):
         return
+    if not known_good:
+        try:
+            _read_json(path)
+        except StateFileError:
+            return
     previous = path + PREVIOUS_SUFFIX
     tmp = f"{previous}.tmp{os.getpid()}"
     _remove_quietly(tmp)
@@ -486,6 +491,7 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         self._check_cache: dict[str, str | None] = seed_checks
         self._features: dict[str, np.ndarray] = {}
         self._synced = False
+        self._wrote_state: str | None = None  # the state file this process last wrote (`save`)
         self._saved_retries = 0  # retries the loaded state held (`_queue_unfinished_in_start_order`)
         self._stopped = False
 
@@ -702,7 +708,11 @@ class EvolutionaryOracle(keras_tuner.Oracle):
         """Write the state, keeping the last good one as ``oracle.json.previous`` (`reload`)."""
         self._synced = True
         if self._has_project_dir():
-            _write_json_atomic(self._get_oracle_fname(), self.get_state(), keep_previous=True)
+            # After this process's first save the file on disk is its own last write: no need to
+            # parse it again (2-3 saves a trial) to know it is good.
+            path = self._get_oracle_fname()
+            _write_json_atomic(path, self.get_state(), keep_previous=True, known_good=self._wrote_state == path)
+            self._wrote_state = path
 
     def _save_trial(self, trial):
         if self._has_project_dir():

@@ -145,8 +145,9 @@ def _folder_root(source: str) -> str:
 
 
 def image_files(root: str) -> Iterator[str]:
-    """The files under `root` the folder loader would read: its walk and its image extensions
-    (`trainer.files`, free of TensorFlow: the cache key is computed on every cached run)."""
+    """The image files under `root` (the loader's extensions, every file its walk could reach: a
+    superset of what it reads, so a change to any of them changes the cache key). From
+    `trainer.files`, free of TensorFlow: the key is computed on every cached run."""
     from trainer.files import IMAGE_EXTENSIONS, walk_files
 
     return (path for path in walk_files(root) if path.lower().endswith(IMAGE_EXTENSIONS))
